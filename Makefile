@@ -1,0 +1,82 @@
+# har - a high-availability resolver.  `make` builds hard; `make run` starts
+# it with the demo set-up; `make test` runs every test.  The targets that
+# need Debian packages install the missing ones first (contrib/install-deps).
+
+PREFIX ?= /usr/local
+DESTDIR ?=
+SBINDIR = $(PREFIX)/sbin
+MANDIR = $(PREFIX)/share/man
+PYTHON = /usr/bin/python3
+
+CC ?= cc
+PKGS = libcares libcurl sqlite3 libconfuse liburiparser ldns
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+CFLAGS ?= -O2 -g
+WARNINGS = -std=c11 -Wall -Wextra $(if $(CI),-Werror) $(if $(WERROR),-Werror)
+CPPFLAGS += -D_GNU_SOURCE
+ifeq ($(SANITIZE),1)
+CFLAGS += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+endif
+LIBS = $(PKG_LIBS) -lev -lm
+
+MODULES = config.o dns.o server.o upstream.o registry.o select.o check.o \
+	check_http.o check_tcp.o store.o log.o
+OBJECTS = har.o $(MODULES)
+UNIT_TESTS = tests/unit/test_config tests/unit/test_dns tests/unit/test_select
+
+.PHONY: all deps run test unit system bench fuzz install uninstall clean lint
+
+all: hard
+
+deps:
+	@contrib/install-deps build
+
+hard: $(OBJECTS)
+	$(CC) $(LDFLAGS) -o $@ $(OBJECTS) $(LIBS)
+
+%.o: %.c har.h
+	$(CC) $(CPPFLAGS) $(WARNINGS) $(CFLAGS) $(PKG_CFLAGS) -c -o $@ $<
+
+tests/unit/%: tests/unit/%.c tests/unit/unit.h $(MODULES)
+	$(CC) $(CPPFLAGS) $(WARNINGS) $(CFLAGS) $(PKG_CFLAGS) -I. -o $@ $< $(MODULES) $(LDFLAGS) $(LIBS)
+
+run:
+	@contrib/install-deps run
+	@$(MAKE) --no-print-directory hard
+	contrib/demo/run
+
+test:
+	@contrib/install-deps test
+	@$(MAKE) --no-print-directory hard $(UNIT_TESTS)
+	@$(MAKE) --no-print-directory unit system
+
+unit: $(UNIT_TESTS)
+	@for t in $(UNIT_TESTS); do ./$$t || exit 1; done
+
+system: hard
+	$(PYTHON) -m pytest -q tests/system $(PYTEST_ARGS)
+
+bench:
+	@contrib/install-deps bench
+	@$(MAKE) --no-print-directory hard
+	bench/run
+
+lint:
+	mandoc -T lint -W warning hard.8 har.conf.5
+
+install: hard
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5
+	install -m 755 hard $(DESTDIR)$(SBINDIR)/hard
+	install -m 644 hard.8 $(DESTDIR)$(MANDIR)/man8/hard.8
+	install -m 644 har.conf.5 $(DESTDIR)$(MANDIR)/man5/har.conf.5
+
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/hard $(DESTDIR)$(MANDIR)/man8/hard.8 \
+		$(DESTDIR)$(MANDIR)/man5/har.conf.5
+
+clean:
+	rm -f hard *.o $(UNIT_TESTS)
+	rm -rf tests/system/__pycache__ .pytest_cache

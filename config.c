@@ -1,0 +1,936 @@
+/*
+ * config.c - reads har.conf with libconfuse and turns it into a struct
+ * config: every option defaulted, every value checked, and every mistake
+ * reported as "FILE:LINE: reason" so that `hard -t` and a rejected SIGHUP
+ * tell the operator exactly what to fix.
+ */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <confuse.h>
+#include <uriparser/Uri.h>
+
+#include "har.h"
+
+/* What one parse collects; libconfuse's callbacks reach it through this. */
+struct config_parse {
+	const char *file;
+	config_report_fn *report;
+	int errors;
+};
+
+static struct config_parse *current_parse;
+
+static void
+report_at(const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void
+report_at(const char *file, int line, const char *fmt, ...)
+{
+	char reason[512], message[800];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(reason, sizeof(reason), fmt, ap);
+	va_end(ap);
+	if (line > 0)
+		snprintf(message, sizeof(message), "%s:%d: %s", file, line, reason);
+	else
+		snprintf(message, sizeof(message), "%s: %s", file, reason);
+	current_parse->errors++;
+	current_parse->report(message);
+}
+
+/* libconfuse's own syntax errors (unknown option, missing brace, ...). */
+static void
+config_syntax_error(cfg_t *cfg, const char *fmt, va_list ap)
+{
+	char reason[512];
+
+	vsnprintf(reason, sizeof(reason), fmt, ap);
+	report_at(current_parse->file, cfg ? cfg->line : 0, "%s", reason);
+}
+
+/*
+ * Value checks run while libconfuse reads the value, so cfg->line is the
+ * line of the option.  They record the error and let parsing go on, so one
+ * run of `hard -t` lists every mistake.
+ */
+static int
+validate_positive(cfg_t *cfg, cfg_opt_t *opt, void *value)
+{
+	double number = *(double *)value;
+
+	if (!(number > 0) || isinf(number))
+		report_at(current_parse->file, cfg->line,
+			  "%s must be a number of seconds greater than 0, not %g",
+			  opt->name, number);
+	return 0;
+}
+
+static int
+validate_not_negative(cfg_t *cfg, cfg_opt_t *opt, void *value)
+{
+	double number = *(double *)value;
+
+	if (!(number >= 0))
+		report_at(current_parse->file, cfg->line,
+			  "%s must be 0 or more, not %g", opt->name, number);
+	return 0;
+}
+
+static int
+validate_count(cfg_t *cfg, cfg_opt_t *opt, void *value)
+{
+	long number = *(long *)value;
+
+	if (number < 1 || number > 1000000)
+		report_at(current_parse->file, cfg->line,
+			  "%s must be between 1 and 1000000, not %ld",
+			  opt->name, number);
+	return 0;
+}
+
+static int
+validate_ttl(cfg_t *cfg, cfg_opt_t *opt, void *value)
+{
+	long number = *(long *)value;
+
+	if (number < 0 || number > 2147483647L)
+		report_at(current_parse->file, cfg->line,
+			  "%s must be between 0 and 2147483647, not %ld",
+			  opt->name, number);
+	return 0;
+}
+
+static int
+validate_port(cfg_t *cfg, cfg_opt_t *opt, void *value)
+{
+	long number = *(long *)value;
+
+	if (number < 1 || number > 65535)
+		report_at(current_parse->file, cfg->line,
+			  "%s must be a port between 1 and 65535, not %ld",
+			  opt->name, number);
+	return 0;
+}
+
+static int
+validate_status(cfg_t *cfg, cfg_opt_t *opt, void *value)
+{
+	long number = *(long *)value;
+
+	if (number < 100 || number > 599)
+		report_at(current_parse->file, cfg->line,
+			  "%s: %ld is not an HTTP status (100-599)",
+			  opt->name, number);
+	return 0;
+}
+
+static int
+validate_one_of(cfg_t *cfg, cfg_opt_t *opt, const char *value,
+		const char *const *choices)
+{
+	char list[256] = "";
+
+	for (int i = 0; choices[i]; i++) {
+		if (strcmp(value, choices[i]) == 0)
+			return 0;
+		if (i > 0)
+			strncat(list, ", ", sizeof(list) - strlen(list) - 1);
+		strncat(list, choices[i], sizeof(list) - strlen(list) - 1);
+	}
+	report_at(current_parse->file, cfg->line,
+		  "%s: unknown value \"%s\" (expected %s)", opt->name, value, list);
+	return 0;
+}
+
+static const char *const check_methods[] = { "http", "tcp", NULL };
+static const char *const selection_methods[] = {
+	"best_rtt", "group_rtt_rr", "all", NULL
+};
+static const char *const rtt_modes[] = { "total", "connect", NULL };
+static const char *const failure_modes[] = { "none", "all", "servfail", NULL };
+
+static int
+validate_check_method(cfg_t *cfg, cfg_opt_t *opt, void *value)
+{
+	return validate_one_of(cfg, opt, value, check_methods);
+}
+
+static int
+validate_selection_method(cfg_t *cfg, cfg_opt_t *opt, void *value)
+{
+	return validate_one_of(cfg, opt, value, selection_methods);
+}
+
+static int
+validate_rtt_mode(cfg_t *cfg, cfg_opt_t *opt, void *value)
+{
+	return validate_one_of(cfg, opt, value, rtt_modes);
+}
+
+static int
+validate_failure_mode(cfg_t *cfg, cfg_opt_t *opt, void *value)
+{
+	return validate_one_of(cfg, opt, value, failure_modes);
+}
+
+static int
+validate_ip(cfg_t *cfg, cfg_opt_t *opt, void *value)
+{
+	struct ip_address ip;
+
+	if (ip_address_parse(value, &ip) != 0)
+		report_at(current_parse->file, cfg->line,
+			  "%s: \"%s\" is not an IPv4 or IPv6 address",
+			  opt->name, (const char *)value);
+	return 0;
+}
+
+static int
+validate_endpoint(cfg_t *cfg, cfg_opt_t *opt, void *value)
+{
+	struct endpoint endpoint;
+
+	if (endpoint_parse(value, 53, &endpoint) != 0)
+		report_at(current_parse->file, cfg->line,
+			  "%s: \"%s\" is not IP, IP:PORT or [IPv6]:PORT",
+			  opt->name, (const char *)value);
+	return 0;
+}
+
+static cfg_opt_t candidate_options[] = {
+	CFG_STR("check_address", NULL, CFGF_NODEFAULT),
+	CFG_STR_LIST("address", NULL, CFGF_NODEFAULT),
+	CFG_END()
+};
+
+static cfg_opt_t name_options[] = {
+	CFG_STR("check_method", "http", CFGF_NONE),
+	CFG_FLOAT("check_frequency", 60, CFGF_NONE),
+	CFG_FLOAT("check_timeout", 0, CFGF_NODEFAULT),
+	CFG_INT("rise", 1, CFGF_NONE),
+	CFG_INT("fall", 1, CFGF_NONE),
+	CFG_INT_LIST("expect_status", "{200}", CFGF_NONE),
+	CFG_STR("selection_method", "best_rtt", CFGF_NONE),
+	CFG_STR("rtt_mode", "total", CFGF_NONE),
+	CFG_FLOAT("max_rtt", 0, CFGF_NODEFAULT),
+	CFG_FLOAT("group_rtt_threshold", 0, CFGF_NODEFAULT),
+	CFG_STR("failure_mode", "none", CFGF_NONE),
+	CFG_INT("ttl", 0, CFGF_NONE),
+	CFG_STR("ca_file", NULL, CFGF_NODEFAULT),
+	CFG_SEC("candidate", candidate_options, CFGF_MULTI | CFGF_TITLE),
+	CFG_END()
+};
+
+static cfg_opt_t global_options[] = {
+	CFG_STR_LIST("nameservers", NULL, CFGF_NODEFAULT),
+	CFG_STR_LIST("dns_bind_interfaces", "{127.0.0.1, ::1}", CFGF_NONE),
+	CFG_INT("dns_listen_port", 53, CFGF_NONE),
+	CFG_FLOAT("resolver_timeout", 1.0, CFGF_NONE),
+	CFG_STR("data_file", "/var/lib/har/har.db", CFGF_NONE),
+	CFG_STR("user", NULL, CFGF_NODEFAULT),
+	CFG_INT("check_history", 1000, CFGF_NONE),
+	CFG_FLOAT("tcp_idle_timeout", 10, CFGF_NONE),
+	CFG_INT("tcp_max_connections", 128, CFGF_NONE),
+	CFG_SEC("name", name_options, CFGF_MULTI | CFGF_TITLE),
+	CFG_END()
+};
+
+static void
+install_validators(cfg_t *cfg)
+{
+	static const struct {
+		const char *option;
+		cfg_validate_callback2_t check;
+	} validators[] = {
+		{ "nameservers", validate_endpoint },
+		{ "dns_bind_interfaces", validate_ip },
+		{ "dns_listen_port", validate_port },
+		{ "resolver_timeout", validate_positive },
+		{ "check_history", validate_count },
+		{ "tcp_idle_timeout", validate_positive },
+		{ "tcp_max_connections", validate_count },
+		{ "name|check_method", validate_check_method },
+		{ "name|check_frequency", validate_positive },
+		{ "name|check_timeout", validate_positive },
+		{ "name|rise", validate_count },
+		{ "name|fall", validate_count },
+		{ "name|expect_status", validate_status },
+		{ "name|selection_method", validate_selection_method },
+		{ "name|rtt_mode", validate_rtt_mode },
+		{ "name|max_rtt", validate_not_negative },
+		{ "name|group_rtt_threshold", validate_not_negative },
+		{ "name|failure_mode", validate_failure_mode },
+		{ "name|ttl", validate_ttl },
+		{ "name|candidate|address", validate_ip },
+	};
+
+	for (size_t i = 0; i < sizeof(validators) / sizeof(validators[0]); i++)
+		cfg_set_validate_func2(cfg, validators[i].option,
+				       validators[i].check);
+}
+
+/* ------------------------------------------------------------ helpers */
+
+static char *
+xstrdup(const char *text)
+{
+	char *copy = strdup(text ? text : "");
+
+	if (!copy) {
+		log_error("out of memory");
+		abort();
+	}
+	return copy;
+}
+
+static void *
+xcalloc(size_t count, size_t size)
+{
+	void *memory = calloc(count ? count : 1, size);
+
+	if (!memory) {
+		log_error("out of memory");
+		abort();
+	}
+	return memory;
+}
+
+int
+ip_address_parse(const char *text, struct ip_address *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (inet_pton(AF_INET, text, out->bytes) == 1) {
+		out->family = AF_INET;
+		return 0;
+	}
+	if (inet_pton(AF_INET6, text, out->bytes) == 1) {
+		out->family = AF_INET6;
+		return 0;
+	}
+	return -1;
+}
+
+void
+ip_address_format(const struct ip_address *ip, char *out, size_t size)
+{
+	if (!inet_ntop(ip->family, ip->bytes, out, size) && size > 0)
+		out[0] = '\0';
+}
+
+static int
+parse_port(const char *text, int *port)
+{
+	char *end;
+	long number;
+
+	errno = 0;
+	number = strtol(text, &end, 10);
+	if (errno || end == text || *end || number < 1 || number > 65535)
+		return -1;
+	*port = (int)number;
+	return 0;
+}
+
+/*
+ * Splits "HOST:PORT", "[IPv6]:PORT", "[IPv6]" or "HOST" into host and
+ * port.  A bare IPv6 address (two or more colons, no brackets) has no port.
+ */
+static int
+split_host_port(const char *text, char *host, size_t host_size, int *port)
+{
+	const char *colon;
+	size_t length;
+
+	if (text[0] == '[') {
+		const char *close = strchr(text, ']');
+
+		if (!close)
+			return -1;
+		length = (size_t)(close - text - 1);
+		if (close[1] == ':') {
+			if (parse_port(close + 2, port) != 0)
+				return -1;
+		} else if (close[1] != '\0') {
+			return -1;
+		}
+		if (length == 0 || length >= host_size)
+			return -1;
+		memcpy(host, text + 1, length);
+		host[length] = '\0';
+		return 0;
+	}
+	colon = strchr(text, ':');
+	if (colon && strchr(colon + 1, ':'))
+		colon = NULL;
+	length = colon ? (size_t)(colon - text) : strlen(text);
+	if (length == 0 || length >= host_size)
+		return -1;
+	memcpy(host, text, length);
+	host[length] = '\0';
+	if (colon && parse_port(colon + 1, port) != 0)
+		return -1;
+	return 0;
+}
+
+int
+endpoint_parse(const char *text, int default_port, struct endpoint *out)
+{
+	char host[64];
+	int port = default_port;
+	struct ip_address ip;
+
+	memset(out, 0, sizeof(*out));
+	if (split_host_port(text, host, sizeof(host), &port) != 0)
+		return -1;
+	if (ip_address_parse(host, &ip) != 0)
+		return -1;
+	if (ip.family == AF_INET) {
+		struct sockaddr_in *sin = (struct sockaddr_in *)&out->addr;
+
+		sin->sin_family = AF_INET;
+		sin->sin_port = htons((uint16_t)port);
+		memcpy(&sin->sin_addr, ip.bytes, 4);
+		out->addr_len = sizeof(*sin);
+		snprintf(out->text, sizeof(out->text), "%s:%d", host, port);
+	} else {
+		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&out->addr;
+
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = htons((uint16_t)port);
+		memcpy(&sin6->sin6_addr, ip.bytes, 16);
+		out->addr_len = sizeof(*sin6);
+		snprintf(out->text, sizeof(out->text), "[%s]:%d", host, port);
+	}
+	return 0;
+}
+
+/*
+ * Converts a host name to lower-case wire form.  A trailing dot is
+ * optional; labels are 1-63 octets of letters, digits, '-' or '_'.
+ */
+int
+dns_name_to_wire(const char *name, uint8_t *wire, int *wire_len)
+{
+	int length = 0;
+	const char *label = name;
+
+	if (strcmp(name, ".") == 0 || name[0] == '\0')
+		return -1;
+	while (*label) {
+		const char *end = strchr(label, '.');
+		int label_len = end ? (int)(end - label) : (int)strlen(label);
+
+		if (label_len < 1 || label_len > 63)
+			return -1;
+		if (length + 1 + label_len + 1 > DNS_MAX_NAME)
+			return -1;
+		wire[length++] = (uint8_t)label_len;
+		for (int i = 0; i < label_len; i++) {
+			unsigned char c = (unsigned char)label[i];
+
+			if (!isalnum(c) && c != '-' && c != '_')
+				return -1;
+			wire[length++] = (uint8_t)tolower(c);
+		}
+		if (!end)
+			break;
+		label = end + 1;
+	}
+	wire[length++] = 0;
+	*wire_len = length;
+	return 0;
+}
+
+/* Lower case, without the trailing dot: the form names are stored in. */
+static char *
+canonical_name(const char *title)
+{
+	char *name = xstrdup(title);
+	size_t length = strlen(name);
+
+	for (size_t i = 0; i < length; i++)
+		name[i] = (char)tolower((unsigned char)name[i]);
+	if (length > 1 && name[length - 1] == '.')
+		name[length - 1] = '\0';
+	return name;
+}
+
+/* ------------------------------------------------------ check targets */
+
+static char *
+uri_range(const UriTextRangeA *range)
+{
+	size_t length;
+	char *text;
+
+	if (!range->first || !range->afterLast)
+		return xstrdup("");
+	length = (size_t)(range->afterLast - range->first);
+	text = xcalloc(length + 1, 1);
+	memcpy(text, range->first, length);
+	return text;
+}
+
+static int
+parse_url(struct config_candidate *candidate, const char *file)
+{
+	UriUriA uri;
+	const char *error_position;
+	char *port_text = NULL;
+	int ok = 0;
+
+	if (uriParseSingleUriA(&uri, candidate->check_address,
+			       &error_position) != URI_SUCCESS) {
+		report_at(file, candidate->line,
+			  "check_address \"%s\" is not a URL (error at \"%s\")",
+			  candidate->check_address, error_position);
+		return -1;
+	}
+	candidate->scheme = canonical_name(uri_range(&uri.scheme));
+	candidate->host = uri_range(&uri.hostText);
+	port_text = uri_range(&uri.portText);
+	if (strcmp(candidate->scheme, "http") != 0 &&
+	    strcmp(candidate->scheme, "https") != 0) {
+		report_at(file, candidate->line,
+			  "check_address \"%s\": the scheme must be http or https",
+			  candidate->check_address);
+	} else if (candidate->host[0] == '\0') {
+		report_at(file, candidate->line,
+			  "check_address \"%s\" has no host",
+			  candidate->check_address);
+	} else if (port_text[0] && parse_port(port_text, &candidate->port) != 0) {
+		report_at(file, candidate->line,
+			  "check_address \"%s\" has a bad port",
+			  candidate->check_address);
+	} else {
+		if (!port_text[0])
+			candidate->port = strcmp(candidate->scheme, "https") == 0 ? 443 : 80;
+		candidate->url = xstrdup(candidate->check_address);
+		ok = 1;
+	}
+	free(port_text);
+	uriFreeUriMembersA(&uri);
+	return ok ? 0 : -1;
+}
+
+/* "tcp://HOST:PORT" or "HOST:PORT"; an http(s) URL names host and port too. */
+static int
+parse_tcp_target(struct config_candidate *candidate, const char *file)
+{
+	const char *target = candidate->check_address;
+	char host[DNS_MAX_NAME + 1];
+	int port = 0;
+
+	if (strncmp(target, "http://", 7) == 0 ||
+	    strncmp(target, "https://", 8) == 0)
+		return parse_url(candidate, file);
+	if (strncmp(target, "tcp://", 6) == 0)
+		target += 6;
+	if (split_host_port(target, host, sizeof(host), &port) != 0 ||
+	    port == 0) {
+		report_at(file, candidate->line,
+			  "check_address \"%s\": a tcp check needs HOST:PORT",
+			  candidate->check_address);
+		return -1;
+	}
+	candidate->scheme = xstrdup("tcp");
+	candidate->host = xstrdup(host);
+	candidate->port = port;
+	return 0;
+}
+
+/* Where the candidate's addresses come from: a list, a literal, or DNS. */
+static int
+candidate_addresses(struct config_candidate *candidate, cfg_t *section,
+		    const char *file)
+{
+	unsigned count = cfg_size(section, "address");
+	struct ip_address literal;
+	uint8_t wire[DNS_MAX_NAME + 1];
+	int wire_len;
+
+	if (count > 0) {
+		candidate->addresses = xcalloc(count, sizeof(struct ip_address));
+		for (unsigned i = 0; i < count; i++) {
+			if (ip_address_parse(cfg_getnstr(section, "address", i),
+					     &candidate->addresses[i]) != 0)
+				return -1;	/* reported by validate_ip */
+		}
+		candidate->address_count = (int)count;
+		return 0;
+	}
+	if (ip_address_parse(candidate->host, &literal) == 0) {
+		candidate->addresses = xcalloc(1, sizeof(struct ip_address));
+		candidate->addresses[0] = literal;
+		candidate->address_count = 1;
+		return 0;
+	}
+	if (dns_name_to_wire(candidate->host, wire, &wire_len) != 0) {
+		report_at(file, candidate->line,
+			  "check_address host \"%s\" is not a host name or IP address",
+			  candidate->host);
+		return -1;
+	}
+	return 0;
+}
+
+static int
+load_candidate(struct config_name *name, struct config_candidate *candidate,
+	       cfg_t *section, const char *file)
+{
+	const char *check_address = cfg_getstr(section, "check_address");
+	char default_address[DNS_MAX_NAME + 16];
+	int result;
+
+	candidate->line = section->line;
+	candidate->title = canonical_name(cfg_title(section));
+	if (!check_address) {
+		if (name->check_method == CHECK_TCP) {
+			report_at(file, candidate->line,
+				  "candidate %s: a tcp check needs check_address = \"HOST:PORT\"",
+				  candidate->title);
+			return -1;
+		}
+		snprintf(default_address, sizeof(default_address),
+			 "http://%s/", candidate->title);
+		check_address = default_address;
+	}
+	candidate->check_address = xstrdup(check_address);
+	if (name->check_method == CHECK_TCP)
+		result = parse_tcp_target(candidate, file);
+	else
+		result = parse_url(candidate, file);
+	if (result != 0)
+		return -1;
+	return candidate_addresses(candidate, section, file);
+}
+
+/* ---------------------------------------------------------------- names */
+
+static int
+choice_index(const char *value, const char *const *choices)
+{
+	for (int i = 0; choices[i]; i++)
+		if (strcmp(value, choices[i]) == 0)
+			return i;
+	return 0;	/* already reported by the validator */
+}
+
+static double
+optional_float(cfg_t *section, const char *option, double unset)
+{
+	return cfg_size(section, option) ? cfg_getfloat(section, option) : unset;
+}
+
+static void
+load_name_options(struct config_name *name, cfg_t *section)
+{
+	name->check_method = (enum check_method)
+	    choice_index(cfg_getstr(section, "check_method"), check_methods);
+	name->check_frequency = cfg_getfloat(section, "check_frequency");
+	name->check_timeout = optional_float(section, "check_timeout",
+	    fmin(name->check_frequency, 10.0));
+	name->rise = (int)cfg_getint(section, "rise");
+	name->fall = (int)cfg_getint(section, "fall");
+	name->expect_status_count = (int)cfg_size(section, "expect_status");
+	name->expect_status = xcalloc((size_t)name->expect_status_count,
+				      sizeof(int));
+	for (int i = 0; i < name->expect_status_count; i++)
+		name->expect_status[i] =
+		    (int)cfg_getnint(section, "expect_status", (unsigned)i);
+	name->selection_method = (enum selection_method)
+	    choice_index(cfg_getstr(section, "selection_method"), selection_methods);
+	name->rtt_mode = (enum rtt_mode)
+	    choice_index(cfg_getstr(section, "rtt_mode"), rtt_modes);
+	name->max_rtt = optional_float(section, "max_rtt", INFINITY);
+	name->group_rtt_threshold =
+	    optional_float(section, "group_rtt_threshold", INFINITY);
+	name->failure_mode = (enum failure_mode)
+	    choice_index(cfg_getstr(section, "failure_mode"), failure_modes);
+	name->ttl = (uint32_t)cfg_getint(section, "ttl");
+	if (cfg_getstr(section, "ca_file"))
+		name->ca_file = xstrdup(cfg_getstr(section, "ca_file"));
+}
+
+static void
+load_name(struct config_name *name, cfg_t *section, const char *file)
+{
+	name->line = section->line;
+	name->title = canonical_name(cfg_title(section));
+	if (dns_name_to_wire(name->title, name->wire, &name->wire_len) != 0)
+		report_at(file, name->line, "name \"%s\" is not a valid host name",
+			  cfg_title(section));
+	load_name_options(name, section);
+	name->candidate_count = (int)cfg_size(section, "candidate");
+	if (name->candidate_count == 0)
+		report_at(file, name->line, "name %s has no candidate",
+			  name->title);
+	name->candidates = xcalloc((size_t)name->candidate_count,
+				   sizeof(struct config_candidate));
+	for (int i = 0; i < name->candidate_count; i++) {
+		cfg_t *candidate = cfg_getnsec(section, "candidate", (unsigned)i);
+
+		load_candidate(name, &name->candidates[i], candidate, file);
+		for (int j = 0; j < i; j++)
+			if (strcmp(name->candidates[j].title,
+				   name->candidates[i].title) == 0)
+				report_at(file, candidate->line,
+					  "candidate %s appears twice in name %s",
+					  name->candidates[i].title, name->title);
+	}
+}
+
+static void
+check_duplicate_names(const struct config *config, const char *file)
+{
+	for (int i = 0; i < config->name_count; i++)
+		for (int j = 0; j < i; j++)
+			if (strcmp(config->names[i].title,
+				   config->names[j].title) == 0)
+				report_at(file, config->names[i].line,
+					  "name %s is already defined at line %d",
+					  config->names[i].title,
+					  config->names[j].line);
+}
+
+/* ------------------------------------------------------- global options */
+
+static int
+nameservers_from_resolv_conf(struct config *config, const char *resolv_conf)
+{
+	FILE *stream = fopen(resolv_conf, "r");
+	char line[512];
+
+	if (!stream)
+		return -1;
+	while (fgets(line, sizeof(line), stream)) {
+		char keyword[32], address[128];
+		struct endpoint endpoint;
+		char *percent;
+
+		if (sscanf(line, "%31s %127s", keyword, address) != 2 ||
+		    strcmp(keyword, "nameserver") != 0)
+			continue;
+		percent = strchr(address, '%');	/* drop an IPv6 zone */
+		if (percent)
+			*percent = '\0';
+		if (endpoint_parse(address, 53, &endpoint) != 0)
+			continue;
+		config->nameservers = realloc(config->nameservers,
+		    sizeof(struct endpoint) * (size_t)(config->nameserver_count + 1));
+		if (!config->nameservers)
+			abort();
+		config->nameservers[config->nameserver_count++] = endpoint;
+	}
+	fclose(stream);
+	config->nameservers_from_resolv_conf = 1;
+	return 0;
+}
+
+static void
+load_globals(struct config *config, cfg_t *cfg, const char *resolv_conf)
+{
+	unsigned count = cfg_size(cfg, "nameservers");
+
+	if (count > 0) {
+		config->nameservers = xcalloc(count, sizeof(struct endpoint));
+		for (unsigned i = 0; i < count; i++)
+			if (endpoint_parse(cfg_getnstr(cfg, "nameservers", i), 53,
+					   &config->nameservers[i]) == 0)
+				config->nameserver_count++;
+	} else if (nameservers_from_resolv_conf(config, resolv_conf) != 0) {
+		report_at(config->file, 0,
+			  "no nameservers given and %s cannot be read",
+			  resolv_conf);
+	}
+	count = cfg_size(cfg, "dns_bind_interfaces");
+	if (count == 0)
+		report_at(config->file, 0, "dns_bind_interfaces is empty");
+	config->bind_interfaces = xcalloc(count, sizeof(char *));
+	for (unsigned i = 0; i < count; i++)
+		config->bind_interfaces[config->bind_interface_count++] =
+		    xstrdup(cfg_getnstr(cfg, "dns_bind_interfaces", i));
+	config->listen_port = (int)cfg_getint(cfg, "dns_listen_port");
+	config->resolver_timeout = cfg_getfloat(cfg, "resolver_timeout");
+	config->data_file = xstrdup(cfg_getstr(cfg, "data_file"));
+	if (cfg_getstr(cfg, "user"))
+		config->user = xstrdup(cfg_getstr(cfg, "user"));
+	config->check_history = (int)cfg_getint(cfg, "check_history");
+	config->tcp_idle_timeout = cfg_getfloat(cfg, "tcp_idle_timeout");
+	config->tcp_max_connections = (int)cfg_getint(cfg, "tcp_max_connections");
+}
+
+/* -------------------------------------------------------------- loading */
+
+static struct config *
+config_build(cfg_t *cfg, const char *file, const char *resolv_conf)
+{
+	struct config *config = xcalloc(1, sizeof(*config));
+
+	config->file = xstrdup(file);
+	load_globals(config, cfg, resolv_conf);
+	config->name_count = (int)cfg_size(cfg, "name");
+	config->names = xcalloc((size_t)config->name_count,
+				sizeof(struct config_name));
+	for (int i = 0; i < config->name_count; i++)
+		load_name(&config->names[i], cfg_getnsec(cfg, "name", (unsigned)i),
+			  file);
+	check_duplicate_names(config, file);
+	return config;
+}
+
+static struct config *
+config_parse(const char *file, const char *text, const char *resolv_conf,
+	     config_report_fn *report)
+{
+	struct config_parse parse = { .file = file, .report = report };
+	struct config *config = NULL;
+	cfg_t *cfg;
+	int result;
+
+	current_parse = &parse;
+	cfg = cfg_init(global_options, CFGF_NONE);
+	if (!cfg) {
+		report_at(file, 0, "cannot set up the configuration parser");
+		current_parse = NULL;
+		return NULL;
+	}
+	cfg_set_error_function(cfg, config_syntax_error);
+	install_validators(cfg);
+	result = text ? cfg_parse_buf(cfg, text) : cfg_parse(cfg, file);
+	if (result == CFG_FILE_ERROR)
+		report_at(file, 0, "cannot read: %s", strerror(errno));
+	else if (result == CFG_PARSE_ERROR && parse.errors == 0)
+		report_at(file, 0, "cannot parse");
+	if (result == CFG_SUCCESS)
+		config = config_build(cfg, file, resolv_conf);
+	cfg_free(cfg);
+	if (config && parse.errors > 0) {
+		config_free(config);
+		config = NULL;
+	}
+	current_parse = NULL;
+	return config;
+}
+
+struct config *
+config_load(const char *file, const char *resolv_conf, config_report_fn *report)
+{
+	return config_parse(file, NULL, resolv_conf, report);
+}
+
+struct config *
+config_load_string(const char *text, const char *resolv_conf,
+		   config_report_fn *report)
+{
+	return config_parse("(string)", text, resolv_conf, report);
+}
+
+/* ------------------------------------------------ forwarding loop guard */
+
+static int
+endpoint_is_listener(const struct endpoint *endpoint, const struct config *config)
+{
+	const struct sockaddr *sa = (const struct sockaddr *)&endpoint->addr;
+	const void *bytes;
+	int port, family = sa->sa_family;
+
+	if (family == AF_INET) {
+		const struct sockaddr_in *sin = (const void *)sa;
+
+		bytes = &sin->sin_addr;
+		port = ntohs(sin->sin_port);
+	} else {
+		const struct sockaddr_in6 *sin6 = (const void *)sa;
+
+		bytes = &sin6->sin6_addr;
+		port = ntohs(sin6->sin6_port);
+	}
+	if (port != config->listen_port)
+		return 0;
+	for (int i = 0; i < config->bind_interface_count; i++) {
+		struct ip_address listener;
+
+		if (ip_address_parse(config->bind_interfaces[i], &listener) != 0 ||
+		    listener.family != family)
+			continue;
+		if (memcmp(listener.bytes, bytes, family == AF_INET ? 4 : 16) == 0)
+			return 1;
+		/* A wildcard listener hears every local address; loopback
+		 * at least is surely ours. */
+		if (family == AF_INET && memcmp(listener.bytes, "\0\0\0\0", 4) == 0 &&
+		    ((const uint8_t *)bytes)[0] == 127)
+			return 1;
+	}
+	return 0;
+}
+
+int
+config_drop_own_listeners(struct config *config, config_report_fn *report)
+{
+	int kept = 0;
+
+	for (int i = 0; i < config->nameserver_count; i++) {
+		if (endpoint_is_listener(&config->nameservers[i], config)) {
+			char message[160];
+
+			snprintf(message, sizeof(message),
+				 "nameserver %s is hard's own listener; not forwarding to it",
+				 config->nameservers[i].text);
+			if (!config->nameservers_from_resolv_conf)
+				report(message);
+			continue;
+		}
+		config->nameservers[kept++] = config->nameservers[i];
+	}
+	config->nameserver_count = kept;
+	return kept;
+}
+
+/* ------------------------------------------------------------- freeing */
+
+static void
+free_candidate(struct config_candidate *candidate)
+{
+	free(candidate->title);
+	free(candidate->check_address);
+	free(candidate->scheme);
+	free(candidate->host);
+	free(candidate->url);
+	free(candidate->addresses);
+}
+
+void
+config_free(struct config *config)
+{
+	if (!config)
+		return;
+	for (int i = 0; i < config->name_count; i++) {
+		struct config_name *name = &config->names[i];
+
+		for (int j = 0; j < name->candidate_count; j++)
+			free_candidate(&name->candidates[j]);
+		free(name->candidates);
+		free(name->title);
+		free(name->expect_status);
+		free(name->ca_file);
+	}
+	free(config->names);
+	for (int i = 0; i < config->bind_interface_count; i++)
+		free(config->bind_interfaces[i]);
+	free(config->bind_interfaces);
+	free(config->nameservers);
+	free(config->data_file);
+	free(config->user);
+	free(config->file);
+	free(config);
+}

@@ -1,0 +1,423 @@
+/*
+ * dns.c - the answer path: query bytes in, response bytes out.
+ *
+ * Nearly every query is a header, one question and at most one OPT
+ * record.  Those are read straight off the wire and answered by writing
+ * bytes into the caller's buffer: no allocation, no copy of the packet.
+ * Anything shaped differently goes through ldns's full parser, which
+ * decides between FORMERR and forwarding.  The addresses to answer with
+ * were chosen ahead of time by select.c, so answering is copying.
+ */
+#include <string.h>
+
+#include <ldns/ldns.h>
+
+#include "har.h"
+
+#define DNS_HEADER_SIZE 12
+#define DNS_TYPE_A 1
+#define DNS_TYPE_SOA 6
+#define DNS_TYPE_AAAA 28
+#define DNS_TYPE_OPT 41
+#define DNS_CLASS_IN 1
+
+#define FLAG_QR 0x8000
+#define FLAG_AA 0x0400
+#define FLAG_TC 0x0200
+#define FLAG_RD 0x0100
+#define FLAG_RA 0x0080
+#define OPCODE_MASK 0x7800
+
+#define RCODE_FORMERR 1
+#define RCODE_SERVFAIL 2
+#define RCODE_NOTIMP 4
+#define RCODE_BADVERS 16
+
+/* What the answer path needs to know of a query. */
+struct query {
+	uint16_t id;
+	uint16_t flags;
+	const uint8_t *question;	/* in the packet, the client's case */
+	size_t question_len;		/* name + type + class */
+	uint8_t lower_name[DNS_MAX_NAME + 1];
+	int name_len;
+	uint16_t type;
+	uint16_t class;
+	int has_opt;
+	uint16_t udp_size;
+	uint8_t edns_version;
+	int dnssec_ok;
+};
+
+static inline uint16_t
+read16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] << 8 | p[1]);
+}
+
+static inline void
+write16(uint8_t *p, uint16_t value)
+{
+	p[0] = (uint8_t)(value >> 8);
+	p[1] = (uint8_t)value;
+}
+
+static inline void
+write32(uint8_t *p, uint32_t value)
+{
+	write16(p, (uint16_t)(value >> 16));
+	write16(p + 2, (uint16_t)value);
+}
+
+/*
+ * Reads the question name into q->lower_name.  Compression cannot occur
+ * in the first name of a packet (there is nothing before it to point at),
+ * so a pointer here means a malformed query.
+ */
+static int
+parse_question_name(const uint8_t *packet, size_t len, size_t *offset,
+		    struct query *q)
+{
+	size_t at = *offset;
+	int out = 0;
+
+	for (;;) {
+		uint8_t label_len;
+
+		if (at >= len)
+			return -1;
+		label_len = packet[at++];
+		if (label_len == 0)
+			break;
+		if (label_len > 63 || at + label_len > len ||
+		    out + 1 + label_len + 1 > DNS_MAX_NAME)
+			return -1;
+		q->lower_name[out++] = label_len;
+		for (int i = 0; i < label_len; i++) {
+			uint8_t c = packet[at++];
+
+			q->lower_name[out++] = (c >= 'A' && c <= 'Z') ? c + 32 : c;
+		}
+	}
+	q->lower_name[out++] = 0;
+	q->name_len = out;
+	*offset = at;
+	return 0;
+}
+
+/* An OPT record at offset, the only additional record: the common case. */
+static int
+parse_opt(const uint8_t *packet, size_t len, size_t offset, struct query *q)
+{
+	uint16_t rdlen;
+
+	if (offset + 11 > len || packet[offset] != 0 ||
+	    read16(packet + offset + 1) != DNS_TYPE_OPT)
+		return -1;
+	rdlen = read16(packet + offset + 9);
+	if (offset + 11 + rdlen > len)
+		return -1;
+	q->has_opt = 1;
+	q->udp_size = read16(packet + offset + 3);
+	q->edns_version = packet[offset + 6];
+	q->dnssec_ok = (packet[offset + 7] & 0x80) != 0;
+	return 0;
+}
+
+/* Anything unusual: let ldns judge the whole packet. */
+static int
+parse_with_ldns(const uint8_t *packet, size_t len, struct query *q)
+{
+	ldns_pkt *pkt = NULL;
+
+	if (ldns_wire2pkt(&pkt, packet, len) != LDNS_STATUS_OK)
+		return -1;
+	if (ldns_pkt_edns(pkt)) {
+		q->has_opt = 1;
+		q->udp_size = ldns_pkt_edns_udp_size(pkt);
+		q->edns_version = ldns_pkt_edns_version(pkt);
+		q->dnssec_ok = ldns_pkt_edns_do(pkt);
+	}
+	ldns_pkt_free(pkt);
+	return 0;
+}
+
+/* 0: parsed; else the rcode to answer with (-1: drop silently). */
+static int
+parse_query(const uint8_t *packet, size_t len, struct query *q)
+{
+	size_t offset = DNS_HEADER_SIZE;
+	uint16_t ancount, nscount, arcount;
+
+	if (len < DNS_HEADER_SIZE)
+		return -1;
+	q->id = read16(packet);
+	q->flags = read16(packet + 2);
+	q->question = NULL;
+	q->question_len = 0;
+	q->has_opt = 0;
+	if (q->flags & FLAG_QR)
+		return -1;
+	if (read16(packet + 4) == 1 &&
+	    parse_question_name(packet, len, &offset, q) == 0 &&
+	    offset + 4 <= len) {
+		q->type = read16(packet + offset);
+		q->class = read16(packet + offset + 2);
+		q->question = packet + DNS_HEADER_SIZE;
+		q->question_len = offset + 4 - DNS_HEADER_SIZE;
+		offset += 4;
+	}
+	if (q->flags & OPCODE_MASK)
+		return RCODE_NOTIMP;
+	if (!q->question)
+		return RCODE_FORMERR;
+	ancount = read16(packet + 6);
+	nscount = read16(packet + 8);
+	arcount = read16(packet + 10);
+	if (ancount == 0 && nscount == 0 && arcount == 0)
+		return 0;
+	if (ancount == 0 && nscount == 0 && arcount == 1 &&
+	    parse_opt(packet, len, offset, q) == 0)
+		return 0;
+	return parse_with_ldns(packet, len, q) == 0 ? 0 : RCODE_FORMERR;
+}
+
+/* ------------------------------------------------------------ building */
+
+struct writer {
+	uint8_t *start;
+	size_t at;
+	size_t size;
+	int overflow;
+};
+
+static void
+put(struct writer *w, const void *bytes, size_t len)
+{
+	if (w->overflow || w->at + len > w->size) {
+		w->overflow = 1;
+		return;
+	}
+	memcpy(w->start + w->at, bytes, len);
+	w->at += len;
+}
+
+static void
+put_header(struct writer *w, const struct query *q, uint16_t flags,
+	   int qdcount, int ancount, int nscount, int arcount)
+{
+	uint8_t header[DNS_HEADER_SIZE];
+
+	write16(header, q->id);
+	write16(header + 2, flags);
+	write16(header + 4, (uint16_t)qdcount);
+	write16(header + 6, (uint16_t)ancount);
+	write16(header + 8, (uint16_t)nscount);
+	write16(header + 10, (uint16_t)arcount);
+	put(w, header, sizeof(header));
+}
+
+/* Our OPT: 1232 advertised (the DNS flag day 2020 size), DO echoed. */
+static void
+put_opt(struct writer *w, const struct query *q, int extended_rcode)
+{
+	uint8_t opt[11] = { 0 };
+
+	write16(opt + 1, DNS_TYPE_OPT);
+	write16(opt + 3, DNS_EDNS_ADVERTISED);
+	opt[5] = (uint8_t)(extended_rcode >> 4);
+	opt[7] = q->dnssec_ok ? 0x80 : 0;
+	put(w, opt, sizeof(opt));
+}
+
+/* The owner of every record we write is the question name: offset 12. */
+static void
+put_record_head(struct writer *w, uint16_t type, uint32_t ttl, uint16_t rdlen)
+{
+	uint8_t head[12];
+
+	write16(head, 0xc000 | DNS_HEADER_SIZE);
+	write16(head + 2, type);
+	write16(head + 4, DNS_CLASS_IN);
+	write32(head + 6, ttl);
+	write16(head + 10, rdlen);
+	put(w, head, sizeof(head));
+}
+
+/*
+ * RFC 2308: a NODATA answer carries the zone's SOA so resolvers can cache
+ * the absence.  We act as the apex of each configured name.
+ */
+static void
+put_soa(struct writer *w, uint32_t ttl)
+{
+	static const uint8_t rname_label[] = "\x0ahostmaster";
+	uint8_t timers[20];
+
+	put_record_head(w, DNS_TYPE_SOA, ttl, 2 + 11 + 2 + 20);
+	put(w, "\xc0\x0c", 2);			/* mname: the name itself */
+	put(w, rname_label, 11);		/* rname: hostmaster.<name> */
+	put(w, "\xc0\x0c", 2);
+	write32(timers, 1);			/* serial */
+	write32(timers + 4, 3600);		/* refresh */
+	write32(timers + 8, 600);		/* retry */
+	write32(timers + 12, 86400);		/* expire */
+	write32(timers + 16, ttl);		/* minimum: negative TTL */
+	put(w, timers, sizeof(timers));
+}
+
+static uint16_t
+response_flags(const struct query *q, uint16_t extra, int rcode)
+{
+	return (uint16_t)(FLAG_QR | (q->flags & (OPCODE_MASK | FLAG_RD)) |
+			  FLAG_RA | extra | (rcode & 0x0f));
+}
+
+/* A reply with just the question (if any) and OPT: errors and TC. */
+static size_t
+write_bare(const struct query *q, uint16_t extra_flags, int rcode,
+	   uint8_t *response, size_t size)
+{
+	struct writer w = { response, 0, size, 0 };
+	int with_question = q->question != NULL;
+
+	put_header(&w, q, response_flags(q, extra_flags, rcode),
+		   with_question, 0, 0, q->has_opt);
+	if (with_question)
+		put(&w, q->question, q->question_len);
+	if (q->has_opt)
+		put_opt(&w, q, rcode);
+	return w.overflow ? 0 : w.at;
+}
+
+size_t
+dns_error_reply(const uint8_t *query, size_t query_len, int rcode,
+		uint8_t *response, size_t response_size)
+{
+	struct query q;
+	int parsed = parse_query(query, query_len, &q);
+
+	if (parsed < 0)
+		return 0;
+	if (parsed != 0)
+		q.has_opt = 0;
+	return write_bare(&q, 0, rcode, response, response_size);
+}
+
+static size_t
+udp_limit(const struct query *q, int over_tcp)
+{
+	if (over_tcp)
+		return DNS_MAX_UDP;
+	if (q->has_opt && q->udp_size > 512)
+		return q->udp_size;
+	return 512;
+}
+
+/* The authoritative answer from a precomputed answer set. */
+static size_t
+write_answer(const struct query *q, const struct name *name,
+	     struct answer_set *set, int family, uint8_t *response, size_t size)
+{
+	struct writer w = { response, 0, size, 0 };
+	uint16_t type = family == AF_INET ? DNS_TYPE_A : DNS_TYPE_AAAA;
+	uint16_t rdlen = family == AF_INET ? 4 : 16;
+	uint32_t ttl = name->config->ttl;
+	int first = 0, count = set->count;
+
+	if (set->kind == ANSWER_NODATA)
+		count = 0;
+	if (set->rotate && count > 0) {
+		first = (int)(set->next++ % (unsigned)count);
+		count = 1;
+	}
+	put_header(&w, q, response_flags(q, FLAG_AA, 0), 1, count,
+		   set->kind == ANSWER_NODATA, q->has_opt);
+	put(&w, q->question, q->question_len);
+	for (int i = 0; i < count; i++) {
+		put_record_head(&w, type, ttl, rdlen);
+		put(&w, set->ips[first + i].bytes, rdlen);
+	}
+	if (set->kind == ANSWER_NODATA)
+		put_soa(&w, ttl);
+	if (q->has_opt)
+		put_opt(&w, q, 0);
+	return w.overflow ? 0 : w.at;
+}
+
+enum dns_verdict
+dns_answer(struct registry *registry, const uint8_t *packet, size_t len,
+	   int over_tcp, uint8_t *response, size_t response_size,
+	   size_t *response_len, size_t *client_limit)
+{
+	struct query q;
+	struct name *name;
+	struct answer_set *set;
+	int rcode, family;
+	size_t limit;
+
+	*response_len = 0;
+	*client_limit = 512;
+	rcode = parse_query(packet, len, &q);
+	if (rcode < 0)
+		return DNS_DROP;
+	if (rcode > 0) {
+		*response_len = write_bare(&q, 0, rcode, response, response_size);
+		return *response_len ? DNS_REPLY : DNS_DROP;
+	}
+	limit = udp_limit(&q, over_tcp);
+	*client_limit = limit;
+	if (q.class != DNS_CLASS_IN ||
+	    (q.type != DNS_TYPE_A && q.type != DNS_TYPE_AAAA))
+		return DNS_FORWARD;
+	name = registry ? registry_lookup(registry, q.lower_name, q.name_len) : NULL;
+	if (!name)
+		return DNS_FORWARD;
+	if (q.has_opt && q.edns_version != 0) {
+		*response_len = write_bare(&q, 0, RCODE_BADVERS, response,
+					   response_size);
+		return DNS_REPLY;
+	}
+	family = q.type == DNS_TYPE_A ? AF_INET : AF_INET6;
+	set = &name->answers[family_index(family)];
+	if (set->kind == ANSWER_FORWARD)
+		return DNS_FORWARD;
+	name->queries++;
+	if (set->kind == ANSWER_SERVFAIL) {
+		*response_len = write_bare(&q, 0, RCODE_SERVFAIL, response,
+					   response_size);
+		return DNS_REPLY;
+	}
+	if (response_size > limit)
+		response_size = limit;
+	*response_len = write_answer(&q, name, set, family, response,
+				     response_size);
+	if (*response_len == 0)	/* does not fit: the client retries on TCP */
+		*response_len = write_bare(&q, FLAG_AA | FLAG_TC, 0, response,
+					   response_size);
+	return DNS_REPLY;
+}
+
+/*
+ * An upstream reply bigger than the client can take over UDP is cut to
+ * its header and question with TC set, as a server would have done.
+ */
+size_t
+dns_truncate_reply(uint8_t *reply, size_t reply_len, size_t limit)
+{
+	size_t offset = DNS_HEADER_SIZE;
+	struct query q;
+
+	if (reply_len <= limit)
+		return reply_len;
+	if (read16(reply + 4) != 1 ||
+	    parse_question_name(reply, reply_len, &offset, &q) != 0 ||
+	    offset + 4 > reply_len)
+		offset = DNS_HEADER_SIZE;
+	else
+		offset += 4;
+	write16(reply + 2, read16(reply + 2) | FLAG_TC);
+	write16(reply + 4, offset > DNS_HEADER_SIZE ? 1 : 0);
+	memset(reply + 6, 0, 6);
+	return offset;
+}

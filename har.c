@@ -1,0 +1,433 @@
+/*
+ * har.c - hard's entry point: the command line, start-up in an order that
+ * reports every failure before the daemon detaches, the one libev loop,
+ * and the signals that reload the configuration or stop it.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "har.h"
+
+#define DEFAULT_CONFIG "/etc/har.conf"
+#define RESOLV_CONF "/etc/resolv.conf"
+
+struct options {
+	const char *config_file;
+	const char *pid_file;
+	const char *user;
+	int foreground;
+	int debug;
+	int test_only;
+};
+
+static struct options options = { .config_file = DEFAULT_CONFIG };
+static struct config *running_config;
+static struct registry *registry;
+static struct dns_server *server;
+static struct ev_loop *loop;
+static int pid_file_written;
+
+static void
+usage(FILE *stream)
+{
+	fprintf(stream,
+		"usage: hard [-f] [-d] [-t] [-c FILE] [-p PIDFILE] [-u USER] [-V] [-h] [FILE]\n"
+		"  -c FILE     configuration file (default " DEFAULT_CONFIG ")\n"
+		"  -f          stay in the foreground, log to stderr\n"
+		"  -d          debug logging\n"
+		"  -t          check the configuration, print ok or the errors, exit\n"
+		"  -p PIDFILE  write the process ID to PIDFILE\n"
+		"  -u USER     run as USER after binding the listeners\n"
+		"  -V          print the version\n"
+		"  -h          this help\n");
+}
+
+static void
+report_to_stderr(const char *message)
+{
+	fprintf(stderr, "%s\n", message);
+}
+
+static void
+report_to_log(const char *message)
+{
+	log_error("%s", message);
+}
+
+static void
+parse_arguments(int argc, char **argv)
+{
+	int option;
+
+	while ((option = getopt(argc, argv, "fdtc:p:u:Vh")) != -1) {
+		switch (option) {
+		case 'f': options.foreground = 1; break;
+		case 'd': options.debug = 1; break;
+		case 't': options.test_only = 1; break;
+		case 'c': options.config_file = optarg; break;
+		case 'p': options.pid_file = optarg; break;
+		case 'u': options.user = optarg; break;
+		case 'V':
+			printf("hard %s\n", HAR_VERSION);
+			exit(0);
+		case 'h':
+			usage(stdout);
+			exit(0);
+		default:
+			usage(stderr);
+			exit(1);
+		}
+	}
+	if (optind < argc)
+		options.config_file = argv[optind++];
+	if (optind < argc) {
+		fprintf(stderr, "hard: unexpected argument \"%s\"\n", argv[optind]);
+		usage(stderr);
+		exit(1);
+	}
+}
+
+static __attribute__((noreturn)) void
+fail_start(const char *fmt, ...)
+{
+	char message[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(message, sizeof(message), fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "hard: %s\n", message);
+	exit(1);
+}
+
+/* ------------------------------------------------------------ pidfile */
+
+static void
+check_pid_file(const char *path)
+{
+	FILE *stream = fopen(path, "r");
+	long pid = 0;
+
+	if (!stream)
+		return;
+	if (fscanf(stream, "%ld", &pid) != 1)
+		pid = 0;
+	fclose(stream);
+	if (pid > 0 && pid != getpid() &&
+	    (kill((pid_t)pid, 0) == 0 || errno == EPERM))
+		fail_start("already running as process %ld (pid file %s)", pid, path);
+}
+
+static void
+write_pid_file(const char *path)
+{
+	FILE *stream = fopen(path, "w");
+
+	if (!stream || fprintf(stream, "%ld\n", (long)getpid()) < 0 ||
+	    fclose(stream) != 0)
+		fail_start("cannot write pid file %s: %s", path, strerror(errno));
+	pid_file_written = 1;
+}
+
+static void
+remove_pid_file(void)
+{
+	if (pid_file_written && unlink(options.pid_file) != 0)
+		log_warning("cannot remove pid file %s: %s", options.pid_file,
+			    strerror(errno));
+}
+
+/* --------------------------------------------------------- privileges */
+
+static void
+drop_privileges(const char *user)
+{
+	struct passwd *account = getpwnam(user);
+
+	if (!account)
+		fail_start("unknown user \"%s\"", user);
+	if (setgroups(1, &account->pw_gid) != 0 ||
+	    setgid(account->pw_gid) != 0 || setuid(account->pw_uid) != 0)
+		fail_start("cannot become user %s: %s", user, strerror(errno));
+	if (account->pw_uid != 0 && (setuid(0) == 0 || geteuid() == 0))
+		fail_start("still able to regain root after becoming %s", user);
+	log_info("running as user %s", user);
+}
+
+/* The daemon detaches only after everything that can fail at start did. */
+static void
+daemonize(void)
+{
+	pid_t pid = fork();
+	int null;
+
+	if (pid < 0)
+		fail_start("cannot fork: %s", strerror(errno));
+	if (pid > 0)
+		_exit(0);
+	if (setsid() < 0)
+		fail_start("setsid: %s", strerror(errno));
+	pid = fork();
+	if (pid < 0)
+		fail_start("cannot fork: %s", strerror(errno));
+	if (pid > 0)
+		_exit(0);
+	if (chdir("/") != 0)
+		log_warning("cannot chdir to /: %s", strerror(errno));
+	null = open("/dev/null", O_RDWR);
+	if (null >= 0) {
+		dup2(null, STDIN_FILENO);
+		dup2(null, STDOUT_FILENO);
+		dup2(null, STDERR_FILENO);
+		if (null > STDERR_FILENO)
+			close(null);
+	}
+	ev_loop_fork(loop);
+}
+
+/* ------------------------------------------------------------ reload */
+
+static int
+same_endpoints(const struct config *a, const struct config *b)
+{
+	if (a->listen_port != b->listen_port ||
+	    a->bind_interface_count != b->bind_interface_count)
+		return 0;
+	for (int i = 0; i < a->bind_interface_count; i++)
+		if (strcmp(a->bind_interfaces[i], b->bind_interfaces[i]) != 0)
+			return 0;
+	return 1;
+}
+
+static int
+same_upstream(const struct config *a, const struct config *b)
+{
+	if (a->nameserver_count != b->nameserver_count ||
+	    a->resolver_timeout != b->resolver_timeout)
+		return 0;
+	for (int i = 0; i < a->nameserver_count; i++)
+		if (strcmp(a->nameservers[i].text, b->nameservers[i].text) != 0)
+			return 0;
+	return 1;
+}
+
+static const struct config_name *
+find_config_name(const struct config *config, const char *title)
+{
+	for (int i = 0; i < config->name_count; i++)
+		if (strcmp(config->names[i].title, title) == 0)
+			return &config->names[i];
+	return NULL;
+}
+
+static int
+same_candidate(const struct config_candidate *a, const struct config_candidate *b)
+{
+	return strcmp(a->title, b->title) == 0 &&
+	    strcmp(a->check_address, b->check_address) == 0 &&
+	    a->address_count == b->address_count &&
+	    memcmp(a->addresses, b->addresses,
+		   sizeof(struct ip_address) * (size_t)a->address_count) == 0;
+}
+
+static int
+same_name(const struct config_name *a, const struct config_name *b)
+{
+	if (a->check_method != b->check_method ||
+	    a->check_frequency != b->check_frequency ||
+	    a->check_timeout != b->check_timeout || a->rise != b->rise ||
+	    a->fall != b->fall || a->selection_method != b->selection_method ||
+	    a->rtt_mode != b->rtt_mode || a->max_rtt != b->max_rtt ||
+	    a->group_rtt_threshold != b->group_rtt_threshold ||
+	    a->failure_mode != b->failure_mode || a->ttl != b->ttl ||
+	    a->expect_status_count != b->expect_status_count ||
+	    a->candidate_count != b->candidate_count ||
+	    (a->ca_file == NULL) != (b->ca_file == NULL) ||
+	    (a->ca_file && strcmp(a->ca_file, b->ca_file) != 0))
+		return 0;
+	if (memcmp(a->expect_status, b->expect_status,
+		   sizeof(int) * (size_t)a->expect_status_count) != 0)
+		return 0;
+	for (int i = 0; i < a->candidate_count; i++)
+		if (!same_candidate(&a->candidates[i], &b->candidates[i]))
+			return 0;
+	return 1;
+}
+
+static void
+log_reload_summary(const struct config *old, const struct config *fresh)
+{
+	int added = 0, removed = 0, changed = 0;
+
+	for (int i = 0; i < fresh->name_count; i++) {
+		const struct config_name *before =
+		    find_config_name(old, fresh->names[i].title);
+
+		if (!before)
+			added++;
+		else if (!same_name(before, &fresh->names[i]))
+			changed++;
+	}
+	for (int i = 0; i < old->name_count; i++)
+		if (!find_config_name(fresh, old->names[i].title))
+			removed++;
+	log_info("reloaded %s: %d names (%d added, %d removed, %d changed)%s%s",
+		 fresh->file, fresh->name_count, added, removed, changed,
+		 same_endpoints(old, fresh) ? "" : ", listeners re-bound",
+		 same_upstream(old, fresh) ? "" : ", nameservers changed");
+}
+
+/*
+ * Everything that can fail is tried before anything changes, so a bad
+ * file or an address that cannot be bound leaves the old set-up serving.
+ */
+static void
+reload(void)
+{
+	struct config *fresh = config_load(options.config_file, RESOLV_CONF,
+					   report_to_log);
+	struct registry *fresh_registry;
+
+	if (!fresh) {
+		log_error("reload of %s failed; still running the previous configuration",
+			  options.config_file);
+		return;
+	}
+	if (config_drop_own_listeners(fresh, report_to_log) == 0) {
+		log_error("reload of %s failed: no upstream nameserver left; "
+			  "still running the previous configuration",
+			  options.config_file);
+		config_free(fresh);
+		return;
+	}
+	if (!same_endpoints(running_config, fresh)) {
+		struct dns_server *rebound = dns_server_start(loop, fresh, server);
+
+		if (!rebound) {
+			log_error("reload of %s failed: cannot bind the new listeners; "
+				  "still running the previous configuration",
+				  options.config_file);
+			config_free(fresh);
+			return;
+		}
+		server = rebound;
+	}
+	if (!same_upstream(running_config, fresh) &&
+	    upstream_reconfigure(fresh) != 0)
+		log_error("keeping the previous nameservers");
+	log_reload_summary(running_config, fresh);
+	fresh_registry = registry_create(fresh);
+	registry_take_over(fresh_registry, registry);
+	registry = fresh_registry;
+	dns_server_set_registry(registry);
+	check_start_all(loop, registry);
+	store_reconfigure(fresh, registry);
+	config_free(running_config);
+	running_config = fresh;
+}
+
+static void
+on_signal(struct ev_loop *signal_loop, ev_signal *watcher, int revents)
+{
+	(void)revents;
+	if (watcher->signum == SIGHUP) {
+		log_info("SIGHUP: reloading %s", options.config_file);
+		reload();
+		return;
+	}
+	log_info("%s: stopping", watcher->signum == SIGTERM ? "SIGTERM" : "SIGINT");
+	ev_break(signal_loop, EVBREAK_ALL);
+}
+
+/* ----------------------------------------------------------- start-up */
+
+static struct config *
+load_config_or_exit(void)
+{
+	struct config *config = config_load(options.config_file, RESOLV_CONF,
+					    report_to_stderr);
+
+	if (!config)
+		exit(1);
+	if (options.test_only) {
+		printf("ok\n");
+		config_free(config);
+		exit(0);
+	}
+	if (config_drop_own_listeners(config, report_to_stderr) == 0) {
+		config_free(config);
+		fail_start("no upstream nameserver left (every one is hard's own "
+			   "listener); set nameservers in %s", options.config_file);
+	}
+	return config;
+}
+
+static void
+shut_down(void)
+{
+	dns_server_stop(server);
+	upstream_stop();
+	store_flush();
+	registry_free(registry);
+	check_stop();
+	store_close();
+	remove_pid_file();
+	config_free(running_config);
+	log_info("stopped");
+}
+
+int
+main(int argc, char **argv)
+{
+	ev_signal hup, term, interrupt;
+	const char *user;
+
+	parse_arguments(argc, argv);
+	log_init("hard", options.foreground || options.test_only, options.debug);
+	running_config = load_config_or_exit();
+	user = options.user ? options.user : running_config->user;
+	if (options.pid_file)
+		check_pid_file(options.pid_file);
+	signal(SIGPIPE, SIG_IGN);
+	loop = ev_default_loop(EVFLAG_AUTO);
+	if (!loop)
+		fail_start("cannot create the event loop");
+	server = dns_server_start(loop, running_config, NULL);
+	if (!server)
+		fail_start("cannot listen on the configured addresses (see above)");
+	if (store_open(loop, running_config, user) != 0)
+		fail_start("cannot open data file %s", running_config->data_file);
+	registry = registry_create(running_config);
+	store_restore(registry);
+	dns_server_set_registry(registry);
+	if (user)
+		drop_privileges(user);
+	if (!options.foreground)
+		daemonize();
+	log_init("hard", options.foreground, options.debug);
+	if (options.pid_file)
+		write_pid_file(options.pid_file);
+	if (upstream_start(loop, running_config) != 0)
+		fail_start("cannot start the upstream resolver");
+	if (check_start_all(loop, registry) != 0)
+		fail_start("cannot start the health checks");
+	ev_signal_init(&hup, on_signal, SIGHUP);
+	ev_signal_init(&term, on_signal, SIGTERM);
+	ev_signal_init(&interrupt, on_signal, SIGINT);
+	ev_signal_start(loop, &hup);
+	ev_signal_start(loop, &term);
+	ev_signal_start(loop, &interrupt);
+	log_info("hard %s answering %d names on port %d", HAR_VERSION,
+		 running_config->name_count, running_config->listen_port);
+	ev_run(loop, 0);
+	shut_down();
+	return 0;
+}

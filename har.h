@@ -1,0 +1,360 @@
+/*
+ * har.h - the types shared by hard's modules and each module's interface.
+ *
+ * Two worlds live here.  The configuration (struct config and below) is
+ * plain data made by config_load(); it never changes once loaded.  The
+ * runtime (struct registry and below) is what the daemon answers from:
+ * names, their candidates, and each candidate's checked addresses with
+ * their health.  A reload builds a new registry from a new config and
+ * moves the surviving addresses into it, so their state and schedules go
+ * on untouched.
+ */
+#ifndef HAR_H
+#define HAR_H
+
+#include <math.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+
+#include <ev.h>
+
+#define HAR_VERSION "0.1.0"
+
+#define DNS_MAX_NAME 255
+#define DNS_MAX_UDP 65535
+#define DNS_EDNS_ADVERTISED 1232
+
+/* ---------------------------------------------------------------- log.c */
+
+void log_init(const char *program, int foreground, int debug);
+void log_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_warning(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+int log_debug_enabled(void);
+
+/*
+ * A repeating condition (a data file that stays locked, an upstream that
+ * stays down) is logged when it starts and when it ends, not every time.
+ */
+struct log_streak {
+	int active;
+	unsigned long count;
+};
+int log_streak_fail(struct log_streak *streak);	/* 1: first of a streak */
+/* The failures of the streak that just ended, or 0. */
+unsigned long log_streak_ok(struct log_streak *streak);
+
+/* ------------------------------------------------------------- config.c */
+
+enum check_method { CHECK_HTTP, CHECK_TCP };
+enum selection_method { SELECT_BEST_RTT, SELECT_GROUP_RTT_RR, SELECT_ALL };
+enum rtt_mode { RTT_TOTAL, RTT_CONNECT };
+enum failure_mode { FAILURE_NONE, FAILURE_ALL, FAILURE_SERVFAIL };
+
+/* An IP address of either family, as raw network-order bytes. */
+struct ip_address {
+	int family;		/* AF_INET or AF_INET6 */
+	uint8_t bytes[16];
+};
+
+/* An IP address and port: a nameserver or a listener. */
+struct endpoint {
+	struct sockaddr_storage addr;
+	socklen_t addr_len;
+	char text[80];		/* "127.0.0.1:53", "[::1]:53" */
+};
+
+struct config_candidate {
+	char *title;		/* lower case, no trailing dot */
+	char *check_address;	/* as configured, or the default */
+	char *scheme;		/* "http", "https" or "tcp" */
+	char *host;		/* host part: Host header, SNI, what to resolve */
+	int port;
+	char *url;		/* the URL GET for http/https */
+	struct ip_address *addresses;	/* fixed: `address` or an IP literal host */
+	int address_count;	/* 0: resolve host through upstream */
+	int line;
+};
+
+struct config_name {
+	char *title;		/* lower case, no trailing dot */
+	uint8_t wire[DNS_MAX_NAME + 1];	/* lower-case wire form */
+	int wire_len;
+	enum check_method check_method;
+	double check_frequency;
+	double check_timeout;
+	int rise;
+	int fall;
+	int *expect_status;
+	int expect_status_count;
+	enum selection_method selection_method;
+	enum rtt_mode rtt_mode;
+	double max_rtt;		/* INFINITY when unset */
+	double group_rtt_threshold;	/* INFINITY when unset */
+	enum failure_mode failure_mode;
+	uint32_t ttl;
+	char *ca_file;		/* NULL: the system's CAs */
+	struct config_candidate *candidates;
+	int candidate_count;
+	int line;
+};
+
+struct config {
+	char *file;
+	struct endpoint *nameservers;
+	int nameserver_count;
+	int nameservers_from_resolv_conf;
+	char **bind_interfaces;
+	int bind_interface_count;
+	int listen_port;
+	double resolver_timeout;
+	char *data_file;	/* "" disables the store */
+	char *user;		/* NULL: stay who we are */
+	int check_history;
+	double tcp_idle_timeout;
+	int tcp_max_connections;
+	struct config_name *names;
+	int name_count;
+};
+
+/*
+ * Parses and validates FILE.  On failure returns NULL after printing every
+ * error ("FILE:LINE: reason") through report.  resolv_conf is the file the
+ * default nameservers come from (normally /etc/resolv.conf).
+ */
+typedef void config_report_fn(const char *message);
+struct config *config_load(const char *file, const char *resolv_conf,
+			   config_report_fn *report);
+struct config *config_load_string(const char *text, const char *resolv_conf,
+				  config_report_fn *report);
+void config_free(struct config *config);
+
+/* Drops nameservers that are our own listeners; 0 if none remain. */
+int config_drop_own_listeners(struct config *config, config_report_fn *report);
+
+int ip_address_parse(const char *text, struct ip_address *out);
+void ip_address_format(const struct ip_address *ip, char *out, size_t size);
+int endpoint_parse(const char *text, int default_port, struct endpoint *out);
+int dns_name_to_wire(const char *name, uint8_t *wire, int *wire_len);
+
+/* ----------------------------------------------------------- registry.c */
+
+enum health { HEALTH_UNKNOWN = -1, HEALTH_DOWN = 0, HEALTH_UP = 1 };
+
+/*
+ * last_check_status: an HTTP status, 0 for a TCP success, or one of these.
+ */
+enum check_status {
+	STATUS_TIMEOUT = -1,
+	STATUS_CONNECT_ERROR = -2,	/* refused, unreachable */
+	STATUS_RESPONSE_ERROR = -3,	/* malformed or empty HTTP response */
+	STATUS_TLS_ERROR = -4,
+	STATUS_RESOLVE_ERROR = -5,
+	STATUS_OTHER_ERROR = -6,
+};
+
+struct check;
+struct candidate;
+struct name;
+struct resolution;
+
+/* One checked IP address of one candidate: the unit of health. */
+struct address {
+	struct candidate *candidate;
+	struct ip_address ip;
+	char text[46];
+	int health;
+	int successes_in_row;
+	int failures_in_row;
+	double srtt;		/* smoothed RTT per rtt_mode; NAN when none */
+	double last_rtt;
+	double connect_time;	/* of the last success */
+	double response_time;
+	double last_check_time;
+	double last_success_time;
+	double last_failure_time;
+	int last_status;
+	uint64_t successes;
+	uint64_t timeouts;
+	uint64_t connect_errors;
+	uint64_t response_errors;
+	uint64_t other_errors;
+	uint64_t check_count;	/* checks completed; history ring index */
+	int store_dirty;	/* changed since last written to the data file */
+	ev_timer timer;		/* the next check */
+	double next_start;	/* ev_now time the next check is due */
+	struct check *check;	/* in flight, or NULL */
+};
+
+struct candidate {
+	struct name *name;
+	const struct config_candidate *config;
+	struct address **addresses;
+	int address_count;
+	ev_timer resolve_timer;
+	struct resolution *resolution;	/* in flight, or NULL */
+	unsigned long resolve_failures;
+	struct log_streak resolve_streak;
+};
+
+/*
+ * The answer for one family of one name, recomputed by select.c whenever a
+ * check result changes it, so a query only copies bytes.
+ */
+enum answer_kind { ANSWER_ADDRESSES, ANSWER_NODATA, ANSWER_FORWARD, ANSWER_SERVFAIL };
+
+struct answer_set {
+	enum answer_kind kind;
+	int count;
+	int capacity;
+	struct ip_address *ips;	/* in answer order */
+	int rotate;		/* group_rtt_rr: answer one, rotating */
+	unsigned next;		/* the rotation position */
+};
+
+struct name {
+	const struct config_name *config;
+	struct candidate *candidates;
+	int candidate_count;
+	uint64_t queries;	/* A and AAAA answered by us */
+	uint64_t stored_queries;	/* as last written to the data file */
+	struct answer_set answers[2];	/* [0] A, [1] AAAA */
+	int stale;		/* RTTs moved since the answers were chosen */
+};
+
+struct registry {
+	struct config *config;
+	struct name *names;
+	int name_count;
+	struct name **table;	/* open addressing on the wire name */
+	unsigned table_mask;
+};
+
+struct registry *registry_create(struct config *config);
+/* Moves every address that exists in both into new_registry, then frees old. */
+void registry_take_over(struct registry *new_registry, struct registry *old);
+void registry_free(struct registry *registry);
+struct name *registry_lookup(const struct registry *registry,
+			     const uint8_t *lower_wire, int wire_len);
+struct address *address_create(struct candidate *candidate,
+			       const struct ip_address *ip);
+void address_free(struct address *address);
+/* Replaces a candidate's address list, keeping addresses that stay. */
+void candidate_set_addresses(struct candidate *candidate,
+			     const struct ip_address *ips, int count);
+int family_index(int family);
+
+/* ------------------------------------------------------------- select.c */
+
+/* Recomputes name->answers[family_index] from its addresses. */
+void select_update(struct name *name, int family);
+void select_update_all(struct name *name);
+/*
+ * Health bookkeeping of one finished check: rise/fall, the smoothed RTT,
+ * counters.  Returns 1 when the address changed health.
+ */
+int select_record_result(struct address *address, int status, int success,
+			 double connect_time, double total_time, double now);
+int address_available(const struct address *address);
+extern const double select_rtt_weight;
+
+/* ---------------------------------------------------------------- dns.c */
+
+enum dns_verdict { DNS_DROP, DNS_REPLY, DNS_FORWARD };
+
+/*
+ * The answer path: query bytes in, response bytes out, with no I/O and
+ * no allocation.  DNS_FORWARD leaves the query to upstream.c;
+ * *client_limit is then the largest reply the client takes over UDP.
+ */
+enum dns_verdict dns_answer(struct registry *registry, const uint8_t *query,
+			    size_t query_len, int over_tcp, uint8_t *response,
+			    size_t response_size, size_t *response_len,
+			    size_t *client_limit);
+/* A reply with rcode and the query's question, or 0 if none can be made. */
+size_t dns_error_reply(const uint8_t *query, size_t query_len, int rcode,
+		       uint8_t *response, size_t response_size);
+/* Cuts an upstream reply to fit limit, setting TC; returns its length. */
+size_t dns_truncate_reply(uint8_t *reply, size_t reply_len, size_t limit);
+
+/* ------------------------------------------------------------- server.c */
+
+struct dns_server;
+/* Binds every listener (reusing previous's sockets where they match). */
+struct dns_server *dns_server_start(struct ev_loop *loop,
+				    const struct config *config,
+				    struct dns_server *previous);
+void dns_server_stop(struct dns_server *server);
+void dns_server_set_registry(struct registry *registry);
+
+/* ----------------------------------------------------------- upstream.c */
+
+/*
+ * Called with the upstream's reply (ID already the client's) or, when
+ * reply is NULL, after upstream failed; the caller answers SERVFAIL.
+ */
+typedef void upstream_reply_fn(void *context, const uint8_t *reply,
+			       size_t reply_len);
+typedef void upstream_addresses_fn(void *context, int ok,
+				   const struct ip_address *ips, int count,
+				   double ttl);
+
+int upstream_start(struct ev_loop *loop, const struct config *config);
+int upstream_reconfigure(const struct config *config);
+void upstream_stop(void);
+int upstream_forward(const uint8_t *query, size_t query_len, int over_tcp,
+		     upstream_reply_fn *done, void *context);
+/* Resolves host's records of family (A or AAAA); done is called once. */
+void upstream_resolve(const char *host, int family, upstream_addresses_fn *done,
+		      void *context);
+
+/* -------------------------------------------------------------- check.c */
+
+int check_start_all(struct ev_loop *loop, struct registry *registry);
+void check_schedule_address(struct address *address, double delay);
+void check_cancel(struct address *address);
+void check_stop(void);
+void resolve_start(struct candidate *candidate, double delay);
+void resolve_cancel(struct candidate *candidate);
+
+/* check_http.c and check_tcp.c: one check, reporting through check_done */
+struct check {
+	struct address *address;
+	double started;		/* monotonic seconds */
+	enum check_method transport_kind;
+	void *transport;	/* the CURL handle or the TCP probe */
+	void *connect_to;	/* http: curl's CONNECT_TO list */
+};
+int check_http_init(struct ev_loop *loop);
+void check_http_cleanup(void);
+/* 0 when started, or the STATUS_* of a check that failed at once. */
+int check_http_start(struct check *check);
+void check_http_cancel(struct check *check);
+int check_tcp_start(struct ev_loop *loop, struct check *check);
+void check_tcp_cancel(struct ev_loop *loop, struct check *check);
+void check_done(struct check *check, int status, int success,
+		double connect_time, double total_time);
+double monotonic_now(void);
+double wall_now(void);
+
+/* -------------------------------------------------------------- store.c */
+
+/*
+ * The data file.  Results are kept in memory and written behind, in one
+ * transaction per batch; a data file that cannot be written is retried
+ * and nothing is lost while the process lives.
+ */
+int store_open(struct ev_loop *loop, const struct config *config,
+	       const char *user);
+void store_restore(struct registry *registry);
+void store_record_check(const struct address *address, int success);
+void store_note_addresses_changed(void);
+void store_reconfigure(const struct config *config, struct registry *registry);
+void store_flush(void);
+void store_close(void);
+
+#endif

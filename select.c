@@ -1,0 +1,243 @@
+/*
+ * select.c - health bookkeeping and the choice of addresses to answer
+ * with.  Everything here is a pure function of the in-memory state: a
+ * check result goes in, and each name's answer sets come out, computed
+ * once so that queries only copy them.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "har.h"
+
+/*
+ * Weight of a new RTT sample in the smoothed RTT.  0.3 follows a change
+ * of path within a few checks while one slow response moves the mean by
+ * less than a third of its excess.
+ */
+const double select_rtt_weight = 0.3;
+
+int
+address_available(const struct address *address)
+{
+	const struct config_name *config = address->candidate->name->config;
+
+	if (address->health != HEALTH_UP)
+		return 0;
+	if (isnan(address->srtt))
+		return isinf(config->max_rtt);
+	return address->srtt <= config->max_rtt;
+}
+
+static void
+count_failure(struct address *address, int status)
+{
+	if (status == STATUS_TIMEOUT)
+		address->timeouts++;
+	else if (status == STATUS_CONNECT_ERROR)
+		address->connect_errors++;
+	else if (status == STATUS_RESPONSE_ERROR || status > 0)
+		address->response_errors++;
+	else
+		address->other_errors++;
+}
+
+/*
+ * The first completed check decides an unknown address at once, so a
+ * fresh start answers after one round of checks; after that, rise
+ * successes or fall failures in a row are needed to change it.
+ */
+int
+select_record_result(struct address *address, int status, int success,
+		     double connect_time, double total_time, double now)
+{
+	const struct config_name *config = address->candidate->name->config;
+	int before = address->health;
+
+	address->check_count++;
+	address->last_check_time = now;
+	address->last_status = status;
+	if (success) {
+		double sample = config->rtt_mode == RTT_CONNECT ?
+		    connect_time : total_time;
+
+		address->successes++;
+		address->last_success_time = now;
+		address->connect_time = connect_time;
+		address->response_time = total_time;
+		address->last_rtt = sample;
+		address->srtt = isnan(address->srtt) ? sample :
+		    (1 - select_rtt_weight) * address->srtt +
+		    select_rtt_weight * sample;
+		address->successes_in_row++;
+		address->failures_in_row = 0;
+		if (before == HEALTH_UNKNOWN ||
+		    (before == HEALTH_DOWN &&
+		     address->successes_in_row >= config->rise))
+			address->health = HEALTH_UP;
+	} else {
+		count_failure(address, status);
+		address->last_failure_time = now;
+		address->failures_in_row++;
+		address->successes_in_row = 0;
+		if (before == HEALTH_UNKNOWN ||
+		    (before == HEALTH_UP &&
+		     address->failures_in_row >= config->fall))
+			address->health = HEALTH_DOWN;
+	}
+	return address->health != before;
+}
+
+/* Lowest smoothed RTT first; no RTT last; ties by address text. */
+static int
+compare_rtt(const void *left, const void *right)
+{
+	const struct address *a = *(struct address *const *)left;
+	const struct address *b = *(struct address *const *)right;
+
+	if (isnan(a->srtt) != isnan(b->srtt))
+		return isnan(a->srtt) ? 1 : -1;
+	if (!isnan(a->srtt) && a->srtt != b->srtt)
+		return a->srtt < b->srtt ? -1 : 1;
+	return strcmp(a->text, b->text);
+}
+
+static void
+answer_reserve(struct answer_set *set, int count)
+{
+	struct ip_address *ips;
+
+	if (count <= set->capacity)
+		return;
+	ips = realloc(set->ips, sizeof(struct ip_address) * (size_t)count);
+	if (!ips) {
+		log_error("out of memory");
+		abort();
+	}
+	set->ips = ips;
+	set->capacity = count;
+}
+
+/* Collects the name's addresses of one family; returns how many. */
+static int
+gather(const struct name *name, int family, struct address **out, int size)
+{
+	int count = 0;
+
+	for (int i = 0; i < name->candidate_count; i++) {
+		const struct candidate *candidate = &name->candidates[i];
+
+		for (int j = 0; j < candidate->address_count; j++) {
+			struct address *address = candidate->addresses[j];
+
+			if (address->ip.family == family && count < size)
+				out[count++] = address;
+		}
+	}
+	return count;
+}
+
+static int
+total_addresses(const struct name *name)
+{
+	int total = 0;
+
+	for (int i = 0; i < name->candidate_count; i++)
+		total += name->candidates[i].address_count;
+	return total;
+}
+
+/*
+ * How many of the ranked available addresses are answered: one for
+ * best_rtt, all for `all`, and for group_rtt_rr those within the
+ * threshold of the best (the query then rotates through them).
+ */
+static int
+answered_count(const struct config_name *config, struct address **ranked,
+	       int available)
+{
+	int count = 0;
+
+	if (available == 0)
+		return 0;
+	switch (config->selection_method) {
+	case SELECT_BEST_RTT:
+		return 1;
+	case SELECT_ALL:
+		return available;
+	case SELECT_GROUP_RTT_RR:
+		while (count < available &&
+		       (count == 0 || isnan(ranked[0]->srtt) ||
+			ranked[count]->srtt - ranked[0]->srtt <=
+			config->group_rtt_threshold))
+			count++;
+		return count;
+	}
+	return 1;
+}
+
+void
+select_update(struct name *name, int family)
+{
+	const struct config_name *config = name->config;
+	struct answer_set *set = &name->answers[family_index(family)];
+	int total = total_addresses(name);
+	struct address **all = malloc(sizeof(struct address *) *
+				      (size_t)(total ? total : 1));
+	int count, available = 0, answered;
+
+	if (!all) {
+		log_error("out of memory");
+		abort();
+	}
+	count = gather(name, family, all, total);
+	set->rotate = 0;
+	set->count = 0;
+	if (count == 0) {
+		set->kind = ANSWER_NODATA;
+		free(all);
+		return;
+	}
+	answer_reserve(set, count);
+	for (int i = 0; i < count; i++)
+		if (address_available(all[i]))
+			all[available++] = all[i];
+	if (available > 0) {
+		qsort(all, (size_t)available, sizeof(all[0]), compare_rtt);
+		answered = answered_count(config, all, available);
+		for (int i = 0; i < answered; i++)
+			set->ips[i] = all[i]->ip;
+		set->count = answered;
+		set->kind = ANSWER_ADDRESSES;
+		set->rotate = config->selection_method == SELECT_GROUP_RTT_RR;
+		free(all);
+		return;
+	}
+	free(all);
+	switch (config->failure_mode) {
+	case FAILURE_NONE:
+		set->kind = ANSWER_FORWARD;
+		break;
+	case FAILURE_SERVFAIL:
+		set->kind = ANSWER_SERVFAIL;
+		break;
+	case FAILURE_ALL:
+		set->kind = ANSWER_ADDRESSES;
+		for (int i = 0; i < name->candidate_count; i++) {
+			const struct candidate *candidate = &name->candidates[i];
+
+			for (int j = 0; j < candidate->address_count; j++)
+				if (candidate->addresses[j]->ip.family == family)
+					set->ips[set->count++] =
+					    candidate->addresses[j]->ip;
+		}
+		break;
+	}
+}
+
+void
+select_update_all(struct name *name)
+{
+	select_update(name, AF_INET);
+	select_update(name, AF_INET6);
+	name->stale = 0;
+}

@@ -1,0 +1,715 @@
+/*
+ * server.c - the DNS listeners: UDP and TCP sockets on every
+ * dns_bind_interfaces address, the per-connection state of DNS over TCP
+ * (RFC 7766), and the hand-off of queries dns.c does not answer to
+ * upstream.c and back.
+ *
+ * UDP is read and written in batches (recvmmsg/sendmmsg): one system call
+ * for many queries is most of what makes a loopback resolver fast.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "har.h"
+
+#define UDP_BATCH 32
+#define UDP_RECEIVE_SIZE 4096
+#define UDP_BATCHES_PER_WAKEUP 8
+#define TCP_BACKLOG 64
+
+struct listener {
+	struct endpoint endpoint;
+	int udp_fd;
+	int tcp_fd;
+	int reused;		/* carried over from the previous server */
+	ev_io udp_io;
+	ev_io tcp_io;
+	struct dns_server *server;
+	struct listener *next;
+};
+
+struct tcp_connection {
+	int fd;
+	ev_io read_io;
+	ev_io write_io;
+	ev_timer idle;
+	double last_active;
+	uint8_t *input;
+	size_t input_len;
+	size_t input_size;
+	uint8_t *output;
+	size_t output_len;
+	size_t output_size;
+	int pending;		/* forwarded queries not yet answered */
+	int closed;		/* socket gone; freed when pending reaches 0 */
+	struct dns_server *server;
+	struct tcp_connection *prev, *next;
+};
+
+struct dns_server {
+	struct ev_loop *loop;
+	struct listener *listeners;
+	struct tcp_connection *connections;
+	int connection_count;
+	int max_connections;
+	double idle_timeout;
+};
+
+/* A forwarded query's way back to its client. */
+struct pending_reply {
+	int udp_fd;
+	struct sockaddr_storage client;
+	socklen_t client_len;
+	size_t client_limit;
+	struct tcp_connection *connection;	/* NULL for UDP */
+	size_t query_len;
+	uint8_t query[];			/* for SERVFAIL on failure */
+};
+
+static struct registry *server_registry;
+static size_t pending_query_len_max = 512;
+
+void
+dns_server_set_registry(struct registry *registry)
+{
+	server_registry = registry;
+}
+
+/* ------------------------------------------------------------ UDP */
+
+static uint8_t udp_input[UDP_BATCH][UDP_RECEIVE_SIZE];
+static uint8_t udp_output[UDP_BATCH][DNS_MAX_UDP];
+static struct sockaddr_storage udp_peers[UDP_BATCH];
+
+static void forward_query(struct dns_server *server, int udp_fd,
+			  const struct sockaddr_storage *client,
+			  socklen_t client_len, struct tcp_connection *connection,
+			  const uint8_t *query, size_t query_len, size_t limit);
+
+static void
+udp_send_one(int fd, const uint8_t *reply, size_t len,
+	     const struct sockaddr_storage *client, socklen_t client_len)
+{
+	if (sendto(fd, reply, len, 0, (const struct sockaddr *)client,
+		   client_len) < 0)
+		log_debug("cannot send a UDP reply: %s", strerror(errno));
+}
+
+/* Answers one batch; returns how many datagrams it read. */
+static int
+udp_batch(struct listener *listener)
+{
+	struct mmsghdr in[UDP_BATCH], out[UDP_BATCH];
+	struct iovec in_iov[UDP_BATCH], out_iov[UDP_BATCH];
+	int received, replies = 0;
+
+	for (int i = 0; i < UDP_BATCH; i++) {
+		in_iov[i].iov_base = udp_input[i];
+		in_iov[i].iov_len = UDP_RECEIVE_SIZE;
+		memset(&in[i].msg_hdr, 0, sizeof(in[i].msg_hdr));
+		in[i].msg_hdr.msg_iov = &in_iov[i];
+		in[i].msg_hdr.msg_iovlen = 1;
+		in[i].msg_hdr.msg_name = &udp_peers[i];
+		in[i].msg_hdr.msg_namelen = sizeof(udp_peers[i]);
+	}
+	received = recvmmsg(listener->udp_fd, in, UDP_BATCH, MSG_DONTWAIT, NULL);
+	if (received <= 0)
+		return 0;
+	for (int i = 0; i < received; i++) {
+		size_t len = in[i].msg_len, reply_len, limit;
+		enum dns_verdict verdict;
+
+		if (in[i].msg_hdr.msg_flags & MSG_TRUNC)
+			continue;	/* larger than any sane query */
+		verdict = dns_answer(server_registry, udp_input[i], len, 0,
+				     udp_output[replies], DNS_MAX_UDP,
+				     &reply_len, &limit);
+		if (verdict == DNS_FORWARD) {
+			forward_query(listener->server, listener->udp_fd,
+				      &udp_peers[i], in[i].msg_hdr.msg_namelen,
+				      NULL, udp_input[i], len, limit);
+			continue;
+		}
+		if (verdict != DNS_REPLY)
+			continue;
+		out_iov[replies].iov_base = udp_output[replies];
+		out_iov[replies].iov_len = reply_len;
+		memset(&out[replies].msg_hdr, 0, sizeof(out[replies].msg_hdr));
+		out[replies].msg_hdr.msg_iov = &out_iov[replies];
+		out[replies].msg_hdr.msg_iovlen = 1;
+		out[replies].msg_hdr.msg_name = &udp_peers[i];
+		out[replies].msg_hdr.msg_namelen = in[i].msg_hdr.msg_namelen;
+		replies++;
+	}
+	for (int sent = 0; sent < replies;) {
+		int result = sendmmsg(listener->udp_fd, out + sent,
+				      (unsigned)(replies - sent), 0);
+
+		if (result <= 0) {
+			/* A full socket buffer: the client will retry. */
+			log_debug("cannot send UDP replies: %s", strerror(errno));
+			break;
+		}
+		sent += result;
+	}
+	return received;
+}
+
+static void
+udp_readable(struct ev_loop *loop, ev_io *io, int revents)
+{
+	struct listener *listener = io->data;
+
+	(void)loop;
+	(void)revents;
+	/* Bounded, so TCP clients and timers get their turn under a flood. */
+	for (int i = 0; i < UDP_BATCHES_PER_WAKEUP; i++)
+		if (udp_batch(listener) < UDP_BATCH)
+			break;
+}
+
+/* ------------------------------------------------------------ TCP */
+
+static void tcp_connection_close(struct tcp_connection *connection);
+
+static void
+tcp_connection_free(struct tcp_connection *connection)
+{
+	free(connection->input);
+	free(connection->output);
+	free(connection);
+}
+
+static int
+buffer_reserve(uint8_t **buffer, size_t *size, size_t needed)
+{
+	size_t new_size = *size ? *size : 512;
+	uint8_t *grown;
+
+	if (needed <= *size)
+		return 0;
+	while (new_size < needed)
+		new_size *= 2;
+	grown = realloc(*buffer, new_size);
+	if (!grown)
+		return -1;
+	*buffer = grown;
+	*size = new_size;
+	return 0;
+}
+
+static void
+tcp_flush(struct tcp_connection *connection)
+{
+	struct ev_loop *loop = connection->server->loop;
+
+	while (connection->output_len > 0) {
+		ssize_t written = write(connection->fd, connection->output,
+					connection->output_len);
+
+		if (written < 0 && errno == EINTR)
+			continue;
+		if (written < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			break;
+		if (written <= 0) {
+			tcp_connection_close(connection);
+			return;
+		}
+		memmove(connection->output, connection->output + written,
+			connection->output_len - (size_t)written);
+		connection->output_len -= (size_t)written;
+	}
+	if (connection->output_len > 0)
+		ev_io_start(loop, &connection->write_io);
+	else
+		ev_io_stop(loop, &connection->write_io);
+}
+
+static void
+tcp_send(struct tcp_connection *connection, const uint8_t *reply, size_t len)
+{
+	size_t needed = connection->output_len + 2 + len;
+
+	if (connection->closed)
+		return;
+	if (buffer_reserve(&connection->output, &connection->output_size,
+			   needed) != 0) {
+		log_error("out of memory for a TCP reply");
+		tcp_connection_close(connection);
+		return;
+	}
+	connection->output[connection->output_len] = (uint8_t)(len >> 8);
+	connection->output[connection->output_len + 1] = (uint8_t)len;
+	memcpy(connection->output + connection->output_len + 2, reply, len);
+	connection->output_len = needed;
+	tcp_flush(connection);
+}
+
+static void
+tcp_touch(struct tcp_connection *connection)
+{
+	connection->last_active = ev_now(connection->server->loop);
+	ev_timer_again(connection->server->loop, &connection->idle);
+}
+
+static void
+tcp_query(struct tcp_connection *connection, const uint8_t *query, size_t len)
+{
+	static uint8_t reply[DNS_MAX_UDP];
+	size_t reply_len, limit;
+	enum dns_verdict verdict;
+
+	verdict = dns_answer(server_registry, query, len, 1, reply,
+			     sizeof(reply), &reply_len, &limit);
+	if (verdict == DNS_REPLY)
+		tcp_send(connection, reply, reply_len);
+	else if (verdict == DNS_FORWARD)
+		forward_query(connection->server, -1, NULL, 0, connection,
+			      query, len, limit);
+}
+
+/* Answers every complete message in the input; 0 when the peer misbehaves. */
+static int
+tcp_drain_input(struct tcp_connection *connection)
+{
+	size_t at = 0;
+
+	while (!connection->closed && connection->input_len - at >= 2) {
+		size_t len = (size_t)(connection->input[at] << 8 |
+				      connection->input[at + 1]);
+
+		if (len < 12)
+			return 0;
+		if (connection->input_len - at < 2 + len)
+			break;
+		tcp_query(connection, connection->input + at + 2, len);
+		at += 2 + len;
+	}
+	if (connection->closed)
+		return 1;
+	memmove(connection->input, connection->input + at,
+		connection->input_len - at);
+	connection->input_len -= at;
+	return 1;
+}
+
+static void
+tcp_readable(struct ev_loop *loop, ev_io *io, int revents)
+{
+	struct tcp_connection *connection = io->data;
+	ssize_t got;
+
+	(void)loop;
+	(void)revents;
+	if (buffer_reserve(&connection->input, &connection->input_size,
+			   connection->input_len + 4096) != 0) {
+		tcp_connection_close(connection);
+		return;
+	}
+	got = read(connection->fd, connection->input + connection->input_len,
+		   connection->input_size - connection->input_len);
+	if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		return;
+	if (got <= 0) {
+		tcp_connection_close(connection);
+		return;
+	}
+	connection->input_len += (size_t)got;
+	tcp_touch(connection);
+	if (!tcp_drain_input(connection)) {
+		log_debug("TCP client sent a message shorter than a header");
+		tcp_connection_close(connection);
+	}
+}
+
+static void
+tcp_writable(struct ev_loop *loop, ev_io *io, int revents)
+{
+	(void)loop;
+	(void)revents;
+	tcp_flush(io->data);
+}
+
+static void
+tcp_idle(struct ev_loop *loop, ev_timer *timer, int revents)
+{
+	struct tcp_connection *connection = timer->data;
+
+	(void)loop;
+	(void)revents;
+	/* A client with answers still to come is waiting, not idle. */
+	if (connection->pending > 0) {
+		tcp_touch(connection);
+		return;
+	}
+	tcp_connection_close(connection);
+}
+
+static void
+tcp_connection_close(struct tcp_connection *connection)
+{
+	struct dns_server *server = connection->server;
+
+	if (connection->closed)
+		return;
+	connection->closed = 1;
+	ev_io_stop(server->loop, &connection->read_io);
+	ev_io_stop(server->loop, &connection->write_io);
+	ev_timer_stop(server->loop, &connection->idle);
+	close(connection->fd);
+	connection->fd = -1;
+	if (connection->prev)
+		connection->prev->next = connection->next;
+	else
+		server->connections = connection->next;
+	if (connection->next)
+		connection->next->prev = connection->prev;
+	server->connection_count--;
+	if (connection->pending == 0)
+		tcp_connection_free(connection);
+}
+
+/* At the cap, the connection quiet for longest makes room (RFC 7766 6.2.3). */
+static void
+tcp_make_room(struct dns_server *server)
+{
+	struct tcp_connection *oldest = NULL;
+
+	for (struct tcp_connection *c = server->connections; c; c = c->next)
+		if (!oldest || c->last_active < oldest->last_active)
+			oldest = c;
+	if (oldest) {
+		log_debug("TCP connection cap (%d) reached; closing the idlest",
+			  server->max_connections);
+		tcp_connection_close(oldest);
+	}
+}
+
+static void
+tcp_accept(struct ev_loop *loop, ev_io *io, int revents)
+{
+	struct listener *listener = io->data;
+	struct dns_server *server = listener->server;
+	struct tcp_connection *connection;
+	int fd;
+
+	(void)revents;
+	fd = accept4(listener->tcp_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	if (fd < 0) {
+		if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+			log_warning("cannot accept a TCP connection on %s: %s",
+				    listener->endpoint.text, strerror(errno));
+		return;
+	}
+	if (server->connection_count >= server->max_connections)
+		tcp_make_room(server);
+	connection = calloc(1, sizeof(*connection));
+	if (!connection) {
+		log_error("out of memory for a TCP connection");
+		close(fd);
+		return;
+	}
+	connection->fd = fd;
+	connection->server = server;
+	ev_io_init(&connection->read_io, tcp_readable, fd, EV_READ);
+	connection->read_io.data = connection;
+	ev_io_init(&connection->write_io, tcp_writable, fd, EV_WRITE);
+	connection->write_io.data = connection;
+	ev_init(&connection->idle, tcp_idle);
+	connection->idle.repeat = server->idle_timeout;
+	connection->idle.data = connection;
+	connection->next = server->connections;
+	if (server->connections)
+		server->connections->prev = connection;
+	server->connections = connection;
+	server->connection_count++;
+	ev_io_start(loop, &connection->read_io);
+	tcp_touch(connection);
+}
+
+/* ------------------------------------------------------- forwarding */
+
+static void
+forward_reply(void *context, const uint8_t *reply, size_t reply_len)
+{
+	struct pending_reply *pending = context;
+	uint8_t servfail[DNS_MAX_NAME + 64];
+	if (!reply) {
+		reply_len = dns_error_reply(pending->query, pending->query_len, 2,
+					    servfail, sizeof(servfail));
+		reply = reply_len ? servfail : NULL;
+	}
+	if (pending->connection) {
+		struct tcp_connection *connection = pending->connection;
+
+		connection->pending--;
+		if (reply)
+			tcp_send(connection, reply, reply_len);
+		if (connection->closed && connection->pending == 0)
+			tcp_connection_free(connection);
+	} else if (reply) {
+		if (reply_len > pending->client_limit) {
+			uint8_t *copy = (uint8_t *)reply;	/* relay buffer */
+
+			reply_len = dns_truncate_reply(copy, reply_len,
+						       pending->client_limit);
+		}
+		udp_send_one(pending->udp_fd, reply, reply_len,
+			     &pending->client, pending->client_len);
+	}
+	free(pending);
+}
+
+static void
+forward_query(struct dns_server *server, int udp_fd,
+	      const struct sockaddr_storage *client, socklen_t client_len,
+	      struct tcp_connection *connection, const uint8_t *query,
+	      size_t query_len, size_t limit)
+{
+	struct pending_reply *pending;
+	size_t kept = query_len < pending_query_len_max ? query_len :
+	    pending_query_len_max;
+
+	(void)server;
+	/* The query is kept for the SERVFAIL reply. */
+	pending = malloc(sizeof(*pending) + kept);
+	if (!pending) {
+		log_error("out of memory forwarding a query");
+		return;
+	}
+	pending->udp_fd = udp_fd;
+	if (client)
+		memcpy(&pending->client, client, client_len);
+	pending->client_len = client_len;
+	pending->client_limit = limit;
+	pending->connection = connection;
+	pending->query_len = kept;
+	memcpy(pending->query, query, kept);
+	if (connection)
+		connection->pending++;
+	if (upstream_forward(query, query_len, connection != NULL,
+			     forward_reply, pending) != 0)
+		forward_reply(pending, NULL, 0);
+}
+
+/* ------------------------------------------------------- listeners */
+
+static int
+open_socket(const struct endpoint *endpoint, int type)
+{
+	int family = endpoint->addr.ss_family, on = 1;
+	int fd = socket(family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+	if (fd < 0)
+		return -1;
+	if (family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on));
+	if (type == SOCK_STREAM)
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+	if (bind(fd, (const struct sockaddr *)&endpoint->addr,
+		 endpoint->addr_len) != 0 ||
+	    (type == SOCK_STREAM && listen(fd, TCP_BACKLOG) != 0)) {
+		int saved = errno;
+
+		close(fd);
+		errno = saved;
+		return -1;
+	}
+	return fd;
+}
+
+static void
+listener_close(struct dns_server *server, struct listener *listener)
+{
+	ev_io_stop(server->loop, &listener->udp_io);
+	ev_io_stop(server->loop, &listener->tcp_io);
+	close(listener->udp_fd);
+	close(listener->tcp_fd);
+	free(listener);
+}
+
+static void
+listener_watch(struct dns_server *server, struct listener *listener)
+{
+	listener->server = server;
+	ev_io_init(&listener->udp_io, udp_readable, listener->udp_fd, EV_READ);
+	listener->udp_io.data = listener;
+	ev_io_init(&listener->tcp_io, tcp_accept, listener->tcp_fd, EV_READ);
+	listener->tcp_io.data = listener;
+	ev_io_start(server->loop, &listener->udp_io);
+	ev_io_start(server->loop, &listener->tcp_io);
+}
+
+static struct listener *
+listener_open(const struct endpoint *endpoint)
+{
+	struct listener *listener = calloc(1, sizeof(*listener));
+
+	if (!listener)
+		return NULL;
+	listener->endpoint = *endpoint;
+	listener->udp_fd = open_socket(endpoint, SOCK_DGRAM);
+	if (listener->udp_fd < 0) {
+		log_error("cannot listen on %s (UDP): %s", endpoint->text,
+			  strerror(errno));
+		free(listener);
+		return NULL;
+	}
+	listener->tcp_fd = open_socket(endpoint, SOCK_STREAM);
+	if (listener->tcp_fd < 0) {
+		log_error("cannot listen on %s (TCP): %s", endpoint->text,
+			  strerror(errno));
+		close(listener->udp_fd);
+		free(listener);
+		return NULL;
+	}
+	return listener;
+}
+
+/* Takes the previous server's listener on the same address and port. */
+static struct listener *
+listener_reuse(struct dns_server *previous, const struct endpoint *endpoint)
+{
+	struct listener **link;
+
+	if (!previous)
+		return NULL;
+	for (link = &previous->listeners; *link; link = &(*link)->next) {
+		struct listener *listener = *link;
+
+		if (listener->endpoint.addr_len == endpoint->addr_len &&
+		    memcmp(&listener->endpoint.addr, &endpoint->addr,
+			   endpoint->addr_len) == 0) {
+			*link = listener->next;
+			ev_io_stop(previous->loop, &listener->udp_io);
+			ev_io_stop(previous->loop, &listener->tcp_io);
+			listener->reused = 1;
+			return listener;
+		}
+	}
+	return NULL;
+}
+
+static void
+server_close_listeners(struct dns_server *server)
+{
+	while (server->listeners) {
+		struct listener *listener = server->listeners;
+
+		server->listeners = listener->next;
+		listener_close(server, listener);
+	}
+}
+
+/*
+ * Binds every configured address.  On a reload the previous server's
+ * sockets on unchanged addresses are carried over (a socket cannot be
+ * bound twice) and the rest are opened before the old ones are closed, so
+ * no query finds the port shut.  Returns NULL if any address fails; the
+ * previous server then keeps every socket it had.
+ */
+struct dns_server *
+dns_server_start(struct ev_loop *loop, const struct config *config,
+		 struct dns_server *previous)
+{
+	struct dns_server *server = calloc(1, sizeof(*server));
+	struct endpoint *endpoints;
+	int count = config->bind_interface_count;
+
+	if (!server)
+		return NULL;
+	server->loop = loop;
+	server->max_connections = config->tcp_max_connections;
+	server->idle_timeout = config->tcp_idle_timeout;
+	endpoints = calloc((size_t)count, sizeof(*endpoints));
+	if (!endpoints) {
+		free(server);
+		return NULL;
+	}
+	for (int i = 0; i < count; i++) {
+		char text[80];
+
+		if (strchr(config->bind_interfaces[i], ':'))
+			snprintf(text, sizeof(text), "[%s]:%d",
+				 config->bind_interfaces[i], config->listen_port);
+		else
+			snprintf(text, sizeof(text), "%s:%d",
+				 config->bind_interfaces[i], config->listen_port);
+		if (endpoint_parse(text, config->listen_port, &endpoints[i]) != 0) {
+			log_error("cannot listen on %s: not an IP address",
+				  config->bind_interfaces[i]);
+			goto fail;
+		}
+	}
+	for (int i = 0; i < count; i++) {
+		struct listener *listener = NULL;
+
+		for (struct listener *l = server->listeners; l; l = l->next)
+			if (memcmp(&l->endpoint.addr, &endpoints[i].addr,
+				   endpoints[i].addr_len) == 0)
+				listener = l;
+		if (listener)
+			continue;	/* listed twice */
+		listener = listener_reuse(previous, &endpoints[i]);
+		if (!listener)
+			listener = listener_open(&endpoints[i]);
+		if (!listener)
+			goto fail;
+		listener->next = server->listeners;
+		server->listeners = listener;
+		listener_watch(server, listener);
+	}
+	free(endpoints);
+	for (struct listener *l = server->listeners; l; l = l->next)
+		l->reused = 0;
+	if (previous) {
+		/* The connections of the old server stay with the new one. */
+		server->connections = previous->connections;
+		server->connection_count = previous->connection_count;
+		for (struct tcp_connection *c = server->connections; c; c = c->next)
+			c->server = server;
+		previous->connections = NULL;
+		previous->connection_count = 0;
+		server_close_listeners(previous);
+		free(previous);
+	}
+	return server;
+fail:
+	free(endpoints);
+	/* Reused sockets go back, so the old server keeps serving. */
+	while (server->listeners) {
+		struct listener *listener = server->listeners;
+
+		server->listeners = listener->next;
+		if (listener->reused) {
+			ev_io_stop(loop, &listener->udp_io);
+			ev_io_stop(loop, &listener->tcp_io);
+			listener->reused = 0;
+			listener->next = previous->listeners;
+			previous->listeners = listener;
+			listener_watch(previous, listener);
+		} else {
+			listener_close(server, listener);
+		}
+	}
+	free(server);
+	return NULL;
+}
+
+void
+dns_server_stop(struct dns_server *server)
+{
+	if (!server)
+		return;
+	while (server->connections)
+		tcp_connection_close(server->connections);
+	server_close_listeners(server);
+	free(server);
+}

@@ -1,0 +1,853 @@
+/*
+ * store.c - the data file: check state and history in sqlite3, written
+ * behind the checks and read back at start (warm start).
+ *
+ * Nothing here runs on the query path.  A check result marks its address
+ * dirty and queues a history row; every half second the dirty state is
+ * written in one transaction with prepared statements.  When the file
+ * cannot be written (locked, full, gone, corrupt) the state stays in
+ * memory, the trouble is logged once, and the next flush tries again.
+ */
+#include <errno.h>
+#include <libgen.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "har.h"
+
+#define STORE_SCHEMA_VERSION 1
+#define FLUSH_INTERVAL 0.5
+#define REOPEN_INTERVAL 5.0
+#define BUSY_TIMEOUT_MS 20
+#define PENDING_HISTORY_MAX 50000
+
+struct history_row {
+	char name[DNS_MAX_NAME + 1];
+	char candidate[DNS_MAX_NAME + 1];
+	char ip[46];
+	long long slot;
+	double time;
+	int status;
+	int success;
+	double connect_time;
+	double response_time;
+};
+
+enum statement {
+	UPSERT_NAME,
+	UPSERT_CANDIDATE,
+	INSERT_CHECK,
+	STATEMENT_COUNT
+};
+
+static const char *const statement_sql[STATEMENT_COUNT] = {
+	[UPSERT_NAME] =
+	    "INSERT INTO names(name, queries, selection_method, rtt_mode,"
+	    " max_rtt, group_rtt_threshold, failure_mode, ttl)"
+	    " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+	    " ON CONFLICT(name) DO UPDATE SET queries = ?2,"
+	    " selection_method = ?3, rtt_mode = ?4, max_rtt = ?5,"
+	    " group_rtt_threshold = ?6, failure_mode = ?7, ttl = ?8",
+	[UPSERT_CANDIDATE] =
+	    "INSERT OR REPLACE INTO candidates(name, candidate_name, ip_address,"
+	    " family, healthy, last_check_time, last_success_time,"
+	    " last_failure_time, last_check_status, connect_time, response_time,"
+	    " rtt, last_rtt, successes, timeouts, connect_errors,"
+	    " response_errors, other_errors, checks)"
+	    " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,"
+	    " ?14, ?15, ?16, ?17, ?18, ?19)",
+	[INSERT_CHECK] =
+	    "INSERT OR REPLACE INTO checks(name, candidate_name, ip_address, slot,"
+	    " time, status, success, connect_time, response_time)"
+	    " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+};
+
+static const char schema_sql[] =
+    "CREATE TABLE IF NOT EXISTS names("
+    " name TEXT PRIMARY KEY, queries INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TABLE IF NOT EXISTS candidates("
+    " name TEXT NOT NULL, candidate_name TEXT NOT NULL,"
+    " ip_address TEXT NOT NULL,"
+    " PRIMARY KEY(name, candidate_name, ip_address));"
+    "CREATE TABLE IF NOT EXISTS checks("
+    " name TEXT NOT NULL, candidate_name TEXT NOT NULL,"
+    " ip_address TEXT NOT NULL, slot INTEGER NOT NULL,"
+    " time REAL, status INTEGER, success INTEGER,"
+    " connect_time REAL, response_time REAL,"
+    " PRIMARY KEY(name, candidate_name, ip_address, slot));";
+
+/*
+ * Columns added to a table that lacks them: this is the upgrade path from
+ * an older file (the original har's, or version 0 of this schema).
+ */
+static const struct {
+	const char *table;
+	const char *column;
+	const char *type;
+} schema_columns[] = {
+	{ "names", "selection_method", "TEXT" },
+	{ "names", "rtt_mode", "TEXT" },
+	{ "names", "max_rtt", "REAL" },
+	{ "names", "group_rtt_threshold", "REAL" },
+	{ "names", "failure_mode", "TEXT" },
+	{ "names", "ttl", "INTEGER" },
+	{ "candidates", "family", "INTEGER" },
+	{ "candidates", "healthy", "INTEGER" },
+	{ "candidates", "last_check_time", "REAL" },
+	{ "candidates", "last_success_time", "REAL" },
+	{ "candidates", "last_failure_time", "REAL" },
+	{ "candidates", "last_check_status", "INTEGER" },
+	{ "candidates", "connect_time", "REAL" },
+	{ "candidates", "response_time", "REAL" },
+	{ "candidates", "rtt", "REAL" },
+	{ "candidates", "last_rtt", "REAL" },
+	{ "candidates", "successes", "INTEGER DEFAULT 0" },
+	{ "candidates", "timeouts", "INTEGER DEFAULT 0" },
+	{ "candidates", "connect_errors", "INTEGER DEFAULT 0" },
+	{ "candidates", "response_errors", "INTEGER DEFAULT 0" },
+	{ "candidates", "other_errors", "INTEGER DEFAULT 0" },
+	{ "candidates", "checks", "INTEGER DEFAULT 0" },
+};
+
+/*
+ * The order hard answers in, from the same recorded values: available
+ * addresses (up, and within max_rtt) by smoothed RTT, ties by address.
+ */
+static const char ranking_sql[] =
+    "DROP VIEW IF EXISTS ranking;"
+    "CREATE VIEW ranking AS"
+    " WITH available AS ("
+    "  SELECT c.name, c.family, c.ip_address, c.candidate_name, c.rtt,"
+    "   n.selection_method, n.group_rtt_threshold"
+    "  FROM candidates c JOIN names n ON n.name = c.name"
+    "  WHERE c.healthy = 1 AND (n.max_rtt IS NULL OR c.rtt <= n.max_rtt)),"
+    " ranked AS ("
+    "  SELECT *, ROW_NUMBER() OVER (PARTITION BY name, family"
+    "    ORDER BY rtt IS NULL, rtt, ip_address) AS rank,"
+    "   MIN(rtt) OVER (PARTITION BY name, family) AS best_rtt"
+    "  FROM available)"
+    " SELECT name, family, ip_address, candidate_name, rank, rtt,"
+    "  CASE selection_method WHEN 'best_rtt' THEN rank = 1"
+    "   WHEN 'all' THEN 1"
+    "   ELSE COALESCE(group_rtt_threshold IS NULL OR best_rtt IS NULL"
+    "    OR rtt - best_rtt <= group_rtt_threshold, 0) END AS answered"
+    " FROM ranked;";
+
+static struct ev_loop *store_loop;
+static sqlite3 *db;
+static sqlite3_stmt *statements[STATEMENT_COUNT];
+static char *store_path;
+static int store_history;
+static struct registry *store_registry;
+static ev_timer flush_timer;
+static struct history_row *pending;
+static int pending_count;
+static int pending_capacity;
+static unsigned long pending_dropped;
+static int addresses_changed;
+static struct log_streak write_streak;
+static struct log_streak open_streak;
+static uid_t owner_uid = (uid_t)-1;
+static gid_t owner_gid = (gid_t)-1;
+
+static const char *const selection_names[] = { "best_rtt", "group_rtt_rr", "all" };
+static const char *const rtt_mode_names[] = { "total", "connect" };
+static const char *const failure_names[] = { "none", "all", "servfail" };
+
+static int
+exec_sql(const char *sql)
+{
+	char *error = NULL;
+	int result = sqlite3_exec(db, sql, NULL, NULL, &error);
+
+	if (result != SQLITE_OK) {
+		log_debug("sqlite: %s", error ? error : sqlite3_errstr(result));
+		sqlite3_free(error);
+	}
+	return result;
+}
+
+static int
+column_exists(const char *table, const char *column)
+{
+	sqlite3_stmt *statement;
+	char sql[128];
+	int found = 0;
+
+	snprintf(sql, sizeof(sql), "PRAGMA table_info(%s)", table);
+	if (sqlite3_prepare_v2(db, sql, -1, &statement, NULL) != SQLITE_OK)
+		return 0;
+	while (sqlite3_step(statement) == SQLITE_ROW)
+		if (strcmp((const char *)sqlite3_column_text(statement, 1), column) == 0)
+			found = 1;
+	sqlite3_finalize(statement);
+	return found;
+}
+
+static int
+schema_upgrade(void)
+{
+	char sql[256];
+	int result = exec_sql(schema_sql);
+
+	for (size_t i = 0; result == SQLITE_OK &&
+	     i < sizeof(schema_columns) / sizeof(schema_columns[0]); i++) {
+		if (column_exists(schema_columns[i].table, schema_columns[i].column))
+			continue;
+		snprintf(sql, sizeof(sql), "ALTER TABLE %s ADD COLUMN %s %s",
+			 schema_columns[i].table, schema_columns[i].column,
+			 schema_columns[i].type);
+		result = exec_sql(sql);
+	}
+	if (result == SQLITE_OK)
+		result = exec_sql(ranking_sql);
+	if (result == SQLITE_OK) {
+		snprintf(sql, sizeof(sql), "PRAGMA user_version = %d",
+			 STORE_SCHEMA_VERSION);
+		result = exec_sql(sql);
+	}
+	return result;
+}
+
+static void
+close_database(void)
+{
+	for (int i = 0; i < STATEMENT_COUNT; i++) {
+		sqlite3_finalize(statements[i]);
+		statements[i] = NULL;
+	}
+	if (db)
+		sqlite3_close(db);
+	db = NULL;
+}
+
+static void
+set_owner(const char *path)
+{
+	if (owner_uid != (uid_t)-1 && chown(path, owner_uid, owner_gid) != 0 &&
+	    errno != ENOENT)
+		log_warning("cannot give %s to the run-time user: %s", path,
+			    strerror(errno));
+}
+
+/* The directory is made (and given to the run-time user) when missing. */
+static void
+make_directory(const char *path)
+{
+	char *copy = strdup(path);
+	char *directory = copy ? dirname(copy) : NULL;
+
+	if (directory && access(directory, F_OK) != 0) {
+		char *parent = strdup(directory);
+
+		if (parent) {
+			make_directory(directory);
+			free(parent);
+		}
+		if (mkdir(directory, 0755) == 0)
+			set_owner(directory);
+	}
+	free(copy);
+}
+
+/* A file that is not a database is moved aside, and a fresh one made. */
+static void
+set_aside_corrupt(void)
+{
+	char aside[4096];
+	const char *suffixes[] = { "-wal", "-shm" };
+
+	snprintf(aside, sizeof(aside), "%s.corrupt-%ld", store_path,
+		 (long)wall_now());
+	if (rename(store_path, aside) == 0)
+		log_error("data file %s is corrupt; moved it to %s and started "
+			  "a new one", store_path, aside);
+	else
+		log_error("data file %s is corrupt and cannot be moved aside: %s",
+			  store_path, strerror(errno));
+	for (int i = 0; i < 2; i++) {
+		char path[4096];
+
+		snprintf(path, sizeof(path), "%s%s", store_path, suffixes[i]);
+		unlink(path);
+	}
+}
+
+static int
+is_corruption(int result)
+{
+	result &= 0xff;
+	return result == SQLITE_CORRUPT || result == SQLITE_NOTADB;
+}
+
+static int
+open_database_once(void)
+{
+	int result;
+
+	make_directory(store_path);
+	result = sqlite3_open_v2(store_path, &db, SQLITE_OPEN_READWRITE |
+				 SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+	if (result == SQLITE_OK) {
+		sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
+		result = exec_sql("PRAGMA journal_mode = WAL");
+	}
+	if (result == SQLITE_OK)
+		result = exec_sql("PRAGMA synchronous = NORMAL");
+	if (result == SQLITE_OK)
+		result = schema_upgrade();
+	for (int i = 0; result == SQLITE_OK && i < STATEMENT_COUNT; i++)
+		result = sqlite3_prepare_v3(db, statement_sql[i], -1,
+					    SQLITE_PREPARE_PERSISTENT,
+					    &statements[i], NULL);
+	if (result != SQLITE_OK) {
+		if (db && !is_corruption(result))
+			result = sqlite3_extended_errcode(db);
+		close_database();
+	}
+	return result;
+}
+
+static int
+open_database(void)
+{
+	int result = open_database_once();
+
+	if (is_corruption(result)) {
+		set_aside_corrupt();
+		result = open_database_once();
+	}
+	if (result != SQLITE_OK) {
+		if (log_streak_fail(&open_streak))
+			log_error("cannot open data file %s: %s; keeping state in "
+				  "memory and retrying every %.0f s", store_path,
+				  sqlite3_errstr(result), REOPEN_INTERVAL);
+		return -1;
+	}
+	if (log_streak_ok(&open_streak))
+		log_info("data file %s is open again", store_path);
+	set_owner(store_path);
+	return 0;
+}
+
+/* ------------------------------------------------------------ writing */
+
+static void
+bind_real(sqlite3_stmt *statement, int index, double value)
+{
+	if (isnan(value) || isinf(value))
+		sqlite3_bind_null(statement, index);
+	else
+		sqlite3_bind_double(statement, index, value);
+}
+
+static int
+step(sqlite3_stmt *statement)
+{
+	int result = sqlite3_step(statement);
+
+	sqlite3_reset(statement);
+	return result == SQLITE_DONE ? SQLITE_OK : result;
+}
+
+static int
+write_name(const struct name *name)
+{
+	sqlite3_stmt *statement = statements[UPSERT_NAME];
+	const struct config_name *config = name->config;
+
+	sqlite3_bind_text(statement, 1, config->title, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(statement, 2, (sqlite3_int64)name->queries);
+	sqlite3_bind_text(statement, 3, selection_names[config->selection_method],
+			  -1, SQLITE_STATIC);
+	sqlite3_bind_text(statement, 4, rtt_mode_names[config->rtt_mode], -1,
+			  SQLITE_STATIC);
+	bind_real(statement, 5, config->max_rtt);
+	bind_real(statement, 6, config->group_rtt_threshold);
+	sqlite3_bind_text(statement, 7, failure_names[config->failure_mode], -1,
+			  SQLITE_STATIC);
+	sqlite3_bind_int64(statement, 8, config->ttl);
+	return step(statement);
+}
+
+static int
+write_address(const struct address *address)
+{
+	sqlite3_stmt *statement = statements[UPSERT_CANDIDATE];
+	const struct candidate *candidate = address->candidate;
+
+	sqlite3_bind_text(statement, 1, candidate->name->config->title, -1,
+			  SQLITE_STATIC);
+	sqlite3_bind_text(statement, 2, candidate->config->title, -1, SQLITE_STATIC);
+	sqlite3_bind_text(statement, 3, address->text, -1, SQLITE_STATIC);
+	sqlite3_bind_int(statement, 4, address->ip.family == AF_INET ? 4 : 6);
+	if (address->health == HEALTH_UNKNOWN)
+		sqlite3_bind_null(statement, 5);
+	else
+		sqlite3_bind_int(statement, 5, address->health);
+	bind_real(statement, 6, address->last_check_time);
+	bind_real(statement, 7, address->last_success_time);
+	bind_real(statement, 8, address->last_failure_time);
+	if (address->check_count == 0)
+		sqlite3_bind_null(statement, 9);
+	else
+		sqlite3_bind_int(statement, 9, address->last_status);
+	bind_real(statement, 10, address->connect_time);
+	bind_real(statement, 11, address->response_time);
+	bind_real(statement, 12, address->srtt);
+	bind_real(statement, 13, address->last_rtt);
+	sqlite3_bind_int64(statement, 14, (sqlite3_int64)address->successes);
+	sqlite3_bind_int64(statement, 15, (sqlite3_int64)address->timeouts);
+	sqlite3_bind_int64(statement, 16, (sqlite3_int64)address->connect_errors);
+	sqlite3_bind_int64(statement, 17, (sqlite3_int64)address->response_errors);
+	sqlite3_bind_int64(statement, 18, (sqlite3_int64)address->other_errors);
+	sqlite3_bind_int64(statement, 19, (sqlite3_int64)address->check_count);
+	return step(statement);
+}
+
+static int
+write_history(const struct history_row *row)
+{
+	sqlite3_stmt *statement = statements[INSERT_CHECK];
+
+	sqlite3_bind_text(statement, 1, row->name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(statement, 2, row->candidate, -1, SQLITE_STATIC);
+	sqlite3_bind_text(statement, 3, row->ip, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(statement, 4, row->slot);
+	sqlite3_bind_double(statement, 5, row->time);
+	sqlite3_bind_int(statement, 6, row->status);
+	sqlite3_bind_int(statement, 7, row->success);
+	bind_real(statement, 8, row->connect_time);
+	bind_real(statement, 9, row->response_time);
+	return step(statement);
+}
+
+/*
+ * Rows of addresses no longer configured (or no longer resolved) go: the
+ * data file describes what hard checks now.  The live keys are put in a
+ * temporary table so one statement per table can remove the rest.
+ */
+static int
+delete_removed(void)
+{
+	sqlite3_stmt *insert;
+	int result = exec_sql("CREATE TEMP TABLE IF NOT EXISTS live("
+			      "name TEXT, candidate_name TEXT, ip_address TEXT);"
+			      "DELETE FROM live;");
+
+	if (result != SQLITE_OK)
+		return result;
+	result = sqlite3_prepare_v2(db, "INSERT INTO live VALUES(?1, ?2, ?3)",
+				    -1, &insert, NULL);
+	for (int i = 0; result == SQLITE_OK && i < store_registry->name_count; i++) {
+		const struct name *name = &store_registry->names[i];
+
+		for (int j = 0; result == SQLITE_OK && j < name->candidate_count; j++) {
+			const struct candidate *candidate = &name->candidates[j];
+
+			for (int k = 0; result == SQLITE_OK &&
+			     k < candidate->address_count; k++) {
+				sqlite3_bind_text(insert, 1, name->config->title, -1,
+						  SQLITE_STATIC);
+				sqlite3_bind_text(insert, 2, candidate->config->title,
+						  -1, SQLITE_STATIC);
+				sqlite3_bind_text(insert, 3,
+						  candidate->addresses[k]->text, -1,
+						  SQLITE_STATIC);
+				result = step(insert);
+			}
+		}
+	}
+	sqlite3_finalize(insert);
+	if (result == SQLITE_OK)
+		result = exec_sql(
+		    "DELETE FROM candidates WHERE (name, candidate_name, ip_address)"
+		    " NOT IN (SELECT name, candidate_name, ip_address FROM live);"
+		    "DELETE FROM checks WHERE (name, candidate_name, ip_address)"
+		    " NOT IN (SELECT name, candidate_name, ip_address FROM live);"
+		    "DELETE FROM names WHERE name NOT IN (SELECT name FROM live);");
+	return result;
+}
+
+static int
+write_everything_dirty(void)
+{
+	int result = SQLITE_OK;
+
+	for (int i = 0; result == SQLITE_OK && i < store_registry->name_count; i++) {
+		const struct name *name = &store_registry->names[i];
+
+		if (name->queries != name->stored_queries || addresses_changed)
+			result = write_name(name);
+		for (int j = 0; result == SQLITE_OK && j < name->candidate_count; j++) {
+			const struct candidate *candidate = &name->candidates[j];
+
+			for (int k = 0; result == SQLITE_OK &&
+			     k < candidate->address_count; k++)
+				if (candidate->addresses[k]->store_dirty)
+					result = write_address(candidate->addresses[k]);
+		}
+	}
+	for (int i = 0; result == SQLITE_OK && i < pending_count; i++)
+		result = write_history(&pending[i]);
+	if (result == SQLITE_OK && addresses_changed)
+		result = delete_removed();
+	return result;
+}
+
+static void
+mark_clean(void)
+{
+	for (int i = 0; i < store_registry->name_count; i++) {
+		struct name *name = &store_registry->names[i];
+
+		name->stored_queries = name->queries;
+		for (int j = 0; j < name->candidate_count; j++)
+			for (int k = 0; k < name->candidates[j].address_count; k++)
+				name->candidates[j].addresses[k]->store_dirty = 0;
+	}
+	pending_count = 0;
+	addresses_changed = 0;
+}
+
+static void
+note_write_failure(int result)
+{
+	if (log_streak_fail(&write_streak))
+		log_error("cannot write data file %s: %s; keeping state in memory "
+			  "and retrying", store_path, sqlite3_errstr(result));
+	if (is_corruption(result)) {
+		close_database();
+		set_aside_corrupt();
+	} else if ((result & 0xff) == SQLITE_IOERR ||
+		   (result & 0xff) == SQLITE_READONLY ||
+		   (result & 0xff) == SQLITE_CANTOPEN) {
+		/* The file may have been replaced or its directory made
+		 * read-only: start again from the path. */
+		close_database();
+	}
+}
+
+void
+store_flush(void)
+{
+	int result;
+
+	if (!store_path || !store_registry)
+		return;
+	if (!db && open_database() != 0)
+		return;
+	result = exec_sql("BEGIN IMMEDIATE");
+	if (result == SQLITE_OK)
+		result = write_everything_dirty();
+	if (result == SQLITE_OK)
+		result = exec_sql("COMMIT");
+	if (result != SQLITE_OK) {
+		result = sqlite3_extended_errcode(db);
+		exec_sql("ROLLBACK");
+		note_write_failure(result);
+		return;
+	}
+	mark_clean();
+	if (pending_dropped) {
+		log_warning("%lu check history rows were dropped while the data "
+			    "file could not be written", pending_dropped);
+		pending_dropped = 0;
+	}
+	if (log_streak_ok(&write_streak))
+		log_info("data file %s written again", store_path);
+}
+
+static void
+flush_tick(struct ev_loop *loop, ev_timer *timer, int revents)
+{
+	static double last_open_try;
+
+	(void)loop;
+	(void)timer;
+	(void)revents;
+	if (!db) {
+		if (ev_now(store_loop) - last_open_try < REOPEN_INTERVAL)
+			return;
+		last_open_try = ev_now(store_loop);
+	}
+	store_flush();
+}
+
+void
+store_record_check(const struct address *address, int success)
+{
+	struct history_row *row;
+
+	if (!store_path)
+		return;
+	((struct address *)address)->store_dirty = 1;
+	if (pending_count == PENDING_HISTORY_MAX) {
+		/* The file has been unwritable for long: keep the newest. */
+		memmove(pending, pending + 1,
+			sizeof(*pending) * (size_t)(pending_count - 1));
+		pending_count--;
+		pending_dropped++;
+	}
+	if (pending_count == pending_capacity) {
+		int capacity = pending_capacity ? pending_capacity * 2 : 256;
+		struct history_row *grown = realloc(pending, sizeof(*pending) *
+						    (size_t)capacity);
+
+		if (!grown) {
+			pending_dropped++;
+			return;
+		}
+		pending = grown;
+		pending_capacity = capacity;
+	}
+	row = &pending[pending_count++];
+	snprintf(row->name, sizeof(row->name), "%s",
+		 address->candidate->name->config->title);
+	snprintf(row->candidate, sizeof(row->candidate), "%s",
+		 address->candidate->config->title);
+	snprintf(row->ip, sizeof(row->ip), "%s", address->text);
+	row->slot = (long long)((address->check_count - 1) % (uint64_t)store_history);
+	row->time = address->last_check_time;
+	row->status = address->last_status;
+	row->success = success;
+	row->connect_time = success ? address->connect_time : NAN;
+	row->response_time = success ? address->response_time : NAN;
+}
+
+void
+store_note_addresses_changed(void)
+{
+	addresses_changed = 1;
+}
+
+/* ------------------------------------------------------------ restore */
+
+static struct address *
+restore_find_address(struct candidate *candidate, const char *ip_text)
+{
+	struct ip_address ip;
+
+	for (int i = 0; i < candidate->address_count; i++)
+		if (strcmp(candidate->addresses[i]->text, ip_text) == 0)
+			return candidate->addresses[i];
+	/* A resolved candidate starts with the addresses it last had. */
+	if (candidate->config->address_count > 0 ||
+	    ip_address_parse(ip_text, &ip) != 0)
+		return NULL;
+	{
+		struct ip_address *ips = calloc((size_t)candidate->address_count + 1,
+						sizeof(*ips));
+		if (!ips)
+			return NULL;
+		for (int i = 0; i < candidate->address_count; i++)
+			ips[i] = candidate->addresses[i]->ip;
+		ips[candidate->address_count] = ip;
+		candidate_set_addresses(candidate, ips, candidate->address_count + 1);
+		free(ips);
+	}
+	return candidate->addresses[candidate->address_count - 1];
+}
+
+static double
+column_real(sqlite3_stmt *statement, int column)
+{
+	if (sqlite3_column_type(statement, column) == SQLITE_NULL)
+		return NAN;
+	return sqlite3_column_double(statement, column);
+}
+
+static void
+restore_address(struct address *address, sqlite3_stmt *row)
+{
+	address->health = sqlite3_column_type(row, 3) == SQLITE_NULL ?
+	    HEALTH_UNKNOWN : sqlite3_column_int(row, 3);
+	address->last_check_time = column_real(row, 4);
+	address->last_success_time = column_real(row, 5);
+	address->last_failure_time = column_real(row, 6);
+	address->last_status = sqlite3_column_int(row, 7);
+	address->connect_time = column_real(row, 8);
+	address->response_time = column_real(row, 9);
+	address->srtt = column_real(row, 10);
+	address->last_rtt = column_real(row, 11);
+	address->successes = (uint64_t)sqlite3_column_int64(row, 12);
+	address->timeouts = (uint64_t)sqlite3_column_int64(row, 13);
+	address->connect_errors = (uint64_t)sqlite3_column_int64(row, 14);
+	address->response_errors = (uint64_t)sqlite3_column_int64(row, 15);
+	address->other_errors = (uint64_t)sqlite3_column_int64(row, 16);
+	address->check_count = (uint64_t)sqlite3_column_int64(row, 17);
+	if (address->health != HEALTH_UNKNOWN)
+		address->health = address->health ? HEALTH_UP : HEALTH_DOWN;
+}
+
+static struct candidate *
+restore_find_candidate(struct name *name, const char *title)
+{
+	for (int i = 0; i < name->candidate_count; i++)
+		if (strcmp(name->candidates[i].config->title, title) == 0)
+			return &name->candidates[i];
+	return NULL;
+}
+
+static struct name *
+restore_find_name(struct registry *registry, const char *title)
+{
+	for (int i = 0; i < registry->name_count; i++)
+		if (strcmp(registry->names[i].config->title, title) == 0)
+			return &registry->names[i];
+	return NULL;
+}
+
+static void
+restore_queries(struct registry *registry)
+{
+	sqlite3_stmt *statement;
+
+	if (sqlite3_prepare_v2(db, "SELECT name, queries FROM names", -1,
+			       &statement, NULL) != SQLITE_OK)
+		return;
+	while (sqlite3_step(statement) == SQLITE_ROW) {
+		struct name *name = restore_find_name(registry,
+		    (const char *)sqlite3_column_text(statement, 0));
+
+		if (name)
+			name->queries = (uint64_t)sqlite3_column_int64(statement, 1);
+	}
+	sqlite3_finalize(statement);
+}
+
+void
+store_restore(struct registry *registry)
+{
+	sqlite3_stmt *row;
+	int restored = 0;
+
+	store_registry = registry;
+	addresses_changed = 1;
+	if (!db)
+		return;
+	restore_queries(registry);
+	if (sqlite3_prepare_v2(db,
+	    "SELECT name, candidate_name, ip_address, healthy, last_check_time,"
+	    " last_success_time, last_failure_time, last_check_status,"
+	    " connect_time, response_time, rtt, last_rtt, successes, timeouts,"
+	    " connect_errors, response_errors, other_errors, checks"
+	    " FROM candidates", -1, &row, NULL) != SQLITE_OK) {
+		log_warning("cannot read the previous state from %s: %s",
+			    store_path, sqlite3_errmsg(db));
+		return;
+	}
+	while (sqlite3_step(row) == SQLITE_ROW) {
+		struct name *name = restore_find_name(registry,
+		    (const char *)sqlite3_column_text(row, 0));
+		struct candidate *candidate = name ? restore_find_candidate(name,
+		    (const char *)sqlite3_column_text(row, 1)) : NULL;
+		struct address *address = candidate ? restore_find_address(candidate,
+		    (const char *)sqlite3_column_text(row, 2)) : NULL;
+
+		if (!address)
+			continue;
+		restore_address(address, row);
+		restored++;
+	}
+	sqlite3_finalize(row);
+	for (int i = 0; i < registry->name_count; i++)
+		select_update_all(&registry->names[i]);
+	if (restored)
+		log_info("restored the state of %d addresses from %s", restored,
+			 store_path);
+}
+
+/* -------------------------------------------------------- open, close */
+
+static void
+set_owner_from_user(const char *user)
+{
+	struct passwd *account;
+
+	if (!user)
+		return;
+	account = getpwnam(user);
+	if (!account)
+		return;	/* har.c says so when it drops privileges */
+	owner_uid = account->pw_uid;
+	owner_gid = account->pw_gid;
+}
+
+static void
+give_files_to_owner(void)
+{
+	char path[4096];
+
+	set_owner(store_path);
+	snprintf(path, sizeof(path), "%s-wal", store_path);
+	set_owner(path);
+	snprintf(path, sizeof(path), "%s-shm", store_path);
+	set_owner(path);
+}
+
+/*
+ * Fails (so hard exits) only for a data file that exists and cannot be
+ * read at all; any other trouble is logged and retried while hard runs.
+ */
+int
+store_open(struct ev_loop *loop, const struct config *config, const char *user)
+{
+	store_loop = loop;
+	store_history = config->check_history;
+	if (config->data_file[0] == '\0') {
+		log_info("data_file is empty: check state is kept in memory only");
+		return 0;
+	}
+	store_path = strdup(config->data_file);
+	if (!store_path)
+		return -1;
+	if (access(store_path, F_OK) == 0 && access(store_path, R_OK) != 0) {
+		fprintf(stderr, "hard: data file %s: %s\n", store_path,
+			strerror(errno));
+		return -1;
+	}
+	set_owner_from_user(user);
+	open_database();
+	give_files_to_owner();
+	ev_timer_init(&flush_timer, flush_tick, FLUSH_INTERVAL, FLUSH_INTERVAL);
+	ev_timer_start(loop, &flush_timer);
+	return 0;
+}
+
+void
+store_reconfigure(const struct config *config, struct registry *registry)
+{
+	store_registry = registry;
+	addresses_changed = 1;
+	store_history = config->check_history;
+	if ((store_path ? store_path : "")[0] == '\0' && config->data_file[0] == '\0')
+		return;
+	if (store_path && strcmp(store_path, config->data_file) == 0)
+		return;
+	log_info("data file changes to \"%s\"", config->data_file);
+	store_flush();
+	store_close();
+	store_open(store_loop, config, NULL);
+	store_registry = registry;
+	addresses_changed = 1;
+}
+
+void
+store_close(void)
+{
+	if (store_loop)
+		ev_timer_stop(store_loop, &flush_timer);
+	close_database();
+	free(store_path);
+	store_path = NULL;
+	free(pending);
+	pending = NULL;
+	pending_count = pending_capacity = 0;
+}

@@ -1,0 +1,122 @@
+"""Fixtures for har's system tests.  Every fixture stops what it started, by
+PID, even when the test fails; hard's log is printed on teardown so a
+failing test shows it."""
+
+import os
+import signal
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import harness  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if not os.access(harness.HARD, os.X_OK):
+        skip = pytest.mark.skip(reason="%s not built (run make)" % harness.HARD)
+        for item in items:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    return str(tmp_path)
+
+
+@pytest.fixture
+def start_upstream(workdir):
+    """start_upstream(*dnsmasq_args) -> harness.Upstream (dnsmasq)."""
+    started = []
+
+    def start(*records, **kw):
+        u = harness.Upstream(workdir, records, **kw)
+        started.append(u)
+        return u
+    yield start
+    for u in started:
+        u.stop()
+
+
+@pytest.fixture
+def upstream(start_upstream):
+    """A dnsmasq with a few records the tests recognise when forwarded."""
+    return start_upstream(
+        "--host-record=fwd.test,192.0.2.1,2001:db8::1",
+        "--host-record=www.test,192.0.2.99",
+        "--txt-record=www.test,configured name forwarded",
+        "--mx-host=www.test,mail.test,10",
+        "--txt-record=txt.test,hello world",
+    )
+
+
+@pytest.fixture
+def silent_upstream():
+    s = harness.SilentUpstream()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def start_hard(workdir):
+    """start_hard(body, upstream=..., listen=..., extra=..., data_file=...,
+    wait=True) -> harness.Hard, already answering.  upstream is an Upstream,
+    an endpoint string, or a list of endpoint strings."""
+    started = []
+
+    def start(body="", upstream=None, listen=("127.0.0.1",), extra="",
+              data_file="", wait=True, port=None, args=("-f", "-d")):
+        if upstream is None:
+            raise ValueError("hard must always be given a loopback upstream")
+        if hasattr(upstream, "endpoint"):
+            upstream = upstream.endpoint
+        port = port or harness.free_port(*listen)
+        config = harness.hard_config(body, upstream, port, listen, data_file, extra)
+        h = harness.Hard(workdir, config, listen, port, args)
+        started.append(h)
+        if wait:
+            h.wait_ready()
+        return h
+    yield start
+    crashed = []
+    for h in started:
+        if not h.alive() and not h.expect_exit and h.proc.returncode is not None \
+                and h.proc.returncode < 0 and h.proc.returncode != -signal.SIGTERM:
+            crashed.append(h)
+        h.stop()
+        print("---- hard log (port %d, exit %s) ----\n%s" % (
+            h.port, h.proc.returncode, h.log()[-20000:]))
+    if crashed:
+        pytest.fail("hard crashed (signal %d); log:\n%s" % (
+            -crashed[0].proc.returncode, crashed[0].log()[-4000:]))
+
+
+@pytest.fixture
+def start_http(workdir):
+    """start_http(addr, port=None, status=200, delay=0, cert=None, key=None)
+    -> harness.HTTPServer."""
+    started = []
+
+    def start(addr="127.0.0.2", **kw):
+        s = harness.HTTPServer(workdir, addr, **kw)
+        started.append(s)
+        return s
+    yield start
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture
+def start_listener():
+    """start_listener(addr, kind='accept'|'hang') -> a raw TCP listener."""
+    started = []
+
+    def start(addr="127.0.0.2", kind="accept", **kw):
+        cls = harness.AcceptingServer if kind == "accept" else harness.HangingServer
+        s = cls(addr, **kw)
+        started.append(s)
+        return s
+    yield start
+    for s in started:
+        s.close()

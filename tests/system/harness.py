@@ -1,0 +1,489 @@
+"""Helpers for har's system tests: the real hard, dnsmasq as upstream, HTTP
+servers, all on loopback.  Every process is started and stopped by PID."""
+
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import time
+
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.normpath(os.path.join(HERE, "..", ".."))
+HARD = os.path.abspath(os.environ.get("HARD") or os.path.join(REPO, "hard"))
+PYTHON = "/usr/bin/python3"
+DNSMASQ = "/usr/sbin/dnsmasq"
+
+
+def wait_until(predicate, timeout=5.0, interval=0.02, what="condition"):
+    """Polls predicate until it returns a true value (returned), or fails."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - polled predicates may raise
+            last_exc = exc
+        if time.monotonic() >= deadline:
+            raise AssertionError("timed out after %.1fs waiting for %s%s" % (
+                timeout, what, " (last error: %r)" % last_exc if last_exc else ""))
+        time.sleep(interval)
+
+
+def _family(addr):
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def free_port(*addrs):
+    """A port free for UDP and TCP on every address given."""
+    addrs = addrs or ("127.0.0.1",)
+    for _ in range(50):
+        with socket.socket(_family(addrs[0]), socket.SOCK_STREAM) as s:
+            s.bind((addrs[0], 0))
+            port = s.getsockname()[1]
+        try:
+            held = []
+            for a in addrs:
+                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                    t = socket.socket(_family(a), kind)
+                    held.append(t)
+                    t.bind((a, port))
+            return port
+        except OSError:
+            continue
+        finally:
+            for t in held:
+                t.close()
+    raise RuntimeError("no free port")
+
+
+def dead_port(addr="127.0.0.1"):
+    """A port with nothing listening (TCP connect is refused)."""
+    return free_port(addr)
+
+
+def _fmt(addr, port):
+    return "[%s]:%d" % (addr, port) if ":" in addr else "%s:%d" % (addr, port)
+
+
+def _kill(proc, sig=signal.SIGTERM, timeout=5.0):
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.kill(proc.pid, sig)
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+    except ProcessLookupError:
+        pass
+
+
+# ------------------------------------------------------------------ DNS
+
+
+def make_query(name, rdtype="A", edns=-1, payload=1232, rd=True, qid=None):
+    q = dns.message.make_query(name, rdtype)
+    if edns is None or edns < 0:
+        q.use_edns(False)
+    else:
+        q.use_edns(edns, payload=payload)
+    if not rd:
+        q.flags &= ~dns.flags.RD
+    if qid is not None:
+        q.id = qid
+    return q
+
+
+def query_at(addr, port, name, rdtype="A", tcp=False, edns=-1, payload=1232,
+             rd=True, qid=None, timeout=2.0):
+    """Sends one query; returns the response (dns.message.Message)."""
+    q = make_query(name, rdtype, edns, payload, rd, qid)
+    if tcp:
+        r = dns.query.tcp(q, addr, port=port, timeout=timeout)
+    else:
+        r = dns.query.udp(q, addr, port=port, timeout=timeout,
+                          raise_on_truncation=False)
+    assert r.id == q.id, "response ID %d != query ID %d" % (r.id, q.id)
+    return r
+
+
+def addresses(response, rdtype="A"):
+    """The addresses of the answer section, in answer order."""
+    t = dns.rdatatype.from_text(rdtype)
+    return [rd.address for rrset in response.answer if rrset.rdtype == t
+            for rd in rrset]
+
+
+def rcode_text(response):
+    return dns.rcode.to_text(response.rcode())
+
+
+def udp_exchange(addr, port, payload, timeout=0.5):
+    """Sends raw bytes over UDP; returns the reply bytes or None."""
+    with socket.socket(_family(addr), socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(payload, (addr, port))
+        try:
+            return s.recvfrom(65535)[0]
+        except socket.timeout:
+            return None
+
+
+def tcp_connect(addr, port, timeout=2.0):
+    s = socket.create_connection((addr, port), timeout=timeout)
+    return s
+
+
+def tcp_send(sock, wire):
+    sock.sendall(struct.pack("!H", len(wire)) + wire)
+
+
+def recv_exact(sock, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError("connection closed after %d of %d bytes" % (len(buf), n))
+        buf += chunk
+    return buf
+
+
+def tcp_recv(sock):
+    """Reads one length-prefixed DNS message and parses it."""
+    (length,) = struct.unpack("!H", recv_exact(sock, 2))
+    return dns.message.from_wire(recv_exact(sock, length))
+
+
+def closed_by_peer(sock, timeout=0.0):
+    """True when the peer has closed sock (EOF or reset) within timeout."""
+    r, _, _ = select.select([sock], [], [], timeout)
+    if not r:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except BlockingIOError:
+        return False
+
+
+# ------------------------------------------------------------------ hard
+
+
+class Hard:
+    def __init__(self, workdir, config, listen, port, args=("-f", "-d")):
+        self.workdir = workdir
+        self.listen = list(listen)
+        self.addr = self.listen[0]
+        self.port = port
+        self.conf = os.path.join(workdir, "har-%d.conf" % port)
+        self.logfile = os.path.join(workdir, "hard-%d.log" % port)
+        with open(self.conf, "w") as f:
+            f.write(config)
+        self.config = config
+        self.expect_exit = False
+        self.proc = subprocess.Popen(
+            [HARD, *args, "-c", self.conf], stdin=subprocess.DEVNULL,
+            stdout=open(self.logfile + ".out", "w"),
+            stderr=open(self.logfile, "w"), cwd=workdir)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def log(self):
+        try:
+            with open(self.logfile, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def wait_ready(self, timeout=5.0):
+        def ready():
+            if not self.alive():
+                raise AssertionError(
+                    "hard exited with status %s during start-up; config:\n%s\nlog:\n%s"
+                    % (self.proc.returncode, self.config, self.log()))
+            for a in self.listen:
+                with socket.socket(_family(a), socket.SOCK_STREAM) as s:
+                    s.settimeout(0.2)
+                    if s.connect_ex((a, self.port)) != 0:
+                        return False
+            return True
+        try:
+            wait_until(ready, timeout, what="hard to listen on port %d" % self.port)
+        except AssertionError as e:
+            if "exited" in str(e):
+                raise
+            raise AssertionError("%s\nlog:\n%s" % (e, self.log())) from None
+        return self
+
+    def query(self, name, rdtype="A", tcp=False, addr=None, **kw):
+        return query_at(addr or self.addr, self.port, name, rdtype, tcp, **kw)
+
+    def udp_raw(self, payload, timeout=0.5, addr=None):
+        return udp_exchange(addr or self.addr, self.port, payload, timeout)
+
+    def tcp(self, addr=None, timeout=2.0):
+        return tcp_connect(addr or self.addr, self.port, timeout)
+
+    def assert_alive(self):
+        assert self.alive(), "hard died (status %s); log:\n%s" % (
+            self.proc.returncode, self.log()[-4000:])
+
+    def signal(self, sig):
+        os.kill(self.proc.pid, sig)
+
+    def stop(self, timeout=5.0):
+        """SIGTERM; returns the exit status."""
+        if self.proc.poll() is None:
+            self.expect_exit = True
+            _kill(self.proc, signal.SIGTERM, timeout)
+        return self.proc.returncode
+
+
+def hard_config(body, upstream, port, listen=("127.0.0.1",), data_file="",
+                extra=""):
+    """A complete configuration: the globals the tests always need, then body.
+    upstream is an "IP:PORT" string or a list of them."""
+    if isinstance(upstream, str):
+        upstream = [upstream]
+    return (
+        "nameservers = { %s }\n" % ", ".join('"%s"' % u for u in upstream)
+        + "dns_bind_interfaces = { %s }\n" % ", ".join('"%s"' % a for a in listen)
+        + "dns_listen_port = %d\n" % port
+        + 'data_file = "%s"\n' % data_file
+        + extra + "\n" + body)
+
+
+def run_hard(*args, timeout=10):
+    """Runs hard to completion (e.g. -t, -V); returns CompletedProcess."""
+    return subprocess.run([HARD, *args], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# ------------------------------------------------------------------ dnsmasq
+
+
+class Upstream:
+    """dnsmasq answering .test names from its own records (NXDOMAIN for any
+    other .test name, REFUSED for names outside .test)."""
+
+    def __init__(self, workdir, records=(), addr="127.0.0.1", ttl=77, port=None):
+        self.addr = addr
+        self.port = port or free_port(addr)
+        self.logfile = os.path.join(workdir, "dnsmasq-%d.log" % self.port)
+        args = [DNSMASQ, "-k", "--conf-file=/dev/null", "--user=root",
+                "--pid-file=", "--port=%d" % self.port,
+                "--listen-address=%s" % addr, "--bind-interfaces",
+                "--no-resolv", "--no-hosts", "--local=/test/",
+                "--local-ttl=%d" % ttl, "--log-queries", "--log-facility=-"]
+        args += list(records)
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=open(self.logfile, "a"))
+        wait_until(lambda: self._probe(), 5, what="dnsmasq to answer")
+
+    def _probe(self):
+        if self.proc.poll() is not None:
+            raise AssertionError("dnsmasq exited: %s" % self.log())
+        self.query("probe.test", timeout=0.3)
+        return True
+
+    @property
+    def endpoint(self):
+        return _fmt(self.addr, self.port)
+
+    def query(self, name, rdtype="A", tcp=False, **kw):
+        return query_at(self.addr, self.port, name, rdtype, tcp, **kw)
+
+    def log(self):
+        with open(self.logfile, errors="replace") as f:
+            return f.read()
+
+    def stop(self):
+        _kill(self.proc)
+
+
+class SilentUpstream:
+    """A UDP socket that receives queries and never answers."""
+
+    def __init__(self, addr="127.0.0.1"):
+        self.addr = addr
+        self.sock = socket.socket(_family(addr), socket.SOCK_DGRAM)
+        self.sock.bind((addr, 0))
+        self.port = self.sock.getsockname()[1]
+        self.endpoint = _fmt(addr, self.port)
+
+    def stop(self):
+        self.sock.close()
+
+
+# ------------------------------------------------------------------ HTTP
+
+
+class HTTPServer:
+    """tests/system/httpserver.py in a subprocess.  status and delay can be
+    changed while it runs (through a control file read on each request);
+    stop() and start() kill and restart it on the same address and port."""
+
+    def __init__(self, workdir, addr, port=None, status=200, delay=0.0,
+                 cert=None, key=None):
+        self.addr = addr
+        self.port = port or free_port(addr)
+        self.workdir = workdir
+        tag = "%s-%d" % (addr.replace(":", "_"), self.port)
+        self.control = os.path.join(workdir, "http-%s.ctl" % tag)
+        self.requests = os.path.join(workdir, "http-%s.requests" % tag)
+        self.logfile = os.path.join(workdir, "http-%s.log" % tag)
+        self.cert, self.key = cert, key
+        self.proc = None
+        self.set(status=status, delay=delay)
+        self.start()
+
+    @property
+    def url_host(self):
+        return "[%s]" % self.addr if ":" in self.addr else self.addr
+
+    def url(self, host=None, scheme=None):
+        scheme = scheme or ("https" if self.cert else "http")
+        return "%s://%s:%d/" % (scheme, host or self.url_host, self.port)
+
+    def set(self, status=None, delay=None):
+        state = {}
+        if os.path.exists(self.control):
+            with open(self.control) as f:
+                state = dict(line.split("=", 1) for line in f.read().split())
+        if status is not None:
+            state["status"] = str(status)
+        if delay is not None:
+            state["delay"] = str(delay)
+        tmp = self.control + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("".join("%s=%s\n" % kv for kv in state.items()))
+        os.replace(tmp, self.control)
+
+    def start(self):
+        assert self.proc is None or self.proc.poll() is not None
+        args = [PYTHON, os.path.join(HERE, "httpserver.py"), self.addr,
+                str(self.port), self.control, self.requests]
+        if self.cert:
+            args += [self.cert, self.key]
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE,
+                                     stderr=open(self.logfile, "a"))
+        r, _, _ = select.select([self.proc.stdout], [], [], 5)
+        line = self.proc.stdout.readline() if r else b""
+        if line.strip() != b"ready":
+            _kill(self.proc)
+            raise AssertionError("HTTP server on %s did not start: %s" % (
+                _fmt(self.addr, self.port), open(self.logfile).read()))
+
+    def stop(self):
+        if self.proc is not None:
+            _kill(self.proc, signal.SIGKILL)
+            self.proc.stdout.close()
+
+    def request_log(self):
+        """Lines 'HOST|SNI|USER-AGENT|PATH' of the requests served."""
+        try:
+            with open(self.requests) as f:
+                return [line.rstrip("\n").split("|") for line in f]
+        except OSError:
+            return []
+
+
+class HangingServer:
+    """A TCP listener that completes handshakes (kernel backlog) and never
+    reads or answers; close() / reopen() make connects refused / accepted."""
+
+    def __init__(self, addr, port=None, backlog=64):
+        self.addr = addr
+        self.backlog = backlog
+        self.port = port or free_port(addr)
+        self.sock = None
+        self.reopen()
+
+    def reopen(self):
+        self.sock = socket.socket(_family(self.addr), socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((self.addr, self.port))
+        self.sock.listen(self.backlog)
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    stop = close
+
+
+class AcceptingServer(HangingServer):
+    """A TCP listener that accepts and at once closes (for tcp checks)."""
+
+    def reopen(self):
+        import threading
+        super().reopen()
+        self.sock.settimeout(0.05)
+        self.stopping = threading.Event()
+        sock, stopping = self.sock, self.stopping
+
+        def loop():
+            while not stopping.is_set():
+                try:
+                    c, _ = sock.accept()
+                    c.close()
+                except socket.timeout:
+                    continue
+                except OSError:
+                    return
+            sock.close()
+        self.thread = threading.Thread(target=loop, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        if self.sock is not None:
+            self.stopping.set()
+            self.thread.join(2)
+            self.sock = None
+
+    stop = close
+
+
+def make_certs(workdir):
+    """A test CA and server certificates for secure.test and other.test.
+    Returns dict with ca, and (cert, key) per host."""
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=workdir, check=True,
+                       capture_output=True)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        "-subj", "/CN=har test CA", "-keyout", "ca.key", "-out", "ca.pem",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    out = {"ca": os.path.join(workdir, "ca.pem")}
+    for host in ("secure.test", "other.test"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=" + host,
+            "-keyout", host + ".key", "-out", host + ".csr")
+        ext = os.path.join(workdir, host + ".ext")
+        with open(ext, "w") as f:
+            f.write("subjectAltName=DNS:%s\nbasicConstraints=CA:FALSE\n"
+                    "extendedKeyUsage=serverAuth\n" % host)
+        run("x509", "-req", "-in", host + ".csr", "-CA", "ca.pem",
+            "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+            "-extfile", ext, "-out", host + ".pem")
+        out[host] = (os.path.join(workdir, host + ".pem"),
+                     os.path.join(workdir, host + ".key"))
+    return out
