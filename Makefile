@@ -64,6 +64,10 @@ bench:
 	@$(MAKE) --no-print-directory hard
 	bench/run
 
+fuzz:
+	@contrib/install-deps fuzz
+	tests/fuzz/run
+
 lint:
 	mandoc -T lint -W warning hard.8 har.conf.5
 

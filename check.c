@@ -7,6 +7,7 @@
  * one's start, so a check never overlaps the one before it.  The HTTP and
  * TCP mechanics are in check_http.c and check_tcp.c.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>

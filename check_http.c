@@ -213,7 +213,10 @@ check_http_cleanup(void)
 	curl_global_cleanup();
 }
 
-/* "host:port:[address]:port": connect there, but speak to host. */
+/*
+ * ":port:address:port": whatever the URL's host (a name, or an IPv6
+ * literal curl would want bracketed), connect to this address instead.
+ */
 static void
 connect_to_spec(const struct check *check, char *out, size_t size)
 {
@@ -221,11 +224,11 @@ connect_to_spec(const struct check *check, char *out, size_t size)
 	const struct address *address = check->address;
 
 	if (address->ip.family == AF_INET6)
-		snprintf(out, size, "%s:%d:[%s]:%d", candidate->host,
-			 candidate->port, address->text, candidate->port);
+		snprintf(out, size, ":%d:[%s]:%d", candidate->port,
+			 address->text, candidate->port);
 	else
-		snprintf(out, size, "%s:%d:%s:%d", candidate->host,
-			 candidate->port, address->text, candidate->port);
+		snprintf(out, size, ":%d:%s:%d", candidate->port,
+			 address->text, candidate->port);
 }
 
 int

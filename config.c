@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <confuse.h>
 #include <uriparser/Uri.h>
@@ -20,8 +21,10 @@
 /* What one parse collects; libconfuse's callbacks reach it through this. */
 struct config_parse {
 	const char *file;
+	const char *text;
 	config_report_fn *report;
 	int errors;
+	char last_message[800];
 };
 
 static struct config_parse *current_parse;
@@ -44,6 +47,11 @@ report_at(const char *file, int line, const char *fmt, ...)
 	else
 		snprintf(message, sizeof(message), "%s: %s", file, reason);
 	current_parse->errors++;
+	/* libconfuse may validate a list twice; say each thing once. */
+	if (strcmp(message, current_parse->last_message) == 0)
+		return;
+	snprintf(current_parse->last_message,
+		 sizeof(current_parse->last_message), "%s", message);
 	current_parse->report(message);
 }
 
@@ -58,97 +66,93 @@ config_syntax_error(cfg_t *cfg, const char *fmt, va_list ap)
 }
 
 /*
- * Value checks run while libconfuse reads the value, so cfg->line is the
- * line of the option.  They record the error and let parsing go on, so one
- * run of `hard -t` lists every mistake.
+ * Value checks run as libconfuse finishes reading an option, so cfg->line
+ * is the option's line.  They record the error and let parsing go on, so
+ * one run of `hard -t` lists every mistake.
  */
+typedef void value_check_fn(cfg_t *cfg, cfg_opt_t *opt, unsigned index);
+
 static int
-validate_positive(cfg_t *cfg, cfg_opt_t *opt, void *value)
+validate_each(cfg_t *cfg, cfg_opt_t *opt, value_check_fn *check)
 {
-	double number = *(double *)value;
+	for (unsigned i = 0; i < cfg_opt_size(opt); i++)
+		check(cfg, opt, i);
+	return 0;
+}
+
+static void
+check_positive(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
+{
+	double number = cfg_opt_getnfloat(opt, index);
 
 	if (!(number > 0) || isinf(number))
 		report_at(current_parse->file, cfg->line,
 			  "%s must be a number of seconds greater than 0, not %g",
 			  opt->name, number);
-	return 0;
 }
 
-static int
-validate_not_negative(cfg_t *cfg, cfg_opt_t *opt, void *value)
+static void
+check_not_negative(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
 {
-	double number = *(double *)value;
+	double number = cfg_opt_getnfloat(opt, index);
 
 	if (!(number >= 0))
 		report_at(current_parse->file, cfg->line,
 			  "%s must be 0 or more, not %g", opt->name, number);
-	return 0;
 }
 
-static int
-validate_count(cfg_t *cfg, cfg_opt_t *opt, void *value)
+static void
+check_integer(cfg_t *cfg, cfg_opt_t *opt, unsigned index, long low,
+	      long high, const char *what)
 {
-	long number = *(long *)value;
+	long number = cfg_opt_getnint(opt, index);
 
-	if (number < 1 || number > 1000000)
+	if (number < low || number > high)
 		report_at(current_parse->file, cfg->line,
-			  "%s must be between 1 and 1000000, not %ld",
-			  opt->name, number);
-	return 0;
+			  "%s must be %s between %ld and %ld, not %ld",
+			  opt->name, what, low, high, number);
 }
 
-static int
-validate_ttl(cfg_t *cfg, cfg_opt_t *opt, void *value)
+static void
+check_count(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
 {
-	long number = *(long *)value;
-
-	if (number < 0 || number > 2147483647L)
-		report_at(current_parse->file, cfg->line,
-			  "%s must be between 0 and 2147483647, not %ld",
-			  opt->name, number);
-	return 0;
+	check_integer(cfg, opt, index, 1, 1000000, "a count");
 }
 
-static int
-validate_port(cfg_t *cfg, cfg_opt_t *opt, void *value)
+static void
+check_ttl(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
 {
-	long number = *(long *)value;
-
-	if (number < 1 || number > 65535)
-		report_at(current_parse->file, cfg->line,
-			  "%s must be a port between 1 and 65535, not %ld",
-			  opt->name, number);
-	return 0;
+	check_integer(cfg, opt, index, 0, 2147483647L, "a TTL");
 }
 
-static int
-validate_status(cfg_t *cfg, cfg_opt_t *opt, void *value)
+static void
+check_port(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
 {
-	long number = *(long *)value;
-
-	if (number < 100 || number > 599)
-		report_at(current_parse->file, cfg->line,
-			  "%s: %ld is not an HTTP status (100-599)",
-			  opt->name, number);
-	return 0;
+	check_integer(cfg, opt, index, 1, 65535, "a port");
 }
 
-static int
-validate_one_of(cfg_t *cfg, cfg_opt_t *opt, const char *value,
-		const char *const *choices)
+static void
+check_status(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
 {
+	check_integer(cfg, opt, index, 100, 599, "an HTTP status");
+}
+
+static void
+check_one_of(cfg_t *cfg, cfg_opt_t *opt, unsigned index,
+	     const char *const *choices)
+{
+	const char *value = cfg_opt_getnstr(opt, index);
 	char list[256] = "";
 
 	for (int i = 0; choices[i]; i++) {
 		if (strcmp(value, choices[i]) == 0)
-			return 0;
+			return;
 		if (i > 0)
 			strncat(list, ", ", sizeof(list) - strlen(list) - 1);
 		strncat(list, choices[i], sizeof(list) - strlen(list) - 1);
 	}
 	report_at(current_parse->file, cfg->line,
 		  "%s: unknown value \"%s\" (expected %s)", opt->name, value, list);
-	return 0;
 }
 
 static const char *const check_methods[] = { "http", "tcp", NULL };
@@ -158,53 +162,70 @@ static const char *const selection_methods[] = {
 static const char *const rtt_modes[] = { "total", "connect", NULL };
 static const char *const failure_modes[] = { "none", "all", "servfail", NULL };
 
-static int
-validate_check_method(cfg_t *cfg, cfg_opt_t *opt, void *value)
+static void
+check_check_method(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
 {
-	return validate_one_of(cfg, opt, value, check_methods);
+	check_one_of(cfg, opt, index, check_methods);
 }
 
-static int
-validate_selection_method(cfg_t *cfg, cfg_opt_t *opt, void *value)
+static void
+check_selection_method(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
 {
-	return validate_one_of(cfg, opt, value, selection_methods);
+	check_one_of(cfg, opt, index, selection_methods);
 }
 
-static int
-validate_rtt_mode(cfg_t *cfg, cfg_opt_t *opt, void *value)
+static void
+check_rtt_mode(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
 {
-	return validate_one_of(cfg, opt, value, rtt_modes);
+	check_one_of(cfg, opt, index, rtt_modes);
 }
 
-static int
-validate_failure_mode(cfg_t *cfg, cfg_opt_t *opt, void *value)
+static void
+check_failure_mode(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
 {
-	return validate_one_of(cfg, opt, value, failure_modes);
+	check_one_of(cfg, opt, index, failure_modes);
 }
 
-static int
-validate_ip(cfg_t *cfg, cfg_opt_t *opt, void *value)
+static void
+check_ip(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
 {
 	struct ip_address ip;
+	const char *value = cfg_opt_getnstr(opt, index);
 
 	if (ip_address_parse(value, &ip) != 0)
 		report_at(current_parse->file, cfg->line,
 			  "%s: \"%s\" is not an IPv4 or IPv6 address",
-			  opt->name, (const char *)value);
-	return 0;
+			  opt->name, value);
 }
 
-static int
-validate_endpoint(cfg_t *cfg, cfg_opt_t *opt, void *value)
+static void
+check_endpoint(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
 {
 	struct endpoint endpoint;
+	const char *value = cfg_opt_getnstr(opt, index);
 
 	if (endpoint_parse(value, 53, &endpoint) != 0)
 		report_at(current_parse->file, cfg->line,
 			  "%s: \"%s\" is not IP, IP:PORT or [IPv6]:PORT",
-			  opt->name, (const char *)value);
-	return 0;
+			  opt->name, value);
 }
+
+#define VALIDATOR(function, check) \
+	static int function(cfg_t *cfg, cfg_opt_t *opt) \
+	{ return validate_each(cfg, opt, check); }
+
+VALIDATOR(validate_positive, check_positive)
+VALIDATOR(validate_not_negative, check_not_negative)
+VALIDATOR(validate_count, check_count)
+VALIDATOR(validate_ttl, check_ttl)
+VALIDATOR(validate_port, check_port)
+VALIDATOR(validate_status, check_status)
+VALIDATOR(validate_check_method, check_check_method)
+VALIDATOR(validate_selection_method, check_selection_method)
+VALIDATOR(validate_rtt_mode, check_rtt_mode)
+VALIDATOR(validate_failure_mode, check_failure_mode)
+VALIDATOR(validate_ip, check_ip)
+VALIDATOR(validate_endpoint, check_endpoint)
 
 static cfg_opt_t candidate_options[] = {
 	CFG_STR("check_address", NULL, CFGF_NODEFAULT),
@@ -226,7 +247,7 @@ static cfg_opt_t name_options[] = {
 	CFG_STR("failure_mode", "none", CFGF_NONE),
 	CFG_INT("ttl", 0, CFGF_NONE),
 	CFG_STR("ca_file", NULL, CFGF_NODEFAULT),
-	CFG_SEC("candidate", candidate_options, CFGF_MULTI | CFGF_TITLE),
+	CFG_SEC("candidate", candidate_options, CFGF_MULTI | CFGF_TITLE | CFGF_NO_TITLE_DUPES),
 	CFG_END()
 };
 
@@ -240,7 +261,7 @@ static cfg_opt_t global_options[] = {
 	CFG_INT("check_history", 1000, CFGF_NONE),
 	CFG_FLOAT("tcp_idle_timeout", 10, CFGF_NONE),
 	CFG_INT("tcp_max_connections", 128, CFGF_NONE),
-	CFG_SEC("name", name_options, CFGF_MULTI | CFGF_TITLE),
+	CFG_SEC("name", name_options, CFGF_MULTI | CFGF_TITLE | CFGF_NO_TITLE_DUPES),
 	CFG_END()
 };
 
@@ -249,7 +270,7 @@ install_validators(cfg_t *cfg)
 {
 	static const struct {
 		const char *option;
-		cfg_validate_callback2_t check;
+		cfg_validate_callback_t check;
 	} validators[] = {
 		{ "nameservers", validate_endpoint },
 		{ "dns_bind_interfaces", validate_ip },
@@ -274,7 +295,7 @@ install_validators(cfg_t *cfg)
 	};
 
 	for (size_t i = 0; i < sizeof(validators) / sizeof(validators[0]); i++)
-		cfg_set_validate_func2(cfg, validators[i].option,
+		cfg_set_validate_func(cfg, validators[i].option,
 				       validators[i].check);
 }
 
@@ -464,6 +485,56 @@ canonical_name(const char *title)
 	return name;
 }
 
+/*
+ * libconfuse knows a section's line only once the section has ended; the
+ * operator wants the line where it starts.  So the text is searched for
+ * the occurrence-th "KEYWORD TITLE" at or after line `from`.
+ */
+static int
+title_matches(const char *token, size_t length, const char *canonical)
+{
+	size_t canonical_length = strlen(canonical);
+
+	if (length > 0 && (token[0] == '"' || token[0] == '\'')) {
+		token++;
+		length = length >= 2 ? length - 2 : 0;
+	}
+	if (length == canonical_length + 1 && token[length - 1] == '.')
+		length--;
+	return length == canonical_length &&
+	    strncasecmp(token, canonical, length) == 0;
+}
+
+static int
+section_line(const char *keyword, const char *canonical, int from,
+	     int occurrence)
+{
+	const char *at = current_parse->text;
+	size_t keyword_length = strlen(keyword);
+	int line = 1;
+
+	for (; at && *at; line++) {
+		const char *end = strchr(at, '\n');
+		const char *p = at;
+
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (line >= from && strncmp(p, keyword, keyword_length) == 0 &&
+		    (p[keyword_length] == ' ' || p[keyword_length] == '\t')) {
+			size_t length;
+
+			p += keyword_length;
+			while (*p == ' ' || *p == '\t')
+				p++;
+			length = strcspn(p, " \t{\n");
+			if (title_matches(p, length, canonical) && occurrence-- == 0)
+				return line;
+		}
+		at = end ? end + 1 : NULL;
+	}
+	return 0;
+}
+
 /* ------------------------------------------------------ check targets */
 
 static char *
@@ -485,7 +556,7 @@ parse_url(struct config_candidate *candidate, const char *file)
 {
 	UriUriA uri;
 	const char *error_position;
-	char *port_text = NULL;
+	char *port_text = NULL, *scheme;
 	int ok = 0;
 
 	if (uriParseSingleUriA(&uri, candidate->check_address,
@@ -495,7 +566,9 @@ parse_url(struct config_candidate *candidate, const char *file)
 			  candidate->check_address, error_position);
 		return -1;
 	}
-	candidate->scheme = canonical_name(uri_range(&uri.scheme));
+	scheme = uri_range(&uri.scheme);
+	candidate->scheme = canonical_name(scheme);
+	free(scheme);
 	candidate->host = uri_range(&uri.hostText);
 	port_text = uri_range(&uri.portText);
 	if (strcmp(candidate->scheme, "http") != 0 &&
@@ -585,21 +658,19 @@ candidate_addresses(struct config_candidate *candidate, cfg_t *section,
 
 static int
 load_candidate(struct config_name *name, struct config_candidate *candidate,
-	       cfg_t *section, const char *file)
+	       cfg_t *section, int occurrence, const char *file)
 {
 	const char *check_address = cfg_getstr(section, "check_address");
 	char default_address[DNS_MAX_NAME + 16];
 	int result;
 
-	candidate->line = section->line;
 	candidate->title = canonical_name(cfg_title(section));
+	candidate->line = section_line("candidate", candidate->title, name->line,
+				       occurrence);
+	if (candidate->line == 0)
+		candidate->line = section->line;
 	if (!check_address) {
-		if (name->check_method == CHECK_TCP) {
-			report_at(file, candidate->line,
-				  "candidate %s: a tcp check needs check_address = \"HOST:PORT\"",
-				  candidate->title);
-			return -1;
-		}
+		/* A tcp check of the default URL connects to port 80. */
 		snprintf(default_address, sizeof(default_address),
 			 "http://%s/", candidate->title);
 		check_address = default_address;
@@ -662,10 +733,13 @@ load_name_options(struct config_name *name, cfg_t *section)
 }
 
 static void
-load_name(struct config_name *name, cfg_t *section, const char *file)
+load_name(struct config_name *name, cfg_t *section, int occurrence,
+	  const char *file)
 {
-	name->line = section->line;
 	name->title = canonical_name(cfg_title(section));
+	name->line = section_line("name", name->title, 1, occurrence);
+	if (name->line == 0)
+		name->line = section->line;
 	if (dns_name_to_wire(name->title, name->wire, &name->wire_len) != 0)
 		report_at(file, name->line, "name \"%s\" is not a valid host name",
 			  cfg_title(section));
@@ -678,14 +752,19 @@ load_name(struct config_name *name, cfg_t *section, const char *file)
 				   sizeof(struct config_candidate));
 	for (int i = 0; i < name->candidate_count; i++) {
 		cfg_t *candidate = cfg_getnsec(section, "candidate", (unsigned)i);
+		char *title = canonical_name(cfg_title(candidate));
+		int occurrence = 0;
 
-		load_candidate(name, &name->candidates[i], candidate, file);
 		for (int j = 0; j < i; j++)
-			if (strcmp(name->candidates[j].title,
-				   name->candidates[i].title) == 0)
-				report_at(file, candidate->line,
-					  "candidate %s appears twice in name %s",
-					  name->candidates[i].title, name->title);
+			if (strcmp(name->candidates[j].title, title) == 0)
+				occurrence++;
+		free(title);
+		load_candidate(name, &name->candidates[i], candidate, occurrence,
+			       file);
+		if (occurrence > 0)
+			report_at(file, name->candidates[i].line,
+				  "candidate %s appears twice in name %s",
+				  name->candidates[i].title, name->title);
 	}
 }
 
@@ -781,39 +860,96 @@ config_build(cfg_t *cfg, const char *file, const char *resolv_conf)
 	config->name_count = (int)cfg_size(cfg, "name");
 	config->names = xcalloc((size_t)config->name_count,
 				sizeof(struct config_name));
-	for (int i = 0; i < config->name_count; i++)
-		load_name(&config->names[i], cfg_getnsec(cfg, "name", (unsigned)i),
-			  file);
+	for (int i = 0; i < config->name_count; i++) {
+		cfg_t *section = cfg_getnsec(cfg, "name", (unsigned)i);
+		char *title = canonical_name(cfg_title(section));
+		int occurrence = 0;
+
+		for (int j = 0; j < i; j++)
+			if (strcmp(config->names[j].title, title) == 0)
+				occurrence++;
+		free(title);
+		load_name(&config->names[i], section, occurrence, file);
+	}
 	check_duplicate_names(config, file);
 	return config;
+}
+
+static char *
+read_file(const char *file)
+{
+	FILE *stream = fopen(file, "r");
+	char *text = NULL;
+	size_t length = 0, size = 0;
+
+	if (!stream)
+		return NULL;
+	for (;;) {
+		size_t got;
+
+		if (length + 4096 + 1 > size) {
+			char *grown = realloc(text, size = length + 4096 * 4 + 1);
+
+			if (!grown) {
+				free(text);
+				fclose(stream);
+				errno = ENOMEM;
+				return NULL;
+			}
+			text = grown;
+		}
+		got = fread(text + length, 1, size - length - 1, stream);
+		length += got;
+		if (got == 0)
+			break;
+	}
+	if (ferror(stream)) {
+		free(text);
+		fclose(stream);
+		errno = EIO;
+		return NULL;
+	}
+	fclose(stream);
+	text[length] = '\0';
+	return text;
 }
 
 static struct config *
 config_parse(const char *file, const char *text, const char *resolv_conf,
 	     config_report_fn *report)
 {
-	struct config_parse parse = { .file = file, .report = report };
+	struct config_parse parse = { .file = file, .text = text, .report = report };
 	struct config *config = NULL;
+	char *file_text = NULL;
 	cfg_t *cfg;
 	int result;
 
 	current_parse = &parse;
+	if (!text) {
+		file_text = read_file(file);
+		if (!file_text) {
+			report_at(file, 0, "cannot read: %s", strerror(errno));
+			current_parse = NULL;
+			return NULL;
+		}
+		parse.text = file_text;
+	}
 	cfg = cfg_init(global_options, CFGF_NONE);
 	if (!cfg) {
 		report_at(file, 0, "cannot set up the configuration parser");
+		free(file_text);
 		current_parse = NULL;
 		return NULL;
 	}
 	cfg_set_error_function(cfg, config_syntax_error);
 	install_validators(cfg);
-	result = text ? cfg_parse_buf(cfg, text) : cfg_parse(cfg, file);
-	if (result == CFG_FILE_ERROR)
-		report_at(file, 0, "cannot read: %s", strerror(errno));
-	else if (result == CFG_PARSE_ERROR && parse.errors == 0)
+	result = cfg_parse_buf(cfg, parse.text);
+	if (result != CFG_SUCCESS && parse.errors == 0)
 		report_at(file, 0, "cannot parse");
 	if (result == CFG_SUCCESS)
 		config = config_build(cfg, file, resolv_conf);
 	cfg_free(cfg);
+	free(file_text);
 	if (config && parse.errors > 0) {
 		config_free(config);
 		config = NULL;

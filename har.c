@@ -34,6 +34,7 @@ static struct registry *registry;
 static struct dns_server *server;
 static struct ev_loop *loop;
 static int pid_file_written;
+static int detached;		/* stderr is /dev/null: errors go to syslog */
 
 static void
 usage(FILE *stream)
@@ -104,7 +105,10 @@ fail_start(const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(message, sizeof(message), fmt, ap);
 	va_end(ap);
-	fprintf(stderr, "hard: %s\n", message);
+	if (detached)
+		log_error("%s", message);
+	else
+		fprintf(stderr, "hard: %s\n", message);
 	exit(1);
 }
 
@@ -190,6 +194,7 @@ daemonize(void)
 		if (null > STDERR_FILENO)
 			close(null);
 	}
+	detached = 1;
 	ev_loop_fork(loop);
 }
 
@@ -320,6 +325,7 @@ reload(void)
 		}
 		server = rebound;
 	}
+	dns_server_configure(server, fresh);
 	if (!same_upstream(running_config, fresh) &&
 	    upstream_reconfigure(fresh) != 0)
 		log_error("keeping the previous nameservers");
@@ -357,17 +363,32 @@ load_config_or_exit(void)
 
 	if (!config)
 		exit(1);
+	if (config_drop_own_listeners(config, report_to_stderr) == 0) {
+		fprintf(stderr, "%s: no upstream nameserver left (every one is "
+			"hard's own listener); set nameservers\n",
+			options.config_file);
+		config_free(config);
+		exit(1);
+	}
 	if (options.test_only) {
 		printf("ok\n");
 		config_free(config);
 		exit(0);
 	}
-	if (config_drop_own_listeners(config, report_to_stderr) == 0) {
-		config_free(config);
-		fail_start("no upstream nameserver left (every one is hard's own "
-			   "listener); set nameservers in %s", options.config_file);
-	}
 	return config;
+}
+
+/* A reload after daemonizing (chdir /) must find the same file. */
+static void
+absolute_config_path(void)
+{
+	static char path[4096];
+
+	if (options.config_file[0] == '/' || options.test_only)
+		return;
+	if (!realpath(options.config_file, path))
+		return;	/* config_load reports the missing file */
+	options.config_file = path;
 }
 
 static void
@@ -392,8 +413,11 @@ main(int argc, char **argv)
 
 	parse_arguments(argc, argv);
 	log_init("hard", options.foreground || options.test_only, options.debug);
+	absolute_config_path();
 	running_config = load_config_or_exit();
 	user = options.user ? options.user : running_config->user;
+	if (user && !getpwnam(user))
+		fail_start("unknown user \"%s\"", user);
 	if (options.pid_file)
 		check_pid_file(options.pid_file);
 	signal(SIGPIPE, SIG_IGN);
@@ -408,17 +432,19 @@ main(int argc, char **argv)
 	registry = registry_create(running_config);
 	store_restore(registry);
 	dns_server_set_registry(registry);
-	if (user)
-		drop_privileges(user);
+	if (upstream_start(loop, running_config) != 0)
+		fail_start("cannot start the upstream resolver");
+	if (check_start_all(loop, registry) != 0)
+		fail_start("cannot start the health checks");
+	/* Everything that can fail has been tried: now detach, and write
+	 * the pid file while still allowed to write where it goes. */
 	if (!options.foreground)
 		daemonize();
 	log_init("hard", options.foreground, options.debug);
 	if (options.pid_file)
 		write_pid_file(options.pid_file);
-	if (upstream_start(loop, running_config) != 0)
-		fail_start("cannot start the upstream resolver");
-	if (check_start_all(loop, registry) != 0)
-		fail_start("cannot start the health checks");
+	if (user)
+		drop_privileges(user);
 	ev_signal_init(&hup, on_signal, SIGHUP);
 	ev_signal_init(&term, on_signal, SIGTERM);
 	ev_signal_init(&interrupt, on_signal, SIGINT);

@@ -288,6 +288,7 @@ struct dns_server;
 struct dns_server *dns_server_start(struct ev_loop *loop,
 				    const struct config *config,
 				    struct dns_server *previous);
+void dns_server_configure(struct dns_server *server, const struct config *config);
 void dns_server_stop(struct dns_server *server);
 void dns_server_set_registry(struct registry *registry);
 

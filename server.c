@@ -703,6 +703,16 @@ fail:
 	return NULL;
 }
 
+/* TCP limits apply to existing connections from the next event on. */
+void
+dns_server_configure(struct dns_server *server, const struct config *config)
+{
+	server->max_connections = config->tcp_max_connections;
+	server->idle_timeout = config->tcp_idle_timeout;
+	for (struct tcp_connection *c = server->connections; c; c = c->next)
+		c->idle.repeat = server->idle_timeout;
+}
+
 void
 dns_server_stop(struct dns_server *server)
 {
