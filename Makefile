@@ -54,7 +54,7 @@ test:
 	@$(MAKE) --no-print-directory unit system
 
 unit: $(UNIT_TESTS)
-	@for t in $(UNIT_TESTS); do ./$$t || exit 1; done
+	@failed=0; for t in $(UNIT_TESTS); do ./$$t || failed=1; done; exit $$failed
 
 system: hard
 	$(PYTHON) -m pytest -q tests/system $(PYTEST_ARGS)

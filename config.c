@@ -914,6 +914,48 @@ read_file(const char *file)
 	return text;
 }
 
+/*
+ * Blanks out comments (#, // and slash-star blocks outside quotes), keeping
+ * newline.  Debian's libconfuse 3.3 miscounts lines after a comment, and
+ * the line numbers of our messages are only as good as its count.  As in
+ * libconfuse, "//" inside a bare word (a URL) is not a comment.
+ */
+static void
+blank_comments(char *text)
+{
+	char quote = 0;
+
+	for (char *p = text; *p; p++) {
+		if (quote) {
+			if (*p == '\\' && p[1])
+				p++;
+			else if (*p == quote)
+				quote = 0;
+			continue;
+		}
+		if (*p == '"' || *p == '\'') {
+			quote = *p;
+		} else if (*p == '#' ||
+			   (p[0] == '/' && p[1] == '/' &&
+			    (p == text || strchr(" \t\n{}=,()", p[-1])))) {
+			while (*p && *p != '\n')
+				*p++ = ' ';
+			if (!*p)
+				break;
+		} else if (p[0] == '/' && p[1] == '*') {
+			while (*p && !(p[0] == '*' && p[1] == '/')) {
+				if (*p != '\n')
+					*p = ' ';
+				p++;
+			}
+			if (!*p)
+				break;
+			p[0] = p[1] = ' ';
+			p++;
+		}
+	}
+}
+
 static struct config *
 config_parse(const char *file, const char *text, const char *resolv_conf,
 	     config_report_fn *report)
@@ -925,15 +967,14 @@ config_parse(const char *file, const char *text, const char *resolv_conf,
 	int result;
 
 	current_parse = &parse;
-	if (!text) {
-		file_text = read_file(file);
-		if (!file_text) {
-			report_at(file, 0, "cannot read: %s", strerror(errno));
-			current_parse = NULL;
-			return NULL;
-		}
-		parse.text = file_text;
+	file_text = text ? strdup(text) : read_file(file);
+	if (!file_text) {
+		report_at(file, 0, "cannot read: %s", strerror(errno));
+		current_parse = NULL;
+		return NULL;
 	}
+	blank_comments(file_text);
+	parse.text = file_text;
 	cfg = cfg_init(global_options, CFGF_NONE);
 	if (!cfg) {
 		report_at(file, 0, "cannot set up the configuration parser");
@@ -974,21 +1015,39 @@ config_load_string(const char *text, const char *resolv_conf,
 /* ------------------------------------------------ forwarding loop guard */
 
 static int
+ip_is_wildcard(const struct ip_address *ip)
+{
+	static const uint8_t zero[16];
+
+	return memcmp(ip->bytes, zero, ip->family == AF_INET ? 4 : 16) == 0;
+}
+
+static int
+ip_is_loopback(int family, const uint8_t *bytes)
+{
+	static const uint8_t loopback6[16] = { [15] = 1 };
+
+	if (family == AF_INET)
+		return bytes[0] == 127;
+	return memcmp(bytes, loopback6, 16) == 0;
+}
+
+static int
 endpoint_is_listener(const struct endpoint *endpoint, const struct config *config)
 {
 	const struct sockaddr *sa = (const struct sockaddr *)&endpoint->addr;
-	const void *bytes;
+	const uint8_t *bytes;
 	int port, family = sa->sa_family;
 
 	if (family == AF_INET) {
 		const struct sockaddr_in *sin = (const void *)sa;
 
-		bytes = &sin->sin_addr;
+		bytes = (const uint8_t *)&sin->sin_addr;
 		port = ntohs(sin->sin_port);
 	} else {
 		const struct sockaddr_in6 *sin6 = (const void *)sa;
 
-		bytes = &sin6->sin6_addr;
+		bytes = (const uint8_t *)&sin6->sin6_addr;
 		port = ntohs(sin6->sin6_port);
 	}
 	if (port != config->listen_port)
@@ -1003,8 +1062,7 @@ endpoint_is_listener(const struct endpoint *endpoint, const struct config *confi
 			return 1;
 		/* A wildcard listener hears every local address; loopback
 		 * at least is surely ours. */
-		if (family == AF_INET && memcmp(listener.bytes, "\0\0\0\0", 4) == 0 &&
-		    ((const uint8_t *)bytes)[0] == 127)
+		if (ip_is_wildcard(&listener) && ip_is_loopback(family, bytes))
 			return 1;
 	}
 	return 0;

@@ -124,6 +124,51 @@ parse_opt(const uint8_t *packet, size_t len, size_t offset, struct query *q)
 	return 0;
 }
 
+/* Steps over a (possibly compressed) name; 0 past the end. */
+static size_t
+skip_name(const uint8_t *packet, size_t len, size_t at)
+{
+	while (at < len) {
+		uint8_t label_len = packet[at];
+
+		if ((label_len & 0xc0) == 0xc0)
+			return at + 2 <= len ? at + 2 : 0;
+		if (label_len == 0)
+			return at + 1;
+		at += 1 + (size_t)label_len;
+	}
+	return 0;
+}
+
+/*
+ * ldns keeps only the last OPT of a packet, so whether there were two is
+ * counted here, on a packet ldns has already found well formed.
+ */
+static int
+opt_record_count(const uint8_t *packet, size_t len)
+{
+	size_t at = DNS_HEADER_SIZE;
+	int records = read16(packet + 6) + read16(packet + 8) + read16(packet + 10);
+	int additional_from = read16(packet + 6) + read16(packet + 8);
+	int opts = 0;
+
+	for (int i = 0; i < read16(packet + 4); i++) {
+		at = skip_name(packet, len, at);
+		if (!at || at + 4 > len)
+			return 0;
+		at += 4;
+	}
+	for (int i = 0; i < records; i++) {
+		at = skip_name(packet, len, at);
+		if (!at || at + 10 > len)
+			return opts;
+		if (i >= additional_from && read16(packet + at) == DNS_TYPE_OPT)
+			opts++;
+		at += 10 + read16(packet + at + 8);
+	}
+	return opts;
+}
+
 /* Anything unusual: let ldns judge the whole packet. */
 static int
 parse_with_ldns(const uint8_t *packet, size_t len, struct query *q)
@@ -139,7 +184,7 @@ parse_with_ldns(const uint8_t *packet, size_t len, struct query *q)
 		q->dnssec_ok = ldns_pkt_edns_do(pkt);
 	}
 	ldns_pkt_free(pkt);
-	return 0;
+	return opt_record_count(packet, len) > 1 ? -1 : 0;	/* RFC 6891 6.1.1 */
 }
 
 /* 0: parsed; else the rcode to answer with (-1: drop silently). */
@@ -148,6 +193,7 @@ parse_query(const uint8_t *packet, size_t len, struct query *q)
 {
 	size_t offset = DNS_HEADER_SIZE;
 	uint16_t ancount, nscount, arcount;
+	int parsed;
 
 	if (len < DNS_HEADER_SIZE)
 		return -1;
@@ -167,19 +213,22 @@ parse_query(const uint8_t *packet, size_t len, struct query *q)
 		q->question_len = offset + 4 - DNS_HEADER_SIZE;
 		offset += 4;
 	}
-	if (q->flags & OPCODE_MASK)
-		return RCODE_NOTIMP;
-	if (!q->question)
-		return RCODE_FORMERR;
 	ancount = read16(packet + 6);
 	nscount = read16(packet + 8);
 	arcount = read16(packet + 10);
-	if (ancount == 0 && nscount == 0 && arcount == 0)
-		return 0;
-	if (ancount == 0 && nscount == 0 && arcount == 1 &&
-	    parse_opt(packet, len, offset, q) == 0)
-		return 0;
-	return parse_with_ldns(packet, len, q) == 0 ? 0 : RCODE_FORMERR;
+	if (q->question && ancount == 0 && nscount == 0 && arcount == 0)
+		parsed = 0;
+	else if (q->question && ancount == 0 && nscount == 0 && arcount == 1 &&
+		 parse_opt(packet, len, offset, q) == 0)
+		parsed = 0;
+	else
+		parsed = parse_with_ldns(packet, len, q);
+	/* Errors carry OPT too when the query had one (RFC 6891 6.1.1). */
+	if (q->flags & OPCODE_MASK)
+		return RCODE_NOTIMP;
+	if (!q->question || parsed != 0)
+		return RCODE_FORMERR;
+	return 0;
 }
 
 /* ------------------------------------------------------------ building */
@@ -376,7 +425,7 @@ dns_answer(struct registry *registry, const uint8_t *packet, size_t len,
 	if (q.has_opt && q.edns_version != 0) {
 		*response_len = write_bare(&q, 0, RCODE_BADVERS, response,
 					   response_size);
-		return DNS_REPLY;
+		return *response_len ? DNS_REPLY : DNS_DROP;
 	}
 	family = q.type == DNS_TYPE_A ? AF_INET : AF_INET6;
 	set = &name->answers[family_index(family)];
@@ -386,7 +435,7 @@ dns_answer(struct registry *registry, const uint8_t *packet, size_t len,
 	if (set->kind == ANSWER_SERVFAIL) {
 		*response_len = write_bare(&q, 0, RCODE_SERVFAIL, response,
 					   response_size);
-		return DNS_REPLY;
+		return *response_len ? DNS_REPLY : DNS_DROP;
 	}
 	if (response_size > limit)
 		response_size = limit;
@@ -395,7 +444,7 @@ dns_answer(struct registry *registry, const uint8_t *packet, size_t len,
 	if (*response_len == 0)	/* does not fit: the client retries on TCP */
 		*response_len = write_bare(&q, FLAG_AA | FLAG_TC, 0, response,
 					   response_size);
-	return DNS_REPLY;
+	return *response_len ? DNS_REPLY : DNS_DROP;
 }
 
 /*
@@ -408,7 +457,7 @@ dns_truncate_reply(uint8_t *reply, size_t reply_len, size_t limit)
 	size_t offset = DNS_HEADER_SIZE;
 	struct query q;
 
-	if (reply_len <= limit)
+	if (reply_len <= limit || reply_len < DNS_HEADER_SIZE)
 		return reply_len;
 	if (read16(reply + 4) != 1 ||
 	    parse_question_name(reply, reply_len, &offset, &q) != 0 ||

@@ -119,6 +119,15 @@ ip_equal(const struct ip_address *a, const struct ip_address *b)
 	    memcmp(a->bytes, b->bytes, a->family == AF_INET ? 4 : 16) == 0;
 }
 
+static struct address *
+find_address(struct address **list, int count, const struct ip_address *ip)
+{
+	for (int i = 0; i < count; i++)
+		if (list[i] && ip_equal(&list[i]->ip, ip))
+			return list[i];
+	return NULL;
+}
+
 /* Takes the address with ip out of list (NULLing its slot), or NULL. */
 static struct address *
 take_address(struct address **list, int count, const struct ip_address *ip)
@@ -147,7 +156,7 @@ candidate_set_addresses(struct candidate *candidate,
 	for (int i = 0; i < count; i++) {
 		struct address *address;
 
-		if (take_address(list, kept, &ips[i]))	/* a duplicate */
+		if (find_address(list, kept, &ips[i]))	/* listed twice */
 			continue;
 		address = take_address(old, old_count, &ips[i]);
 		if (!address)

@@ -1,0 +1,1237 @@
+/*
+ * test_config.c - config.c: defaults, the original har.conf.example
+ * block, names and check targets, nameservers (given or from a
+ * resolv.conf), the forwarding-loop guard, and every kind of error
+ * reported as "(string):LINE: reason".  No network; the only file
+ * written is a temporary resolv.conf.
+ */
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "har.h"
+#include "unit.h"
+
+#define MAX_REPORTS 64
+
+static char reports[MAX_REPORTS][1024];
+static int report_count;
+static char resolv_conf[64];	/* nameserver 192.0.2.99, ... */
+static char loopback_resolv_conf[64];	/* nameserver 127.0.0.1 */
+
+static void
+collect(const char *message)
+{
+	if (report_count < MAX_REPORTS)
+		snprintf(reports[report_count], sizeof(reports[0]), "%s",
+			 message);
+	report_count++;
+}
+
+static struct config *
+load(const char *text)
+{
+	report_count = 0;
+	return config_load_string(text, resolv_conf, collect);
+}
+
+static void
+print_reports(void)
+{
+	if (report_count == 0)
+		fprintf(stderr, "    (nothing reported)\n");
+	for (int i = 0; i < report_count && i < MAX_REPORTS; i++)
+		fprintf(stderr, "    reported: %s\n", reports[i]);
+}
+
+/* Some report names line (one of lines, 0-terminated) and contains reason. */
+static int
+reported_at(const int *lines, const char *reason)
+{
+	for (int i = 0; i < report_count && i < MAX_REPORTS; i++) {
+		for (int j = 0; lines[j]; j++) {
+			char where[32];
+
+			snprintf(where, sizeof(where), "(string):%d: ", lines[j]);
+			if (strncmp(reports[i], where, strlen(where)) == 0 &&
+			    strstr(reports[i] + strlen(where), reason) &&
+			    strlen(reports[i]) > strlen(where))
+				return 1;
+		}
+	}
+	return 0;
+}
+
+/*
+ * TEXT is rejected, and a report names one of LINES (0-terminated) and
+ * contains REASON.
+ */
+static void
+check_rejected(const char *file, int line, const char *text, const int *lines,
+	       const char *reason)
+{
+	struct config *config = load(text);
+	char what[256];
+	int ok;
+
+	snprintf(what, sizeof(what), "rejected: %s", reason);
+	ok = unit_result(config == NULL, file, line, what);
+	snprintf(what, sizeof(what), "reported at line %d%s: %s", lines[0],
+		 lines[1] ? " (or another)" : "", reason);
+	ok &= unit_result(reported_at(lines, reason), file, line, what);
+	if (!ok) {
+		fprintf(stderr, "    in config:\n");
+		for (int n = 1; *text; n++) {
+			const char *end = strchr(text, '\n');
+			int length = end ? (int)(end - text) : (int)strlen(text);
+
+			fprintf(stderr, "    %3d| %.*s\n", n, length, text);
+			text += length + (end ? 1 : 0);
+		}
+		print_reports();
+	}
+	config_free(config);
+}
+
+#define CHECK_REJECTED(text, line, reason)				\
+	check_rejected(__FILE__, __LINE__, (text), (int[]){ (line), 0 },	\
+		       (reason))
+
+/* The same, for errors that may fairly point at one of several lines. */
+#define CHECK_REJECTED_AT(text, lines, reason)				\
+	check_rejected(__FILE__, __LINE__, (text), (lines), (reason))
+
+#define CHECK_ACCEPTED(config) do {					\
+	if (!CHECK((config) != NULL))					\
+		print_reports();					\
+} while (0)
+
+static const struct config_name *
+find_name(const struct config *config, const char *title)
+{
+	for (int i = 0; config && i < config->name_count; i++)
+		if (strcmp(config->names[i].title, title) == 0)
+			return &config->names[i];
+	return NULL;
+}
+
+static const char *
+address_text(const struct ip_address *ip)
+{
+	static char text[4][INET6_ADDRSTRLEN];
+	static int next;
+	char *out = text[next++ % 4];
+
+	ip_address_format(ip, out, INET6_ADDRSTRLEN);
+	return out;
+}
+
+static int
+endpoint_port(const struct endpoint *endpoint)
+{
+	const struct sockaddr *sa = (const struct sockaddr *)&endpoint->addr;
+
+	if (sa->sa_family == AF_INET)
+		return ntohs(((const struct sockaddr_in *)sa)->sin_port);
+	return ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+}
+
+static int
+endpoint_family(const struct endpoint *endpoint)
+{
+	return ((const struct sockaddr *)&endpoint->addr)->sa_family;
+}
+
+static const char minimal[] =
+	"nameservers = { 192.0.2.53 }\n"
+	"name www.example.com {\n"
+	"    candidate www1.example.com {}\n"
+	"}\n";
+
+/* ------------------------------------------------------------ defaults */
+
+static void
+test_defaults(void)
+{
+	struct config *config = load(minimal);
+	const struct config_name *name;
+	const struct config_candidate *candidate;
+
+	CHECK_ACCEPTED(config);
+	if (!config)
+		return;
+	CHECK_INT(report_count, 0);
+	CHECK_STR(config->file, "(string)");
+	CHECK_INT(config->nameserver_count, 1);
+	CHECK_STR(config->nameservers[0].text, "192.0.2.53:53");
+	CHECK_INT(config->nameservers_from_resolv_conf, 0);
+	CHECK_INT(config->bind_interface_count, 2);
+	if (config->bind_interface_count == 2) {
+		CHECK_STR(config->bind_interfaces[0], "127.0.0.1");
+		CHECK_STR(config->bind_interfaces[1], "::1");
+	}
+	CHECK_INT(config->listen_port, 53);
+	CHECK_DOUBLE(config->resolver_timeout, 1.0);
+	CHECK_STR(config->data_file, "/var/lib/har/har.db");
+	CHECK(config->user == NULL);
+	CHECK_INT(config->check_history, 1000);
+	CHECK_DOUBLE(config->tcp_idle_timeout, 10);
+	CHECK_INT(config->tcp_max_connections, 128);
+
+	CHECK_INT(config->name_count, 1);
+	name = &config->names[0];
+	CHECK_STR(name->title, "www.example.com");
+	CHECK_INT(name->wire_len, 17);
+	CHECK(memcmp(name->wire, "\003www\007example\003com", 17) == 0);
+	CHECK_INT(name->check_method, CHECK_HTTP);
+	CHECK_DOUBLE(name->check_frequency, 60);
+	CHECK_DOUBLE(name->check_timeout, 10);
+	CHECK_INT(name->rise, 1);
+	CHECK_INT(name->fall, 1);
+	CHECK_INT(name->expect_status_count, 1);
+	if (name->expect_status_count == 1)
+		CHECK_INT(name->expect_status[0], 200);
+	CHECK_INT(name->selection_method, SELECT_BEST_RTT);
+	CHECK_INT(name->rtt_mode, RTT_TOTAL);
+	CHECK(isinf(name->max_rtt) && name->max_rtt > 0);
+	CHECK(isinf(name->group_rtt_threshold) && name->group_rtt_threshold > 0);
+	CHECK_INT(name->failure_mode, FAILURE_NONE);
+	CHECK_INT(name->ttl, 0);
+	CHECK(name->ca_file == NULL);
+	CHECK_INT(name->line, 2);
+
+	CHECK_INT(name->candidate_count, 1);
+	candidate = &name->candidates[0];
+	CHECK_STR(candidate->title, "www1.example.com");
+	CHECK_STR(candidate->check_address, "http://www1.example.com/");
+	CHECK_STR(candidate->scheme, "http");
+	CHECK_STR(candidate->host, "www1.example.com");
+	CHECK_INT(candidate->port, 80);
+	CHECK_STR(candidate->url, "http://www1.example.com/");
+	CHECK_INT(candidate->address_count, 0);
+	CHECK_INT(candidate->line, 3);
+	config_free(config);
+}
+
+static void
+test_check_timeout_default(void)
+{
+	struct config *config = load(
+	    "nameservers = { 192.0.2.53 }\n"
+	    "name a.example.com { check_frequency = 3\n candidate a {} }\n"
+	    "name b.example.com { check_frequency = 0.25\n candidate a {} }\n"
+	    "name c.example.com { check_frequency = 30\n candidate a {} }\n"
+	    "name d.example.com { check_frequency = 30\n check_timeout = 2.5\n"
+	    "    candidate a {} }\n"
+	    "name e.example.com { check_timeout = 20\n candidate a {} }\n");
+
+	CHECK_ACCEPTED(config);
+	if (!config)
+		return;
+	CHECK_DOUBLE(find_name(config, "a.example.com")->check_frequency, 3);
+	CHECK_DOUBLE(find_name(config, "a.example.com")->check_timeout, 3);
+	CHECK_DOUBLE(find_name(config, "b.example.com")->check_frequency, 0.25);
+	CHECK_DOUBLE(find_name(config, "b.example.com")->check_timeout, 0.25);
+	CHECK_DOUBLE(find_name(config, "c.example.com")->check_timeout, 10);
+	CHECK_DOUBLE(find_name(config, "d.example.com")->check_timeout, 2.5);
+	CHECK_DOUBLE(find_name(config, "e.example.com")->check_frequency, 60);
+	CHECK_DOUBLE(find_name(config, "e.example.com")->check_timeout, 20);
+	config_free(config);
+}
+
+static void
+test_every_option(void)
+{
+	struct config *config = load(
+	    "nameservers = { 192.0.2.53, 192.0.2.54:5300 }\n"
+	    "dns_bind_interfaces = { 127.0.0.53 }\n"
+	    "dns_listen_port = 5353\n"
+	    "resolver_timeout = 0.5\n"
+	    "data_file = \"\"\n"
+	    "user = \"har\"\n"
+	    "check_history = 10\n"
+	    "tcp_idle_timeout = 2.5\n"
+	    "tcp_max_connections = 4\n"
+	    "name api.example.com {\n"
+	    "    check_method = http\n"
+	    "    check_frequency = 10\n"
+	    "    check_timeout = 2\n"
+	    "    rise = 2\n"
+	    "    fall = 3\n"
+	    "    expect_status = { 200, 204, 301 }\n"
+	    "    selection_method = all\n"
+	    "    rtt_mode = connect\n"
+	    "    max_rtt = 0.25\n"
+	    "    group_rtt_threshold = 0.005\n"
+	    "    failure_mode = servfail\n"
+	    "    ttl = 30\n"
+	    "    ca_file = \"/etc/ssl/ca.pem\"\n"
+	    "    candidate api1 {\n"
+	    "        check_address = \"https://api1.example.com:8443/healthz?x=1\"\n"
+	    "    }\n"
+	    "}\n"
+	    "name rr.example.com {\n"
+	    "    selection_method = group_rtt_rr\n"
+	    "    failure_mode = all\n"
+	    "    candidate a { check_address = \"https://a.example.com\" }\n"
+	    "}\n");
+	const struct config_name *name;
+	const struct config_candidate *candidate;
+
+	CHECK_ACCEPTED(config);
+	if (!config)
+		return;
+	CHECK_INT(config->nameserver_count, 2);
+	CHECK_STR(config->nameservers[1].text, "192.0.2.54:5300");
+	CHECK_INT(config->bind_interface_count, 1);
+	CHECK_STR(config->bind_interfaces[0], "127.0.0.53");
+	CHECK_INT(config->listen_port, 5353);
+	CHECK_DOUBLE(config->resolver_timeout, 0.5);
+	CHECK_STR(config->data_file, "");
+	CHECK_STR(config->user, "har");
+	CHECK_INT(config->check_history, 10);
+	CHECK_DOUBLE(config->tcp_idle_timeout, 2.5);
+	CHECK_INT(config->tcp_max_connections, 4);
+	name = find_name(config, "api.example.com");
+	if (!CHECK(name != NULL))
+		goto out;
+	CHECK_INT(name->check_method, CHECK_HTTP);
+	CHECK_DOUBLE(name->check_frequency, 10);
+	CHECK_DOUBLE(name->check_timeout, 2);
+	CHECK_INT(name->rise, 2);
+	CHECK_INT(name->fall, 3);
+	CHECK_INT(name->expect_status_count, 3);
+	if (name->expect_status_count == 3) {
+		CHECK_INT(name->expect_status[0], 200);
+		CHECK_INT(name->expect_status[1], 204);
+		CHECK_INT(name->expect_status[2], 301);
+	}
+	CHECK_INT(name->selection_method, SELECT_ALL);
+	CHECK_INT(name->rtt_mode, RTT_CONNECT);
+	CHECK_DOUBLE(name->max_rtt, 0.25);
+	CHECK_DOUBLE(name->group_rtt_threshold, 0.005);
+	CHECK_INT(name->failure_mode, FAILURE_SERVFAIL);
+	CHECK_INT(name->ttl, 30);
+	CHECK_STR(name->ca_file, "/etc/ssl/ca.pem");
+	candidate = &name->candidates[0];
+	CHECK_STR(candidate->scheme, "https");
+	CHECK_STR(candidate->host, "api1.example.com");
+	CHECK_INT(candidate->port, 8443);
+	CHECK_STR(candidate->url, "https://api1.example.com:8443/healthz?x=1");
+	name = find_name(config, "rr.example.com");
+	if (!CHECK(name != NULL))
+		goto out;
+	CHECK_INT(name->selection_method, SELECT_GROUP_RTT_RR);
+	CHECK_INT(name->failure_mode, FAILURE_ALL);
+	CHECK_STR(name->candidates[0].scheme, "https");
+	CHECK_INT(name->candidates[0].port, 443);
+out:
+	config_free(config);
+}
+
+/* The block from the original har.conf.example (SPEC section 3). */
+static void
+test_original_example(void)
+{
+	struct config *config = load(
+	    "nameservers = { 192.0.2.53 }\n"
+	    "dns_bind_interfaces = { 127.0.0.1, ::1 }\n"
+	    "name www.example.com {\n"
+	    "    check_frequency = 30\n"
+	    "    selection_method = group_rtt_rr\n"
+	    "    failure_mode = all\n"
+	    "    candidate www1.east.example.com {\n"
+	    "        check_address = \"http://www1.east.example.com/\"\n"
+	    "    }\n"
+	    "    candidate www1.west.example.com {\n"
+	    "        check_address = \"http://www1.west.example.com/\"\n"
+	    "    }\n"
+	    "}\n");
+	const struct config_name *name;
+
+	CHECK_ACCEPTED(config);
+	if (!config)
+		return;
+	CHECK_INT(report_count, 0);
+	CHECK_INT(config->nameserver_count, 1);
+	CHECK_STR(config->nameservers[0].text, "192.0.2.53:53");
+	CHECK_INT(config->bind_interface_count, 2);
+	CHECK_INT(config->name_count, 1);
+	name = &config->names[0];
+	CHECK_STR(name->title, "www.example.com");
+	CHECK_DOUBLE(name->check_frequency, 30);
+	CHECK_DOUBLE(name->check_timeout, 10);
+	CHECK_INT(name->selection_method, SELECT_GROUP_RTT_RR);
+	CHECK_INT(name->failure_mode, FAILURE_ALL);
+	CHECK_INT(name->candidate_count, 2);
+	if (name->candidate_count == 2) {
+		CHECK_STR(name->candidates[0].title, "www1.east.example.com");
+		CHECK_STR(name->candidates[0].host, "www1.east.example.com");
+		CHECK_STR(name->candidates[0].url, "http://www1.east.example.com/");
+		CHECK_INT(name->candidates[0].port, 80);
+		CHECK_INT(name->candidates[0].address_count, 0);
+		CHECK_STR(name->candidates[1].title, "www1.west.example.com");
+		CHECK_STR(name->candidates[1].host, "www1.west.example.com");
+	}
+	config_free(config);
+}
+
+/* The shipped example, when the test runs from the top directory. */
+static void
+test_example_file(void)
+{
+	struct config *config;
+
+	if (access("har.conf.example", R_OK) != 0)
+		return;
+	report_count = 0;
+	config = config_load("har.conf.example", resolv_conf, collect);
+	CHECK_ACCEPTED(config);
+	if (!config)
+		return;
+	CHECK_STR(config->file, "har.conf.example");
+	CHECK(config->name_count >= 1);
+	CHECK(find_name(config, "www.example.com") != NULL);
+	config_free(config);
+}
+
+static void
+test_load_file_errors(void)
+{
+	struct config *config;
+
+	report_count = 0;
+	config = config_load("/nonexistent/har.conf", resolv_conf, collect);
+	CHECK(config == NULL);
+	CHECK(report_count >= 1);
+	CHECK_CONTAINS(reports[0], "/nonexistent/har.conf");
+	config_free(config);
+}
+
+/* ---------------------------------------------------- names, targets */
+
+static void
+test_names_canonical(void)
+{
+	struct config *config = load(
+	    "nameservers = { 192.0.2.53 }\n"
+	    "name WWW.Example.COM. {\n"
+	    "    candidate WWW1.East.Example.com. {}\n"
+	    "}\n");
+	const struct config_name *name;
+
+	CHECK_ACCEPTED(config);
+	if (!config)
+		return;
+	name = &config->names[0];
+	CHECK_STR(name->title, "www.example.com");
+	CHECK_INT(name->wire_len, 17);
+	CHECK(memcmp(name->wire, "\003www\007example\003com", 17) == 0);
+	CHECK_STR(name->candidates[0].title, "www1.east.example.com");
+	CHECK_STR(name->candidates[0].check_address,
+		  "http://www1.east.example.com/");
+	CHECK_STR(name->candidates[0].host, "www1.east.example.com");
+	config_free(config);
+}
+
+static void
+test_dns_name_to_wire(void)
+{
+	uint8_t wire[DNS_MAX_NAME + 1];
+	int len = 0;
+	char long_label[80], long_name[400];
+
+	CHECK(dns_name_to_wire("Www.Example.com.", wire, &len) == 0);
+	CHECK_INT(len, 17);
+	CHECK(memcmp(wire, "\003www\007example\003com", 17) == 0);
+	CHECK(dns_name_to_wire("a", wire, &len) == 0);
+	CHECK_INT(len, 3);
+	CHECK(dns_name_to_wire("_srv.a-b.example", wire, &len) == 0);
+	CHECK(dns_name_to_wire("", wire, &len) != 0);
+	CHECK(dns_name_to_wire(".", wire, &len) != 0);
+	CHECK(dns_name_to_wire("a..b", wire, &len) != 0);
+	CHECK(dns_name_to_wire(".a", wire, &len) != 0);
+	CHECK(dns_name_to_wire("a b.example", wire, &len) != 0);
+	memset(long_label, 'a', 64);
+	long_label[64] = '\0';
+	CHECK(dns_name_to_wire(long_label, wire, &len) != 0);
+	long_label[63] = '\0';
+	CHECK(dns_name_to_wire(long_label, wire, &len) == 0);
+	/* 4 labels of 63: 4 * 64 + 1 = 257 octets, too long. */
+	snprintf(long_name, sizeof(long_name), "%s.%s.%s.%s", long_label,
+		 long_label, long_label, long_label);
+	CHECK(dns_name_to_wire(long_name, wire, &len) != 0);
+	/* 3 of 63 and one of 61: 255 octets, the most there can be. */
+	long_name[63 * 4 + 3 - 2] = '\0';
+	CHECK(dns_name_to_wire(long_name, wire, &len) == 0);
+	CHECK_INT(len, 255);
+}
+
+static void
+test_ip_literals_and_addresses(void)
+{
+	struct config *config = load(
+	    "nameservers = { 192.0.2.53 }\n"
+	    "name www.example.com {\n"
+	    "    candidate v4 { check_address = \"http://192.0.2.5:8080/\" }\n"
+	    "    candidate v6 { check_address = \"https://[2001:db8::5]/x\" }\n"
+	    "    candidate listed {\n"
+	    "        check_address = \"http://www.example.net/\"\n"
+	    "        address = { 192.0.2.6, 2001:db8::6, \"192.0.2.7\" }\n"
+	    "    }\n"
+	    "    candidate 192.0.2.8 {}\n"
+	    "}\n");
+	const struct config_name *name;
+
+	CHECK_ACCEPTED(config);
+	if (!config)
+		return;
+	name = &config->names[0];
+	CHECK_INT(name->candidate_count, 4);
+	if (name->candidate_count != 4)
+		goto out;
+	CHECK_STR(name->candidates[0].host, "192.0.2.5");
+	CHECK_INT(name->candidates[0].port, 8080);
+	CHECK_INT(name->candidates[0].address_count, 1);
+	CHECK_INT(name->candidates[0].addresses[0].family, AF_INET);
+	CHECK_STR(address_text(&name->candidates[0].addresses[0]), "192.0.2.5");
+	CHECK_STR(name->candidates[1].host, "2001:db8::5");
+	CHECK_INT(name->candidates[1].port, 443);
+	CHECK_INT(name->candidates[1].address_count, 1);
+	CHECK_INT(name->candidates[1].addresses[0].family, AF_INET6);
+	CHECK_STR(address_text(&name->candidates[1].addresses[0]), "2001:db8::5");
+	CHECK_STR(name->candidates[2].host, "www.example.net");
+	CHECK_INT(name->candidates[2].address_count, 3);
+	if (name->candidates[2].address_count == 3) {
+		CHECK_STR(address_text(&name->candidates[2].addresses[0]), "192.0.2.6");
+		CHECK_STR(address_text(&name->candidates[2].addresses[1]), "2001:db8::6");
+		CHECK_STR(address_text(&name->candidates[2].addresses[2]), "192.0.2.7");
+	}
+	CHECK_STR(name->candidates[3].url, "http://192.0.2.8/");
+	CHECK_INT(name->candidates[3].address_count, 1);
+out:
+	config_free(config);
+}
+
+static void
+test_tcp_targets(void)
+{
+	struct config *config = load(
+	    "nameservers = { 192.0.2.53 }\n"
+	    "name db.example.com {\n"
+	    "    check_method = tcp\n"
+	    "    candidate a { check_address = \"tcp://db1.example.com:5432\" }\n"
+	    "    candidate b { check_address = \"192.0.2.41:5432\" }\n"
+	    "    candidate c { check_address = \"[::1]:53\" }\n"
+	    "    candidate d { check_address = \"db2.example.com:5433\" }\n"
+	    "    candidate e { check_address = \"tcp://[2001:db8::7]:7\" }\n"
+	    "    candidate f {\n"
+	    "        check_address = \"tcp://db3.example.com:1\"\n"
+	    "        address = { 192.0.2.9 }\n"
+	    "    }\n"
+	    "}\n");
+	const struct config_name *name;
+	const struct config_candidate *c;
+
+	CHECK_ACCEPTED(config);
+	if (!config)
+		return;
+	name = &config->names[0];
+	CHECK_INT(name->check_method, CHECK_TCP);
+	CHECK_INT(name->candidate_count, 6);
+	if (name->candidate_count != 6)
+		goto out;
+	c = name->candidates;
+	CHECK_STR(c[0].scheme, "tcp");
+	CHECK_STR(c[0].host, "db1.example.com");
+	CHECK_INT(c[0].port, 5432);
+	CHECK_INT(c[0].address_count, 0);
+	CHECK(c[0].url == NULL);
+	CHECK_STR(c[1].scheme, "tcp");
+	CHECK_STR(c[1].host, "192.0.2.41");
+	CHECK_INT(c[1].port, 5432);
+	CHECK_INT(c[1].address_count, 1);
+	CHECK_STR(c[2].host, "::1");
+	CHECK_INT(c[2].port, 53);
+	CHECK_INT(c[2].address_count, 1);
+	if (c[2].address_count == 1) {
+		CHECK_INT(c[2].addresses[0].family, AF_INET6);
+		CHECK_STR(address_text(&c[2].addresses[0]), "::1");
+	}
+	CHECK_STR(c[3].host, "db2.example.com");
+	CHECK_INT(c[3].port, 5433);
+	CHECK_STR(c[4].host, "2001:db8::7");
+	CHECK_INT(c[4].port, 7);
+	CHECK_INT(c[4].address_count, 1);
+	CHECK_STR(c[5].host, "db3.example.com");
+	CHECK_INT(c[5].address_count, 1);
+out:
+	config_free(config);
+
+	/* No check_address: http://TITLE/, so port 80 of the title. */
+	config = load("nameservers = { 192.0.2.53 }\n"
+		      "name db.example.com {\n"
+		      "    check_method = tcp\n"
+		      "    candidate db1.example.com {}\n"
+		      "}\n");
+	CHECK_ACCEPTED(config);
+	if (config) {
+		c = config->names[0].candidates;
+		CHECK_STR(c[0].check_address, "http://db1.example.com/");
+		CHECK_STR(c[0].host, "db1.example.com");
+		CHECK_INT(c[0].port, 80);
+	}
+	config_free(config);
+}
+
+/* ---------------------------------------------------------- nameservers */
+
+static void
+test_nameservers(void)
+{
+	struct config *config = load(
+	    "nameservers = { 192.0.2.53, 192.0.2.54:5300, \"[2001:db8::53]:5301\",\n"
+	    "                2001:db8::54, \"[2001:db8::55]\" }\n"
+	    "name www.example.com { candidate a {} }\n");
+
+	CHECK_ACCEPTED(config);
+	if (!config)
+		return;
+	CHECK_INT(config->nameserver_count, 5);
+	CHECK_INT(config->nameservers_from_resolv_conf, 0);
+	if (config->nameserver_count != 5)
+		goto out;
+	CHECK_STR(config->nameservers[0].text, "192.0.2.53:53");
+	CHECK_INT(endpoint_family(&config->nameservers[0]), AF_INET);
+	CHECK_INT(endpoint_port(&config->nameservers[0]), 53);
+	CHECK_INT(config->nameservers[0].addr_len, sizeof(struct sockaddr_in));
+	CHECK_STR(config->nameservers[1].text, "192.0.2.54:5300");
+	CHECK_INT(endpoint_port(&config->nameservers[1]), 5300);
+	CHECK_STR(config->nameservers[2].text, "[2001:db8::53]:5301");
+	CHECK_INT(endpoint_family(&config->nameservers[2]), AF_INET6);
+	CHECK_INT(endpoint_port(&config->nameservers[2]), 5301);
+	CHECK_INT(config->nameservers[2].addr_len, sizeof(struct sockaddr_in6));
+	CHECK_STR(config->nameservers[3].text, "[2001:db8::54]:53");
+	CHECK_INT(endpoint_port(&config->nameservers[3]), 53);
+	CHECK_STR(config->nameservers[4].text, "[2001:db8::55]:53");
+out:
+	config_free(config);
+}
+
+static void
+test_endpoint_parse(void)
+{
+	struct endpoint endpoint;
+
+	CHECK(endpoint_parse("127.0.0.1", 53, &endpoint) == 0);
+	CHECK_STR(endpoint.text, "127.0.0.1:53");
+	CHECK(endpoint_parse("127.0.0.1:5300", 53, &endpoint) == 0);
+	CHECK_INT(endpoint_port(&endpoint), 5300);
+	CHECK(endpoint_parse("::1", 53, &endpoint) == 0);
+	CHECK_STR(endpoint.text, "[::1]:53");
+	CHECK(endpoint_parse("[::1]:5353", 53, &endpoint) == 0);
+	CHECK_STR(endpoint.text, "[::1]:5353");
+	CHECK(endpoint_parse("[::1]", 53, &endpoint) == 0);
+	CHECK(endpoint_parse("ns.example.com", 53, &endpoint) != 0);
+	CHECK(endpoint_parse("127.0.0.1:0", 53, &endpoint) != 0);
+	CHECK(endpoint_parse("127.0.0.1:65536", 53, &endpoint) != 0);
+	CHECK(endpoint_parse("127.0.0.1:", 53, &endpoint) != 0);
+	CHECK(endpoint_parse("127.0.0.1:53x", 53, &endpoint) != 0);
+	CHECK(endpoint_parse("[::1", 53, &endpoint) != 0);
+	CHECK(endpoint_parse("[::1]x", 53, &endpoint) != 0);
+	CHECK(endpoint_parse("[]:53", 53, &endpoint) != 0);
+	CHECK(endpoint_parse("", 53, &endpoint) != 0);
+}
+
+static void
+test_ip_address_parse(void)
+{
+	struct ip_address ip;
+	char text[INET6_ADDRSTRLEN];
+
+	CHECK(ip_address_parse("192.0.2.1", &ip) == 0);
+	CHECK_INT(ip.family, AF_INET);
+	CHECK(memcmp(ip.bytes, "\xc0\x00\x02\x01", 4) == 0);
+	ip_address_format(&ip, text, sizeof(text));
+	CHECK_STR(text, "192.0.2.1");
+	CHECK(ip_address_parse("2001:DB8::1", &ip) == 0);
+	CHECK_INT(ip.family, AF_INET6);
+	ip_address_format(&ip, text, sizeof(text));
+	CHECK_STR(text, "2001:db8::1");
+	CHECK(ip_address_parse("192.0.2.256", &ip) != 0);
+	CHECK(ip_address_parse("www.example.com", &ip) != 0);
+	CHECK(ip_address_parse("", &ip) != 0);
+}
+
+static void
+test_resolv_conf(void)
+{
+	struct config *config;
+
+	config = load("name www.example.com { candidate a {} }\n");
+	CHECK_ACCEPTED(config);
+	if (!config)
+		return;
+	CHECK_INT(config->nameservers_from_resolv_conf, 1);
+	CHECK_INT(config->nameserver_count, 3);
+	if (config->nameserver_count == 3) {
+		CHECK_STR(config->nameservers[0].text, "192.0.2.99:53");
+		CHECK_STR(config->nameservers[1].text, "[2001:db8::99]:53");
+		CHECK_STR(config->nameservers[2].text, "[fe80::1]:53");
+	}
+	config_free(config);
+
+	/* Given nameservers win: resolv.conf is not read at all. */
+	report_count = 0;
+	config = config_load_string(
+	    "nameservers = { 192.0.2.53 }\n"
+	    "name www.example.com { candidate a {} }\n",
+	    "/nonexistent/resolv.conf", collect);
+	CHECK_ACCEPTED(config);
+	if (config) {
+		CHECK_INT(config->nameservers_from_resolv_conf, 0);
+		CHECK_INT(config->nameserver_count, 1);
+	}
+	config_free(config);
+
+	/* Neither: an error naming the file. */
+	report_count = 0;
+	config = config_load_string("name www.example.com { candidate a {} }\n",
+				    "/nonexistent/resolv.conf", collect);
+	CHECK(config == NULL);
+	CHECK(report_count >= 1);
+	CHECK_CONTAINS(reports[0], "(string):");
+	CHECK_CONTAINS(reports[0], "/nonexistent/resolv.conf");
+	config_free(config);
+}
+
+/* ------------------------------------------------- forwarding-loop guard */
+
+static void
+test_drop_own_listeners(void)
+{
+	struct config *config;
+
+	/* 127.0.0.1:53 is our default listener; 127.0.0.1:5300 is not. */
+	config = load("nameservers = { 127.0.0.1, 127.0.0.1:5300, 192.0.2.53,"
+		      " ::1 }\n"
+		      "name www.example.com { candidate a {} }\n");
+	CHECK_ACCEPTED(config);
+	if (config) {
+		report_count = 0;
+		CHECK_INT(config_drop_own_listeners(config, collect), 2);
+		CHECK_INT(config->nameserver_count, 2);
+		CHECK_STR(config->nameservers[0].text, "127.0.0.1:5300");
+		CHECK_STR(config->nameservers[1].text, "192.0.2.53:53");
+		CHECK_INT(report_count, 2);
+		CHECK_CONTAINS(reports[0], "127.0.0.1:53");
+		CHECK_CONTAINS(reports[1], "[::1]:53");
+	}
+	config_free(config);
+
+	/* On another port: ours are dropped, none remain. */
+	config = load("dns_listen_port = 5353\n"
+		      "nameservers = { 127.0.0.1:5353, \"[::1]:5353\" }\n"
+		      "name www.example.com { candidate a {} }\n");
+	CHECK_ACCEPTED(config);
+	if (config) {
+		report_count = 0;
+		CHECK_INT(config_drop_own_listeners(config, collect), 0);
+		CHECK_INT(config->nameserver_count, 0);
+		CHECK_INT(report_count, 2);
+	}
+	config_free(config);
+
+	/* From resolv.conf (127.0.0.1, as once hard runs): dropped quietly. */
+	report_count = 0;
+	config = config_load_string("name www.example.com { candidate a {} }\n",
+				    loopback_resolv_conf, collect);
+	CHECK_ACCEPTED(config);
+	if (config) {
+		CHECK_INT(config->nameserver_count, 1);
+		CHECK_INT(config_drop_own_listeners(config, collect), 0);
+		CHECK_INT(config->nameserver_count, 0);
+		CHECK_INT(report_count, 0);
+	}
+	config_free(config);
+
+	/* A listener on another loopback address leaves 127.0.0.1 alone. */
+	config = load("dns_bind_interfaces = { 127.0.0.2 }\n"
+		      "nameservers = { 127.0.0.1 }\n"
+		      "name www.example.com { candidate a {} }\n");
+	CHECK_ACCEPTED(config);
+	if (config)
+		CHECK_INT(config_drop_own_listeners(config, collect), 1);
+	config_free(config);
+
+	/* Wildcard listeners hear loopback. */
+	config = load("dns_bind_interfaces = { 0.0.0.0 }\n"
+		      "nameservers = { 127.0.0.53, 192.0.2.53 }\n"
+		      "name www.example.com { candidate a {} }\n");
+	CHECK_ACCEPTED(config);
+	if (config) {
+		CHECK_INT(config_drop_own_listeners(config, collect), 1);
+		CHECK_STR(config->nameservers[0].text, "192.0.2.53:53");
+	}
+	config_free(config);
+	config = load("dns_bind_interfaces = { :: }\n"
+		      "nameservers = { ::1, 2001:db8::53 }\n"
+		      "name www.example.com { candidate a {} }\n");
+	CHECK_ACCEPTED(config);
+	if (config) {
+		CHECK_INT(config_drop_own_listeners(config, collect), 1);
+		CHECK_STR(config->nameservers[0].text, "[2001:db8::53]:53");
+	}
+	config_free(config);
+}
+
+/* --------------------------------------------------------------- errors */
+
+static void
+test_error_unknown_method(void)
+{
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "name www.example.com {\n"
+		       "    check_method = ping\n"
+		       "    candidate a {}\n"
+		       "}\n", 3, "check_method");
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "name www.example.com {\n"
+		       "    candidate a {}\n"
+		       "    selection_method = fastest\n"
+		       "}\n", 4, "selection_method");
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "name www.example.com {\n"
+		       "    rtt_mode = ttfb\n"
+		       "    candidate a {}\n"
+		       "}\n", 3, "rtt_mode");
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "name www.example.com {\n"
+		       "    failure_mode = open\n"
+		       "    candidate a {}\n"
+		       "}\n", 3, "failure_mode");
+}
+
+static void
+test_error_bad_numbers(void)
+{
+	static const struct {
+		const char *option;	/* inside a name, line 3 */
+		const char *reason;
+	} name_cases[] = {
+		{ "check_frequency = -5", "check_frequency" },
+		{ "check_frequency = 0", "check_frequency" },
+		{ "check_timeout = 0", "check_timeout" },
+		{ "check_timeout = -1", "check_timeout" },
+		{ "rise = 0", "rise" },
+		{ "fall = -1", "fall" },
+		{ "max_rtt = -0.5", "max_rtt" },
+		{ "group_rtt_threshold = -1", "group_rtt_threshold" },
+		{ "ttl = -1", "ttl" },
+		{ "expect_status = { 200, 999 }", "expect_status" },
+		{ "expect_status = { 99 }", "expect_status" },
+	};
+	static const struct {
+		const char *option;	/* global, line 2 */
+		const char *reason;
+	} global_cases[] = {
+		{ "dns_listen_port = 0", "dns_listen_port" },
+		{ "dns_listen_port = 65536", "dns_listen_port" },
+		{ "resolver_timeout = 0", "resolver_timeout" },
+		{ "check_history = 0", "check_history" },
+		{ "tcp_idle_timeout = -1", "tcp_idle_timeout" },
+		{ "tcp_max_connections = 0", "tcp_max_connections" },
+		{ "dns_bind_interfaces = { 127.0.0.1, localhost }",
+		  "dns_bind_interfaces" },
+	};
+	char text[512];
+
+	for (size_t i = 0; i < sizeof(name_cases) / sizeof(name_cases[0]); i++) {
+		snprintf(text, sizeof(text),
+			 "nameservers = { 192.0.2.53 }\n"
+			 "name www.example.com {\n"
+			 "    %s\n"
+			 "    candidate a {}\n"
+			 "}\n", name_cases[i].option);
+		CHECK_REJECTED(text, 3, name_cases[i].reason);
+	}
+	for (size_t i = 0; i < sizeof(global_cases) / sizeof(global_cases[0]);
+	     i++) {
+		snprintf(text, sizeof(text),
+			 "nameservers = { 192.0.2.53 }\n"
+			 "%s\n"
+			 "name www.example.com { candidate a {} }\n",
+			 global_cases[i].option);
+		CHECK_REJECTED(text, 2, global_cases[i].reason);
+	}
+	/* Not a number at all: libconfuse's own error. */
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "name www.example.com {\n"
+		       "    expect_status = { ok }\n"
+		       "    candidate a {}\n"
+		       "}\n", 3, "expect_status");
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "name www.example.com {\n"
+		       "    check_frequency = often\n"
+		       "    candidate a {}\n"
+		       "}\n", 3, "check_frequency");
+}
+
+static void
+test_error_no_candidate(void)
+{
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "name www.example.com {\n"
+		       "    check_frequency = 30\n"
+		       "}\n", 2, "no candidate");
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "name ok.example.com { candidate a {} }\n"
+		       "name empty.example.com { }\n", 3, "no candidate");
+}
+
+static void
+test_error_bad_urls(void)
+{
+	/* A URL error may point at the candidate or at its check_address. */
+	int lines[] = { 3, 4, 0 };
+
+	CHECK_REJECTED_AT("nameservers = { 192.0.2.53 }\n"
+			  "name www.example.com {\n"
+			  "    candidate a {\n"
+			  "        check_address = \"http://exa mple.com/\"\n"
+			  "    }\n"
+			  "}\n", lines, "not a URL");
+	CHECK_REJECTED_AT("nameservers = { 192.0.2.53 }\n"
+			  "name www.example.com {\n"
+			  "    candidate a {\n"
+			  "        check_address = \"http://[::1/\"\n"
+			  "    }\n"
+			  "}\n", lines, "not a URL");
+	CHECK_REJECTED_AT("nameservers = { 192.0.2.53 }\n"
+			  "name www.example.com {\n"
+			  "    candidate a {\n"
+			  "        check_address = \"ftp://a.example.com/\"\n"
+			  "    }\n"
+			  "}\n", lines, "http or https");
+	CHECK_REJECTED_AT("nameservers = { 192.0.2.53 }\n"
+			  "name www.example.com {\n"
+			  "    candidate a {\n"
+			  "        check_address = \"tcp://a.example.com:80\"\n"
+			  "    }\n"
+			  "}\n", lines, "http or https");
+	CHECK_REJECTED_AT("nameservers = { 192.0.2.53 }\n"
+			  "name www.example.com {\n"
+			  "    candidate a {\n"
+			  "        check_address = \"http:///x\"\n"
+			  "    }\n"
+			  "}\n", lines, "no host");
+	CHECK_REJECTED_AT("nameservers = { 192.0.2.53 }\n"
+			  "name www.example.com {\n"
+			  "    candidate a {\n"
+			  "        check_address = \"http://a.example.com:99999/\"\n"
+			  "    }\n"
+			  "}\n", lines, "bad port");
+	CHECK_REJECTED_AT("nameservers = { 192.0.2.53 }\n"
+			  "name www.example.com {\n"
+			  "    candidate a {\n"
+			  "        check_address = \"http://bad_host!/\"\n"
+			  "    }\n"
+			  "}\n", lines, "not a host name");
+	/* tcp needs HOST:PORT. */
+	CHECK_REJECTED_AT("nameservers = { 192.0.2.53 }\n"
+			  "name db.example.com { check_method = tcp\n"
+			  "    candidate a {\n"
+			  "        check_address = \"db.example.com\"\n"
+			  "    }\n"
+			  "}\n", lines, "HOST:PORT");
+	CHECK_REJECTED_AT("nameservers = { 192.0.2.53 }\n"
+			  "name db.example.com { check_method = tcp\n"
+			  "    candidate a {\n"
+			  "        check_address = \"tcp://db.example.com:0\"\n"
+			  "    }\n"
+			  "}\n", lines, "HOST:PORT");
+	/* A name that is not a host name. */
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "name \"bad name!\" { candidate a {} }\n",
+		       2, "not a valid host name");
+}
+
+static void
+test_error_duplicate_names(void)
+{
+	static const char *const spellings[] = {
+		"www.example.com", "WWW.Example.com", "www.example.com.",
+	};
+	char text[512];
+
+	for (size_t i = 0; i < sizeof(spellings) / sizeof(spellings[0]); i++) {
+		snprintf(text, sizeof(text),
+			 "nameservers = { 192.0.2.53 }\n"
+			 "name www.example.com {\n"
+			 "    candidate a {}\n"
+			 "}\n"
+			 "name %s {\n"
+			 "    candidate b {}\n"
+			 "}\n", spellings[i]);
+		CHECK_REJECTED(text, 5, "www.example.com");
+	}
+	/* Told where the first one is, when it is not the very same title. */
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "name www.example.com {\n"
+		       "    candidate a {}\n"
+		       "}\n"
+		       "name WWW.example.com. {\n"
+		       "    candidate b {}\n"
+		       "}\n", 5, "already defined at line 2");
+}
+
+static void
+test_error_duplicate_candidates(void)
+{
+	static const char *const spellings[] = {
+		"a.example.com", "A.Example.COM", "a.example.com.",
+	};
+	char text[512];
+
+	for (size_t i = 0; i < sizeof(spellings) / sizeof(spellings[0]); i++) {
+		snprintf(text, sizeof(text),
+			 "nameservers = { 192.0.2.53 }\n"
+			 "name www.example.com {\n"
+			 "    candidate a.example.com {\n"
+			 "        address = { 192.0.2.1 }\n"
+			 "    }\n"
+			 "    candidate %s {\n"
+			 "        address = { 192.0.2.2 }\n"
+			 "    }\n"
+			 "}\n", spellings[i]);
+		CHECK_REJECTED(text, 6, "a.example.com");
+	}
+	/* The same candidate in two names is fine. */
+	{
+		struct config *config = load(
+		    "nameservers = { 192.0.2.53 }\n"
+		    "name a.example.com { candidate x {} }\n"
+		    "name b.example.com { candidate x {} }\n");
+
+		CHECK_ACCEPTED(config);
+		config_free(config);
+	}
+}
+
+static void
+test_error_bad_address(void)
+{
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "name www.example.com {\n"
+		       "    candidate a {\n"
+		       "        address = { 192.0.2.1, 192.0.2.300 }\n"
+		       "    }\n"
+		       "}\n", 4, "192.0.2.300");
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "name www.example.com {\n"
+		       "    candidate a {\n"
+		       "        address = { www.example.net }\n"
+		       "    }\n"
+		       "}\n", 4, "www.example.net");
+}
+
+static void
+test_error_bad_nameserver(void)
+{
+	static const char *const bad[] = {
+		"ns.example.com", "192.0.2.1:0", "192.0.2.1:65536",
+		"\"[2001:db8::1]:x\"", "192.0.2.300",
+	};
+	char text[512];
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		snprintf(text, sizeof(text),
+			 "dns_listen_port = 53\n"
+			 "nameservers = { 192.0.2.53, %s }\n"
+			 "name www.example.com { candidate a {} }\n", bad[i]);
+		CHECK_REJECTED(text, 2, "nameservers");
+	}
+}
+
+static void
+test_error_syntax(void)
+{
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "name www.example.com {\n"
+		       "    candidate a {}\n"
+		       "    colour = blue\n"
+		       "}\n", 4, "colour");
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "\n"
+		       "check_frequency = 30\n"
+		       "name www.example.com { candidate a {} }\n",
+		       3, "check_frequency");
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "name www.example.com {\n"
+		       "    candidate a {}\n"
+		       "}\n"
+		       "}\n", 5, "brace");
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "name www.example.com {\n"
+		       "    check_frequency\n"
+		       "    candidate a {}\n"
+		       "}\n", 4, "equal");
+}
+
+/* Comments of every kind take exactly the lines they are on. */
+static void
+test_error_lines_after_comments(void)
+{
+	CHECK_REJECTED("# hard's configuration\n"
+		       "dns_listen_port = 0\n"
+		       "name www.example.com { candidate a {} }\n",
+		       2, "dns_listen_port");
+	CHECK_REJECTED("nameservers = { 192.0.2.53 } # upstream\n"
+		       "// another comment\n"
+		       "/* and\n"
+		       "   another */\n"
+		       "name www.example.com {\n"
+		       "    # how often\n"
+		       "    check_frequency = 0\n"
+		       "    candidate a {}\n"
+		       "}\n", 7, "check_frequency");
+	CHECK_REJECTED("# comment\n"
+		       "# comment\n"
+		       "name www.example.com {\n"
+		       "    candidate a {}\n"
+		       "    colour = blue\n"
+		       "}\n", 5, "colour");
+	CHECK_REJECTED("# comment\n"
+		       "name www.example.com {\n"
+		       "    # comment\n"
+		       "    candidate a {\n"
+		       "        check_address = \"ftp://a/\"\n"
+		       "    }\n"
+		       "}\n", 4, "http or https");
+}
+
+static void
+test_error_several(void)
+{
+	struct config *config;
+
+	/* Mistakes found after parsing: every one is reported. */
+	config = load("nameservers = { 192.0.2.53 }\n"		/* 1 */
+		      "name empty.example.com {\n"		/* 2 */
+		      "}\n"					/* 3 */
+		      "name www.example.com {\n"		/* 4 */
+		      "    candidate a {\n"			/* 5 */
+		      "        check_address = \"ftp://a/\"\n"	/* 6 */
+		      "    }\n"					/* 7 */
+		      "    candidate b {}\n"			/* 8 */
+		      "    candidate B {}\n"			/* 9 */
+		      "}\n"					/* 10 */
+		      "name WWW.example.com {\n"		/* 11 */
+		      "    candidate c {}\n"			/* 12 */
+		      "}\n");					/* 13 */
+	CHECK(config == NULL);
+	CHECK_INT(report_count, 4);
+	CHECK(reported_at((int[]){ 2, 0 }, "no candidate"));
+	CHECK(reported_at((int[]){ 5, 6, 0 }, "http or https"));
+	CHECK(reported_at((int[]){ 9, 0 }, "twice"));
+	CHECK(reported_at((int[]){ 11, 0 }, "already defined at line 4"));
+	if (report_count != 4)
+		print_reports();
+	config_free(config);
+
+	/* Mistakes in values, with the others. */
+	config = load("nameservers = { 192.0.2.53, ns.example.com }\n"	/* 1 */
+		      "dns_listen_port = 0\n"				/* 2 */
+		      "name www.example.com {\n"			/* 3 */
+		      "    check_frequency = -1\n"			/* 4 */
+		      "    check_method = ping\n"			/* 5 */
+		      "    candidate a {\n"				/* 6 */
+		      "        address = { 192.0.2.999 }\n"		/* 7 */
+		      "    }\n"						/* 8 */
+		      "}\n"						/* 9 */
+		      "name other.example.com {\n"			/* 10 */
+		      "}\n");						/* 11 */
+	CHECK(config == NULL);
+	CHECK_INT(report_count, 6);
+	CHECK(reported_at((int[]){ 1, 0 }, "nameservers"));
+	CHECK(reported_at((int[]){ 2, 0 }, "dns_listen_port"));
+	CHECK(reported_at((int[]){ 4, 0 }, "check_frequency"));
+	CHECK(reported_at((int[]){ 5, 0 }, "check_method"));
+	CHECK(reported_at((int[]){ 7, 0 }, "192.0.2.999"));
+	CHECK(reported_at((int[]){ 10, 0 }, "no candidate"));
+	if (report_count != 6)
+		print_reports();
+	config_free(config);
+}
+
+/* ---------------------------------------------------------------- main */
+
+static int
+write_file(char *path, const char *text)
+{
+	int fd = mkstemp(path);
+	size_t length = strlen(text);
+
+	if (fd < 0) {
+		perror("mkstemp");
+		return -1;
+	}
+	if (write(fd, text, length) != (ssize_t)length) {
+		perror("write");
+		close(fd);
+		return -1;
+	}
+	close(fd);
+	return 0;
+}
+
+int
+main(void)
+{
+	snprintf(resolv_conf, sizeof(resolv_conf), "/tmp/har-resolv-XXXXXX");
+	snprintf(loopback_resolv_conf, sizeof(loopback_resolv_conf),
+		 "/tmp/har-resolv-XXXXXX");
+	if (write_file(resolv_conf,
+		       "# written by test_config\n"
+		       "search example.com\n"
+		       "nameserver 192.0.2.99\n"
+		       "options ndots:2 timeout:1\n"
+		       "nameserver 2001:db8::99\n"
+		       "nameserver fe80::1%eth0\n"
+		       "nameserver not-an-address\n") != 0 ||
+	    write_file(loopback_resolv_conf, "nameserver 127.0.0.1\n") != 0)
+		return 1;
+
+	RUN(test_defaults);
+	RUN(test_check_timeout_default);
+	RUN(test_every_option);
+	RUN(test_original_example);
+	RUN(test_example_file);
+	RUN(test_load_file_errors);
+	RUN(test_names_canonical);
+	RUN(test_dns_name_to_wire);
+	RUN(test_ip_literals_and_addresses);
+	RUN(test_tcp_targets);
+	RUN(test_nameservers);
+	RUN(test_endpoint_parse);
+	RUN(test_ip_address_parse);
+	RUN(test_resolv_conf);
+	RUN(test_drop_own_listeners);
+	RUN(test_error_unknown_method);
+	RUN(test_error_bad_numbers);
+	RUN(test_error_no_candidate);
+	RUN(test_error_bad_urls);
+	RUN(test_error_duplicate_names);
+	RUN(test_error_duplicate_candidates);
+	RUN(test_error_bad_address);
+	RUN(test_error_bad_nameserver);
+	RUN(test_error_syntax);
+	RUN(test_error_lines_after_comments);
+	RUN(test_error_several);
+
+	unlink(resolv_conf);
+	unlink(loopback_resolv_conf);
+	return UNIT_SUMMARY();
+}

@@ -1,0 +1,786 @@
+/*
+ * test_select.c - select.c: health bookkeeping of check results
+ * (rise/fall, counters, smoothed RTT) and the choice of answers per
+ * selection method, failure mode and family; plus the registry pieces
+ * selection relies on.  No network, no event loop.
+ */
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "har.h"
+#include "unit.h"
+
+static void
+report(const char *message)
+{
+	fprintf(stderr, "config: %s\n", message);
+}
+
+/* A registry over a config string; the config is freed with it. */
+struct fixture {
+	struct config *config;
+	struct registry *registry;
+};
+
+static int
+fixture_load(struct fixture *f, const char *text)
+{
+	f->config = config_load_string(text, "/dev/null", report);
+	f->registry = f->config ? registry_create(f->config) : NULL;
+	return f->registry != NULL;
+}
+
+static void
+fixture_free(struct fixture *f)
+{
+	registry_free(f->registry);
+	config_free(f->config);
+	f->registry = NULL;
+	f->config = NULL;
+}
+
+static struct name *
+find_name(struct fixture *f, const char *title)
+{
+	for (int i = 0; i < f->registry->name_count; i++)
+		if (strcmp(f->registry->names[i].config->title, title) == 0)
+			return &f->registry->names[i];
+	return NULL;
+}
+
+/* The config behind a name, writable: tests tune options in place. */
+static struct config_name *
+name_config(struct name *name)
+{
+	return (struct config_name *)name->config;
+}
+
+static struct address *
+find_address(struct name *name, const char *text)
+{
+	if (!name)
+		return NULL;
+	for (int i = 0; i < name->candidate_count; i++)
+		for (int j = 0; j < name->candidates[i].address_count; j++)
+			if (strcmp(name->candidates[i].addresses[j]->text, text) == 0)
+				return name->candidates[i].addresses[j];
+	return NULL;
+}
+
+static void
+set_up(struct name *name, const char *text, double srtt)
+{
+	struct address *address = find_address(name, text);
+
+	if (!address) {
+		fprintf(stderr, "no address %s\n", text);
+		abort();
+	}
+	address->health = HEALTH_UP;
+	address->srtt = srtt;
+}
+
+static void
+set_health(struct name *name, const char *text, int health)
+{
+	struct address *address = find_address(name, text);
+
+	if (!address) {
+		fprintf(stderr, "no address %s\n", text);
+		abort();
+	}
+	address->health = health;
+}
+
+/* The answer set's address i as text, or "" */
+static const char *
+answer_text(struct name *name, int family, int i)
+{
+	static char text[8][INET6_ADDRSTRLEN];
+	static int next;
+	struct answer_set *set = &name->answers[family_index(family)];
+	char *out = text[next++ % 8];
+
+	out[0] = '\0';
+	if (i < set->count)
+		ip_address_format(&set->ips[i], out, INET6_ADDRSTRLEN);
+	return out;
+}
+
+static struct answer_set *
+answers(struct name *name, int family)
+{
+	return &name->answers[family_index(family)];
+}
+
+static const char one_name[] =
+	"nameservers = { 192.0.2.53 }\n"
+	"name www.example.com {\n"
+	"    candidate a { address = { 192.0.2.1, 2001:db8::1 } }\n"
+	"    candidate b { address = { 192.0.2.2, 2001:db8::2 } }\n"
+	"    candidate c { address = { 192.0.2.3 } }\n"
+	"    candidate d { address = { 192.0.2.4 } }\n"
+	"}\n";
+
+/* ------------------------------------------------ select_record_result */
+
+static void
+test_first_result_decides(void)
+{
+	struct fixture f;
+	struct name *name;
+	struct address *up, *down;
+
+	if (!CHECK(fixture_load(&f, one_name)))
+		return;
+	name = find_name(&f, "www.example.com");
+	name_config(name)->rise = 3;
+	name_config(name)->fall = 3;
+	up = find_address(name, "192.0.2.1");
+	down = find_address(name, "192.0.2.2");
+	CHECK_INT(up->health, HEALTH_UNKNOWN);
+	CHECK(isnan(up->srtt));
+	CHECK(!address_available(up));
+
+	CHECK_INT(select_record_result(up, 200, 1, 0.01, 0.05, 1000.0), 1);
+	CHECK_INT(up->health, HEALTH_UP);
+	CHECK_INT(up->last_status, 200);
+	CHECK_DOUBLE(up->srtt, 0.05);
+	CHECK_DOUBLE(up->last_rtt, 0.05);
+	CHECK_DOUBLE(up->connect_time, 0.01);
+	CHECK_DOUBLE(up->response_time, 0.05);
+	CHECK_DOUBLE(up->last_check_time, 1000.0);
+	CHECK_DOUBLE(up->last_success_time, 1000.0);
+	CHECK(isnan(up->last_failure_time));
+	CHECK_INT(up->successes, 1);
+	CHECK_INT(up->check_count, 1);
+	CHECK(address_available(up));
+
+	CHECK_INT(select_record_result(down, STATUS_TIMEOUT, 0, 0, 0, 1001.0), 1);
+	CHECK_INT(down->health, HEALTH_DOWN);
+	CHECK_INT(down->last_status, STATUS_TIMEOUT);
+	CHECK_DOUBLE(down->last_failure_time, 1001.0);
+	CHECK(isnan(down->last_success_time));
+	CHECK(isnan(down->srtt));
+	CHECK_INT(down->timeouts, 1);
+	CHECK_INT(down->check_count, 1);
+	CHECK(!address_available(down));
+
+	/* No change: 0. */
+	CHECK_INT(select_record_result(up, 200, 1, 0.01, 0.05, 1002.0), 0);
+	CHECK_INT(select_record_result(down, STATUS_TIMEOUT, 0, 0, 0, 1002.0), 0);
+	fixture_free(&f);
+}
+
+static void
+test_rise(void)
+{
+	struct fixture f;
+	struct name *name;
+	struct address *address;
+
+	if (!CHECK(fixture_load(&f, one_name)))
+		return;
+	name = find_name(&f, "www.example.com");
+	name_config(name)->rise = 3;
+	address = find_address(name, "192.0.2.1");
+	CHECK_INT(select_record_result(address, -2, 0, 0, 0, 1), 1);
+	CHECK_INT(address->health, HEALTH_DOWN);
+	CHECK_INT(select_record_result(address, 200, 1, .1, .2, 2), 0);
+	CHECK_INT(select_record_result(address, 200, 1, .1, .2, 3), 0);
+	CHECK_INT(address->health, HEALTH_DOWN);
+	/* A failure in between starts the count again. */
+	CHECK_INT(select_record_result(address, -1, 0, 0, 0, 4), 0);
+	CHECK_INT(select_record_result(address, 200, 1, .1, .2, 5), 0);
+	CHECK_INT(select_record_result(address, 200, 1, .1, .2, 6), 0);
+	CHECK_INT(address->health, HEALTH_DOWN);
+	CHECK_INT(select_record_result(address, 200, 1, .1, .2, 7), 1);
+	CHECK_INT(address->health, HEALTH_UP);
+	CHECK_INT(address->successes, 5);
+	CHECK_INT(address->check_count, 7);
+	fixture_free(&f);
+}
+
+static void
+test_fall(void)
+{
+	struct fixture f;
+	struct name *name;
+	struct address *address;
+
+	if (!CHECK(fixture_load(&f, one_name)))
+		return;
+	name = find_name(&f, "www.example.com");
+	name_config(name)->fall = 2;
+	address = find_address(name, "192.0.2.1");
+	CHECK_INT(select_record_result(address, 200, 1, .1, .2, 1), 1);
+	CHECK_INT(select_record_result(address, -1, 0, 0, 0, 2), 0);
+	CHECK_INT(address->health, HEALTH_UP);
+	/* A success in between starts the count again. */
+	CHECK_INT(select_record_result(address, 200, 1, .1, .2, 3), 0);
+	CHECK_INT(select_record_result(address, 503, 0, 0, 0, 4), 0);
+	CHECK_INT(address->health, HEALTH_UP);
+	CHECK_INT(select_record_result(address, 503, 0, 0, 0, 5), 1);
+	CHECK_INT(address->health, HEALTH_DOWN);
+	/* rise 1 (default): one success brings it back. */
+	CHECK_INT(select_record_result(address, 200, 1, .1, .2, 6), 1);
+	CHECK_INT(address->health, HEALTH_UP);
+	fixture_free(&f);
+}
+
+static void
+test_counters(void)
+{
+	struct fixture f;
+	struct name *name;
+	struct address *address;
+	double srtt;
+
+	if (!CHECK(fixture_load(&f, one_name)))
+		return;
+	name = find_name(&f, "www.example.com");
+	address = find_address(name, "192.0.2.1");
+	select_record_result(address, 200, 1, .1, .2, 1);
+	srtt = address->srtt;
+	select_record_result(address, STATUS_TIMEOUT, 0, 0, 0, 2);
+	select_record_result(address, STATUS_TIMEOUT, 0, 0, 0, 3);
+	select_record_result(address, STATUS_CONNECT_ERROR, 0, 0, 0, 4);
+	select_record_result(address, STATUS_RESPONSE_ERROR, 0, 0, 0, 5);
+	select_record_result(address, 404, 0, 0, 0, 6);
+	select_record_result(address, 500, 0, 0, 0, 7);
+	select_record_result(address, STATUS_TLS_ERROR, 0, 0, 0, 8);
+	select_record_result(address, STATUS_RESOLVE_ERROR, 0, 0, 0, 9);
+	select_record_result(address, STATUS_OTHER_ERROR, 0, 0, 0, 10);
+	select_record_result(address, 0, 1, .1, .2, 11);	/* tcp success */
+	CHECK_INT(address->successes, 2);
+	CHECK_INT(address->timeouts, 2);
+	CHECK_INT(address->connect_errors, 1);
+	CHECK_INT(address->response_errors, 3);
+	CHECK_INT(address->other_errors, 3);
+	CHECK_INT(address->check_count, 11);
+	CHECK_INT(address->last_status, 0);
+	CHECK_DOUBLE(address->last_failure_time, 10);
+	CHECK_DOUBLE(address->last_success_time, 11);
+	CHECK_DOUBLE(address->last_check_time, 11);
+	/* Failures leave the smoothed RTT alone. */
+	CHECK_DOUBLE(srtt, 0.2);
+	CHECK_DOUBLE(address->srtt, 0.7 * 0.2 + 0.3 * 0.2);
+	fixture_free(&f);
+}
+
+static void
+test_smoothed_rtt(void)
+{
+	struct fixture f;
+	struct name *name;
+	struct address *address;
+	double expected;
+
+	CHECK_DOUBLE(select_rtt_weight, 0.3);
+	if (!CHECK(fixture_load(&f, one_name)))
+		return;
+	name = find_name(&f, "www.example.com");
+	address = find_address(name, "192.0.2.1");
+	select_record_result(address, 200, 1, 0.01, 0.1, 1);
+	CHECK_DOUBLE(address->srtt, 0.1);
+	select_record_result(address, 200, 1, 0.01, 0.2, 2);
+	expected = 0.7 * 0.1 + 0.3 * 0.2;
+	CHECK_DOUBLE(address->srtt, expected);
+	CHECK_DOUBLE(address->last_rtt, 0.2);
+	select_record_result(address, -1, 0, 0, 0, 3);
+	CHECK_DOUBLE(address->srtt, expected);
+	select_record_result(address, 200, 1, 0.01, 0.4, 4);
+	expected = 0.7 * expected + 0.3 * 0.4;
+	CHECK_DOUBLE(address->srtt, expected);
+	CHECK_DOUBLE(address->srtt, 0.211);
+	fixture_free(&f);
+}
+
+static void
+test_rtt_mode_connect(void)
+{
+	struct fixture f;
+	struct name *name;
+	struct address *address;
+
+	if (!CHECK(fixture_load(&f,
+	    "nameservers = { 192.0.2.53 }\n"
+	    "name www.example.com {\n"
+	    "    rtt_mode = connect\n"
+	    "    candidate a { address = { 192.0.2.1 } }\n"
+	    "}\n")))
+		return;
+	name = find_name(&f, "www.example.com");
+	CHECK_INT(name->config->rtt_mode, RTT_CONNECT);
+	address = find_address(name, "192.0.2.1");
+	select_record_result(address, 200, 1, 0.02, 0.5, 1);
+	CHECK_DOUBLE(address->srtt, 0.02);
+	CHECK_DOUBLE(address->last_rtt, 0.02);
+	CHECK_DOUBLE(address->connect_time, 0.02);
+	CHECK_DOUBLE(address->response_time, 0.5);
+	select_record_result(address, 200, 1, 0.04, 0.1, 2);
+	CHECK_DOUBLE(address->srtt, 0.7 * 0.02 + 0.3 * 0.04);
+	fixture_free(&f);
+}
+
+/* ------------------------------------------------------- select_update */
+
+static void
+test_best_rtt(void)
+{
+	struct fixture f;
+	struct name *name;
+
+	if (!CHECK(fixture_load(&f, one_name)))
+		return;
+	name = find_name(&f, "www.example.com");
+	CHECK_INT(name->config->selection_method, SELECT_BEST_RTT);
+	set_up(name, "192.0.2.1", 0.3);
+	set_up(name, "192.0.2.2", 0.1);
+	set_up(name, "192.0.2.3", 0.2);
+	select_update(name, AF_INET);
+	CHECK_INT(answers(name, AF_INET)->kind, ANSWER_ADDRESSES);
+	CHECK_INT(answers(name, AF_INET)->count, 1);
+	CHECK_INT(answers(name, AF_INET)->rotate, 0);
+	CHECK_STR(answer_text(name, AF_INET, 0), "192.0.2.2");
+
+	/* Ties go to the lowest address text. */
+	set_up(name, "192.0.2.4", 0.1);
+	set_up(name, "192.0.2.2", 0.1);
+	select_update(name, AF_INET);
+	CHECK_INT(answers(name, AF_INET)->count, 1);
+	CHECK_STR(answer_text(name, AF_INET, 0), "192.0.2.2");
+	set_up(name, "192.0.2.1", 0.1);
+	select_update(name, AF_INET);
+	CHECK_STR(answer_text(name, AF_INET, 0), "192.0.2.1");
+
+	/* Down and unknown addresses are never chosen. */
+	set_health(name, "192.0.2.1", HEALTH_DOWN);
+	set_health(name, "192.0.2.2", HEALTH_UNKNOWN);
+	select_update(name, AF_INET);
+	CHECK_STR(answer_text(name, AF_INET, 0), "192.0.2.4");
+	fixture_free(&f);
+}
+
+static void
+test_all(void)
+{
+	struct fixture f;
+	struct name *name;
+
+	if (!CHECK(fixture_load(&f, one_name)))
+		return;
+	name = find_name(&f, "www.example.com");
+	name_config(name)->selection_method = SELECT_ALL;
+	set_up(name, "192.0.2.1", 0.4);
+	set_up(name, "192.0.2.2", 0.1);
+	set_up(name, "192.0.2.3", 0.3);
+	set_health(name, "192.0.2.4", HEALTH_DOWN);
+	select_update(name, AF_INET);
+	CHECK_INT(answers(name, AF_INET)->kind, ANSWER_ADDRESSES);
+	CHECK_INT(answers(name, AF_INET)->count, 3);
+	CHECK_INT(answers(name, AF_INET)->rotate, 0);
+	CHECK_STR(answer_text(name, AF_INET, 0), "192.0.2.2");
+	CHECK_STR(answer_text(name, AF_INET, 1), "192.0.2.3");
+	CHECK_STR(answer_text(name, AF_INET, 2), "192.0.2.1");
+	fixture_free(&f);
+}
+
+static void
+test_group_rtt_rr(void)
+{
+	struct fixture f;
+	struct name *name;
+	struct answer_set *set;
+
+	if (!CHECK(fixture_load(&f,
+	    "nameservers = { 192.0.2.53 }\n"
+	    "name www.example.com {\n"
+	    "    selection_method = group_rtt_rr\n"
+	    "    group_rtt_threshold = 0.05\n"
+	    "    candidate a { address = { 192.0.2.1, 192.0.2.2 } }\n"
+	    "    candidate b { address = { 192.0.2.3, 192.0.2.4 } }\n"
+	    "}\n")))
+		return;
+	name = find_name(&f, "www.example.com");
+	set = answers(name, AF_INET);
+	CHECK_INT(name->config->selection_method, SELECT_GROUP_RTT_RR);
+	CHECK_DOUBLE(name->config->group_rtt_threshold, 0.05);
+	set_up(name, "192.0.2.1", 0.140);
+	set_up(name, "192.0.2.2", 0.200);
+	set_up(name, "192.0.2.3", 0.100);
+	set_up(name, "192.0.2.4", 0.120);
+	select_update(name, AF_INET);
+	CHECK_INT(set->kind, ANSWER_ADDRESSES);
+	CHECK_INT(set->rotate, 1);
+	CHECK_INT(set->count, 3);
+	CHECK_STR(answer_text(name, AF_INET, 0), "192.0.2.3");
+	CHECK_STR(answer_text(name, AF_INET, 1), "192.0.2.4");
+	CHECK_STR(answer_text(name, AF_INET, 2), "192.0.2.1");
+
+	/* An infinite threshold takes every available address. */
+	name_config(name)->group_rtt_threshold = INFINITY;
+	select_update(name, AF_INET);
+	CHECK_INT(set->count, 4);
+	CHECK_STR(answer_text(name, AF_INET, 3), "192.0.2.2");
+
+	/* A zero threshold: the best and its exact ties. */
+	name_config(name)->group_rtt_threshold = 0;
+	set_up(name, "192.0.2.4", 0.100);
+	select_update(name, AF_INET);
+	CHECK_INT(set->count, 2);
+	CHECK_STR(answer_text(name, AF_INET, 0), "192.0.2.3");
+	CHECK_STR(answer_text(name, AF_INET, 1), "192.0.2.4");
+
+	/* One available: still a rotation of one. */
+	set_health(name, "192.0.2.1", HEALTH_DOWN);
+	set_health(name, "192.0.2.2", HEALTH_DOWN);
+	set_health(name, "192.0.2.3", HEALTH_DOWN);
+	select_update(name, AF_INET);
+	CHECK_INT(set->count, 1);
+	CHECK_STR(answer_text(name, AF_INET, 0), "192.0.2.4");
+	fixture_free(&f);
+}
+
+static void
+test_max_rtt(void)
+{
+	struct fixture f;
+	struct name *name;
+	struct address *slow, *no_rtt;
+
+	if (!CHECK(fixture_load(&f,
+	    "nameservers = { 192.0.2.53 }\n"
+	    "name www.example.com {\n"
+	    "    selection_method = all\n"
+	    "    max_rtt = 0.15\n"
+	    "    candidate a { address = { 192.0.2.1, 192.0.2.2, 192.0.2.3 } }\n"
+	    "}\n")))
+		return;
+	name = find_name(&f, "www.example.com");
+	CHECK_DOUBLE(name->config->max_rtt, 0.15);
+	set_up(name, "192.0.2.1", 0.2);
+	set_up(name, "192.0.2.2", 0.1);
+	set_up(name, "192.0.2.3", 0.15);	/* at the limit: still in */
+	slow = find_address(name, "192.0.2.1");
+	CHECK(!address_available(slow));
+	select_update(name, AF_INET);
+	CHECK_INT(answers(name, AF_INET)->kind, ANSWER_ADDRESSES);
+	CHECK_INT(answers(name, AF_INET)->count, 2);
+	CHECK_STR(answer_text(name, AF_INET, 0), "192.0.2.2");
+	CHECK_STR(answer_text(name, AF_INET, 1), "192.0.2.3");
+
+	/* Up but without an RTT: not available under a finite max_rtt... */
+	no_rtt = find_address(name, "192.0.2.2");
+	no_rtt->srtt = NAN;
+	CHECK(!address_available(no_rtt));
+	/* ...and available without one. */
+	name_config(name)->max_rtt = INFINITY;
+	CHECK(address_available(no_rtt));
+	CHECK(address_available(slow));
+	select_update(name, AF_INET);
+	CHECK_INT(answers(name, AF_INET)->count, 3);
+	/* No RTT ranks last. */
+	CHECK_STR(answer_text(name, AF_INET, 0), "192.0.2.3");
+	CHECK_STR(answer_text(name, AF_INET, 1), "192.0.2.1");
+	CHECK_STR(answer_text(name, AF_INET, 2), "192.0.2.2");
+
+	/* Every address too slow: the failure mode (none: forward). */
+	name_config(name)->max_rtt = 0.01;
+	select_update(name, AF_INET);
+	CHECK_INT(answers(name, AF_INET)->kind, ANSWER_FORWARD);
+	CHECK_INT(answers(name, AF_INET)->count, 0);
+	fixture_free(&f);
+}
+
+static void
+test_failure_modes(void)
+{
+	struct fixture f;
+	struct name *name;
+	struct answer_set *v4, *v6;
+
+	if (!CHECK(fixture_load(&f, one_name)))
+		return;
+	name = find_name(&f, "www.example.com");
+	v4 = answers(name, AF_INET);
+	v6 = answers(name, AF_INET6);
+	/* Fresh: every address unknown, failure_mode none. */
+	CHECK_INT(name->config->failure_mode, FAILURE_NONE);
+	CHECK_INT(v4->kind, ANSWER_FORWARD);
+	CHECK_INT(v6->kind, ANSWER_FORWARD);
+	CHECK_INT(v4->count, 0);
+
+	set_health(name, "192.0.2.1", HEALTH_DOWN);
+	set_health(name, "192.0.2.2", HEALTH_DOWN);
+	name_config(name)->failure_mode = FAILURE_SERVFAIL;
+	select_update_all(name);
+	CHECK_INT(v4->kind, ANSWER_SERVFAIL);
+	CHECK_INT(v6->kind, ANSWER_SERVFAIL);
+	CHECK_INT(v4->count, 0);
+
+	name_config(name)->failure_mode = FAILURE_ALL;
+	select_update_all(name);
+	CHECK_INT(v4->kind, ANSWER_ADDRESSES);
+	CHECK_INT(v4->count, 4);
+	CHECK_INT(v4->rotate, 0);
+	CHECK_STR(answer_text(name, AF_INET, 0), "192.0.2.1");
+	CHECK_STR(answer_text(name, AF_INET, 1), "192.0.2.2");
+	CHECK_STR(answer_text(name, AF_INET, 2), "192.0.2.3");
+	CHECK_STR(answer_text(name, AF_INET, 3), "192.0.2.4");
+	CHECK_INT(v6->kind, ANSWER_ADDRESSES);
+	CHECK_INT(v6->count, 2);
+	CHECK_STR(answer_text(name, AF_INET6, 0), "2001:db8::1");
+	CHECK_STR(answer_text(name, AF_INET6, 1), "2001:db8::2");
+
+	/* group_rtt_rr fails open with every address, not a rotation. */
+	name_config(name)->selection_method = SELECT_GROUP_RTT_RR;
+	select_update_all(name);
+	CHECK_INT(v4->count, 4);
+	CHECK_INT(v4->rotate, 0);
+
+	/* One address comes up: back to normal selection. */
+	set_up(name, "192.0.2.3", 0.1);
+	select_update_all(name);
+	CHECK_INT(v4->kind, ANSWER_ADDRESSES);
+	CHECK_INT(v4->count, 1);
+	CHECK_STR(answer_text(name, AF_INET, 0), "192.0.2.3");
+	CHECK_INT(v6->count, 2);	/* AAAA still fails open */
+	fixture_free(&f);
+}
+
+static void
+test_families(void)
+{
+	struct fixture f;
+	struct name *name, *v4only, *v6only, *unresolved;
+
+	if (!CHECK(fixture_load(&f,
+	    "nameservers = { 192.0.2.53 }\n"
+	    "name www.example.com {\n"
+	    "    selection_method = all\n"
+	    "    candidate a { address = { 192.0.2.1, 2001:db8::1 } }\n"
+	    "    candidate b { address = { 2001:db8::2, 192.0.2.2 } }\n"
+	    "}\n"
+	    "name v4.example.com {\n"
+	    "    failure_mode = all\n"
+	    "    candidate a { address = { 192.0.2.1 } }\n"
+	    "}\n"
+	    "name v6.example.com {\n"
+	    "    failure_mode = servfail\n"
+	    "    candidate a { check_address = \"http://[2001:db8::6]/\" }\n"
+	    "}\n"
+	    "name dns.example.com {\n"
+	    "    candidate a { check_address = \"http://a.example.net/\" }\n"
+	    "}\n")))
+		return;
+	name = find_name(&f, "www.example.com");
+	v4only = find_name(&f, "v4.example.com");
+	v6only = find_name(&f, "v6.example.com");
+	unresolved = find_name(&f, "dns.example.com");
+
+	set_up(name, "192.0.2.1", 0.2);
+	set_up(name, "2001:db8::1", 0.3);
+	set_up(name, "2001:db8::2", 0.1);
+	select_update_all(name);
+	CHECK_INT(answers(name, AF_INET)->count, 1);
+	CHECK_STR(answer_text(name, AF_INET, 0), "192.0.2.1");
+	CHECK_INT(answers(name, AF_INET6)->count, 2);
+	CHECK_STR(answer_text(name, AF_INET6, 0), "2001:db8::2");
+	CHECK_STR(answer_text(name, AF_INET6, 1), "2001:db8::1");
+
+	/* No address of a family: NODATA, whatever the failure mode. */
+	CHECK_INT(answers(v4only, AF_INET6)->kind, ANSWER_NODATA);
+	CHECK_INT(answers(v4only, AF_INET)->kind, ANSWER_ADDRESSES);
+	CHECK_INT(answers(v6only, AF_INET)->kind, ANSWER_NODATA);
+	CHECK_INT(answers(v6only, AF_INET6)->kind, ANSWER_SERVFAIL);
+	set_up(v6only, "2001:db8::6", 0.1);
+	select_update_all(v6only);
+	CHECK_INT(answers(v6only, AF_INET6)->kind, ANSWER_ADDRESSES);
+	CHECK_STR(answer_text(v6only, AF_INET6, 0), "2001:db8::6");
+	CHECK_INT(answers(v6only, AF_INET)->kind, ANSWER_NODATA);
+	/* Not resolved yet: no address at all. */
+	CHECK_INT(unresolved->candidates[0].address_count, 0);
+	CHECK_INT(answers(unresolved, AF_INET)->kind, ANSWER_NODATA);
+	CHECK_INT(answers(unresolved, AF_INET6)->kind, ANSWER_NODATA);
+
+	name->stale = 1;
+	select_update_all(name);
+	CHECK_INT(name->stale, 0);
+	fixture_free(&f);
+}
+
+/* ------------------------------------------------------------ registry */
+
+static void
+test_registry(void)
+{
+	struct fixture f;
+	struct name *name;
+	struct candidate *candidate;
+	struct address *kept;
+	struct ip_address ips[3];
+	uint8_t wire[DNS_MAX_NAME + 1];
+	int wire_len;
+
+	if (!CHECK(fixture_load(&f,
+	    "nameservers = { 192.0.2.53 }\n"
+	    "name www.example.com {\n"
+	    "    candidate a { address = { 192.0.2.1, 192.0.2.2 } }\n"
+	    "}\n"
+	    "name other.example.com {\n"
+	    "    candidate a { check_address = \"http://a.example.net/\" }\n"
+	    "}\n")))
+		return;
+	name = find_name(&f, "www.example.com");
+	CHECK_INT(f.registry->name_count, 2);
+	CHECK(dns_name_to_wire("WWW.Example.COM.", wire, &wire_len) == 0);
+	CHECK(registry_lookup(f.registry, wire, wire_len) == name);
+	CHECK(dns_name_to_wire("example.com", wire, &wire_len) == 0);
+	CHECK(registry_lookup(f.registry, wire, wire_len) == NULL);
+
+	candidate = &name->candidates[0];
+	CHECK_INT(candidate->address_count, 2);
+	CHECK_INT(family_index(AF_INET), 0);
+	CHECK_INT(family_index(AF_INET6), 1);
+
+	/* A new list keeps the addresses that stay, with their state. */
+	set_up(name, "192.0.2.2", 0.1);
+	kept = find_address(name, "192.0.2.2");
+	kept->successes = 7;
+	ip_address_parse("192.0.2.3", &ips[0]);
+	ip_address_parse("192.0.2.2", &ips[1]);
+	ip_address_parse("2001:db8::3", &ips[2]);
+	candidate = &find_name(&f, "other.example.com")->candidates[0];
+	candidate_set_addresses(&name->candidates[0], ips, 3);
+	CHECK_INT(name->candidates[0].address_count, 3);
+	CHECK(find_address(name, "192.0.2.2") == kept);
+	CHECK_INT(kept->successes, 7);
+	CHECK_INT(kept->health, HEALTH_UP);
+	CHECK(find_address(name, "192.0.2.1") == NULL);
+	CHECK_INT(find_address(name, "192.0.2.3")->health, HEALTH_UNKNOWN);
+	CHECK(find_address(name, "192.0.2.3")->candidate == &name->candidates[0]);
+
+	/* A resolved candidate receives its addresses. */
+	candidate_set_addresses(candidate, ips, 2);
+	CHECK_INT(candidate->address_count, 2);
+	candidate_set_addresses(candidate, ips, 0);
+	CHECK_INT(candidate->address_count, 0);
+	fixture_free(&f);
+}
+
+/*
+ * A duplicate in a candidate's address list is one address.  Run in a
+ * child: a crash there fails this check instead of ending the program.
+ */
+static int
+duplicate_addresses_child(void)
+{
+	struct fixture f;
+	struct name *name;
+	struct ip_address ips[4];
+	int ok = 1;
+
+	if (!fixture_load(&f,
+	    "nameservers = { 192.0.2.53 }\n"
+	    "name www.example.com {\n"
+	    "    candidate a { address = { 192.0.2.1, 192.0.2.1, 192.0.2.2 } }\n"
+	    "}\n"))
+		return 0;
+	name = find_name(&f, "www.example.com");
+	ok &= name->candidates[0].address_count == 2;
+	for (int i = 0; i < name->candidates[0].address_count; i++)
+		ok &= name->candidates[0].addresses[i] != NULL;
+	/* The same through a resolution's result. */
+	ip_address_parse("192.0.2.7", &ips[0]);
+	ip_address_parse("192.0.2.8", &ips[1]);
+	ip_address_parse("192.0.2.7", &ips[2]);
+	ip_address_parse("192.0.2.7", &ips[3]);
+	candidate_set_addresses(&name->candidates[0], ips, 4);
+	ok &= name->candidates[0].address_count == 2;
+	for (int i = 0; i < name->candidates[0].address_count; i++)
+		ok &= name->candidates[0].addresses[i] != NULL;
+	if (ok) {
+		select_update_all(name);
+		ok &= find_address(name, "192.0.2.7") != NULL;
+		ok &= find_address(name, "192.0.2.8") != NULL;
+	}
+	fixture_free(&f);
+	return ok;
+}
+
+static void
+test_duplicate_addresses(void)
+{
+	CHECK(run_in_child(duplicate_addresses_child));
+}
+
+static void
+test_take_over(void)
+{
+	struct fixture old, fresh;
+	struct name *before, *after;
+	struct address *address;
+
+	if (!CHECK(fixture_load(&old,
+	    "nameservers = { 192.0.2.53 }\n"
+	    "name www.example.com {\n"
+	    "    candidate a { address = { 192.0.2.1, 192.0.2.2 } }\n"
+	    "    candidate gone { address = { 192.0.2.9 } }\n"
+	    "}\n")))
+		return;
+	if (!CHECK(fixture_load(&fresh,
+	    "nameservers = { 192.0.2.53 }\n"
+	    "name WWW.example.com. {\n"
+	    "    candidate a { address = { 192.0.2.2, 192.0.2.3 } }\n"
+	    "}\n"
+	    "name new.example.com {\n"
+	    "    candidate a { address = { 192.0.2.2 } }\n"
+	    "}\n"))) {
+		fixture_free(&old);
+		return;
+	}
+	before = find_name(&old, "www.example.com");
+	before->queries = 42;
+	set_up(before, "192.0.2.2", 0.25);
+	address = find_address(before, "192.0.2.2");
+	registry_take_over(fresh.registry, old.registry);
+	old.registry = NULL;
+	after = find_name(&fresh, "www.example.com");
+	CHECK_INT(after->queries, 42);
+	CHECK(find_address(after, "192.0.2.2") == address);
+	CHECK(address->candidate == &after->candidates[0]);
+	CHECK_INT(address->health, HEALTH_UP);
+	CHECK_INT(find_address(after, "192.0.2.3")->health, HEALTH_UNKNOWN);
+	CHECK(find_address(after, "192.0.2.1") == NULL);
+	/* The answers were recomputed from the kept state. */
+	CHECK_INT(answers(after, AF_INET)->kind, ANSWER_ADDRESSES);
+	CHECK_STR(answer_text(after, AF_INET, 0), "192.0.2.2");
+	CHECK_INT(find_address(find_name(&fresh, "new.example.com"),
+			       "192.0.2.2")->health, HEALTH_UNKNOWN);
+	fixture_free(&old);
+	fixture_free(&fresh);
+}
+
+int
+main(void)
+{
+	RUN(test_first_result_decides);
+	RUN(test_rise);
+	RUN(test_fall);
+	RUN(test_counters);
+	RUN(test_smoothed_rtt);
+	RUN(test_rtt_mode_connect);
+	RUN(test_best_rtt);
+	RUN(test_all);
+	RUN(test_group_rtt_rr);
+	RUN(test_max_rtt);
+	RUN(test_failure_modes);
+	RUN(test_families);
+	RUN(test_registry);
+	RUN(test_duplicate_addresses);
+	RUN(test_take_over);
+	return UNIT_SUMMARY();
+}
