@@ -412,7 +412,8 @@ main(int argc, char **argv)
 	const char *user;
 
 	parse_arguments(argc, argv);
-	log_init("hard", options.foreground || options.test_only, options.debug);
+	/* Until the daemon detaches, every message goes to the terminal. */
+	log_init("hard", 1, options.debug);
 	absolute_config_path();
 	running_config = load_config_or_exit();
 	user = options.user ? options.user : running_config->user;
@@ -424,6 +425,14 @@ main(int argc, char **argv)
 	loop = ev_default_loop(EVFLAG_AUTO);
 	if (!loop)
 		fail_start("cannot create the event loop");
+	/* Before anything can be asked of us, so an early SIGTERM stops
+	 * hard cleanly instead of killing it. */
+	ev_signal_init(&hup, on_signal, SIGHUP);
+	ev_signal_init(&term, on_signal, SIGTERM);
+	ev_signal_init(&interrupt, on_signal, SIGINT);
+	ev_signal_start(loop, &hup);
+	ev_signal_start(loop, &term);
+	ev_signal_start(loop, &interrupt);
 	server = dns_server_start(loop, running_config, NULL);
 	if (!server)
 		fail_start("cannot listen on the configured addresses (see above)");
@@ -445,12 +454,6 @@ main(int argc, char **argv)
 		write_pid_file(options.pid_file);
 	if (user)
 		drop_privileges(user);
-	ev_signal_init(&hup, on_signal, SIGHUP);
-	ev_signal_init(&term, on_signal, SIGTERM);
-	ev_signal_init(&interrupt, on_signal, SIGINT);
-	ev_signal_start(loop, &hup);
-	ev_signal_start(loop, &term);
-	ev_signal_start(loop, &interrupt);
 	log_info("hard %s answering %d names on port %d", HAR_VERSION,
 		 running_config->name_count, running_config->listen_port);
 	ev_run(loop, 0);

@@ -3,8 +3,10 @@ PID, even when the test fails; hard's log is printed on teardown so a
 failing test shows it."""
 
 import os
+import shutil
 import signal
 import sys
+import tempfile
 
 import pytest
 
@@ -21,8 +23,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
-def workdir(tmp_path):
-    return str(tmp_path)
+def workdir():
+    """A private directory (not pytest's numbered tmp_path, which a concurrent
+    pytest run may clean up under our feet)."""
+    path = tempfile.mkdtemp(prefix="har-systest-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

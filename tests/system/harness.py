@@ -192,10 +192,10 @@ class Hard:
             f.write(config)
         self.config = config
         self.expect_exit = False
-        self.proc = subprocess.Popen(
-            [HARD, *args, "-c", self.conf], stdin=subprocess.DEVNULL,
-            stdout=open(self.logfile + ".out", "w"),
-            stderr=open(self.logfile, "w"), cwd=workdir)
+        with open(self.logfile + ".out", "w") as out, open(self.logfile, "w") as err:
+            self.proc = subprocess.Popen([HARD, *args, "-c", self.conf],
+                                         stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=err, cwd=workdir)
 
     @property
     def pid(self):
@@ -229,6 +229,14 @@ class Hard:
             if "exited" in str(e):
                 raise
             raise AssertionError("%s\nlog:\n%s" % (e, self.log())) from None
+        # Listening is not yet running the loop: wait (briefly) for a reply
+        # hard makes itself, FORMERR to a question-less query.  The tests
+        # check that reply on their own; here it only means "loop running".
+        probe = struct.pack("!6H", 0xFEED, 0x0100, 0, 0, 0, 0)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and self.alive():
+            if udp_exchange(self.addr, self.port, probe, 0.1) is not None:
+                break
         return self
 
     def query(self, name, rdtype="A", tcp=False, addr=None, **kw):
@@ -292,9 +300,9 @@ class Upstream:
                 "--no-resolv", "--no-hosts", "--local=/test/",
                 "--local-ttl=%d" % ttl, "--log-queries", "--log-facility=-"]
         args += list(records)
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL,
-                                     stderr=open(self.logfile, "a"))
+        with open(self.logfile, "a") as err:
+            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=err)
         wait_until(lambda: self._probe(), 5, what="dnsmasq to answer")
 
     def _probe(self):
@@ -382,15 +390,16 @@ class HTTPServer:
                 str(self.port), self.control, self.requests]
         if self.cert:
             args += [self.cert, self.key]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE,
-                                     stderr=open(self.logfile, "a"))
+        with open(self.logfile, "a") as err:
+            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE, stderr=err)
         r, _, _ = select.select([self.proc.stdout], [], [], 5)
         line = self.proc.stdout.readline() if r else b""
         if line.strip() != b"ready":
             _kill(self.proc)
-            raise AssertionError("HTTP server on %s did not start: %s" % (
-                _fmt(self.addr, self.port), open(self.logfile).read()))
+            with open(self.logfile) as f:
+                raise AssertionError("HTTP server on %s did not start: %s" % (
+                    _fmt(self.addr, self.port), f.read()))
 
     def stop(self):
         if self.proc is not None:

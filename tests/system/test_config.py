@@ -234,10 +234,20 @@ def test_version_and_help():
 
 def start_and_expect_failure(workdir, config, timeout=5):
     path = write(workdir, config, "fail.conf")
+    proc = subprocess.Popen([harness.HARD, "-f", "-c", path], text=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     try:
-        res = run_hard("-f", "-c", path, timeout=timeout)
+        out, err = proc.communicate(timeout=timeout)
+        kept_running = False
     except subprocess.TimeoutExpired:
-        pytest.fail("hard kept running instead of failing to start")
+        harness._kill(proc)
+        out, err = proc.communicate()
+        kept_running = True
+    if kept_running:
+        pytest.fail("hard kept running instead of failing to start; stderr:\n" + err,
+                    pytrace=False)
+    res = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     assert res.returncode == 1, "exit %d, stderr %r" % (res.returncode, res.stderr)
     assert res.stderr.strip(), "start-up failure without a message"
     return res
@@ -269,13 +279,32 @@ def test_no_nameserver_left(workdir):
     assert re.search(r"nameserver|upstream", res.stderr, re.I), res.stderr
 
 
-def test_unusable_data_file(workdir, upstream):
+def test_unusable_data_file_keeps_answering(workdir, upstream, start_hard):
+    """A data file that cannot be created (its directory is a regular file)
+    is reported once, naming the path; hard answers from memory and retries:
+    on a host where it is the only resolver it must not go away."""
     blocker = write(workdir, "not a directory", "blocker")
+    path = os.path.join(blocker, "har.db")
+    h = start_hard(BASE.split("\n", 3)[3], upstream=upstream, data_file=path)
+    assert addresses(h.query("other.example.com", "A"))
+    harness.wait_until(lambda: path in h.log(), 3, what="the data file error")
+    assert h.log().count("cannot open data file") == 1, h.log()
+    h.assert_alive()
+
+
+def test_unreadable_data_file_fails_start(workdir, upstream):
+    """An existing data file hard may not read stops start-up (SPEC 2)."""
+    path = write(workdir, "", "har.db")
+    os.chmod(path, 0)
+    os.chmod(workdir, 0o755)	# the config itself stays readable
     config = harness.hard_config(BASE.split("\n", 3)[3], upstream.endpoint,
-                                 harness.free_port(),
-                                 data_file=os.path.join(blocker, "har.db"))
-    res = start_and_expect_failure(workdir, config)
-    assert "har.db" in res.stderr or "blocker" in res.stderr, res.stderr
+                                 harness.free_port(), data_file=path)
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534",
+                           "--clear-groups", harness.HARD, "-f", "-c",
+                           write(workdir, config, "fail.conf")],
+                          capture_output=True, text=True, timeout=10)
+    assert proc.returncode == 1, proc.stderr
+    assert "har.db" in proc.stderr, proc.stderr
 
 
 def test_sigterm_removes_pidfile(workdir, start_hard, upstream):

@@ -115,11 +115,13 @@ def test_concurrent_forwarded_queries_keep_their_ids(hard):
 
 @proto
 def test_edns_forwarded(hard, tcp):
+    # no-OPT first: dnsmasq 2.90 keeps adding OPT to later answers on a TCP
+    # connection (hard's upstream connection) once it has seen one
+    r = hard.query("fwd.test", "A", tcp=tcp)
+    assert r.edns == -1
     r = hard.query("fwd.test", "A", tcp=tcp, edns=0, payload=1232)
     assert r.edns == 0, "OPT lost on the forwarded path"
     assert addresses(r) == ["192.0.2.1"]
-    r = hard.query("fwd.test", "A", tcp=tcp)
-    assert r.edns == -1
 
 
 def test_forwarded_truncation(start_hard, start_upstream):
