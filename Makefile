@@ -57,7 +57,7 @@ unit: $(UNIT_TESTS)
 	@failed=0; for t in $(UNIT_TESTS); do ./$$t || failed=1; done; exit $$failed
 
 system: hard
-	$(PYTHON) -m pytest -q tests/system $(PYTEST_ARGS)
+	HAR_SANITIZED=$(SANITIZE) $(PYTHON) -m pytest -q tests/system $(PYTEST_ARGS)
 
 bench:
 	@contrib/install-deps bench

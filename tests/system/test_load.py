@@ -174,7 +174,9 @@ def test_load_with_faults(workdir, start_hard, start_upstream, start_http,
         assert sent > 0, text
         assert lost <= sent * 0.005, "dnsperf lost %d of %d:\n%s" % (lost, sent, text)
     final_rss = rss_kib(h.pid)
-    assert final_rss <= warm_rss * 1.10, \
+    # ASan's quarantine holds freed memory back on purpose: RSS says nothing.
+    assert final_rss <= warm_rss * 1.10 or \
+        os.environ.get("HAR_SANITIZED") == "1", \
         "RSS grew from %d KiB after warm-up to %d KiB" % (warm_rss, final_rss)
     log = h.log()
     assert log.count("reloaded") == 2, log[-3000:]

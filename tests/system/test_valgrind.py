@@ -39,6 +39,8 @@ name port.test {
 
 
 @pytest.mark.skipif(VALGRIND is None, reason="valgrind is not installed")
+@pytest.mark.skipif(os.environ.get("HAR_SANITIZED") == "1",
+                    reason="valgrind cannot run a binary built with ASan")
 def test_no_leak_or_invalid_access(workdir, upstream, start_http,
                                    start_listener):
     http = start_http("127.0.0.2")
