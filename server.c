@@ -29,6 +29,8 @@ struct listener {
 	int udp_fd;
 	int tcp_fd;
 	int reused;		/* carried over from the previous server */
+	int pending;		/* forwarded queries to answer from udp_fd */
+	int closed;		/* freed when pending reaches 0 */
 	ev_io udp_io;
 	ev_io tcp_io;
 	struct dns_server *server;
@@ -64,7 +66,7 @@ struct dns_server {
 
 /* A forwarded query's way back to its client. */
 struct pending_reply {
-	int udp_fd;
+	struct listener *listener;		/* NULL for TCP */
 	struct sockaddr_storage client;
 	socklen_t client_len;
 	size_t client_limit;
@@ -88,7 +90,7 @@ static uint8_t udp_input[UDP_BATCH][UDP_RECEIVE_SIZE];
 static uint8_t udp_output[UDP_BATCH][DNS_MAX_UDP];
 static struct sockaddr_storage udp_peers[UDP_BATCH];
 
-static void forward_query(struct dns_server *server, int udp_fd,
+static void forward_query(struct listener *listener,
 			  const struct sockaddr_storage *client,
 			  socklen_t client_len, struct tcp_connection *connection,
 			  const uint8_t *query, size_t query_len, size_t limit);
@@ -132,7 +134,7 @@ udp_batch(struct listener *listener)
 				     udp_output[replies], DNS_MAX_UDP,
 				     &reply_len, &limit);
 		if (verdict == DNS_FORWARD) {
-			forward_query(listener->server, listener->udp_fd,
+			forward_query(listener,
 				      &udp_peers[i], in[i].msg_hdr.msg_namelen,
 				      NULL, udp_input[i], len, limit);
 			continue;
@@ -178,6 +180,7 @@ udp_readable(struct ev_loop *loop, ev_io *io, int revents)
 /* ------------------------------------------------------------ TCP */
 
 static void tcp_connection_close(struct tcp_connection *connection);
+static void listener_free(struct listener *listener);
 
 static void
 tcp_connection_free(struct tcp_connection *connection)
@@ -271,7 +274,7 @@ tcp_query(struct tcp_connection *connection, const uint8_t *query, size_t len)
 	if (verdict == DNS_REPLY)
 		tcp_send(connection, reply, reply_len);
 	else if (verdict == DNS_FORWARD)
-		forward_query(connection->server, -1, NULL, 0, connection,
+		forward_query(NULL, NULL, 0, connection,
 			      query, len, limit);
 }
 
@@ -461,14 +464,17 @@ forward_reply(void *context, const uint8_t *reply, size_t reply_len)
 			reply_len = dns_truncate_reply(copy, reply_len,
 						       pending->client_limit);
 		}
-		udp_send_one(pending->udp_fd, reply, reply_len,
+		udp_send_one(pending->listener->udp_fd, reply, reply_len,
 			     &pending->client, pending->client_len);
 	}
+	if (pending->listener && --pending->listener->pending == 0 &&
+	    pending->listener->closed)
+		listener_free(pending->listener);
 	free(pending);
 }
 
 static void
-forward_query(struct dns_server *server, int udp_fd,
+forward_query(struct listener *listener,
 	      const struct sockaddr_storage *client, socklen_t client_len,
 	      struct tcp_connection *connection, const uint8_t *query,
 	      size_t query_len, size_t limit)
@@ -477,14 +483,13 @@ forward_query(struct dns_server *server, int udp_fd,
 	size_t kept = query_len < pending_query_len_max ? query_len :
 	    pending_query_len_max;
 
-	(void)server;
 	/* The query is kept for the SERVFAIL reply. */
 	pending = malloc(sizeof(*pending) + kept);
 	if (!pending) {
 		log_error("out of memory forwarding a query");
 		return;
 	}
-	pending->udp_fd = udp_fd;
+	pending->listener = listener;
 	if (client)
 		memcpy(&pending->client, client, client_len);
 	pending->client_len = client_len;
@@ -494,6 +499,8 @@ forward_query(struct dns_server *server, int udp_fd,
 	memcpy(pending->query, query, kept);
 	if (connection)
 		connection->pending++;
+	if (listener)
+		listener->pending++;
 	if (upstream_forward(query, query_len, connection != NULL,
 			     forward_reply, pending) != 0)
 		forward_reply(pending, NULL, 0);
@@ -526,13 +533,26 @@ open_socket(const struct endpoint *endpoint, int type)
 }
 
 static void
+listener_free(struct listener *listener)
+{
+	close(listener->udp_fd);
+	free(listener);
+}
+
+/*
+ * The UDP socket outlives the listener while forwarded queries still
+ * have to be answered from it (a reload that moves the port): their
+ * replies must leave from the address the client asked.
+ */
+static void
 listener_close(struct dns_server *server, struct listener *listener)
 {
 	ev_io_stop(server->loop, &listener->udp_io);
 	ev_io_stop(server->loop, &listener->tcp_io);
-	close(listener->udp_fd);
 	close(listener->tcp_fd);
-	free(listener);
+	listener->closed = 1;
+	if (listener->pending == 0)
+		listener_free(listener);
 }
 
 static void
