@@ -550,7 +550,8 @@ store_flush(void)
 		result = exec_sql("COMMIT");
 	if (result != SQLITE_OK) {
 		result = sqlite3_extended_errcode(db);
-		exec_sql("ROLLBACK");
+		if (!sqlite3_get_autocommit(db))	/* a transaction is open */
+			exec_sql("ROLLBACK");
 		note_write_failure(result);
 		return;
 	}

@@ -1,0 +1,254 @@
+"""Running hard in production (issue 5, SPEC sections 2 and 7): SIGTERM,
+the pidfile, privilege drop, daemon mode, -V/-h/-t, and the man pages."""
+
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+import harness
+from harness import run_hard
+from statehelpers import (answer, name_block, pid_alive, proc_status, sql_text,
+                          sql_value, stable_value, wait_answer, wait_sql)
+
+A = "127.0.0.2"
+MAN_PAGES = [os.path.join(harness.REPO, p) for p in ("hard.8", "har.conf.5")]
+
+
+@pytest.fixture
+def up(start_upstream):
+    return start_upstream("--host-record=fwd.test,192.0.2.1")
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def read_pid(pidfile):
+    try:
+        with open(pidfile) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.endswith("\n") else None
+
+
+def wait_pidfile(pidfile, pid):
+    """hard writes its pidfile just after it starts listening."""
+    got = harness.wait_until(lambda: read_pid(pidfile), 3, what="pidfile %s" % pidfile)
+    assert got == pid, "pidfile holds %s, not %d" % (got, pid)
+
+
+def test_sigterm_flushes_and_removes_pidfile(workdir, start_hard, start_http, up):
+    """SIGTERM: exit 0, pidfile removed, pending state written (the queries
+    answered just before the signal are in the file), file closed clean."""
+    s = start_http(A)
+    pidfile = os.path.join(workdir, "hard.pid")
+    db = os.path.join(workdir, "har.db")
+    h = start_hard(name_block("t.test", [("a", s.url())], check_frequency=0.3),
+                   upstream=up, data_file=db, args=("-f", "-p", pidfile))
+    wait_pidfile(pidfile, h.pid)
+    wait_answer(h, "t.test", [A])
+    n = stable_value(db, "SELECT queries FROM names")
+    for _ in range(25):  # answered, not yet written: the stop must write them
+        assert answer(h, "t.test") == [A]
+    h.signal(signal.SIGTERM)
+    assert h.proc.wait(5) == 0
+    h.expect_exit = True
+    assert not os.path.exists(pidfile), "pidfile left behind"
+    assert sql_value(db, "SELECT queries FROM names") == n + 25
+    assert sql_text(db, "PRAGMA integrity_check") == "ok"
+    wal = db + "-wal"
+    assert not os.path.exists(wal) or os.path.getsize(wal) == 0, \
+        "data file not closed cleanly (WAL left)"
+    # no listener left behind
+    with pytest.raises(OSError):
+        harness.tcp_connect(h.addr, h.port, timeout=0.5).close()
+
+
+def test_second_instance_refused(workdir, start_hard, up):
+    pidfile = os.path.join(workdir, "hard.pid")
+    body = name_block("p.test", [("a", None, "address = { %s }" % A)],
+                      check_frequency=30, failure_mode="all")
+    h = start_hard(body, upstream=up, args=("-f", "-p", pidfile))
+    wait_pidfile(pidfile, h.pid)
+    conf2 = write(os.path.join(workdir, "second.conf"),
+                  harness.hard_config(body, up.endpoint, harness.free_port()))
+    res = run_hard("-f", "-p", pidfile, "-c", conf2, timeout=5)
+    assert res.returncode == 1, (res.returncode, res.stderr)
+    assert str(h.pid) in res.stderr and "running" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    h.assert_alive()
+    with open(pidfile) as f:
+        assert int(f.read()) == h.pid, "the refused instance touched the pidfile"
+    assert answer(h, "p.test") == [A]
+    # a stale pidfile (its process is gone) does not stop a new start
+    h.stop()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    write(pidfile, "%d\n" % dead.pid)
+    h2 = start_hard(body, upstream=up, args=("-f", "-p", pidfile))
+    wait_pidfile(pidfile, h2.pid)
+    assert answer(h2, "p.test") == [A]
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory others can traverse (pytest's own are root-only 0700),
+    for a hard that runs as nobody."""
+    d = tempfile.mkdtemp(prefix="har-priv-")
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_privilege_drop(workdir, shared_dir, start_hard, start_http, up):
+    """Started as root with -u nobody: every uid and gid is nobody's, no
+    supplementary group is left, and the data file (whose directory hard
+    creates, owned by nobody) is still written."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to start hard as root")
+    nobody = pwd.getpwnam("nobody")
+    s = start_http(A)
+    db = os.path.join(shared_dir, "var", "har", "har.db")
+    h = start_hard(name_block("priv.test", [("a", s.url())], check_frequency=0.3),
+                   upstream=up, data_file=db, args=("-f", "-u", "nobody"))
+    wait_answer(h, "priv.test", [A])
+    st = proc_status(h.pid)
+    assert st["Uid"].split() == [str(nobody.pw_uid)] * 4, st["Uid"]
+    assert st["Gid"].split() == [str(nobody.pw_gid)] * 4, st["Gid"]
+    assert st["Groups"].split() in ([], [str(nobody.pw_gid)]), st["Groups"]
+    assert int(st["CapEff"], 16) == 0, "capabilities kept: %s" % st["CapEff"]
+    for d in (os.path.dirname(db), os.path.dirname(os.path.dirname(db))):
+        assert os.stat(d).st_uid == nobody.pw_uid, "%s not owned by nobody" % d
+    assert os.stat(db).st_uid == nobody.pw_uid
+    # written after the drop, and still being written
+    wait_sql(db, "SELECT checks FROM candidates", lambda r: r and r[0]["checks"] >= 2,
+             timeout=3)
+    first = sql_value(db, "SELECT checks FROM candidates")
+    wait_sql(db, "SELECT checks FROM candidates",
+             lambda r: r[0]["checks"] >= first + 2, timeout=3)
+    assert "running as user nobody" in h.log()
+    assert not [l for l in h.log().splitlines() if "cannot write data file" in l]
+    assert answer(h, "fwd.test") == ["192.0.2.1"]
+
+
+def test_daemon_mode(workdir, shared_dir, up):
+    """Without -f: the command returns 0 promptly; the daemon (detached:
+    new session, cwd /, stdio on /dev/null) answers and writes its pid."""
+    port = harness.free_port()
+    pidfile = os.path.join(shared_dir, "hard.pid")
+    db = os.path.join(shared_dir, "har.db")
+    conf = write(os.path.join(shared_dir, "har.conf"), harness.hard_config(
+        name_block("d.test", [("a", None, "address = { %s }" % A)],
+                   check_frequency=30, failure_mode="all"),
+        up.endpoint, port, data_file=db))
+    t0 = time.monotonic()
+    res = subprocess.run([harness.HARD, "-p", pidfile, "-c", conf],
+                         stdin=subprocess.DEVNULL, capture_output=True,
+                         text=True, timeout=10)
+    took = time.monotonic() - t0
+    pid = None
+    try:
+        assert res.returncode == 0, res.stderr
+        assert took < 3, "the parent took %.1fs to return" % took
+        assert res.stdout == "" and res.stderr == "", (res.stdout, res.stderr)
+        pid = harness.wait_until(lambda: read_pid(pidfile), 5, what="the pidfile")
+        assert pid_alive(pid)
+        r = harness.wait_until(
+            lambda: harness.query_at("127.0.0.1", port, "d.test", timeout=0.5),
+            5, what="the daemon to answer")
+        assert harness.addresses(r) == [A]
+        assert answer_at(port, "fwd.test") == ["192.0.2.1"]
+        st = proc_status(pid)
+        assert st["Name"] == "hard"
+        ppid = int(st["PPid"])
+        assert ppid != os.getpid(), "still the child of its caller"
+        assert ppid == 1 or os.getsid(pid) == pid, \
+            "not detached: ppid %d, sid %d, pid %d" % (ppid, os.getsid(pid), pid)
+        assert os.getsid(pid) != os.getsid(0), "still in the caller's session"
+        assert os.readlink("/proc/%d/cwd" % pid) == "/"
+        for fd in (0, 1, 2):
+            assert os.readlink("/proc/%d/fd/%d" % (pid, fd)) == "/dev/null"
+        wait_sql(db, "SELECT queries FROM names", lambda r: r and r[0]["queries"] >= 1,
+                 timeout=2)
+        os.kill(pid, signal.SIGTERM)
+        harness.wait_until(lambda: not pid_alive(pid), 5, what="the daemon to stop")
+        assert not os.path.exists(pidfile)
+        pid = None
+    finally:
+        if pid and pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def answer_at(port, name):
+    r = harness.query_at("127.0.0.1", port, name, timeout=1)
+    return harness.addresses(r)
+
+
+def test_daemon_start_failure_reported(workdir, up):
+    """A start-up failure in daemon mode is still reported on stderr with
+    exit 1 and a clear message naming the cause (everything that can fail
+    is tried before detaching, while stderr is still the caller's)."""
+    import socket
+    port = harness.free_port()
+    conf = write(os.path.join(workdir, "d.conf"), harness.hard_config(
+        name_block("d.test", [("a", None, "address = { %s }" % A)]),
+        up.endpoint, port))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", port))
+        res = subprocess.run([harness.HARD, "-c", conf], stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=10)
+    assert res.returncode == 1 and str(port) in res.stderr, res.stderr
+
+
+def test_version_help_and_check(workdir, up):
+    res = run_hard("-V")
+    assert res.returncode == 0 and res.stdout.strip() == "hard 0.1.0", res
+    res = run_hard("-h")
+    assert res.returncode == 0, res
+    usage = res.stdout + res.stderr
+    for flag in ("-f", "-d", "-t", "-c", "-p", "-u", "-V", "-h"):
+        assert flag in usage, (flag, usage)
+    # -t: ok, exit 0, and nothing touched (no data file, no socket)
+    db = os.path.join(workdir, "never", "har.db")
+    port = harness.free_port()
+    conf = write(os.path.join(workdir, "t.conf"), harness.hard_config(
+        name_block("t.test", [("a", None, "address = { %s }" % A)]), up.endpoint,
+        port, data_file=db))
+    res = run_hard("-t", "-c", conf)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res
+    assert not os.path.exists(os.path.dirname(db))
+    with open(conf, "a") as f:
+        f.write("name bad.test {\n    ttl = -1\n    candidate x { }\n}\n")
+    res = run_hard("-t", "-c", conf)
+    assert res.returncode == 1 and "%s:" % conf in res.stderr, res
+
+
+@pytest.mark.parametrize("page", MAN_PAGES, ids=os.path.basename)
+def test_man_page_renders_cleanly(page):
+    assert os.path.exists(page), page
+    for tool in ("mandoc", "groff", "man"):
+        if not shutil.which(tool):
+            pytest.skip("%s is not installed" % tool)
+    res = subprocess.run(["mandoc", "-T", "lint", "-W", "warning", page],
+                         capture_output=True, text=True)
+    assert res.stdout == "" and res.stderr == "", res.stdout + res.stderr
+    res = subprocess.run(["groff", "-ww", "-mandoc", "-Tutf8", page],
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    text = re.sub(".\x08", "", res.stdout)  # overstrike bold/underline
+    assert "NAME" in text and "SEE ALSO" in text and len(text) > 2000
+    env = dict(os.environ, MANWIDTH="80", MAN_KEEP_FORMATTING="0")
+    res = subprocess.run(["man", "--warnings", "-l", page], capture_output=True,
+                         text=True, env=env)
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    assert "DESCRIPTION" in re.sub(".\x08", "", res.stdout)
