@@ -113,10 +113,10 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	    "}\n"
 	    "name many.example.com {\n"
 	    "    selection_method = all\n"
-	    "    candidate a { address = { 10.0.0.1");
+	    "    candidate a { address = { 198.51.100.1");
 	for (int i = 2; i <= 40; i++)
 		at += (size_t)snprintf(text + at, sizeof(text) - at,
-				       ", 10.0.0.%d, 2001:db8::1:%d", i, i);
+				       ", 198.51.100.%d, 2001:db8::1:%d", i, i);
 	snprintf(text + at, sizeof(text) - at, " } }\n}\n");
 
 	config = config_load_string(text, "/dev/null", report);

@@ -274,10 +274,10 @@ setup(void)
 	    "}\n"
 	    "name many.example.com {\n"
 	    "    selection_method = all\n"
-	    "    candidate a { address = { 10.0.0.1");
+	    "    candidate a { address = { 198.51.100.1");
 	for (int i = 2; i <= 40; i++)
 		at += (size_t)snprintf(text + at, sizeof(text) - at,
-				       ", 10.0.0.%d", i);
+				       ", 198.51.100.%d", i);
 	snprintf(text + at, sizeof(text) - at, " } }\n}\n");
 
 	config = config_load_string(text, "/dev/null", report);
@@ -581,8 +581,8 @@ test_truncation(void)
 	pkt = parse_response();
 	if (CHECK(pkt != NULL)) {
 		CHECK_INT(ldns_pkt_ancount(pkt), 40);
-		CHECK_STR(answer_address(pkt, 0), "10.0.0.1");
-		CHECK_STR(answer_address(pkt, 39), "10.0.0.9");	/* text order */
+		CHECK_STR(answer_address(pkt, 0), "198.51.100.1");
+		CHECK_STR(answer_address(pkt, 39), "198.51.100.9");	/* text order */
 		ldns_pkt_free(pkt);
 	}
 
