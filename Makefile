@@ -20,7 +20,7 @@ ifeq ($(SANITIZE),1)
 CFLAGS += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS += -fsanitize=address,undefined
 endif
-LIBS = $(PKG_LIBS) -lev -lm
+LIBS = $(PKG_LIBS) -lev -lm -lpthread
 
 MODULES = config.o dns.o server.o upstream.o registry.o select.o check.o \
 	check_http.o check_tcp.o store.o log.o

@@ -396,10 +396,9 @@ shut_down(void)
 {
 	dns_server_stop(server);
 	upstream_stop();
-	store_flush();
+	store_close();		/* writes the last state */
 	registry_free(registry);
 	check_stop();
-	store_close();
 	remove_pid_file();
 	config_free(running_config);
 	log_info("stopped");
@@ -454,6 +453,7 @@ main(int argc, char **argv)
 		write_pid_file(options.pid_file);
 	if (user)
 		drop_privileges(user);
+	store_start();
 	log_info("hard %s answering %d names on port %d", HAR_VERSION,
 		 running_config->name_count, running_config->listen_port);
 	ev_run(loop, 0);

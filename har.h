@@ -352,6 +352,7 @@ double wall_now(void);
 int store_open(struct ev_loop *loop, const struct config *config,
 	       const char *user);
 void store_restore(struct registry *registry);
+void store_start(void);
 void store_record_check(const struct address *address, int success);
 void store_note_addresses_changed(void);
 void store_reconfigure(const struct config *config, struct registry *registry);

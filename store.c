@@ -10,11 +10,13 @@
  */
 #include <errno.h>
 #include <libgen.h>
+#include <pthread.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <sqlite3.h>
@@ -25,19 +27,11 @@
 #define FLUSH_INTERVAL 0.5
 #define REOPEN_INTERVAL 5.0
 #define BUSY_TIMEOUT_MS 20
-#define PENDING_HISTORY_MAX 50000
+#define PENDING_HISTORY_MAX 20000
 
-struct history_row {
-	char name[DNS_MAX_NAME + 1];
-	char candidate[DNS_MAX_NAME + 1];
-	char ip[46];
-	long long slot;
-	double time;
-	int status;
-	int success;
-	double connect_time;
-	double response_time;
-};
+struct row_key;
+
+struct history_row;
 
 enum statement {
 	UPSERT_NAME,
@@ -336,6 +330,184 @@ open_database(void)
 	return 0;
 }
 
+/* ------------------------------------------------------------ batches */
+
+/*
+ * What one flush writes, copied out of the live state so the writer
+ * thread never touches it: the addresses that changed, the names whose
+ * counters moved, the check history, and (after a reload or a new
+ * resolution) the keys of every address still checked.
+ */
+struct row_key {
+	char name[DNS_MAX_NAME + 1];
+	char candidate[DNS_MAX_NAME + 1];
+	char ip[46];
+};
+
+struct history_row {
+	struct row_key key;
+	long long slot;
+	double time;
+	int status;
+	int success;
+	double connect_time;
+	double response_time;
+};
+
+struct candidate_row {
+	struct row_key key;
+	int family;
+	int health;
+	int has_status;
+	int status;
+	double last_check_time, last_success_time, last_failure_time;
+	double connect_time, response_time, rtt, last_rtt;
+	uint64_t successes, timeouts, connect_errors, response_errors;
+	uint64_t other_errors, checks;
+};
+
+struct name_row {
+	char name[DNS_MAX_NAME + 1];
+	uint64_t queries;
+	const char *selection_method, *rtt_mode, *failure_mode;
+	double max_rtt, group_rtt_threshold;
+	uint32_t ttl;
+};
+
+struct batch {
+	struct candidate_row *candidates;
+	int candidate_count;
+	struct name_row *names;
+	int name_count;
+	struct history_row *history;
+	int history_count;
+	struct row_key *live;	/* NULL: no pruning this time */
+	int live_count;
+};
+
+static void
+batch_free(struct batch *batch)
+{
+	if (!batch)
+		return;
+	free(batch->candidates);
+	free(batch->names);
+	free(batch->history);
+	free(batch->live);
+	free(batch);
+}
+
+static void
+key_of(struct row_key *key, const struct address *address)
+{
+	snprintf(key->name, sizeof(key->name), "%s",
+		 address->candidate->name->config->title);
+	snprintf(key->candidate, sizeof(key->candidate), "%s",
+		 address->candidate->config->title);
+	snprintf(key->ip, sizeof(key->ip), "%s", address->text);
+}
+
+static void
+copy_address(struct candidate_row *row, const struct address *address)
+{
+	key_of(&row->key, address);
+	row->family = address->ip.family == AF_INET ? 4 : 6;
+	row->health = address->health;
+	row->has_status = address->check_count > 0;
+	row->status = address->last_status;
+	row->last_check_time = address->last_check_time;
+	row->last_success_time = address->last_success_time;
+	row->last_failure_time = address->last_failure_time;
+	row->connect_time = address->connect_time;
+	row->response_time = address->response_time;
+	row->rtt = address->srtt;
+	row->last_rtt = address->last_rtt;
+	row->successes = address->successes;
+	row->timeouts = address->timeouts;
+	row->connect_errors = address->connect_errors;
+	row->response_errors = address->response_errors;
+	row->other_errors = address->other_errors;
+	row->checks = address->check_count;
+}
+
+static void
+copy_name(struct name_row *row, const struct name *name)
+{
+	const struct config_name *config = name->config;
+
+	snprintf(row->name, sizeof(row->name), "%s", config->title);
+	row->queries = name->queries;
+	row->selection_method = selection_names[config->selection_method];
+	row->rtt_mode = rtt_mode_names[config->rtt_mode];
+	row->failure_mode = failure_names[config->failure_mode];
+	row->max_rtt = config->max_rtt;
+	row->group_rtt_threshold = config->group_rtt_threshold;
+	row->ttl = config->ttl;
+}
+
+static void *
+batch_array(size_t count, size_t size)
+{
+	void *array = calloc(count ? count : 1, size);
+
+	if (!array) {
+		log_error("out of memory writing the data file");
+		abort();
+	}
+	return array;
+}
+
+/* Takes everything dirty out of the live state; NULL if nothing is. */
+static struct batch *
+batch_take(void)
+{
+	struct batch *batch;
+	int addresses = 0, dirty = 0, names = 0;
+
+	for (int i = 0; i < store_registry->name_count; i++) {
+		const struct name *name = &store_registry->names[i];
+
+		names += name->queries != name->stored_queries || addresses_changed;
+		for (int j = 0; j < name->candidate_count; j++)
+			for (int k = 0; k < name->candidates[j].address_count; k++) {
+				addresses++;
+				dirty += name->candidates[j].addresses[k]->store_dirty;
+			}
+	}
+	if (!dirty && !names && pending_count == 0 && !addresses_changed)
+		return NULL;
+	batch = batch_array(1, sizeof(*batch));
+	batch->candidates = batch_array((size_t)dirty, sizeof(struct candidate_row));
+	batch->names = batch_array((size_t)names, sizeof(struct name_row));
+	if (addresses_changed)
+		batch->live = batch_array((size_t)addresses, sizeof(struct row_key));
+	for (int i = 0; i < store_registry->name_count; i++) {
+		struct name *name = &store_registry->names[i];
+
+		if (name->queries != name->stored_queries || addresses_changed)
+			copy_name(&batch->names[batch->name_count++], name);
+		name->stored_queries = name->queries;
+		for (int j = 0; j < name->candidate_count; j++)
+			for (int k = 0; k < name->candidates[j].address_count; k++) {
+				struct address *address = name->candidates[j].addresses[k];
+
+				if (batch->live)
+					key_of(&batch->live[batch->live_count++], address);
+				if (!address->store_dirty)
+					continue;
+				copy_address(&batch->candidates[batch->candidate_count++],
+					     address);
+				address->store_dirty = 0;
+			}
+	}
+	batch->history = pending;
+	batch->history_count = pending_count;
+	pending = NULL;
+	pending_count = pending_capacity = 0;
+	addresses_changed = 0;
+	return batch;
+}
+
 /* ------------------------------------------------------------ writing */
 
 static void
@@ -356,58 +528,58 @@ step(sqlite3_stmt *statement)
 	return result == SQLITE_DONE ? SQLITE_OK : result;
 }
 
+static void
+bind_key(sqlite3_stmt *statement, const struct row_key *key)
+{
+	sqlite3_bind_text(statement, 1, key->name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(statement, 2, key->candidate, -1, SQLITE_STATIC);
+	sqlite3_bind_text(statement, 3, key->ip, -1, SQLITE_STATIC);
+}
+
 static int
-write_name(const struct name *name)
+write_name(const struct name_row *row)
 {
 	sqlite3_stmt *statement = statements[UPSERT_NAME];
-	const struct config_name *config = name->config;
 
-	sqlite3_bind_text(statement, 1, config->title, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(statement, 2, (sqlite3_int64)name->queries);
-	sqlite3_bind_text(statement, 3, selection_names[config->selection_method],
-			  -1, SQLITE_STATIC);
-	sqlite3_bind_text(statement, 4, rtt_mode_names[config->rtt_mode], -1,
-			  SQLITE_STATIC);
-	bind_real(statement, 5, config->max_rtt);
-	bind_real(statement, 6, config->group_rtt_threshold);
-	sqlite3_bind_text(statement, 7, failure_names[config->failure_mode], -1,
-			  SQLITE_STATIC);
-	sqlite3_bind_int64(statement, 8, config->ttl);
+	sqlite3_bind_text(statement, 1, row->name, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(statement, 2, (sqlite3_int64)row->queries);
+	sqlite3_bind_text(statement, 3, row->selection_method, -1, SQLITE_STATIC);
+	sqlite3_bind_text(statement, 4, row->rtt_mode, -1, SQLITE_STATIC);
+	bind_real(statement, 5, row->max_rtt);
+	bind_real(statement, 6, row->group_rtt_threshold);
+	sqlite3_bind_text(statement, 7, row->failure_mode, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(statement, 8, row->ttl);
 	return step(statement);
 }
 
 static int
-write_address(const struct address *address)
+write_address(const struct candidate_row *row)
 {
 	sqlite3_stmt *statement = statements[UPSERT_CANDIDATE];
-	const struct candidate *candidate = address->candidate;
 
-	sqlite3_bind_text(statement, 1, candidate->name->config->title, -1,
-			  SQLITE_STATIC);
-	sqlite3_bind_text(statement, 2, candidate->config->title, -1, SQLITE_STATIC);
-	sqlite3_bind_text(statement, 3, address->text, -1, SQLITE_STATIC);
-	sqlite3_bind_int(statement, 4, address->ip.family == AF_INET ? 4 : 6);
-	if (address->health == HEALTH_UNKNOWN)
+	bind_key(statement, &row->key);
+	sqlite3_bind_int(statement, 4, row->family);
+	if (row->health == HEALTH_UNKNOWN)
 		sqlite3_bind_null(statement, 5);
 	else
-		sqlite3_bind_int(statement, 5, address->health);
-	bind_real(statement, 6, address->last_check_time);
-	bind_real(statement, 7, address->last_success_time);
-	bind_real(statement, 8, address->last_failure_time);
-	if (address->check_count == 0)
-		sqlite3_bind_null(statement, 9);
+		sqlite3_bind_int(statement, 5, row->health);
+	bind_real(statement, 6, row->last_check_time);
+	bind_real(statement, 7, row->last_success_time);
+	bind_real(statement, 8, row->last_failure_time);
+	if (row->has_status)
+		sqlite3_bind_int(statement, 9, row->status);
 	else
-		sqlite3_bind_int(statement, 9, address->last_status);
-	bind_real(statement, 10, address->connect_time);
-	bind_real(statement, 11, address->response_time);
-	bind_real(statement, 12, address->srtt);
-	bind_real(statement, 13, address->last_rtt);
-	sqlite3_bind_int64(statement, 14, (sqlite3_int64)address->successes);
-	sqlite3_bind_int64(statement, 15, (sqlite3_int64)address->timeouts);
-	sqlite3_bind_int64(statement, 16, (sqlite3_int64)address->connect_errors);
-	sqlite3_bind_int64(statement, 17, (sqlite3_int64)address->response_errors);
-	sqlite3_bind_int64(statement, 18, (sqlite3_int64)address->other_errors);
-	sqlite3_bind_int64(statement, 19, (sqlite3_int64)address->check_count);
+		sqlite3_bind_null(statement, 9);
+	bind_real(statement, 10, row->connect_time);
+	bind_real(statement, 11, row->response_time);
+	bind_real(statement, 12, row->rtt);
+	bind_real(statement, 13, row->last_rtt);
+	sqlite3_bind_int64(statement, 14, (sqlite3_int64)row->successes);
+	sqlite3_bind_int64(statement, 15, (sqlite3_int64)row->timeouts);
+	sqlite3_bind_int64(statement, 16, (sqlite3_int64)row->connect_errors);
+	sqlite3_bind_int64(statement, 17, (sqlite3_int64)row->response_errors);
+	sqlite3_bind_int64(statement, 18, (sqlite3_int64)row->other_errors);
+	sqlite3_bind_int64(statement, 19, (sqlite3_int64)row->checks);
 	return step(statement);
 }
 
@@ -416,9 +588,7 @@ write_history(const struct history_row *row)
 {
 	sqlite3_stmt *statement = statements[INSERT_CHECK];
 
-	sqlite3_bind_text(statement, 1, row->name, -1, SQLITE_STATIC);
-	sqlite3_bind_text(statement, 2, row->candidate, -1, SQLITE_STATIC);
-	sqlite3_bind_text(statement, 3, row->ip, -1, SQLITE_STATIC);
+	bind_key(statement, &row->key);
 	sqlite3_bind_int64(statement, 4, row->slot);
 	sqlite3_bind_double(statement, 5, row->time);
 	sqlite3_bind_int(statement, 6, row->status);
@@ -434,7 +604,7 @@ write_history(const struct history_row *row)
  * temporary table so one statement per table can remove the rest.
  */
 static int
-delete_removed(void)
+delete_removed(const struct batch *batch)
 {
 	sqlite3_stmt *insert;
 	int result = exec_sql("CREATE TEMP TABLE IF NOT EXISTS live("
@@ -445,24 +615,9 @@ delete_removed(void)
 		return result;
 	result = sqlite3_prepare_v2(db, "INSERT INTO live VALUES(?1, ?2, ?3)",
 				    -1, &insert, NULL);
-	for (int i = 0; result == SQLITE_OK && i < store_registry->name_count; i++) {
-		const struct name *name = &store_registry->names[i];
-
-		for (int j = 0; result == SQLITE_OK && j < name->candidate_count; j++) {
-			const struct candidate *candidate = &name->candidates[j];
-
-			for (int k = 0; result == SQLITE_OK &&
-			     k < candidate->address_count; k++) {
-				sqlite3_bind_text(insert, 1, name->config->title, -1,
-						  SQLITE_STATIC);
-				sqlite3_bind_text(insert, 2, candidate->config->title,
-						  -1, SQLITE_STATIC);
-				sqlite3_bind_text(insert, 3,
-						  candidate->addresses[k]->text, -1,
-						  SQLITE_STATIC);
-				result = step(insert);
-			}
-		}
+	for (int i = 0; result == SQLITE_OK && i < batch->live_count; i++) {
+		bind_key(insert, &batch->live[i]);
+		result = step(insert);
 	}
 	sqlite3_finalize(insert);
 	if (result == SQLITE_OK)
@@ -476,44 +631,19 @@ delete_removed(void)
 }
 
 static int
-write_everything_dirty(void)
+write_rows(const struct batch *batch)
 {
 	int result = SQLITE_OK;
 
-	for (int i = 0; result == SQLITE_OK && i < store_registry->name_count; i++) {
-		const struct name *name = &store_registry->names[i];
-
-		if (name->queries != name->stored_queries || addresses_changed)
-			result = write_name(name);
-		for (int j = 0; result == SQLITE_OK && j < name->candidate_count; j++) {
-			const struct candidate *candidate = &name->candidates[j];
-
-			for (int k = 0; result == SQLITE_OK &&
-			     k < candidate->address_count; k++)
-				if (candidate->addresses[k]->store_dirty)
-					result = write_address(candidate->addresses[k]);
-		}
-	}
-	for (int i = 0; result == SQLITE_OK && i < pending_count; i++)
-		result = write_history(&pending[i]);
-	if (result == SQLITE_OK && addresses_changed)
-		result = delete_removed();
+	for (int i = 0; result == SQLITE_OK && i < batch->name_count; i++)
+		result = write_name(&batch->names[i]);
+	for (int i = 0; result == SQLITE_OK && i < batch->candidate_count; i++)
+		result = write_address(&batch->candidates[i]);
+	for (int i = 0; result == SQLITE_OK && i < batch->history_count; i++)
+		result = write_history(&batch->history[i]);
+	if (result == SQLITE_OK && batch->live)
+		result = delete_removed(batch);
 	return result;
-}
-
-static void
-mark_clean(void)
-{
-	for (int i = 0; i < store_registry->name_count; i++) {
-		struct name *name = &store_registry->names[i];
-
-		name->stored_queries = name->queries;
-		for (int j = 0; j < name->candidate_count; j++)
-			for (int k = 0; k < name->candidates[j].address_count; k++)
-				name->candidates[j].addresses[k]->store_dirty = 0;
-	}
-	pending_count = 0;
-	addresses_changed = 0;
 }
 
 static void
@@ -534,50 +664,180 @@ note_write_failure(int result)
 	}
 }
 
-void
-store_flush(void)
+/* One transaction for the whole batch; SQLITE_OK when it is in the file. */
+static int
+write_batch(const struct batch *batch)
 {
 	int result;
 
-	if (!store_path || !store_registry)
-		return;
 	if (!db && open_database() != 0)
-		return;
+		return SQLITE_CANTOPEN;
 	result = exec_sql("BEGIN IMMEDIATE");
 	if (result == SQLITE_OK)
-		result = write_everything_dirty();
+		result = write_rows(batch);
 	if (result == SQLITE_OK)
 		result = exec_sql("COMMIT");
-	if (result != SQLITE_OK) {
-		result = sqlite3_extended_errcode(db);
-		if (!sqlite3_get_autocommit(db))	/* a transaction is open */
-			exec_sql("ROLLBACK");
-		note_write_failure(result);
+	if (result == SQLITE_OK) {
+		if (log_streak_ok(&write_streak))
+			log_info("data file %s written again", store_path);
+		return SQLITE_OK;
+	}
+	result = sqlite3_extended_errcode(db);
+	if (!sqlite3_get_autocommit(db))	/* a transaction is open */
+		exec_sql("ROLLBACK");
+	note_write_failure(result);
+	return result;
+}
+
+/* -------------------------------------------------------- writer thread */
+
+/*
+ * The writer thread owns the sqlite connection while hard runs, so that
+ * a commit's fsync, a locked file or a slow disk never holds up the
+ * loop.  The loop hands it one batch at a time; a batch that cannot be
+ * written stays with the writer, which tries it again until it can, while
+ * the loop keeps collecting the next one.
+ */
+static pthread_t writer;
+static int writer_running;
+static pthread_mutex_t writer_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t writer_wake = PTHREAD_COND_INITIALIZER;
+static struct batch *writer_batch;	/* handed over, not yet written */
+static int writer_stopping;
+
+static void
+writer_wait(double seconds)
+{
+	struct timespec until;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += (time_t)seconds;
+	until.tv_nsec += (long)((seconds - (double)(time_t)seconds) * 1e9);
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&writer_lock);
+	if (!writer_stopping)
+		pthread_cond_timedwait(&writer_wake, &writer_lock, &until);
+	pthread_mutex_unlock(&writer_lock);
+}
+
+static void *
+writer_main(void *unused)
+{
+	(void)unused;
+	for (;;) {
+		struct batch *batch;
+		int stopping;
+
+		pthread_mutex_lock(&writer_lock);
+		while (!writer_batch && !writer_stopping)
+			pthread_cond_wait(&writer_wake, &writer_lock);
+		batch = writer_batch;
+		stopping = writer_stopping;
+		pthread_mutex_unlock(&writer_lock);
+		if (!batch)
+			break;
+		if (write_batch(batch) != SQLITE_OK) {
+			if (!stopping) {
+				writer_wait(db ? FLUSH_INTERVAL : REOPEN_INTERVAL);
+				continue;
+			}
+			log_error("stopping with state not written to %s", store_path);
+		}
+		pthread_mutex_lock(&writer_lock);
+		writer_batch = NULL;
+		pthread_mutex_unlock(&writer_lock);
+		batch_free(batch);
+		if (stopping)
+			break;
+	}
+	return NULL;
+}
+
+static int
+writer_busy(void)
+{
+	int busy;
+
+	pthread_mutex_lock(&writer_lock);
+	busy = writer_batch != NULL;
+	pthread_mutex_unlock(&writer_lock);
+	return busy;
+}
+
+static void
+writer_hand(struct batch *batch)
+{
+	pthread_mutex_lock(&writer_lock);
+	writer_batch = batch;
+	pthread_cond_signal(&writer_wake);
+	pthread_mutex_unlock(&writer_lock);
+}
+
+static void
+writer_start(void)
+{
+	writer_stopping = 0;
+	if (pthread_create(&writer, NULL, writer_main, NULL) != 0) {
+		log_error("cannot start the data file writer: %s", strerror(errno));
 		return;
 	}
-	mark_clean();
+	writer_running = 1;
+}
+
+/* Writes what is left (waiting a little for a busy writer), then joins. */
+static void
+writer_stop(void)
+{
+	struct batch *last;
+
+	if (!writer_running)
+		return;
+	for (int i = 0; i < 40 && writer_busy(); i++)
+		usleep(50000);
+	last = store_registry ? batch_take() : NULL;
+	pthread_mutex_lock(&writer_lock);
+	if (last && !writer_batch)
+		writer_batch = last;
+	else
+		batch_free(last);
+	writer_stopping = 1;
+	pthread_cond_signal(&writer_wake);
+	pthread_mutex_unlock(&writer_lock);
+	pthread_join(writer, NULL);
+	writer_running = 0;
+	batch_free(writer_batch);
+	writer_batch = NULL;
+}
+
+/* --------------------------------------------------------- the loop side */
+
+void
+store_flush(void)
+{
+	struct batch *batch;
+
+	if (!store_path || !store_registry || !writer_running || writer_busy())
+		return;
+	batch = batch_take();
+	if (!batch)
+		return;
 	if (pending_dropped) {
 		log_warning("%lu check history rows were dropped while the data "
 			    "file could not be written", pending_dropped);
 		pending_dropped = 0;
 	}
-	if (log_streak_ok(&write_streak))
-		log_info("data file %s written again", store_path);
+	writer_hand(batch);
 }
 
 static void
 flush_tick(struct ev_loop *loop, ev_timer *timer, int revents)
 {
-	static double last_open_try;
-
 	(void)loop;
 	(void)timer;
 	(void)revents;
-	if (!db) {
-		if (ev_now(store_loop) - last_open_try < REOPEN_INTERVAL)
-			return;
-		last_open_try = ev_now(store_loop);
-	}
 	store_flush();
 }
 
@@ -590,11 +850,13 @@ store_record_check(const struct address *address, int success)
 		return;
 	((struct address *)address)->store_dirty = 1;
 	if (pending_count == PENDING_HISTORY_MAX) {
-		/* The file has been unwritable for long: keep the newest. */
-		memmove(pending, pending + 1,
-			sizeof(*pending) * (size_t)(pending_count - 1));
-		pending_count--;
-		pending_dropped++;
+		/* Unwritable for long: drop the older half, keep the newest. */
+		int dropped = pending_count / 2;
+
+		memmove(pending, pending + dropped,
+			sizeof(*pending) * (size_t)(pending_count - dropped));
+		pending_count -= dropped;
+		pending_dropped += (unsigned long)dropped;
 	}
 	if (pending_count == pending_capacity) {
 		int capacity = pending_capacity ? pending_capacity * 2 : 256;
@@ -609,11 +871,7 @@ store_record_check(const struct address *address, int success)
 		pending_capacity = capacity;
 	}
 	row = &pending[pending_count++];
-	snprintf(row->name, sizeof(row->name), "%s",
-		 address->candidate->name->config->title);
-	snprintf(row->candidate, sizeof(row->candidate), "%s",
-		 address->candidate->config->title);
-	snprintf(row->ip, sizeof(row->ip), "%s", address->text);
+	key_of(&row->key, address);
 	row->slot = (long long)((address->check_count - 1) % (uint64_t)store_history);
 	row->time = address->last_check_time;
 	row->status = address->last_status;
@@ -833,18 +1091,32 @@ store_reconfigure(const struct config *config, struct registry *registry)
 	if (store_path && strcmp(store_path, config->data_file) == 0)
 		return;
 	log_info("data file changes to \"%s\"", config->data_file);
-	store_flush();
 	store_close();
 	store_open(store_loop, config, NULL);
 	store_registry = registry;
 	addresses_changed = 1;
+	if (store_path)
+		writer_start();
 }
 
+/*
+ * From here on the file is the writer thread's.  Called once the daemon
+ * has detached: a thread does not survive fork().
+ */
+void
+store_start(void)
+{
+	if (store_path && !writer_running)
+		writer_start();
+}
+
+/* Writes the last state (SIGTERM, a new data_file) and closes the file. */
 void
 store_close(void)
 {
 	if (store_loop)
 		ev_timer_stop(store_loop, &flush_timer);
+	writer_stop();
 	close_database();
 	free(store_path);
 	store_path = NULL;
