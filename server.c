@@ -104,54 +104,65 @@ udp_send_one(int fd, const uint8_t *reply, size_t len,
 		log_debug("cannot send a UDP reply: %s", strerror(errno));
 }
 
+static struct mmsghdr udp_in[UDP_BATCH], udp_out[UDP_BATCH];
+static struct iovec udp_in_iov[UDP_BATCH], udp_out_iov[UDP_BATCH];
+
+/* The receive side of the batch never changes but for the peer's length. */
+static void
+udp_batch_init(void)
+{
+	static int done;
+
+	if (done)
+		return;
+	for (int i = 0; i < UDP_BATCH; i++) {
+		udp_in_iov[i].iov_base = udp_input[i];
+		udp_in_iov[i].iov_len = UDP_RECEIVE_SIZE;
+		udp_in[i].msg_hdr.msg_iov = &udp_in_iov[i];
+		udp_in[i].msg_hdr.msg_iovlen = 1;
+		udp_in[i].msg_hdr.msg_name = &udp_peers[i];
+		udp_out_iov[i].iov_base = udp_output[i];
+		udp_out[i].msg_hdr.msg_iov = &udp_out_iov[i];
+		udp_out[i].msg_hdr.msg_iovlen = 1;
+	}
+	done = 1;
+}
+
 /* Answers one batch; returns how many datagrams it read. */
 static int
 udp_batch(struct listener *listener)
 {
-	struct mmsghdr in[UDP_BATCH], out[UDP_BATCH];
-	struct iovec in_iov[UDP_BATCH], out_iov[UDP_BATCH];
 	int received, replies = 0;
 
-	for (int i = 0; i < UDP_BATCH; i++) {
-		in_iov[i].iov_base = udp_input[i];
-		in_iov[i].iov_len = UDP_RECEIVE_SIZE;
-		memset(&in[i].msg_hdr, 0, sizeof(in[i].msg_hdr));
-		in[i].msg_hdr.msg_iov = &in_iov[i];
-		in[i].msg_hdr.msg_iovlen = 1;
-		in[i].msg_hdr.msg_name = &udp_peers[i];
-		in[i].msg_hdr.msg_namelen = sizeof(udp_peers[i]);
-	}
-	received = recvmmsg(listener->udp_fd, in, UDP_BATCH, MSG_DONTWAIT, NULL);
+	for (int i = 0; i < UDP_BATCH; i++)
+		udp_in[i].msg_hdr.msg_namelen = sizeof(udp_peers[i]);
+	received = recvmmsg(listener->udp_fd, udp_in, UDP_BATCH, MSG_DONTWAIT, NULL);
 	if (received <= 0)
 		return 0;
 	for (int i = 0; i < received; i++) {
-		size_t len = in[i].msg_len, reply_len, limit;
+		struct msghdr *in = &udp_in[i].msg_hdr;
+		size_t len = udp_in[i].msg_len, reply_len, limit;
 		enum dns_verdict verdict;
 
-		if (in[i].msg_hdr.msg_flags & MSG_TRUNC)
+		if (in->msg_flags & MSG_TRUNC)
 			continue;	/* larger than any sane query */
 		verdict = dns_answer(server_registry, udp_input[i], len, 0,
 				     udp_output[replies], DNS_MAX_UDP,
 				     &reply_len, &limit);
 		if (verdict == DNS_FORWARD) {
-			forward_query(listener,
-				      &udp_peers[i], in[i].msg_hdr.msg_namelen,
+			forward_query(listener, &udp_peers[i], in->msg_namelen,
 				      NULL, udp_input[i], len, limit);
 			continue;
 		}
 		if (verdict != DNS_REPLY)
 			continue;
-		out_iov[replies].iov_base = udp_output[replies];
-		out_iov[replies].iov_len = reply_len;
-		memset(&out[replies].msg_hdr, 0, sizeof(out[replies].msg_hdr));
-		out[replies].msg_hdr.msg_iov = &out_iov[replies];
-		out[replies].msg_hdr.msg_iovlen = 1;
-		out[replies].msg_hdr.msg_name = &udp_peers[i];
-		out[replies].msg_hdr.msg_namelen = in[i].msg_hdr.msg_namelen;
+		udp_out_iov[replies].iov_len = reply_len;
+		udp_out[replies].msg_hdr.msg_name = &udp_peers[i];
+		udp_out[replies].msg_hdr.msg_namelen = in->msg_namelen;
 		replies++;
 	}
 	for (int sent = 0; sent < replies;) {
-		int result = sendmmsg(listener->udp_fd, out + sent,
+		int result = sendmmsg(listener->udp_fd, udp_out + sent,
 				      (unsigned)(replies - sent), 0);
 
 		if (result <= 0) {
@@ -558,6 +569,7 @@ listener_close(struct dns_server *server, struct listener *listener)
 static void
 listener_watch(struct dns_server *server, struct listener *listener)
 {
+	udp_batch_init();
 	listener->server = server;
 	ev_io_init(&listener->udp_io, udp_readable, listener->udp_fd, EV_READ);
 	listener->udp_io.data = listener;
