@@ -6,8 +6,10 @@ SERVFAIL (not drop) forwarded queries while the upstream is down, and end
 with about the memory it had after warm-up."""
 
 import os
+import random
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -33,6 +35,23 @@ name load.test {
     candidate blackhole { check_address = "http://%s:%d/" }
 }
 """ % (ttl, flapping.url(), stable.url(), BLACKHOLE, blackhole.port)
+
+
+def stable_port():
+    """A free port below the kernel's ephemeral range: while the upstream is
+    down, hard's resolver opens new sockets, and one of them could take an
+    ephemeral port as its source port and keep dnsmasq from coming back."""
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    for _ in range(200):
+        port = random.randrange(20000, min(low, 30000))
+        try:
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                with socket.socket(socket.AF_INET, kind) as s:
+                    s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def rss_kib(pid):
@@ -107,7 +126,8 @@ class Watcher(threading.Thread):
 
 def test_load_with_faults(workdir, start_hard, start_upstream, start_http,
                           start_listener):
-    upstream = start_upstream("--host-record=fwd.test,192.0.2.1")
+    upstream = start_upstream("--host-record=fwd.test,192.0.2.1",
+                              port=stable_port())
     flapping = start_http(FLAPPING)
     stable = start_http(STABLE)
     blackhole = start_listener(BLACKHOLE, kind="hang")
