@@ -240,6 +240,9 @@ void registry_take_over(struct registry *new_registry, struct registry *old);
 void registry_free(struct registry *registry);
 struct name *registry_lookup(const struct registry *registry,
 			     const uint8_t *lower_wire, int wire_len);
+/* By title as stored: lower case, no trailing dot; NULL if none. */
+struct name *registry_find_name(struct registry *registry, const char *title);
+struct candidate *name_find_candidate(struct name *name, const char *title);
 struct address *address_create(struct candidate *candidate,
 			       const struct ip_address *ip);
 void address_free(struct address *address);

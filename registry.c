@@ -210,8 +210,17 @@ registry_create(struct config *config)
 	return registry;
 }
 
-static struct candidate *
-find_candidate(struct name *name, const char *title)
+struct name *
+registry_find_name(struct registry *registry, const char *title)
+{
+	for (int i = 0; i < registry->name_count; i++)
+		if (strcmp(registry->names[i].config->title, title) == 0)
+			return &registry->names[i];
+	return NULL;
+}
+
+struct candidate *
+name_find_candidate(struct name *name, const char *title)
 {
 	for (int i = 0; i < name->candidate_count; i++)
 		if (strcmp(name->candidates[i].config->title, title) == 0)
@@ -266,7 +275,7 @@ registry_take_over(struct registry *fresh, struct registry *old)
 		for (int j = 0; j < name->candidate_count; j++) {
 			struct candidate *candidate = &name->candidates[j];
 			struct candidate *before =
-			    find_candidate(previous, candidate->config->title);
+			    name_find_candidate(previous, candidate->config->title);
 
 			if (before)
 				candidate_take_over(candidate, before);

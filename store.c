@@ -15,7 +15,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -48,18 +50,30 @@ static const char *const statement_sql[STATEMENT_COUNT] = {
 	    " ON CONFLICT(name) DO UPDATE SET queries = ?2,"
 	    " selection_method = ?3, rtt_mode = ?4, max_rtt = ?5,"
 	    " group_rtt_threshold = ?6, failure_mode = ?7, ttl = ?8",
+	/* Upserts update rows in place: cheaper than REPLACE's delete and
+	 * insert, which would rewrite the index entries every time. */
 	[UPSERT_CANDIDATE] =
-	    "INSERT OR REPLACE INTO candidates(name, candidate_name, ip_address,"
+	    "INSERT INTO candidates(name, candidate_name, ip_address,"
 	    " family, healthy, last_check_time, last_success_time,"
 	    " last_failure_time, last_check_status, connect_time, response_time,"
 	    " rtt, last_rtt, successes, timeouts, connect_errors,"
 	    " response_errors, other_errors, checks)"
 	    " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,"
-	    " ?14, ?15, ?16, ?17, ?18, ?19)",
+	    " ?14, ?15, ?16, ?17, ?18, ?19)"
+	    " ON CONFLICT(name, candidate_name, ip_address) DO UPDATE SET"
+	    " family = ?4, healthy = ?5, last_check_time = ?6,"
+	    " last_success_time = ?7, last_failure_time = ?8,"
+	    " last_check_status = ?9, connect_time = ?10, response_time = ?11,"
+	    " rtt = ?12, last_rtt = ?13, successes = ?14, timeouts = ?15,"
+	    " connect_errors = ?16, response_errors = ?17, other_errors = ?18,"
+	    " checks = ?19",
 	[INSERT_CHECK] =
-	    "INSERT OR REPLACE INTO checks(name, candidate_name, ip_address, slot,"
+	    "INSERT INTO checks(name, candidate_name, ip_address, slot,"
 	    " time, status, success, connect_time, response_time)"
-	    " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+	    " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+	    " ON CONFLICT(name, candidate_name, ip_address, slot) DO UPDATE SET"
+	    " time = ?5, status = ?6, success = ?7, connect_time = ?8,"
+	    " response_time = ?9",
 };
 
 static const char schema_sql[] =
@@ -727,6 +741,14 @@ static void *
 writer_main(void *unused)
 {
 	(void)unused;
+	/*
+	 * Lowest priority: on a busy core the writer takes the time answering
+	 * leaves over instead of preempting the loop for a whole commit.  A
+	 * late batch only grows; nothing is lost.
+	 */
+	if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19) != 0)
+		log_debug("cannot lower the data file writer's priority: %s",
+			  strerror(errno));
 	for (;;) {
 		struct batch *batch;
 		int stopping;
@@ -945,24 +967,6 @@ restore_address(struct address *address, sqlite3_stmt *row)
 		address->health = address->health ? HEALTH_UP : HEALTH_DOWN;
 }
 
-static struct candidate *
-restore_find_candidate(struct name *name, const char *title)
-{
-	for (int i = 0; i < name->candidate_count; i++)
-		if (strcmp(name->candidates[i].config->title, title) == 0)
-			return &name->candidates[i];
-	return NULL;
-}
-
-static struct name *
-restore_find_name(struct registry *registry, const char *title)
-{
-	for (int i = 0; i < registry->name_count; i++)
-		if (strcmp(registry->names[i].config->title, title) == 0)
-			return &registry->names[i];
-	return NULL;
-}
-
 static void
 restore_queries(struct registry *registry)
 {
@@ -972,7 +976,7 @@ restore_queries(struct registry *registry)
 			       &statement, NULL) != SQLITE_OK)
 		return;
 	while (sqlite3_step(statement) == SQLITE_ROW) {
-		struct name *name = restore_find_name(registry,
+		struct name *name = registry_find_name(registry,
 		    (const char *)sqlite3_column_text(statement, 0));
 
 		if (name)
@@ -1003,9 +1007,9 @@ store_restore(struct registry *registry)
 		return;
 	}
 	while (sqlite3_step(row) == SQLITE_ROW) {
-		struct name *name = restore_find_name(registry,
+		struct name *name = registry_find_name(registry,
 		    (const char *)sqlite3_column_text(row, 0));
-		struct candidate *candidate = name ? restore_find_candidate(name,
+		struct candidate *candidate = name ? name_find_candidate(name,
 		    (const char *)sqlite3_column_text(row, 1)) : NULL;
 		struct address *address = candidate ? restore_find_address(candidate,
 		    (const char *)sqlite3_column_text(row, 2)) : NULL;
