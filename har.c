@@ -200,6 +200,15 @@ daemonize(void)
 
 /* ------------------------------------------------------------ reload */
 
+/* Equal strings, where NULL (unset) equals only NULL. */
+static int
+same_text(const char *a, const char *b)
+{
+	if (!a || !b)
+		return a == b;
+	return strcmp(a, b) == 0;
+}
+
 static int
 same_endpoints(const struct config *a, const struct config *b)
 {
@@ -255,8 +264,7 @@ same_name(const struct config_name *a, const struct config_name *b)
 	    a->failure_mode != b->failure_mode || a->ttl != b->ttl ||
 	    a->expect_status_count != b->expect_status_count ||
 	    a->candidate_count != b->candidate_count ||
-	    (a->ca_file == NULL) != (b->ca_file == NULL) ||
-	    (a->ca_file && strcmp(a->ca_file, b->ca_file) != 0))
+	    !same_text(a->ca_file, b->ca_file))
 		return 0;
 	if (memcmp(a->expect_status, b->expect_status,
 		   sizeof(int) * (size_t)a->expect_status_count) != 0)
@@ -330,6 +338,8 @@ reload(void)
 	    upstream_reconfigure(fresh) != 0)
 		log_error("keeping the previous nameservers");
 	log_reload_summary(running_config, fresh);
+	if (!options.user && !same_text(running_config->user, fresh->user))
+		log_warning("a change of user takes effect only when hard restarts");
 	fresh_registry = registry_create(fresh);
 	registry_take_over(fresh_registry, registry);
 	registry = fresh_registry;
