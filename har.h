@@ -298,10 +298,11 @@ void dns_server_set_registry(struct registry *registry);
 /* ----------------------------------------------------------- upstream.c */
 
 /*
- * Called with the upstream's reply (ID already the client's) or, when
- * reply is NULL, after upstream failed; the caller answers SERVFAIL.
+ * Called with the upstream's reply (ID already the client's; the buffer
+ * is the caller's to change until it returns) or, when reply is NULL,
+ * after upstream failed; the caller answers SERVFAIL.
  */
-typedef void upstream_reply_fn(void *context, const uint8_t *reply,
+typedef void upstream_reply_fn(void *context, uint8_t *reply,
 			       size_t reply_len);
 typedef void upstream_addresses_fn(void *context, int ok,
 				   const struct ip_address *ips, int count,

@@ -76,7 +76,8 @@ struct pending_reply {
 };
 
 static struct registry *server_registry;
-static size_t pending_query_len_max = 512;
+/* Enough of a query to echo its question in a SERVFAIL. */
+#define PENDING_QUERY_KEPT 512
 
 void
 dns_server_set_registry(struct registry *registry)
@@ -451,10 +452,11 @@ tcp_accept(struct ev_loop *loop, ev_io *io, int revents)
 /* ------------------------------------------------------- forwarding */
 
 static void
-forward_reply(void *context, const uint8_t *reply, size_t reply_len)
+forward_reply(void *context, uint8_t *reply, size_t reply_len)
 {
 	struct pending_reply *pending = context;
 	uint8_t servfail[DNS_MAX_NAME + 64];
+
 	if (!reply) {
 		reply_len = dns_error_reply(pending->query, pending->query_len, 2,
 					    servfail, sizeof(servfail));
@@ -469,12 +471,8 @@ forward_reply(void *context, const uint8_t *reply, size_t reply_len)
 		if (connection->closed && connection->pending == 0)
 			tcp_connection_free(connection);
 	} else if (reply) {
-		if (reply_len > pending->client_limit) {
-			uint8_t *copy = (uint8_t *)reply;	/* relay buffer */
-
-			reply_len = dns_truncate_reply(copy, reply_len,
-						       pending->client_limit);
-		}
+		reply_len = dns_truncate_reply(reply, reply_len,
+					       pending->client_limit);
 		udp_send_one(pending->listener->udp_fd, reply, reply_len,
 			     &pending->client, pending->client_len);
 	}
@@ -491,8 +489,8 @@ forward_query(struct listener *listener,
 	      size_t query_len, size_t limit)
 {
 	struct pending_reply *pending;
-	size_t kept = query_len < pending_query_len_max ? query_len :
-	    pending_query_len_max;
+	size_t kept = query_len < PENDING_QUERY_KEPT ? query_len :
+	    PENDING_QUERY_KEPT;
 
 	/* The query is kept for the SERVFAIL reply. */
 	pending = malloc(sizeof(*pending) + kept);

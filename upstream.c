@@ -412,14 +412,13 @@ upstream_resolve(const char *host, int family, upstream_addresses_fn *done,
 		 void *context)
 {
 	struct lookup *lookup = malloc(sizeof(*lookup));
+	struct upstream_channel *channel = udp_channel;
 
-	if (!lookup || !udp_channel) {
+	if (!lookup || !channel) {
 		free(lookup);
 		done(context, 0, NULL, 0, 0);
 		return;
 	}
-	struct upstream_channel *channel = udp_channel;
-
 	lookup->channel = channel;
 	lookup->done = done;
 	lookup->context = context;
