@@ -108,13 +108,12 @@ stale_names(struct ev_loop *loop, ev_timer *timer, int revents)
 
 static void check_fire(struct ev_loop *loop, ev_timer *timer, int revents);
 
-void
+static void
 check_schedule_address(struct address *address, double delay)
 {
 	ev_timer_stop(check_loop, &address->timer);
 	ev_timer_init(&address->timer, check_fire, delay > 0 ? delay : 0, 0);
 	address->timer.data = address;
-	address->next_start = ev_now(check_loop) + delay;
 	ev_timer_start(check_loop, &address->timer);
 }
 
@@ -162,8 +161,7 @@ check_fire(struct ev_loop *loop, ev_timer *timer, int revents)
 	check->address = address;
 	check->started = monotonic_now();
 	address->check = check;
-	if (address_config(address)->check_method == CHECK_TCP ||
-	    strcmp(address->candidate->config->scheme, "tcp") == 0)
+	if (address_config(address)->check_method == CHECK_TCP)
 		status = check_tcp_start(loop, check);
 	else
 		status = check_http_start(check);
@@ -316,7 +314,6 @@ resolution_finish(struct resolution *resolution)
 				    candidate->config->title,
 				    candidate->config->host,
 				    candidate->address_count, RESOLVE_RETRY);
-		candidate->resolve_failures++;
 		resolve_start(candidate, RESOLVE_RETRY);
 		return;
 	}

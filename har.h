@@ -34,7 +34,6 @@ void log_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_warning(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-int log_debug_enabled(void);
 
 /*
  * A repeating condition (a data file that stays locked, an upstream that
@@ -186,7 +185,6 @@ struct address {
 	uint64_t check_count;	/* checks completed; history ring index */
 	int store_dirty;	/* changed since last written to the data file */
 	ev_timer timer;		/* the next check */
-	double next_start;	/* ev_now time the next check is due */
 	struct check *check;	/* in flight, or NULL */
 };
 
@@ -197,7 +195,6 @@ struct candidate {
 	int address_count;
 	ev_timer resolve_timer;
 	struct resolution *resolution;	/* in flight, or NULL */
-	unsigned long resolve_failures;
 	struct log_streak resolve_streak;
 };
 
@@ -320,7 +317,6 @@ void upstream_resolve(const char *host, int family, upstream_addresses_fn *done,
 /* -------------------------------------------------------------- check.c */
 
 int check_start_all(struct ev_loop *loop, struct registry *registry);
-void check_schedule_address(struct address *address, double delay);
 void check_cancel(struct address *address);
 void check_stop(void);
 void resolve_start(struct candidate *candidate, double delay);

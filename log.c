@@ -22,12 +22,6 @@ log_init(const char *program, int foreground, int debug)
 		openlog(program, LOG_PID | LOG_NDELAY, LOG_DAEMON);
 }
 
-int
-log_debug_enabled(void)
-{
-	return log_debugging;
-}
-
 static void
 log_write(int priority, const char *fmt, va_list ap)
 {

@@ -31,10 +31,6 @@
 #define BUSY_TIMEOUT_MS 20
 #define PENDING_HISTORY_MAX 20000
 
-struct row_key;
-
-struct history_row;
-
 enum statement {
 	UPSERT_NAME,
 	UPSERT_CANDIDATE,
@@ -404,6 +400,7 @@ struct batch {
 	int history_count;
 	struct row_key *live;	/* NULL: no pruning this time */
 	int live_count;
+	int history_slots;	/* check_history when the batch was taken */
 };
 
 static void
@@ -502,6 +499,7 @@ batch_take(void)
 	batch->names = batch_array((size_t)names, sizeof(struct name_row));
 	if (addresses_changed)
 		batch->live = batch_array((size_t)addresses, sizeof(struct row_key));
+	batch->history_slots = store_history;
 	for (int i = 0; i < store_registry->name_count; i++) {
 		struct name *name = &store_registry->names[i];
 
@@ -622,7 +620,8 @@ write_history(const struct history_row *row)
 /*
  * Rows of addresses no longer configured (or no longer resolved) go: the
  * data file describes what hard checks now.  The live keys are put in a
- * temporary table so one statement per table can remove the rest.
+ * temporary table so one statement per table can remove the rest.  Slots
+ * beyond a check_history lowered by a reload go too (a range of the key).
  */
 static int
 delete_removed(const struct batch *batch)
@@ -648,6 +647,13 @@ delete_removed(const struct batch *batch)
 		    "DELETE FROM checks WHERE (name, candidate_name, ip_address)"
 		    " NOT IN (SELECT name, candidate_name, ip_address FROM live);"
 		    "DELETE FROM names WHERE name NOT IN (SELECT name FROM live);");
+	if (result == SQLITE_OK) {
+		char sql[64];
+
+		snprintf(sql, sizeof(sql), "DELETE FROM checks WHERE slot >= %d",
+			 batch->history_slots);
+		result = exec_sql(sql);
+	}
 	return result;
 }
 
