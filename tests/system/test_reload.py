@@ -287,3 +287,24 @@ def test_reload_keeps_state_and_schedules(workdir, start_hard, start_http, up_de
 @pytest.fixture
 def up_default(start_upstream):
     return start_upstream(*records("192.0.2.1"))
+
+
+def test_reload_lowering_check_history_trims_rows(workdir, start_hard,
+                                                  start_http, up_default):
+    """A reload that lowers check_history leaves at most the new number of
+    history rows per address, and the ring goes on from there."""
+    web = start_http(A)
+    body = name_block("hist.test", [("web", web.url())], check_frequency=0.1)
+    db = os.path.join(workdir, "har.db")
+    h = start_hard(body, upstream=up_default, data_file=db, extra="check_history = 10\n")
+    count = "SELECT count(*) AS n FROM checks"
+    wait_sql(db, count, lambda r: r[0]["n"] == 10, timeout=5,
+             what="10 history rows")
+    reload(h, body, up_default, data_file=db, extra="check_history = 3\n")
+    wait_log(h, "reloaded")
+    wait_sql(db, count, lambda r: r[0]["n"] == 3, timeout=3,
+             what="history trimmed to 3 rows")
+    newest = sql(db, "SELECT max(time) AS t FROM checks")[0]["t"]
+    wait_sql(db, "SELECT count(*) AS n, max(time) AS t FROM checks",
+             lambda r: r[0]["n"] == 3 and r[0]["t"] > newest + 0.3, timeout=3,
+             what="new checks still written, 3 rows kept")
