@@ -128,6 +128,33 @@ def rcode_text(response):
     return dns.rcode.to_text(response.rcode())
 
 
+def answer(h, name, rdtype="A", tcp=False, port=None, timeout=2.0):
+    """Sorted addresses when NOERROR, else the rcode's name."""
+    if port is None:
+        r = h.query(name, rdtype, tcp=tcp, timeout=timeout)
+    else:
+        r = query_at(h.addr, port, name, rdtype, tcp, timeout=timeout)
+    rcode = rcode_text(r)
+    return sorted(addresses(r, rdtype)) if rcode == "NOERROR" else rcode
+
+
+def wait_answer(h, name, expected, rdtype="A", timeout=5.0):
+    """Polls until the answer is expected; returns the seconds it took."""
+    t0 = time.monotonic()
+    seen = []
+    while True:
+        got = answer(h, name, rdtype)
+        if not seen or seen[-1] != got:
+            seen.append(got)
+        if got == expected:
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            h.assert_alive()
+            raise AssertionError("%s %s: wanted %s within %.1fs; answers seen: %s"
+                                 % (name, rdtype, expected, timeout, seen))
+        time.sleep(0.02)
+
+
 def udp_exchange(addr, port, payload, timeout=0.5):
     """Sends raw bytes over UDP; returns the reply bytes or None."""
     with socket.socket(_family(addr), socket.SOCK_DGRAM) as s:

@@ -15,6 +15,7 @@ import time
 import pytest
 
 import harness
+from harness import answer, wait_answer  # noqa: F401 - used by tests
 from harness import addresses
 
 SQLITE3 = shutil.which("sqlite3") or "/usr/bin/sqlite3"
@@ -141,32 +142,6 @@ def name_block(title, cands, **opts):
 
 
 # ------------------------------------------------------------ answers
-
-
-def answer(h, name, rdtype="A", tcp=False, port=None, timeout=2.0):
-    """Sorted addresses when NOERROR, else the rcode's name."""
-    if port is None:
-        r = h.query(name, rdtype, tcp=tcp, timeout=timeout)
-    else:
-        r = harness.query_at(h.addr, port, name, rdtype, tcp, timeout=timeout)
-    rcode = harness.rcode_text(r)
-    return sorted(addresses(r, rdtype)) if rcode == "NOERROR" else rcode
-
-
-def wait_answer(h, name, expected, rdtype="A", timeout=5.0):
-    t0 = time.monotonic()
-    seen = []
-    while True:
-        got = answer(h, name, rdtype)
-        if not seen or seen[-1] != got:
-            seen.append(got)
-        if got == expected:
-            return time.monotonic() - t0
-        if time.monotonic() - t0 > timeout:
-            h.assert_alive()
-            raise AssertionError("%s %s: wanted %s within %.1fs; answers seen: %s"
-                                 % (name, rdtype, expected, timeout, seen))
-        time.sleep(0.02)
 
 
 def assert_answers(h, expected, duration=0.0, max_latency=0.5):

@@ -9,7 +9,7 @@ import dns.rdatatype
 import pytest
 
 import harness
-from harness import addresses
+from harness import addresses, answer, wait_answer
 
 A, B, C = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 
@@ -30,30 +30,6 @@ def name_block(title, candidates, **opts):
         lines.append("    }")
     lines.append("}")
     return "\n".join(lines) + "\n"
-
-
-def answer(h, name, rdtype="A", tcp=False):
-    """Sorted addresses when NOERROR, else the rcode's name."""
-    r = h.query(name, rdtype, tcp=tcp, timeout=3)
-    rcode = harness.rcode_text(r)
-    return sorted(addresses(r, rdtype)) if rcode == "NOERROR" else rcode
-
-
-def wait_answer(h, name, expected, rdtype="A", timeout=5.0):
-    """Polls until the answer is expected; returns the seconds it took."""
-    t0 = time.monotonic()
-    seen = []
-    while True:
-        got = answer(h, name, rdtype)
-        if not seen or seen[-1] != got:
-            seen.append(got)
-        if got == expected:
-            return time.monotonic() - t0
-        if time.monotonic() - t0 > timeout:
-            h.assert_alive()
-            raise AssertionError("%s %s: wanted %s within %.1fs; answers seen: %s"
-                                 % (name, rdtype, expected, timeout, seen))
-        time.sleep(0.02)
 
 
 def assert_stays(h, name, expected, duration, rdtype="A"):
