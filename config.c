@@ -256,6 +256,7 @@ static cfg_opt_t global_options[] = {
 	CFG_STR_LIST("dns_bind_interfaces", "{127.0.0.1, ::1}", CFGF_NONE),
 	CFG_INT("dns_listen_port", 53, CFGF_NONE),
 	CFG_FLOAT("resolver_timeout", 1.0, CFGF_NONE),
+	CFG_FLOAT("resolver_total_timeout", 3.0, CFGF_NONE),
 	CFG_STR("data_file", "/var/lib/har/har.db", CFGF_NONE),
 	CFG_STR("user", NULL, CFGF_NODEFAULT),
 	CFG_INT("check_history", 1000, CFGF_NONE),
@@ -276,6 +277,7 @@ install_validators(cfg_t *cfg)
 		{ "dns_bind_interfaces", validate_ip },
 		{ "dns_listen_port", validate_port },
 		{ "resolver_timeout", validate_positive },
+		{ "resolver_total_timeout", validate_positive },
 		{ "check_history", validate_count },
 		{ "tcp_idle_timeout", validate_positive },
 		{ "tcp_max_connections", validate_count },
@@ -840,6 +842,7 @@ load_globals(struct config *config, cfg_t *cfg, const char *resolv_conf)
 		    xstrdup(cfg_getnstr(cfg, "dns_bind_interfaces", i));
 	config->listen_port = (int)cfg_getint(cfg, "dns_listen_port");
 	config->resolver_timeout = cfg_getfloat(cfg, "resolver_timeout");
+	config->resolver_total_timeout = cfg_getfloat(cfg, "resolver_total_timeout");
 	config->data_file = xstrdup(cfg_getstr(cfg, "data_file"));
 	if (cfg_getstr(cfg, "user"))
 		config->user = xstrdup(cfg_getstr(cfg, "user"));

@@ -225,7 +225,8 @@ static int
 same_upstream(const struct config *a, const struct config *b)
 {
 	if (a->nameserver_count != b->nameserver_count ||
-	    a->resolver_timeout != b->resolver_timeout)
+	    a->resolver_timeout != b->resolver_timeout ||
+	    a->resolver_total_timeout != b->resolver_total_timeout)
 		return 0;
 	for (int i = 0; i < a->nameserver_count; i++)
 		if (strcmp(a->nameservers[i].text, b->nameservers[i].text) != 0)

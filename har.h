@@ -110,7 +110,8 @@ struct config {
 	char **bind_interfaces;
 	int bind_interface_count;
 	int listen_port;
-	double resolver_timeout;
+	double resolver_timeout;	/* one try of one nameserver */
+	double resolver_total_timeout;	/* a forwarded query, all tries */
 	char *data_file;	/* "" disables the store */
 	char *user;		/* NULL: stay who we are */
 	int check_history;

@@ -1,21 +1,50 @@
 /*
  * upstream.c - talking to the real resolvers through c-ares, driven from
  * hard's libev loop: forwarding the queries hard does not answer, and
- * resolving candidate host names.
+ * resolving candidate host names.  It owns the health of each upstream
+ * nameserver.
  *
- * There are two c-ares channels, one over UDP and one that always uses
- * TCP (for clients that asked over TCP).  A reload that changes the
- * nameservers or the timeout makes a new pair and retires the old one,
- * which is destroyed once its last query has finished: c-ares cannot
- * change the servers of a channel with queries in flight.
+ * hard, not c-ares, decides which nameserver a query goes to.  Each
+ * nameserver has c-ares channels of its own (one over UDP, one over TCP)
+ * that know only that server and try it once; a forwarded query is sent to
+ * the first nameserver that answers, and when it stays silent for
+ * resolver_timeout, to the next, while the earlier try may still answer.
+ * The client gets the first reply, or SERVFAIL once resolver_total_timeout
+ * has passed, however many nameservers there are.
+ *
+ * A nameserver that times out (or refuses the connection) is marked down
+ * and tried after the others, so a dead first nameserver costs one
+ * timeout, not one per query.  Once a second, the next query is also sent
+ * to each down nameserver, as a probe that the client does not wait for;
+ * any reply marks the server up again.
+ *
+ * RFC 5452: every query leaves with a random ID of hard's own (c-ares 1.18
+ * keeps the ID it is given) and the reply is matched on ID and question by
+ * c-ares before the client's ID is put back.  A channel opens a new socket,
+ * so a new source port, whenever it has no query in flight, and is retired
+ * after UPSTREAM_QUERIES_PER_CHANNEL queries, so even a busy channel moves
+ * to a new port at least that often.  A retired channel is destroyed once
+ * its last query has finished: c-ares cannot drop a channel with queries
+ * in flight.
  */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include <ares.h>
 #include <arpa/nameser.h>
 
 #include "har.h"
+
+/* Queries a channel sends before a new one (a new source port) replaces
+ * it: creating a channel costs about 25 microseconds, under a
+ * microsecond a query when spread over this many. */
+#define UPSTREAM_QUERIES_PER_CHANNEL 32
+/* How often a down nameserver gets a query to see if it is back. */
+#define UPSTREAM_PROBE_INTERVAL 1.0
+/* hard's own limit on the nameservers it tracks per query. */
+#define UPSTREAM_MAX_SERVERS 32
 
 struct socket_watch {
 	ev_io io;
@@ -23,35 +52,97 @@ struct socket_watch {
 	struct socket_watch *next;
 };
 
+struct upstream_server {
+	struct endpoint endpoint;
+	int up;			/* 0 from a timeout until it answers again */
+	double probe_at;	/* when a down server gets its next probe */
+	int pending;		/* tries in flight */
+	struct upstream_channel *channels[2];	/* [0] UDP, [1] TCP */
+	struct upstream_server *next_retired;
+};
+
 struct upstream_channel {
 	ares_channel ares;
+	struct upstream_server *server;
 	int pending;		/* our queries in flight on this channel */
-	int retired;
+	int sent;
 	ev_timer timer;
 	struct socket_watch *watches;
 	struct upstream_channel *next_retired;
 };
 
+/* One query from a client (or a candidate lookup) on its way upstream. */
 struct forward {
-	struct upstream_channel *channel;
-	upstream_reply_fn *done;
+	upstream_reply_fn *done;	/* NULL once the client has its reply */
 	void *context;
+	int over_tcp;
+	int in_flight;		/* tries sent and not yet called back */
+	unsigned generation;	/* of the server list `tried` refers to */
+	uint32_t tried;		/* bit i: servers[i] has had this query */
+	struct upstream_server *last_tried;
+	double deadline;
+	ev_timer timer;		/* the next try, or the deadline */
 	uint16_t client_id;
+	size_t query_len;
+	uint8_t query[];
+};
+
+/* One send of a forward to one nameserver. */
+struct try {
+	struct forward *forward;
+	struct upstream_channel *channel;
 };
 
 struct lookup {
-	struct upstream_channel *channel;
 	upstream_addresses_fn *done;
 	void *context;
 	int family;
 };
 
 static struct ev_loop *upstream_loop;
-static struct upstream_channel *udp_channel;
-static struct upstream_channel *tcp_channel;
+static struct upstream_server *servers[UPSTREAM_MAX_SERVERS];
+static int server_count;
+static unsigned server_generation;
+static double try_timeout;	/* resolver_timeout */
+static double total_timeout;	/* resolver_total_timeout */
 static struct upstream_channel *retired_channels;
+static struct upstream_server *retired_servers;
+static int callback_depth;	/* inside ares_process_fd: nothing is freed */
 static struct log_streak upstream_streak;
 static uint8_t relay_buffer[DNS_MAX_UDP];
+
+/* ----------------------------------------------------------- IDs */
+
+/* Query IDs from the kernel's random source, fetched in batches. */
+static uint16_t
+random_id(void)
+{
+	static uint16_t pool[256];
+	static size_t left;
+
+	if (left == 0) {
+		size_t got = 0;
+
+		while (got < sizeof(pool)) {
+			ssize_t n = getrandom((uint8_t *)pool + got,
+					      sizeof(pool) - got, 0);
+
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n <= 0) {
+				/* Never happens on Linux >= 3.17 with a
+				 * seeded pool; fail closed, not predictable. */
+				log_error("getrandom: %s", strerror(errno));
+				abort();
+			}
+			got += (size_t)n;
+		}
+		left = sizeof(pool) / sizeof(pool[0]);
+	}
+	return pool[--left];
+}
+
+/* ------------------------------------------------------- channels */
 
 static void
 channel_update_timer(struct upstream_channel *channel)
@@ -82,12 +173,26 @@ channel_destroy(struct upstream_channel *channel)
 	free(channel);
 }
 
-/* A retired channel goes once nothing of ours is left in it. */
+static void
+channel_retire(struct upstream_channel *channel)
+{
+	channel->next_retired = retired_channels;
+	retired_channels = channel;
+}
+
+/*
+ * Retired channels and servers go once nothing of ours is left in them,
+ * and never from inside a c-ares callback: the channel calling back may
+ * be one of them.
+ */
 static void
 reap_retired(void)
 {
 	struct upstream_channel **link = &retired_channels;
+	struct upstream_server **server_link = &retired_servers;
 
+	if (callback_depth > 0)
+		return;
 	while (*link) {
 		struct upstream_channel *channel = *link;
 
@@ -98,35 +203,47 @@ reap_retired(void)
 		*link = channel->next_retired;
 		channel_destroy(channel);
 	}
+	while (*server_link) {
+		struct upstream_server *server = *server_link;
+
+		if (server->pending > 0) {
+			server_link = &server->next_retired;
+			continue;
+		}
+		*server_link = server->next_retired;
+		free(server);
+	}
+}
+
+static void
+channel_process(struct upstream_channel *channel, ares_socket_t readable,
+		ares_socket_t writable)
+{
+	callback_depth++;
+	ares_process_fd(channel->ares, readable, writable);
+	callback_depth--;
+	channel_update_timer(channel);
+	reap_retired();
 }
 
 static void
 channel_io(struct ev_loop *loop, ev_io *io, int revents)
 {
 	struct socket_watch *watch = io->data;
-	struct upstream_channel *channel = watch->channel;
 	int fd = io->fd;
 
 	(void)loop;
-	ares_process_fd(channel->ares,
+	channel_process(watch->channel,
 			(revents & EV_READ) ? fd : ARES_SOCKET_BAD,
 			(revents & EV_WRITE) ? fd : ARES_SOCKET_BAD);
-	channel_update_timer(channel);
-	if (retired_channels)
-		reap_retired();
 }
 
 static void
 channel_timeout(struct ev_loop *loop, ev_timer *timer, int revents)
 {
-	struct upstream_channel *channel = timer->data;
-
 	(void)loop;
 	(void)revents;
-	ares_process_fd(channel->ares, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
-	channel_update_timer(channel);
-	if (retired_channels)
-		reap_retired();
+	channel_process(timer->data, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
 }
 
 /* c-ares says which of its sockets want watching, and for what. */
@@ -164,79 +281,482 @@ channel_socket_state(void *data, ares_socket_t fd, int readable, int writable)
 	ev_io_start(upstream_loop, &watch->io);
 }
 
-static char *
-servers_csv(const struct config *config)
-{
-	size_t size = (size_t)config->nameserver_count * sizeof(config->nameservers[0].text) + 1;
-	char *csv = calloc(1, size);
-
-	if (!csv)
-		return NULL;
-	for (int i = 0; i < config->nameserver_count; i++) {
-		if (i > 0)
-			strcat(csv, ",");
-		strcat(csv, config->nameservers[i].text);
-	}
-	return csv;
-}
-
+/*
+ * A channel that knows one server and tries it once; hard moves on to the
+ * next server itself.  c-ares's own timeout is the whole budget, so a try
+ * that hard has stopped waiting for can still be answered late.  Every
+ * option c-ares would otherwise read from /etc/resolv.conf is given, so
+ * making a channel touches no file.
+ */
 static struct upstream_channel *
-channel_create(const struct config *config, int over_tcp)
+channel_create(struct upstream_server *server, int over_tcp)
 {
 	struct upstream_channel *channel = calloc(1, sizeof(*channel));
 	struct ares_options options;
-	char *csv = servers_csv(config);
+	struct in_addr placeholder = { 0 };
 	int status;
 
-	if (!channel || !csv) {
-		log_error("out of memory creating the upstream channel");
-		free(channel);
-		free(csv);
+	if (!channel) {
+		log_error("out of memory creating an upstream channel");
 		return NULL;
 	}
 	memset(&options, 0, sizeof(options));
 	/* Relay the upstream's SERVFAIL or REFUSED as it is, rather than
-	 * turning it into a try of the next server and our own SERVFAIL. */
-	options.flags = ARES_FLAG_NOCHECKRESP | ARES_FLAG_STAYOPEN |
-	    (over_tcp ? ARES_FLAG_USEVC : 0);
-	options.timeout = (int)(config->resolver_timeout * 1000);
+	 * turning it into a try of the next server and our own SERVFAIL.
+	 * No STAYOPEN: an idle channel closes its socket, and its next
+	 * query leaves from a new port. */
+	options.flags = ARES_FLAG_NOCHECKRESP | (over_tcp ? ARES_FLAG_USEVC : 0);
+	options.timeout = (int)(total_timeout * 1000);
 	if (options.timeout < 1)
 		options.timeout = 1;
-	options.tries = 2;
+	options.tries = 1;
+	options.ndots = 1;
+	options.lookups = "b";
+	options.servers = &placeholder;	/* replaced just below */
+	options.nservers = 1;
 	options.sock_state_cb = channel_socket_state;
 	options.sock_state_cb_data = channel;
 	status = ares_init_options(&channel->ares, &options,
 				   ARES_OPT_FLAGS | ARES_OPT_TIMEOUTMS |
-				   ARES_OPT_TRIES | ARES_OPT_SOCK_STATE_CB);
+				   ARES_OPT_TRIES | ARES_OPT_NDOTS |
+				   ARES_OPT_LOOKUPS | ARES_OPT_DOMAINS |
+				   ARES_OPT_SORTLIST | ARES_OPT_SERVERS |
+				   ARES_OPT_SOCK_STATE_CB);
 	if (status == ARES_SUCCESS)
-		status = ares_set_servers_ports_csv(channel->ares, csv);
-	free(csv);
+		status = ares_set_servers_ports_csv(channel->ares,
+						    server->endpoint.text);
 	if (status != ARES_SUCCESS) {
-		log_error("cannot set up the upstream resolver: %s",
-			  ares_strerror(status));
+		log_error("cannot set up a channel to nameserver %s: %s",
+			  server->endpoint.text, ares_strerror(status));
 		if (channel->ares)
 			ares_destroy(channel->ares);
 		free(channel);
 		return NULL;
 	}
+	channel->server = server;
 	ev_timer_init(&channel->timer, channel_timeout, 0, 0);
 	channel->timer.data = channel;
 	return channel;
 }
 
-static int
-channels_create(const struct config *config)
+/* The channel for the next query to server, a new one when it is used up. */
+static struct upstream_channel *
+channel_for(struct upstream_server *server, int over_tcp)
 {
-	struct upstream_channel *udp = channel_create(config, 0);
-	struct upstream_channel *tcp = udp ? channel_create(config, 1) : NULL;
+	struct upstream_channel **slot = &server->channels[over_tcp ? 1 : 0];
 
-	if (!tcp) {
-		if (udp)
-			channel_destroy(udp);
+	if (*slot && (*slot)->sent >= UPSTREAM_QUERIES_PER_CHANNEL) {
+		channel_retire(*slot);
+		*slot = NULL;
+	}
+	if (!*slot)
+		*slot = channel_create(server, over_tcp);
+	return *slot;
+}
+
+static void
+server_retire(struct upstream_server *server)
+{
+	for (int i = 0; i < 2; i++) {
+		if (server->channels[i])
+			channel_retire(server->channels[i]);
+		server->channels[i] = NULL;
+	}
+	server->next_retired = retired_servers;
+	retired_servers = server;
+}
+
+/* ------------------------------------------------- server health */
+
+static void
+server_mark_up(struct upstream_server *server)
+{
+	if (server->up)
+		return;
+	server->up = 1;
+	log_info("nameserver %s answering again", server->endpoint.text);
+}
+
+static void
+server_mark_down(struct upstream_server *server, const char *why)
+{
+	if (!server->up)
+		return;
+	server->up = 0;
+	server->probe_at = ev_now(upstream_loop) + UPSTREAM_PROBE_INTERVAL;
+	log_warning("nameserver %s %s; asking the other nameservers first "
+		    "until it answers again", server->endpoint.text, why);
+}
+
+/*
+ * The next server a forward should try: the first up server it has not
+ * tried, else the first down one.  When every server has had it and
+ * new_round is set (a try timed out, it was not refused), the round
+ * starts again: a lost datagram is sent again, as a stub resolver would.
+ * -1 when there is none (or the server list changed under it: a reload).
+ */
+static int
+next_server(struct forward *forward, int new_round)
+{
+	int fallback = -1;
+
+	if (forward->generation != server_generation)
+		return -1;
+	for (int i = 0; i < server_count; i++) {
+		if (forward->tried & (1u << i))
+			continue;
+		if (servers[i]->up)
+			return i;
+		if (fallback < 0)
+			fallback = i;
+	}
+	if (fallback < 0 && new_round && server_count > 0) {
+		forward->tried = 0;
+		return next_server(forward, 0);
+	}
+	return fallback;
+}
+
+/* ------------------------------------------------------ forwarding */
+
+static void forward_send(struct forward *forward, int index, int probe);
+
+static void
+forward_free_if_done(struct forward *forward)
+{
+	if (forward->done || forward->in_flight > 0)
+		return;
+	ev_timer_stop(upstream_loop, &forward->timer);
+	free(forward);
+}
+
+static void
+note_upstream_result(int ok)
+{
+	unsigned long failures;
+
+	if (ok) {
+		failures = log_streak_ok(&upstream_streak);
+		if (failures)
+			log_info("upstream answering again after %lu queries "
+				 "answered SERVFAIL", failures);
+		return;
+	}
+	if (log_streak_fail(&upstream_streak))
+		log_warning("no nameserver answered within %.1f s; answering "
+			    "SERVFAIL until one does", total_timeout);
+}
+
+/* The client's reply: the upstream's (with the client's ID) or, for NULL, failure. */
+static void
+forward_finish(struct forward *forward, const uint8_t *reply, size_t reply_len)
+{
+	upstream_reply_fn *done = forward->done;
+
+	if (!done)
+		return;
+	forward->done = NULL;
+	ev_timer_stop(upstream_loop, &forward->timer);
+	note_upstream_result(reply != NULL);
+	if (!reply || reply_len > sizeof(relay_buffer)) {
+		done(forward->context, NULL, 0);
+		return;
+	}
+	memcpy(relay_buffer, reply, reply_len);
+	relay_buffer[0] = (uint8_t)(forward->client_id >> 8);
+	relay_buffer[1] = (uint8_t)forward->client_id;
+	done(forward->context, relay_buffer, reply_len);
+}
+
+static void
+forward_arm(struct forward *forward, double wait)
+{
+	double left = forward->deadline - ev_now(upstream_loop);
+
+	if (wait > left)
+		wait = left;
+	if (wait < 0)
+		wait = 0;
+	ev_timer_stop(upstream_loop, &forward->timer);
+	ev_timer_set(&forward->timer, wait, 0);
+	ev_timer_start(upstream_loop, &forward->timer);
+}
+
+/* Moves on to the next server, or waits out the budget when none is left. */
+static void
+forward_try_next(struct forward *forward, int new_round)
+{
+	int index = next_server(forward, new_round);
+
+	if (index >= 0) {
+		forward_send(forward, index, 0);
+		return;
+	}
+	if (forward->in_flight == 0) {
+		forward_finish(forward, NULL, 0);
+		return;
+	}
+	forward_arm(forward, HUGE_VAL);	/* a late reply may still come */
+}
+
+static void
+forward_timeout(struct ev_loop *loop, ev_timer *timer, int revents)
+{
+	struct forward *forward = timer->data;
+
+	(void)loop;
+	(void)revents;
+	if (ev_now(upstream_loop) >= forward->deadline - 0.001) {
+		forward_finish(forward, NULL, 0);
+	} else {
+		/* After a reload last_tried may be gone: leave it be. */
+		if (forward->last_tried &&
+		    forward->generation == server_generation)
+			server_mark_down(forward->last_tried, "did not answer in time");
+		forward_try_next(forward, 1);
+	}
+	forward_free_if_done(forward);
+}
+
+static void
+try_done(void *arg, int status, int timeouts, unsigned char *answer,
+	 int answer_len)
+{
+	struct try *try = arg;
+	struct forward *forward = try->forward;
+	struct upstream_server *server = try->channel->server;
+
+	(void)timeouts;
+	try->channel->pending--;
+	server->pending--;
+	forward->in_flight--;
+	free(try);
+	if (status == ARES_SUCCESS && answer && answer_len >= 12) {
+		server_mark_up(server);
+		forward_finish(forward, answer, (size_t)answer_len);
+	} else if (status == ARES_EDESTRUCTION || status == ARES_ECANCELLED) {
+		if (forward->in_flight == 0)
+			forward_finish(forward, NULL, 0);
+	} else {
+		/* Refused or broken at once: no need to wait out the try. */
+		if (status != ARES_ETIMEOUT)
+			server_mark_down(server, ares_strerror(status));
+		if (forward->done && (server == forward->last_tried ||
+				      forward->in_flight == 0))
+			forward_try_next(forward, 0);
+	}
+	forward_free_if_done(forward);
+}
+
+/*
+ * Sends the forward to servers[index]; a server that cannot be asked is
+ * skipped at once.  A probe of a down server runs beside the real tries:
+ * the client's wait does not depend on it.
+ */
+static void
+forward_send(struct forward *forward, int index, int probe)
+{
+	struct upstream_server *server = servers[index];
+	struct upstream_channel *channel = channel_for(server, forward->over_tcp);
+	struct try *try = channel ? malloc(sizeof(*try)) : NULL;
+	uint16_t id = random_id();
+
+	forward->tried |= 1u << index;
+	if (!try) {
+		if (channel)
+			log_error("out of memory forwarding a query");
+		if (!probe)
+			forward_try_next(forward, 0);
+		return;
+	}
+	try->forward = forward;
+	try->channel = channel;
+	forward->query[0] = (uint8_t)(id >> 8);
+	forward->query[1] = (uint8_t)id;
+	forward->in_flight++;
+	channel->pending++;
+	channel->sent++;
+	server->pending++;
+	if (!probe) {
+		forward->last_tried = server;
+		forward_arm(forward, try_timeout);
+	}
+	/* c-ares keeps the ID it is given and matches the reply's ID and
+	 * question before calling try_done (which may happen right here). */
+	ares_send(channel->ares, forward->query, (int)forward->query_len,
+		  try_done, try);
+	channel_update_timer(channel);
+}
+
+/* While a first choice is up, each down server due a probe gets this
+ * query too; whichever answers first answers the client. */
+static void
+forward_probe_down_servers(struct forward *forward)
+{
+	double now = ev_now(upstream_loop);
+
+	for (int i = 0; i < server_count && forward->done; i++) {
+		struct upstream_server *server = servers[i];
+
+		if (server->up || server->probe_at > now ||
+		    (forward->tried & (1u << i)))
+			continue;
+		server->probe_at = now + UPSTREAM_PROBE_INTERVAL;
+		log_debug("probing nameserver %s", server->endpoint.text);
+		forward_send(forward, i, 1);
+	}
+}
+
+static struct forward *
+forward_create(const uint8_t *query, size_t query_len, int over_tcp,
+	       upstream_reply_fn *done, void *context)
+{
+	struct forward *forward = malloc(sizeof(*forward) + query_len);
+
+	if (!forward)
+		return NULL;
+	memset(forward, 0, sizeof(*forward));
+	forward->done = done;
+	forward->context = context;
+	forward->over_tcp = over_tcp;
+	forward->generation = server_generation;
+	forward->deadline = ev_now(upstream_loop) + total_timeout;
+	forward->client_id = (uint16_t)(query[0] << 8 | query[1]);
+	forward->query_len = query_len;
+	memcpy(forward->query, query, query_len);
+	ev_init(&forward->timer, forward_timeout);
+	forward->timer.data = forward;
+	return forward;
+}
+
+/* done may be called before this returns; it is called exactly once. */
+static int
+forward_start(const uint8_t *query, size_t query_len, int over_tcp,
+	      upstream_reply_fn *done, void *context)
+{
+	struct forward *forward;
+	int first;
+
+	if (server_count == 0 || query_len < 12 || query_len > 65535)
+		return -1;
+	forward = forward_create(query, query_len, over_tcp, done, context);
+	if (!forward) {
+		log_error("out of memory forwarding a query");
 		return -1;
 	}
-	udp_channel = udp;
-	tcp_channel = tcp;
+	/* Held while sending, so a try that fails at once cannot free it. */
+	forward->in_flight++;
+	first = next_server(forward, 0);
+	forward_send(forward, first, 0);
+	if (servers[first]->up)
+		forward_probe_down_servers(forward);
+	forward->in_flight--;
+	if (forward->in_flight == 0 && forward->done)
+		forward_finish(forward, NULL, 0);
+	forward_free_if_done(forward);
+	reap_retired();
+	return 0;
+}
+
+int
+upstream_forward(const uint8_t *query, size_t query_len, int over_tcp,
+		 upstream_reply_fn *done, void *context)
+{
+	return forward_start(query, query_len, over_tcp, done, context);
+}
+
+/* ------------------------------------------------ set-up and reload */
+
+static struct upstream_server *
+find_server(struct upstream_server **list, int count, const char *text)
+{
+	for (int i = 0; i < count; i++)
+		if (list[i] && strcmp(list[i]->endpoint.text, text) == 0)
+			return list[i];
+	return NULL;
+}
+
+/* The configured nameservers, each once, at most UPSTREAM_MAX_SERVERS. */
+static int
+distinct_nameservers(const struct config *config,
+		     const struct endpoint **list)
+{
+	int count = 0;
+
+	for (int i = 0; i < config->nameserver_count; i++) {
+		const struct endpoint *endpoint = &config->nameservers[i];
+		int seen = 0;
+
+		for (int j = 0; j < count && !seen; j++)
+			seen = strcmp(list[j]->text, endpoint->text) == 0;
+		if (seen)
+			continue;
+		if (count == UPSTREAM_MAX_SERVERS) {
+			log_warning("using only the first %d nameservers",
+				    UPSTREAM_MAX_SERVERS);
+			break;
+		}
+		list[count++] = endpoint;
+	}
+	return count;
+}
+
+/* Takes servers[i] out of the list to keep it, with fresh channels. */
+static struct upstream_server *
+take_server(const char *text)
+{
+	for (int i = 0; i < server_count; i++) {
+		struct upstream_server *server = servers[i];
+
+		if (!server || strcmp(server->endpoint.text, text) != 0)
+			continue;
+		servers[i] = NULL;
+		for (int c = 0; c < 2; c++) {
+			if (server->channels[c])
+				channel_retire(server->channels[c]);
+			server->channels[c] = NULL;
+		}
+		return server;
+	}
+	return NULL;
+}
+
+/*
+ * Takes the configuration's nameservers.  A server that stays keeps its
+ * health; every channel is made anew (the timeouts may have changed).
+ * Nothing changes unless every new server could be made.
+ */
+static int
+servers_configure(const struct config *config)
+{
+	const struct endpoint *wanted[UPSTREAM_MAX_SERVERS];
+	struct upstream_server *fresh[UPSTREAM_MAX_SERVERS] = { 0 };
+	int count = distinct_nameservers(config, wanted);
+
+	for (int i = 0; i < count; i++) {
+		if (find_server(servers, server_count, wanted[i]->text))
+			continue;
+		fresh[i] = calloc(1, sizeof(*fresh[i]));
+		if (!fresh[i]) {
+			log_error("out of memory for nameserver %s", wanted[i]->text);
+			for (int j = 0; j < i; j++)
+				free(fresh[j]);
+			return -1;
+		}
+		fresh[i]->endpoint = *wanted[i];
+		fresh[i]->up = 1;
+	}
+	for (int i = 0; i < count; i++)
+		if (!fresh[i])
+			fresh[i] = take_server(wanted[i]->text);
+	for (int i = 0; i < server_count; i++)
+		if (servers[i])
+			server_retire(servers[i]);
+	memcpy(servers, fresh, sizeof(servers));
+	server_count = count;
+	server_generation++;
+	try_timeout = config->resolver_timeout;
+	total_timeout = config->resolver_total_timeout;
 	return 0;
 }
 
@@ -250,31 +770,16 @@ upstream_start(struct ev_loop *loop, const struct config *config)
 		return -1;
 	}
 	upstream_loop = loop;
-	return channels_create(config);
-}
-
-static void
-retire(struct upstream_channel *channel)
-{
-	channel->retired = 1;
-	channel->next_retired = retired_channels;
-	retired_channels = channel;
+	return servers_configure(config);
 }
 
 int
 upstream_reconfigure(const struct config *config)
 {
-	struct upstream_channel *old_udp = udp_channel, *old_tcp = tcp_channel;
+	int result = servers_configure(config);
 
-	if (channels_create(config) != 0) {
-		udp_channel = old_udp;
-		tcp_channel = old_tcp;
-		return -1;
-	}
-	retire(old_udp);
-	retire(old_tcp);
 	reap_retired();
-	return 0;
+	return result;
 }
 
 void
@@ -282,128 +787,89 @@ upstream_stop(void)
 {
 	/* Destroying a channel calls back every query still in flight
 	 * (with ARES_EDESTRUCTION), so nothing of ours is left behind. */
-	if (udp_channel)
-		retire(udp_channel);
-	if (tcp_channel)
-		retire(tcp_channel);
-	udp_channel = tcp_channel = NULL;
+	for (int i = 0; i < server_count; i++)
+		server_retire(servers[i]);
+	server_count = 0;
+	server_generation++;
 	while (retired_channels) {
 		struct upstream_channel *channel = retired_channels;
 
 		retired_channels = channel->next_retired;
 		channel_destroy(channel);
 	}
+	reap_retired();
 	ares_library_cleanup();
 }
 
-static void
-note_upstream_result(int status)
-{
-	unsigned long failures;
-
-	if (status == ARES_SUCCESS) {
-		failures = log_streak_ok(&upstream_streak);
-		if (failures)
-			log_info("upstream answering again after %lu failed queries",
-				 failures);
-		return;
-	}
-	if (status == ARES_EDESTRUCTION || status == ARES_ECANCELLED)
-		return;
-	if (log_streak_fail(&upstream_streak))
-		log_warning("upstream query failed (%s); answering SERVFAIL "
-			    "until upstream recovers", ares_strerror(status));
-}
-
-static void
-forward_done(void *arg, int status, int timeouts, unsigned char *answer,
-	     int answer_len)
-{
-	struct forward *forward = arg;
-
-	(void)timeouts;
-	forward->channel->pending--;
-	note_upstream_result(status);
-	if (status == ARES_SUCCESS && answer && answer_len >= 12 &&
-	    (size_t)answer_len <= sizeof(relay_buffer)) {
-		memcpy(relay_buffer, answer, (size_t)answer_len);
-		relay_buffer[0] = (uint8_t)(forward->client_id >> 8);
-		relay_buffer[1] = (uint8_t)forward->client_id;
-		forward->done(forward->context, relay_buffer, (size_t)answer_len);
-	} else {
-		forward->done(forward->context, NULL, 0);
-	}
-	free(forward);
-}
-
-int
-upstream_forward(const uint8_t *query, size_t query_len, int over_tcp,
-		 upstream_reply_fn *done, void *context)
-{
-	struct upstream_channel *channel = over_tcp ? tcp_channel : udp_channel;
-	struct forward *forward;
-
-	if (!channel || query_len < 12)
-		return -1;
-	forward = malloc(sizeof(*forward));
-	if (!forward)
-		return -1;
-	forward->channel = channel;
-	forward->done = done;
-	forward->context = context;
-	forward->client_id = (uint16_t)(query[0] << 8 | query[1]);
-	channel->pending++;
-	/* c-ares gives the query its own random ID and checks that the
-	 * reply's ID and question match before calling forward_done. */
-	ares_send(channel->ares, query, (int)query_len, forward_done, forward);
-	channel_update_timer(channel);
-	return 0;
-}
+/* ------------------------------------------------ candidate lookups */
 
 #define LOOKUP_MAX_ADDRESSES 64
 
-static void
-lookup_done(void *arg, int status, int timeouts, unsigned char *answer,
-	    int answer_len)
+/* The rcode of a reply as the c-ares status ares_query would give. */
+static int
+reply_status(const uint8_t *reply, size_t reply_len)
 {
-	struct lookup *lookup = arg;
-	struct ip_address ips[LOOKUP_MAX_ADDRESSES];
-	int count = LOOKUP_MAX_ADDRESSES, ok = 0;
-	double ttl = 3600;
+	if (!reply || reply_len < 12)
+		return ARES_ECONNREFUSED;
+	switch (reply[3] & 0x0f) {
+	case ns_r_noerror: return ARES_SUCCESS;
+	case ns_r_nxdomain: return ARES_ENOTFOUND;
+	case ns_r_servfail: return ARES_ESERVFAIL;
+	case ns_r_refused: return ARES_EREFUSED;
+	default: return ARES_EBADRESP;
+	}
+}
 
-	(void)timeouts;
-	lookup->channel->pending--;
-	if (status == ARES_SUCCESS && lookup->family == AF_INET) {
+static int
+parse_addresses(const uint8_t *reply, size_t reply_len, int family,
+		struct ip_address *ips, int *count, double *ttl)
+{
+	int status;
+
+	if (family == AF_INET) {
 		struct ares_addrttl found[LOOKUP_MAX_ADDRESSES];
 
-		status = ares_parse_a_reply(answer, answer_len, NULL, found, &count);
-		for (int i = 0; status == ARES_SUCCESS && i < count; i++) {
+		status = ares_parse_a_reply(reply, (int)reply_len, NULL, found, count);
+		for (int i = 0; status == ARES_SUCCESS && i < *count; i++) {
 			ips[i].family = AF_INET;
 			memcpy(ips[i].bytes, &found[i].ipaddr, 4);
-			ttl = found[i].ttl < ttl ? found[i].ttl : ttl;
+			*ttl = found[i].ttl < *ttl ? found[i].ttl : *ttl;
 		}
-	} else if (status == ARES_SUCCESS) {
-		struct ares_addr6ttl found[LOOKUP_MAX_ADDRESSES];
-
-		status = ares_parse_aaaa_reply(answer, answer_len, NULL, found, &count);
-		for (int i = 0; status == ARES_SUCCESS && i < count; i++) {
-			ips[i].family = AF_INET6;
-			memcpy(ips[i].bytes, &found[i].ip6addr, 16);
-			ttl = found[i].ttl < ttl ? found[i].ttl : ttl;
-		}
+		return status;
 	}
+	struct ares_addr6ttl found[LOOKUP_MAX_ADDRESSES];
+
+	status = ares_parse_aaaa_reply(reply, (int)reply_len, NULL, found, count);
+	for (int i = 0; status == ARES_SUCCESS && i < *count; i++) {
+		ips[i].family = AF_INET6;
+		memcpy(ips[i].bytes, &found[i].ip6addr, 16);
+		*ttl = found[i].ttl < *ttl ? found[i].ttl : *ttl;
+	}
+	return status;
+}
+
+static void
+lookup_done(void *context, uint8_t *reply, size_t reply_len)
+{
+	struct lookup *lookup = context;
+	struct ip_address ips[LOOKUP_MAX_ADDRESSES];
+	int count = LOOKUP_MAX_ADDRESSES;
+	double ttl = 3600;
+	int status = reply_status(reply, reply_len);
+
+	if (status == ARES_SUCCESS)
+		status = parse_addresses(reply, reply_len, lookup->family,
+					 ips, &count, &ttl);
 	if (status == ARES_ENODATA) {	/* the name has none of this family */
 		status = ARES_SUCCESS;
 		count = 0;
 	}
-	ok = status == ARES_SUCCESS;
-	if (!ok)
+	if (status != ARES_SUCCESS)
 		count = 0;
-	if (status != ARES_EDESTRUCTION && status != ARES_ECANCELLED)
-		log_debug("lookup of a candidate host (%s): %s, %d addresses",
-			  lookup->family == AF_INET ? "A" : "AAAA",
-			  ares_strerror(status), count);
-	lookup->done(lookup->context, ok, ips, count, ttl);
+	log_debug("lookup of a candidate host (%s): %s, %d addresses",
+		  lookup->family == AF_INET ? "A" : "AAAA",
+		  ares_strerror(status), count);
+	lookup->done(lookup->context, status == ARES_SUCCESS, ips, count, ttl);
 	free(lookup);
 }
 
@@ -412,19 +878,21 @@ upstream_resolve(const char *host, int family, upstream_addresses_fn *done,
 		 void *context)
 {
 	struct lookup *lookup = malloc(sizeof(*lookup));
-	struct upstream_channel *channel = udp_channel;
+	unsigned char *query = NULL;
+	int query_len = 0;
 
-	if (!lookup || !channel) {
+	if (!lookup || ares_create_query(host, ns_c_in,
+					 family == AF_INET ? ns_t_a : ns_t_aaaa,
+					 0, 1, &query, &query_len, 0) != ARES_SUCCESS) {
+		log_error("cannot make a query for %s", host);
 		free(lookup);
 		done(context, 0, NULL, 0, 0);
 		return;
 	}
-	lookup->channel = channel;
 	lookup->done = done;
 	lookup->context = context;
 	lookup->family = family;
-	channel->pending++;
-	ares_query(channel->ares, host, ns_c_in,
-		   family == AF_INET ? ns_t_a : ns_t_aaaa, lookup_done, lookup);
-	channel_update_timer(channel);
+	if (forward_start(query, (size_t)query_len, 0, lookup_done, lookup) != 0)
+		lookup_done(lookup, NULL, 0);
+	ares_free_string(query);
 }

@@ -96,6 +96,15 @@ def start_hard(workdir):
     if crashed:
         pytest.fail("hard crashed (signal %d); log:\n%s" % (
             -crashed[0].proc.returncode, crashed[0].log()[-4000:]))
+    # Under SANITIZE=1 an error or a leak found at exit is a failure too.
+    for h in started:
+        log = h.log()
+        for mark in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                     "runtime error:"):
+            if mark in log:
+                at = log.index(mark)
+                pytest.fail("sanitizer report from hard (port %d):\n%s" % (
+                    h.port, log[max(0, at - 200):at + 4000]))
 
 
 @pytest.fixture
@@ -126,3 +135,18 @@ def start_listener():
     yield start
     for s in started:
         s.close()
+
+
+@pytest.fixture
+def start_scripted_upstream():
+    """start_scripted_upstream(addr=..., address=..., silent=False)
+    -> harness.ScriptedUpstream."""
+    started = []
+
+    def start(**kw):
+        s = harness.ScriptedUpstream(**kw)
+        started.append(s)
+        return s
+    yield start
+    for s in started:
+        s.stop()

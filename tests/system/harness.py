@@ -523,3 +523,76 @@ def make_certs(workdir):
         out[host] = (os.path.join(workdir, host + ".pem"),
                      os.path.join(workdir, host + ".key"))
     return out
+
+
+# ------------------------------------------------------- scripted upstream
+
+
+class ScriptedUpstream:
+    """A UDP nameserver in a thread of the test: it records every query it
+    receives (ID, source port, name) and answers A queries with `address`,
+    or stays silent while `silent` is set.  `spoof` makes it send, before
+    each real reply, one with the wrong ID and one for another question,
+    both carrying `spoof_address`: neither may reach the client."""
+
+    def __init__(self, addr="127.0.0.1", address="192.0.2.77", silent=False):
+        import threading
+        self.addr = addr
+        self.address = address
+        self.silent = silent
+        self.spoof = False
+        self.spoof_address = "192.0.2.66"
+        self.received = []          # (id, source port, lower-case name)
+        self.lock = threading.Lock()
+        self.sock = socket.socket(_family(addr), socket.SOCK_DGRAM)
+        self.sock.bind((addr, 0))
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.endpoint = _fmt(addr, self.port)
+        self.running = True
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def queries(self, name=None):
+        with self.lock:
+            return [q for q in self.received if name is None or q[2] == name]
+
+    def _reply(self, query, address):
+        import dns.rrset
+        r = dns.message.make_response(query)
+        r.flags |= dns.flags.RA
+        if query.question[0].rdtype == dns.rdatatype.A:
+            r.answer.append(dns.rrset.from_text(query.question[0].name, 60,
+                                                "IN", "A", address))
+        return r
+
+    def _serve(self):
+        while self.running:
+            try:
+                data, peer = self.sock.recvfrom(65535)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            try:
+                q = dns.message.from_wire(data)
+            except Exception:  # noqa: BLE001 - garbage is ignored
+                continue
+            name = q.question[0].name.to_text().lower() if q.question else ""
+            with self.lock:
+                self.received.append((q.id, peer[1], name))
+            if self.silent:
+                continue
+            if self.spoof:
+                wrong_id = self._reply(q, self.spoof_address)
+                wrong_id.id = (q.id + 1) % 65536
+                other = make_query("other." + name, "A", qid=q.id)
+                wrong_question = self._reply(other, self.spoof_address)
+                for bogus in (wrong_id, wrong_question):
+                    self.sock.sendto(bogus.to_wire(), peer)
+            self.sock.sendto(self._reply(q, self.address).to_wire(), peer)
+
+    def stop(self):
+        self.running = False
+        self.thread.join(2)
+        self.sock.close()

@@ -174,6 +174,7 @@ test_defaults(void)
 	}
 	CHECK_INT(config->listen_port, 53);
 	CHECK_DOUBLE(config->resolver_timeout, 1.0);
+	CHECK_DOUBLE(config->resolver_total_timeout, 3.0);
 	CHECK_STR(config->data_file, "/var/lib/har/har.db");
 	CHECK(config->user == NULL);
 	CHECK_INT(config->check_history, 1000);
@@ -249,6 +250,7 @@ test_every_option(void)
 	    "dns_bind_interfaces = { 127.0.0.53 }\n"
 	    "dns_listen_port = 5353\n"
 	    "resolver_timeout = 0.5\n"
+	    "resolver_total_timeout = 2\n"
 	    "data_file = \"\"\n"
 	    "user = \"har\"\n"
 	    "check_history = 10\n"
@@ -289,6 +291,7 @@ test_every_option(void)
 	CHECK_STR(config->bind_interfaces[0], "127.0.0.53");
 	CHECK_INT(config->listen_port, 5353);
 	CHECK_DOUBLE(config->resolver_timeout, 0.5);
+	CHECK_DOUBLE(config->resolver_total_timeout, 2);
 	CHECK_STR(config->data_file, "");
 	CHECK_STR(config->user, "har");
 	CHECK_INT(config->check_history, 10);
@@ -840,6 +843,7 @@ test_error_bad_numbers(void)
 		{ "dns_listen_port = 0", "dns_listen_port" },
 		{ "dns_listen_port = 65536", "dns_listen_port" },
 		{ "resolver_timeout = 0", "resolver_timeout" },
+		{ "resolver_total_timeout = 0", "resolver_total_timeout" },
 		{ "check_history = 0", "check_history" },
 		{ "tcp_idle_timeout = -1", "tcp_idle_timeout" },
 		{ "tcp_max_connections = 0", "tcp_max_connections" },

@@ -1,0 +1,216 @@
+"""The upstream nameservers (SPEC section 7, har.conf.5 FORWARDING): a dead
+nameserver costs one timeout, not one per query, and is taken back when it
+answers; silence is bounded by resolver_total_timeout however many
+nameservers there are; forwarded queries carry hard's own random IDs from
+changing source ports, and a reply must match ID and question."""
+
+import collections
+import socket
+import time
+
+import dns.message
+import pytest
+
+import harness
+from harness import addresses
+
+CONFIGURED = """
+name www.test {
+    failure_mode = all
+    candidate "web1" { check_address = "http://127.0.1.1:%d/" }
+}
+"""
+
+
+def timed_query(h, name, timeout=8, **kw):
+    t0 = time.monotonic()
+    r = h.query(name, "A", timeout=timeout, **kw)
+    return r, time.monotonic() - t0
+
+
+def test_dead_first_nameserver_costs_one_timeout(start_hard, upstream,
+                                                 silent_upstream):
+    h = start_hard(CONFIGURED % harness.dead_port(),
+                   upstream=[silent_upstream.endpoint, upstream.endpoint],
+                   extra="resolver_timeout = 0.8\n")
+    r, first = timed_query(h, "fwd.test")
+    assert addresses(r) == ["192.0.2.1"]
+    assert first >= 0.7, "the first query should have waited for the silent server"
+    slow = []
+    for i in range(20):
+        r, elapsed = timed_query(h, "fwd.test", qid=i)
+        assert addresses(r) == ["192.0.2.1"]
+        if elapsed > 0.4:
+            slow.append(elapsed)
+    assert not slow, "queries still wait for the dead nameserver: %s" % slow
+    down = [l for l in h.log().splitlines()
+            if silent_upstream.endpoint in l and "did not answer" in l]
+    assert len(down) == 1, "the change of state is logged once: %s" % down
+
+
+def test_dead_nameserver_taken_back(start_hard, upstream,
+                                    start_scripted_upstream):
+    first = start_scripted_upstream(silent=True, address="192.0.2.77")
+    h = start_hard(CONFIGURED % harness.dead_port(),
+                   upstream=[first.endpoint, upstream.endpoint],
+                   extra="resolver_timeout = 0.5\n")
+    assert addresses(timed_query(h, "fwd.test")[0]) == ["192.0.2.1"]
+    probes_while_dead = len(first.queries())
+    # It answers again: a probe (at most one a second) finds it, and from
+    # then on it is asked first again, being first in the list.
+    first.silent = False
+
+    def back():
+        return addresses(h.query("fwd.test", "A", timeout=3)) == ["192.0.2.77"]
+    harness.wait_until(back, timeout=5, interval=0.1,
+                       what="the first nameserver to be asked first again")
+    assert len(first.queries()) > probes_while_dead
+    assert "nameserver %s answering again" % first.endpoint in h.log()
+    for _ in range(5):
+        r, elapsed = timed_query(h, "fwd.test")
+        assert addresses(r) == ["192.0.2.77"]
+
+
+def test_down_nameserver_probed_not_asked_first(start_hard, upstream,
+                                                start_scripted_upstream):
+    """While it stays silent, a down server gets about one probe a second,
+    not every query."""
+    first = start_scripted_upstream(silent=True)
+    h = start_hard(CONFIGURED % harness.dead_port(),
+                   upstream=[first.endpoint, upstream.endpoint],
+                   extra="resolver_timeout = 0.5\n")
+    timed_query(h, "fwd.test")
+    before = len(first.queries())
+    t0 = time.monotonic()
+    count = 0
+    while time.monotonic() - t0 < 2.0:
+        r, elapsed = timed_query(h, "fwd.test")
+        assert addresses(r) == ["192.0.2.1"] and elapsed < 0.4
+        count += 1
+    probes = len(first.queries()) - before
+    assert count > 20
+    assert 1 <= probes <= 4, "%d probes for %d queries in 2 s" % (probes, count)
+
+
+@pytest.mark.parametrize("silent_count", [1, 2, 3])
+def test_silence_bounded_by_total_timeout(start_hard, start_scripted_upstream,
+                                          silent_count):
+    """Defaults: resolver_timeout 1, resolver_total_timeout 3: SERVFAIL after
+    3 s with one silent nameserver or three (it was 9 s with three)."""
+    silent = [start_scripted_upstream(silent=True) for _ in range(silent_count)]
+    h = start_hard(CONFIGURED % harness.dead_port(),
+                   upstream=[s.endpoint for s in silent])
+    r, elapsed = timed_query(h, "fwd.test", qid=4321)
+    assert harness.rcode_text(r) == "SERVFAIL" and r.id == 4321
+    assert 2.7 <= elapsed <= 4.0, "SERVFAIL after %.1f s" % elapsed
+    # Every server was asked, and the lone one asked again each second (a
+    # lost datagram is resent, as a stub resolver would).
+    asked = [len(s.queries()) for s in silent]
+    assert all(n >= 1 for n in asked), asked
+    assert sum(asked) >= 3, asked
+
+
+def test_total_timeout_option(start_hard, start_scripted_upstream):
+    silent = [start_scripted_upstream(silent=True) for _ in range(3)]
+    h = start_hard(CONFIGURED % harness.dead_port(),
+                   upstream=[s.endpoint for s in silent],
+                   extra="resolver_timeout = 0.2\nresolver_total_timeout = 0.9\n")
+    r, elapsed = timed_query(h, "fwd.test")
+    assert harness.rcode_text(r) == "SERVFAIL"
+    assert 0.8 <= elapsed <= 1.8, "SERVFAIL after %.1f s" % elapsed
+
+
+def test_late_reply_of_first_server_still_used(start_hard, start_scripted_upstream,
+                                               silent_upstream):
+    """A try hard stopped waiting for may still answer: the first reply of
+    any try goes to the client."""
+    import threading
+    slow = start_scripted_upstream(silent=True, address="192.0.2.88")
+    h = start_hard(CONFIGURED % harness.dead_port(),
+                   upstream=[slow.endpoint, silent_upstream.endpoint],
+                   extra="resolver_timeout = 0.3\nresolver_total_timeout = 2.5\n")
+
+    def answer_late():
+        # after the first try timed out and the second server was asked
+        time.sleep(0.6)
+        slow.silent = False
+    threading.Thread(target=answer_late, daemon=True).start()
+    # the second round asks slow again; its answer reaches the client
+    r, elapsed = timed_query(h, "late.test")
+    assert addresses(r) == ["192.0.2.88"]
+    assert elapsed < 2.4
+
+
+def test_query_ids_are_hards_own(start_hard, start_scripted_upstream):
+    up = start_scripted_upstream()
+    h = start_hard(CONFIGURED % harness.dead_port(), upstream=up.endpoint)
+    for i in range(100):
+        r = h.query("id%d.test" % i, "A", qid=4242)
+        assert r.id == 4242 and addresses(r) == ["192.0.2.77"]
+    ids = [q[0] for q in up.queries()]
+    assert len(ids) == 100
+    assert ids.count(4242) <= 2, "the client's ID reached the upstream"
+    assert len(set(ids)) >= 95, "IDs repeat: %d distinct of 100" % len(set(ids))
+
+
+def test_source_port_changes(start_hard, start_scripted_upstream):
+    """One query at a time: a new source port for each.  Many at once: no
+    port carries more than 32 queries."""
+    up = start_scripted_upstream()
+    h = start_hard(CONFIGURED % harness.dead_port(), upstream=up.endpoint)
+    for i in range(40):
+        h.query("seq%d.test" % i, "A")
+    ports = [q[1] for q in up.queries()]
+    assert len(set(ports)) >= 39, "%d ports for 40 sequential queries" % len(set(ports))
+
+    socks = []
+    try:
+        for i in range(400):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(5)
+            s.sendto(harness.make_query("burst%d.test" % i, "A").to_wire(),
+                     (h.addr, h.port))
+            socks.append(s)
+        for s in socks:
+            assert dns.message.from_wire(s.recvfrom(65535)[0]).answer
+    finally:
+        for s in socks:
+            s.close()
+    burst = collections.Counter(q[1] for q in up.queries() if q[2].startswith("burst"))
+    assert sum(burst.values()) == 400
+    assert max(burst.values()) <= 32, "a source port carried %d queries" % max(burst.values())
+
+
+def test_reply_must_match_id_and_question(start_hard, start_scripted_upstream):
+    up = start_scripted_upstream()
+    up.spoof = True
+    h = start_hard(CONFIGURED % harness.dead_port(), upstream=up.endpoint)
+    for tcp in (False,):
+        for i in range(10):
+            r = h.query("match%d.test" % i, "A", tcp=tcp)
+            assert addresses(r) == ["192.0.2.77"], "a spoofed reply was relayed"
+
+
+def test_refused_first_nameserver_skipped_at_once(start_hard, upstream):
+    """A nameserver whose port is closed (ICMP unreachable, TCP reset) costs
+    no timeout at all."""
+    h = start_hard(CONFIGURED % harness.dead_port(),
+                   upstream=["127.0.0.1:%d" % harness.dead_port(), upstream.endpoint],
+                   extra="resolver_timeout = 1.5\n")
+    for tcp in (False, True):
+        for _ in range(3):
+            r, elapsed = timed_query(h, "fwd.test", tcp=tcp)
+            assert addresses(r) == ["192.0.2.1"]
+            assert elapsed < 1.0, "%.1f s behind a refusing nameserver" % elapsed
+
+
+def test_reload_keeps_nameserver_health(start_hard, upstream, silent_upstream):
+    import signal
+    h = start_hard(CONFIGURED % harness.dead_port(),
+                   upstream=[silent_upstream.endpoint, upstream.endpoint],
+                   extra="resolver_timeout = 0.8\n")
+    timed_query(h, "fwd.test")
+    h.signal(signal.SIGHUP)
+    harness.wait_until(lambda: "reloaded" in h.log(), what="the reload")
+    r, elapsed = timed_query(h, "fwd.test")
+    assert addresses(r) == ["192.0.2.1"] and elapsed < 0.4
