@@ -228,6 +228,55 @@ def test_every_error_reported(workdir):
     assert_error_at(path, res, {11, 10}, r"address")
 
 
+def documented_ranges():
+    """(option, low, high, global?) for each row of the table of ranges in
+    har.conf.5's SYNTAX section."""
+    with open(os.path.join(harness.REPO, "har.conf.5")) as f:
+        page = f.read()
+    globals_part = page.split(".Sh GLOBAL OPTIONS")[1].split(".Sh NAMES")[0]
+    global_options = set(re.findall(r"^\.It Ic (\w+) Ar", globals_part, re.M))
+    rows = re.findall(r"^\.It Ic (\w+)(?: , Ic (\w+))? Ta ([\d.]+) Ta ([\d.]+) Ta",
+                      page, re.M)
+    ranges = []
+    for first, second, low, high in rows:
+        for option in filter(None, (first, second)):
+            ranges.append((option, low, high, option in global_options))
+    return ranges
+
+
+def with_value(option, value, is_global):
+    if option == "expect_status":
+        value = "{ %s }" % value
+    lines = BASE.split("\n")
+    if is_global:
+        lines.insert(1, "%s = %s" % (option, value))
+    else:
+        lines[4] = "    %s = %s" % (option, value)
+    return "\n".join(lines)
+
+
+def test_documented_ranges_are_enforced(workdir):
+    """Each range of har.conf(5)'s table is the one -t enforces: both ends
+    are accepted, a value beyond either end, NaN and an infinity refused
+    with a message that names the range (issue 9 item 13)."""
+    ranges = documented_ranges()
+    assert len(ranges) >= 13, ranges
+    for option, low, high, is_global in ranges:
+        for value in (low, high):
+            path, res = check_t(workdir, with_value(option, value, is_global))
+            assert res.returncode == 0, "%s = %s: %s" % (option, value, res.stderr)
+        integral = "." not in low and "." not in high
+        below = str(int(low) - 1) if integral else \
+            ("-1" if float(low) == 0 else repr(float(low) / 2))
+        above = str(int(high) + 1) if integral else repr(float(high) * 2)
+        bad = [below, above] + ([] if integral else ["nan", "inf", "-inf"])
+        for value in bad:
+            path, res = check_t(workdir, with_value(option, value, is_global))
+            assert res.returncode == 1, "%s = %s accepted" % (option, value)
+            assert "%s must be between %s and %s" % (option, low, high) in res.stderr, \
+                "%s = %s: %s" % (option, value, res.stderr)
+
+
 def test_every_error_in_one_run(workdir):
     """-t lists every mistake of the file, and a -u USER that does not exist,
     in one run (issue 9 items 13 and 14)."""
