@@ -400,6 +400,12 @@ def test_uncreatable_data_file_fails_start(workdir, upstream):
                      r"blocker is not a directory", res.stderr), res.stderr
     res = run_hard("-t", "-c", os.path.join(workdir, "fail.conf"))
     assert res.returncode == 1 and "blocker is not a directory" in res.stderr
+    # a directory where the file should be
+    config = harness.hard_config(BASE.split("\n", 3)[3], upstream.endpoint,
+                                 harness.free_port(), data_file=workdir)
+    res = start_and_expect_failure(workdir, config)
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert re.search(r"fail\.conf:4: data_file .* is a directory", res.stderr), res.stderr
 
 
 def test_unreadable_data_file_fails_start(workdir, upstream):
