@@ -141,6 +141,22 @@ write_pid_file(const char *path)
 	pid_file_written = 1;
 }
 
+/* The pid file's directory: "." or "/" included. */
+static void
+pid_directory(const char *path, char *out, size_t size)
+{
+	char *slash;
+
+	snprintf(out, size, "%s", path);
+	slash = strrchr(out, '/');
+	if (!slash)
+		snprintf(out, size, ".");
+	else if (slash == out)
+		slash[1] = '\0';
+	else
+		*slash = '\0';
+}
+
 /*
  * The pid file is removed at stop by hard running as USER, which needs
  * write permission on the file's directory (not on the file).  A missing
@@ -152,14 +168,9 @@ static void
 make_pid_directory(const char *path, const char *user)
 {
 	char directory[4096];
-	char *slash;
 	struct passwd *account;
 
-	snprintf(directory, sizeof(directory), "%s", path);
-	slash = strrchr(directory, '/');
-	if (!slash || slash == directory)
-		return;
-	*slash = '\0';
+	pid_directory(path, directory, sizeof(directory));
 	if (mkdir(directory, 0755) != 0) {
 		if (errno != EEXIST)
 			fail_start("cannot create %s for the pid file: %s",
@@ -173,28 +184,14 @@ make_pid_directory(const char *path, const char *user)
 			   strerror(errno));
 }
 
-/* Whether USER (now running) may remove the pid file at stop. */
-static int
-pid_file_removable(const char *path)
-{
-	char directory[4096];
-	char *slash;
-
-	snprintf(directory, sizeof(directory), "%s", path);
-	slash = strrchr(directory, '/');
-	if (!slash)
-		return access(".", W_OK | X_OK) == 0;
-	if (slash == directory)
-		slash[1] = '\0';
-	else
-		*slash = '\0';
-	return access(directory, W_OK | X_OK) == 0;
-}
-
+/* Called as USER: can it remove the pid file at stop? */
 static void
 warn_if_pid_file_stays(const char *path, const char *user)
 {
-	if (!pid_file_removable(path))
+	char directory[4096];
+
+	pid_directory(path, directory, sizeof(directory));
+	if (access(directory, W_OK | X_OK) != 0)
 		log_warning("the pid file %s will be left behind at stop: user %s "
 			    "may not write its directory; use a directory %s owns, "
 			    "such as /run/har (see hard(8))", path, user, user);
