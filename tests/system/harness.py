@@ -43,6 +43,11 @@ PROGRAMS = {
     "systemd-analyze": "systemd",
     "dpkg-query": "dpkg",
 }
+# The Python modules they import beyond the standard library, likewise.
+PYTHON_MODULES = {
+    "dns": "python3-dnspython",
+    "pytest": "python3-pytest",
+}
 
 
 def wait_until(predicate, timeout=5.0, interval=0.02, what="condition"):

@@ -10,6 +10,7 @@ import glob
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -153,6 +154,28 @@ def test_every_program_the_tests_run_is_listed():
             "mandoc", "setpriv", "make", "systemd-analyze"} <= programs, programs
     missing = sorted(programs - set(harness.PROGRAMS))
     assert not missing, "programs the tests run that harness.PROGRAMS lacks: %s" % missing
+
+
+def test_every_module_the_tests_import_is_installed():
+    """Beyond the standard library and the tests' own modules, every module
+    imported is in harness.PYTHON_MODULES, whose packages install-deps
+    installs."""
+    own = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(TESTS, "*.py"))}
+    imported = set()
+    for path in glob.glob(os.path.join(TESTS, "*.py")):
+        for node in ast.walk(parse(path)):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.split(".")[0])
+    foreign = imported - own - set(sys.stdlib_module_names)
+    assert {"dns", "pytest"} <= foreign, foreign
+    missing = sorted(foreign - set(harness.PYTHON_MODULES))
+    assert not missing, "modules harness.PYTHON_MODULES lacks: %s" % missing
+    wanted = packages("test")
+    for module, package in harness.PYTHON_MODULES.items():
+        assert package in wanted, "%s (for %s) is not in install-deps' test list" % (
+            package, module)
 
 
 def find_program(program):
