@@ -141,16 +141,21 @@ def test_privilege_drop(workdir, shared_dir, start_hard, start_http, up):
     assert answer(h, "fwd.test") == ["192.0.2.1"]
 
 
-def test_pidfile_removed_after_privilege_drop(shared_dir, start_hard, up):
+@pytest.mark.parametrize("existing", [False, True], ids=["made", "given"])
+def test_pidfile_removed_after_privilege_drop(shared_dir, start_hard, up, existing):
     """The documented set-up (hard(8), README): started as root with
-    -u nobody -p DIR/hard.pid where DIR does not exist yet (/run/har after a
-    reboot).  hard makes DIR, owned by nobody, so that, running as nobody,
-    it can remove the pid file at SIGTERM (issue 9 item 16)."""
+    -u nobody -p DIR/hard.pid, where DIR is nobody's (systemd's
+    RuntimeDirectory, or install -d -o nobody) or does not exist yet (/run/har
+    after a reboot; hard then makes it, owned by nobody).  Running as nobody,
+    hard removes the pid file at SIGTERM (issue 9 item 16)."""
     if os.geteuid() != 0:
         pytest.skip("needs root to start hard as root")
     nobody = pwd.getpwnam("nobody")
     rundir = os.path.join(shared_dir, "run", "har")
     os.mkdir(os.path.dirname(rundir))
+    if existing:
+        os.mkdir(rundir, 0o755)
+        os.chown(rundir, nobody.pw_uid, nobody.pw_gid)
     pidfile = os.path.join(rundir, "hard.pid")
     body = name_block("pid.test", [("a", None, "address = { %s }" % A)],
                       check_frequency=30, failure_mode="all")
