@@ -6,6 +6,9 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 SBINDIR = $(PREFIX)/sbin
 MANDIR = $(PREFIX)/share/man
+DOCDIR = $(PREFIX)/share/doc/har
+# systemd reads units from /usr/local/lib/systemd/system and /usr/lib/...
+UNITDIR = $(PREFIX)/lib/systemd/system
 PYTHON = /usr/bin/python3
 
 CC ?= cc
@@ -71,15 +74,28 @@ fuzz:
 lint:
 	mandoc -T lint -W warning hard.8 har.conf.5
 
+# Everything a host needs: the daemon, har-status, the manual pages, the
+# systemd unit naming the installed hard, and the example configuration.
+# DESTDIR stages it all (packaging); the paths inside name PREFIX only.
 install: hard
-	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man8 \
+		$(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(UNITDIR) $(DESTDIR)$(DOCDIR)
 	install -m 755 hard $(DESTDIR)$(SBINDIR)/hard
+	install -m 755 contrib/har-status $(DESTDIR)$(SBINDIR)/har-status
 	install -m 644 hard.8 $(DESTDIR)$(MANDIR)/man8/hard.8
 	install -m 644 har.conf.5 $(DESTDIR)$(MANDIR)/man5/har.conf.5
+	sed '/^Exec/s|/usr/local/sbin/hard|$(SBINDIR)/hard|' contrib/har.service \
+		>$(DESTDIR)$(UNITDIR)/har.service.tmp
+	chmod 644 $(DESTDIR)$(UNITDIR)/har.service.tmp
+	mv $(DESTDIR)$(UNITDIR)/har.service.tmp $(DESTDIR)$(UNITDIR)/har.service
+	install -m 644 har.conf.example contrib/resolv.conf.md $(DESTDIR)$(DOCDIR)
 
 uninstall:
-	rm -f $(DESTDIR)$(SBINDIR)/hard $(DESTDIR)$(MANDIR)/man8/hard.8 \
-		$(DESTDIR)$(MANDIR)/man5/har.conf.5
+	rm -f $(DESTDIR)$(SBINDIR)/hard $(DESTDIR)$(SBINDIR)/har-status \
+		$(DESTDIR)$(MANDIR)/man8/hard.8 $(DESTDIR)$(MANDIR)/man5/har.conf.5 \
+		$(DESTDIR)$(UNITDIR)/har.service \
+		$(DESTDIR)$(DOCDIR)/har.conf.example $(DESTDIR)$(DOCDIR)/resolv.conf.md
+	rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null || true
 
 clean:
 	rm -f hard *.o $(UNIT_TESTS)

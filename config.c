@@ -8,10 +8,13 @@
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <confuse.h>
 #include <uriparser/Uri.h>
@@ -80,61 +83,85 @@ validate_each(cfg_t *cfg, cfg_opt_t *opt, value_check_fn *check)
 	return 0;
 }
 
-static void
-check_positive(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
-{
-	double number = cfg_opt_getnfloat(opt, index);
+/*
+ * The allowed range of every number in har.conf, in one place: the
+ * validator reads it and har.conf.5 documents it.  A value outside its
+ * range would overflow or make hard useless (a timeout of 1e300 seconds
+ * fails every check at once; an empty expect_status passes none), so it
+ * is refused where it is written, NaN and infinity included.  A new
+ * numeric option needs one line here.
+ */
+struct number_range {
+	const char *option;	/* as libconfuse spells it: "name|ttl" */
+	double low, high;
+	const char *unit;	/* "seconds", or NULL for a plain count */
+};
 
-	if (!(number > 0) || isinf(number))
-		report_at(current_parse->file, cfg->line,
-			  "%s must be a number of seconds greater than 0, not %g",
-			  opt->name, number);
+static const struct number_range number_ranges[] = {
+	{ "dns_listen_port", 1, 65535, NULL },
+	{ "resolver_timeout", 0.001, 60, "seconds" },
+	{ "resolver_total_timeout", 0.001, 60, "seconds" },
+	{ "check_history", 1, 1000000, NULL },
+	{ "tcp_idle_timeout", 0.001, 86400, "seconds" },
+	{ "tcp_max_connections", 1, 1000000, NULL },
+	{ "name|check_frequency", 0.01, 86400, "seconds" },
+	{ "name|check_timeout", 0.001, 86400, "seconds" },
+	{ "name|rise", 1, 1000, NULL },
+	{ "name|fall", 1, 1000, NULL },
+	{ "name|expect_status", 100, 599, NULL },
+	{ "name|max_rtt", 0, 86400, "seconds" },
+	{ "name|group_rtt_threshold", 0, 86400, "seconds" },
+	/* RFC 2181 section 8: a TTL is at most 2^31 - 1. */
+	{ "name|ttl", 0, 2147483647.0, "seconds" },
+};
+
+/* The table's line for an option: its name is the path's last part. */
+static const struct number_range *
+find_number_range(const char *name)
+{
+	for (size_t i = 0; i < sizeof(number_ranges) / sizeof(number_ranges[0]);
+	     i++) {
+		const char *bar = strrchr(number_ranges[i].option, '|');
+		const char *last = bar ? bar + 1 : number_ranges[i].option;
+
+		if (strcmp(last, name) == 0)
+			return &number_ranges[i];
+	}
+	return NULL;
+}
+
+/* Whole numbers in full (a TTL bound reads 2147483647, not 2.14748e+09). */
+static void
+format_number(double number, char *out, size_t size)
+{
+	if (isfinite(number) && fabs(number) < 1e15 && number == floor(number))
+		snprintf(out, size, "%.0f", number);
+	else
+		snprintf(out, size, "%g", number);
 }
 
 static void
-check_not_negative(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
+check_range(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
 {
-	double number = cfg_opt_getnfloat(opt, index);
+	const struct number_range *range = find_number_range(opt->name);
+	double number;
+	char low[32], high[32], value[32];
 
-	if (!(number >= 0))
-		report_at(current_parse->file, cfg->line,
-			  "%s must be 0 or more, not %g", opt->name, number);
-}
-
-static void
-check_integer(cfg_t *cfg, cfg_opt_t *opt, unsigned index, long low,
-	      long high, const char *what)
-{
-	long number = cfg_opt_getnint(opt, index);
-
-	if (number < low || number > high)
-		report_at(current_parse->file, cfg->line,
-			  "%s must be %s between %ld and %ld, not %ld",
-			  opt->name, what, low, high, number);
-}
-
-static void
-check_count(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
-{
-	check_integer(cfg, opt, index, 1, 1000000, "a count");
-}
-
-static void
-check_ttl(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
-{
-	check_integer(cfg, opt, index, 0, 2147483647L, "a TTL");
-}
-
-static void
-check_port(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
-{
-	check_integer(cfg, opt, index, 1, 65535, "a port");
-}
-
-static void
-check_status(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
-{
-	check_integer(cfg, opt, index, 100, 599, "an HTTP status");
+	if (!range)
+		return;
+	if (opt->type == CFGT_INT)
+		number = (double)cfg_opt_getnint(opt, index);
+	else
+		number = cfg_opt_getnfloat(opt, index);
+	if (number >= range->low && number <= range->high)
+		return;		/* false for NaN too */
+	format_number(range->low, low, sizeof(low));
+	format_number(range->high, high, sizeof(high));
+	format_number(number, value, sizeof(value));
+	report_at(current_parse->file, cfg->line,
+		  "%s must be between %s and %s%s%s, not %s", opt->name, low,
+		  high, range->unit ? " " : "", range->unit ? range->unit : "",
+		  value);
 }
 
 static void
@@ -210,22 +237,87 @@ check_endpoint(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
 			  opt->name, value);
 }
 
+/*
+ * What a start would trip over outside this file, checked here so that
+ * `hard -t` and a reload refuse it too.  Nothing is created: a missing
+ * data_file directory is fine (hard creates it), one that cannot be a
+ * directory is not.  Permissions are not judged, as -t may run as
+ * another user than the daemon.
+ */
+static void
+check_user(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
+{
+	const char *value = cfg_opt_getnstr(opt, index);
+
+	if (!getpwnam(value))
+		report_at(current_parse->file, cfg->line,
+			  "user \"%s\": no such user", value);
+}
+
+static void
+check_data_file(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
+{
+	const char *value = cfg_opt_getnstr(opt, index);
+	char ancestor[4096];
+	struct stat status;
+
+	if (value[0] == '\0')
+		return;		/* state kept in memory only */
+	if (stat(value, &status) == 0) {
+		if (S_ISDIR(status.st_mode))
+			report_at(current_parse->file, cfg->line,
+				  "data_file \"%s\" is a directory, not a file",
+				  value);
+		return;
+	}
+	/* The nearest part of the path that exists must be a directory. */
+	snprintf(ancestor, sizeof(ancestor), "%s", value);
+	for (;;) {
+		char *slash = strrchr(ancestor, '/');
+
+		if (!slash)
+			return;		/* relative: the working directory */
+		*slash = '\0';
+		if (ancestor[0] == '\0')
+			return;		/* "/" */
+		if (stat(ancestor, &status) != 0)
+			continue;
+		if (!S_ISDIR(status.st_mode))
+			report_at(current_parse->file, cfg->line,
+				  "data_file \"%s\" cannot be created: %s is not a directory",
+				  value, ancestor);
+		return;
+	}
+}
+
+static void
+check_readable_file(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
+{
+	const char *value = cfg_opt_getnstr(opt, index);
+	struct stat status;
+
+	if (stat(value, &status) != 0 || access(value, R_OK) != 0)
+		report_at(current_parse->file, cfg->line, "%s \"%s\": %s",
+			  opt->name, value, strerror(errno));
+	else if (S_ISDIR(status.st_mode))
+		report_at(current_parse->file, cfg->line,
+			  "%s \"%s\" is a directory, not a file", opt->name, value);
+}
+
 #define VALIDATOR(function, check) \
 	static int function(cfg_t *cfg, cfg_opt_t *opt) \
 	{ return validate_each(cfg, opt, check); }
 
-VALIDATOR(validate_positive, check_positive)
-VALIDATOR(validate_not_negative, check_not_negative)
-VALIDATOR(validate_count, check_count)
-VALIDATOR(validate_ttl, check_ttl)
-VALIDATOR(validate_port, check_port)
-VALIDATOR(validate_status, check_status)
 VALIDATOR(validate_check_method, check_check_method)
 VALIDATOR(validate_selection_method, check_selection_method)
 VALIDATOR(validate_rtt_mode, check_rtt_mode)
 VALIDATOR(validate_failure_mode, check_failure_mode)
 VALIDATOR(validate_ip, check_ip)
 VALIDATOR(validate_endpoint, check_endpoint)
+VALIDATOR(validate_range, check_range)
+VALIDATOR(validate_user, check_user)
+VALIDATOR(validate_data_file, check_data_file)
+VALIDATOR(validate_readable_file, check_readable_file)
 
 static cfg_opt_t candidate_options[] = {
 	CFG_STR("check_address", NULL, CFGF_NODEFAULT),
@@ -275,30 +367,23 @@ install_validators(cfg_t *cfg)
 	} validators[] = {
 		{ "nameservers", validate_endpoint },
 		{ "dns_bind_interfaces", validate_ip },
-		{ "dns_listen_port", validate_port },
-		{ "resolver_timeout", validate_positive },
-		{ "resolver_total_timeout", validate_positive },
-		{ "check_history", validate_count },
-		{ "tcp_idle_timeout", validate_positive },
-		{ "tcp_max_connections", validate_count },
+		{ "user", validate_user },
+		{ "data_file", validate_data_file },
 		{ "name|check_method", validate_check_method },
-		{ "name|check_frequency", validate_positive },
-		{ "name|check_timeout", validate_positive },
-		{ "name|rise", validate_count },
-		{ "name|fall", validate_count },
-		{ "name|expect_status", validate_status },
 		{ "name|selection_method", validate_selection_method },
 		{ "name|rtt_mode", validate_rtt_mode },
-		{ "name|max_rtt", validate_not_negative },
-		{ "name|group_rtt_threshold", validate_not_negative },
 		{ "name|failure_mode", validate_failure_mode },
-		{ "name|ttl", validate_ttl },
+		{ "name|ca_file", validate_readable_file },
 		{ "name|candidate|address", validate_ip },
 	};
 
 	for (size_t i = 0; i < sizeof(validators) / sizeof(validators[0]); i++)
 		cfg_set_validate_func(cfg, validators[i].option,
 				       validators[i].check);
+	for (size_t i = 0; i < sizeof(number_ranges) / sizeof(number_ranges[0]);
+	     i++)
+		cfg_set_validate_func(cfg, number_ranges[i].option,
+				       validate_range);
 }
 
 /* ------------------------------------------------------------ helpers */
@@ -537,6 +622,25 @@ section_line(const char *keyword, const char *canonical, int from,
 	return 0;
 }
 
+/* The first line at or after `from` that sets OPTION, else `from`. */
+static int
+option_line(const char *option, int from)
+{
+	const char *at = current_parse->text;
+	size_t option_length = strlen(option);
+
+	for (int line = 1; at && *at; line++) {
+		const char *p = at + strspn(at, " \t");
+
+		if (line >= from && strncmp(p, option, option_length) == 0 &&
+		    strchr(" \t=", p[option_length]))
+			return line;
+		at = strchr(at, '\n');
+		at = at ? at + 1 : NULL;
+	}
+	return from;
+}
+
 /* ------------------------------------------------------ check targets */
 
 static char *
@@ -715,6 +819,12 @@ load_name_options(struct config_name *name, cfg_t *section)
 	name->rise = (int)cfg_getint(section, "rise");
 	name->fall = (int)cfg_getint(section, "fall");
 	name->expect_status_count = (int)cfg_size(section, "expect_status");
+	/* libconfuse runs no validator on an empty list. */
+	if (name->expect_status_count == 0)
+		report_at(current_parse->file,
+			  option_line("expect_status", name->line),
+			  "expect_status is empty: no check could succeed; "
+			  "give at least one HTTP status");
 	name->expect_status = xcalloc((size_t)name->expect_status_count,
 				      sizeof(int));
 	for (int i = 0; i < name->expect_status_count; i++)
@@ -921,14 +1031,19 @@ read_file(const char *file)
  * Blanks out comments (#, // and slash-star blocks outside quotes), keeping
  * newline.  Debian's libconfuse 3.3 miscounts lines after a comment, and
  * the line numbers of our messages are only as good as its count.  As in
- * libconfuse, "//" inside a bare word (a URL) is not a comment.
+ * libconfuse, "//" inside a bare word (a URL) is not a comment.  Returns
+ * the line of a slash-star comment that never ends (it would silently
+ * swallow the rest of the file), else 0.
  */
-static void
+static int
 blank_comments(char *text)
 {
 	char quote = 0;
+	int line = 1;
 
 	for (char *p = text; *p; p++) {
+		if (*p == '\n')
+			line++;
 		if (quote) {
 			if (*p == '\\' && p[1])
 				p++;
@@ -945,18 +1060,57 @@ blank_comments(char *text)
 				*p++ = ' ';
 			if (!*p)
 				break;
+			line++;
 		} else if (p[0] == '/' && p[1] == '*') {
+			int opened = line;
+
 			while (*p && !(p[0] == '*' && p[1] == '/')) {
-				if (*p != '\n')
+				if (*p == '\n')
+					line++;
+				else
 					*p = ' ';
 				p++;
 			}
 			if (!*p)
-				break;
+				return opened;
 			p[0] = p[1] = ' ';
 			p++;
 		}
 	}
+	return 0;
+}
+
+/*
+ * libconfuse 3.3 takes the end of the file as the end of every open
+ * section, so `name x {` with no `}` would pass.  Returns the line of
+ * the outermost brace never closed, else 0.  Runs on blanked comments.
+ */
+static int
+unclosed_brace_line(const char *text)
+{
+	char quote = 0;
+	int line = 1, depth = 0, outermost = 0;
+
+	for (const char *p = text; *p; p++) {
+		if (*p == '\n')
+			line++;
+		if (quote) {
+			if (*p == '\\' && p[1])
+				p++;
+			else if (*p == quote)
+				quote = 0;
+			continue;
+		}
+		if (*p == '"' || *p == '\'') {
+			quote = *p;
+		} else if (*p == '{') {
+			if (depth++ == 0)
+				outermost = line;
+		} else if (*p == '}' && depth > 0) {
+			depth--;
+		}
+	}
+	return depth > 0 ? outermost : 0;
 }
 
 static struct config *
@@ -967,7 +1121,7 @@ config_parse(const char *file, const char *text, const char *resolv_conf,
 	struct config *config = NULL;
 	char *file_text = NULL;
 	cfg_t *cfg;
-	int result;
+	int result, unclosed;
 
 	current_parse = &parse;
 	file_text = text ? strdup(text) : read_file(file);
@@ -976,7 +1130,9 @@ config_parse(const char *file, const char *text, const char *resolv_conf,
 		current_parse = NULL;
 		return NULL;
 	}
-	blank_comments(file_text);
+	unclosed = blank_comments(file_text);
+	if (unclosed)
+		report_at(file, unclosed, "this comment is never closed (no */)");
 	parse.text = file_text;
 	cfg = cfg_init(global_options, CFGF_NONE);
 	if (!cfg) {
@@ -990,6 +1146,10 @@ config_parse(const char *file, const char *text, const char *resolv_conf,
 	result = cfg_parse_buf(cfg, parse.text);
 	if (result != CFG_SUCCESS && parse.errors == 0)
 		report_at(file, 0, "cannot parse");
+	unclosed = unclosed_brace_line(parse.text);
+	if (result == CFG_SUCCESS && unclosed)
+		report_at(file, unclosed,
+			  "the { of this line is never closed (missing })");
 	if (result == CFG_SUCCESS)
 		config = config_build(cfg, file, resolv_conf);
 	cfg_free(cfg);

@@ -141,12 +141,74 @@ write_pid_file(const char *path)
 	pid_file_written = 1;
 }
 
+/* The pid file's directory: "." or "/" included. */
+static void
+pid_directory(const char *path, char *out, size_t size)
+{
+	char *slash;
+
+	snprintf(out, size, "%s", path);
+	slash = strrchr(out, '/');
+	if (!slash)
+		snprintf(out, size, ".");
+	else if (slash == out)
+		slash[1] = '\0';
+	else
+		*slash = '\0';
+}
+
+/*
+ * The pid file is removed at stop by hard running as USER, which needs
+ * write permission on the file's directory (not on the file).  A missing
+ * directory (/run/har after a reboot) is made here and given to USER, so
+ * that `-u USER -p /run/har/hard.pid` works without any set-up.  An
+ * existing directory is left as it is.
+ */
+static void
+make_pid_directory(const char *path, const char *user)
+{
+	char directory[4096];
+	struct passwd *account;
+
+	pid_directory(path, directory, sizeof(directory));
+	if (mkdir(directory, 0755) != 0) {
+		if (errno != EEXIST)
+			fail_start("cannot create %s for the pid file: %s",
+				   directory, strerror(errno));
+		return;
+	}
+	account = user ? getpwnam(user) : NULL;
+	if (account && geteuid() == 0 &&
+	    chown(directory, account->pw_uid, account->pw_gid) != 0)
+		fail_start("cannot give %s to user %s: %s", directory, user,
+			   strerror(errno));
+}
+
+/* Called as USER: can it remove the pid file at stop? */
+static void
+warn_if_pid_file_stays(const char *path, const char *user)
+{
+	char directory[4096];
+
+	pid_directory(path, directory, sizeof(directory));
+	if (access(directory, W_OK | X_OK) != 0)
+		log_warning("the pid file %s will be left behind at stop: user %s "
+			    "may not write its directory; use a directory %s owns, "
+			    "such as /run/har (see hard(8))", path, user, user);
+}
+
 static void
 remove_pid_file(void)
 {
-	if (pid_file_written && unlink(options.pid_file) != 0)
-		log_warning("cannot remove pid file %s: %s", options.pid_file,
-			    strerror(errno));
+	if (!pid_file_written || unlink(options.pid_file) == 0)
+		return;
+	if (errno == EACCES || errno == EPERM)
+		log_error("cannot remove pid file %s: %s (its directory is not "
+			  "writable by the user hard runs as; see hard(8))",
+			  options.pid_file, strerror(errno));
+	else
+		log_error("cannot remove pid file %s: %s", options.pid_file,
+			  strerror(errno));
 }
 
 /* --------------------------------------------------------- privileges */
@@ -366,18 +428,29 @@ on_signal(struct ev_loop *signal_loop, ev_signal *watcher, int revents)
 
 /* ----------------------------------------------------------- start-up */
 
+/*
+ * Everything a start would refuse in the configuration is found here,
+ * all of it in one run, before anything is bound or written; -t stops
+ * after it.
+ */
 static struct config *
 load_config_or_exit(void)
 {
 	struct config *config = config_load(options.config_file, RESOLV_CONF,
 					    report_to_stderr);
+	int failed = !config;
 
-	if (!config)
-		exit(1);
-	if (config_drop_own_listeners(config, report_to_stderr) == 0) {
+	if (options.user && !getpwnam(options.user)) {
+		fprintf(stderr, "hard: -u %s: no such user\n", options.user);
+		failed = 1;
+	}
+	if (config && config_drop_own_listeners(config, report_to_stderr) == 0) {
 		fprintf(stderr, "%s: no upstream nameserver left (every one is "
 			"hard's own listener); set nameservers\n",
 			options.config_file);
+		failed = 1;
+	}
+	if (failed) {
 		config_free(config);
 		exit(1);
 	}
@@ -427,8 +500,6 @@ main(int argc, char **argv)
 	absolute_config_path();
 	running_config = load_config_or_exit();
 	user = options.user ? options.user : running_config->user;
-	if (user && !getpwnam(user))
-		fail_start("unknown user \"%s\"", user);
 	if (options.pid_file)
 		check_pid_file(options.pid_file);
 	signal(SIGPIPE, SIG_IGN);
@@ -455,6 +526,8 @@ main(int argc, char **argv)
 		fail_start("cannot start the upstream resolver");
 	if (check_start_all(loop, registry) != 0)
 		fail_start("cannot start the health checks");
+	if (options.pid_file)
+		make_pid_directory(options.pid_file, user);
 	/* Everything that can fail has been tried: now detach, and write
 	 * the pid file while still allowed to write where it goes. */
 	if (!options.foreground)
@@ -462,8 +535,11 @@ main(int argc, char **argv)
 	log_init("hard", options.foreground, options.debug);
 	if (options.pid_file)
 		write_pid_file(options.pid_file);
-	if (user)
+	if (user) {
 		drop_privileges(user);
+		if (options.pid_file)
+			warn_if_pid_file_stays(options.pid_file, user);
+	}
 	store_start();
 	log_info("hard %s answering %d names on port %d", HAR_VERSION,
 		 running_config->name_count, running_config->listen_port);

@@ -21,6 +21,34 @@ HARD = os.path.abspath(os.environ.get("HARD") or os.path.join(REPO, "hard"))
 PYTHON = "/usr/bin/python3"
 DNSMASQ = "/usr/sbin/dnsmasq"
 
+# Every program the system tests run, with the Debian package that brings
+# it.  `contrib/install-deps test` must install each (test_setup.py checks
+# this table against the tests and against dpkg), so that on a fresh
+# machine no test fails or is skipped for want of a program.
+PROGRAMS = {
+    "dnsmasq": "dnsmasq-base",	# the program alone: no system service
+    "python3": "python3",
+    "sqlite3": "sqlite3",
+    "openssl": "openssl",
+    "mandoc": "mandoc",
+    "groff": "groff-base",
+    "man": "man-db",
+    "valgrind": "valgrind",
+    "dnsperf": "dnsperf",
+    "setpriv": "util-linux",
+    "mount": "mount",
+    "umount": "mount",
+    "true": "coreutils",
+    "make": "make",
+    "systemd-analyze": "systemd",
+    "dpkg-query": "dpkg",
+}
+# The Python modules they import beyond the standard library, likewise.
+PYTHON_MODULES = {
+    "dns": "python3-dnspython",
+    "pytest": "python3-pytest",
+}
+
 
 def wait_until(predicate, timeout=5.0, interval=0.02, what="condition"):
     """Polls predicate until it returns a true value (returned), or fails."""

@@ -54,7 +54,7 @@ name "db.example.com." {
 name secure.example.com {
     selection_method = all
     failure_mode = none
-    ca_file = "/etc/ssl/certs/ca-certificates.crt"
+    ca_file = "%(workdir)s/ca.pem"
     candidate secure1.example.com { }
 }
 """
@@ -119,6 +119,7 @@ def assert_error_at(path, res, lines, reason):
 
 
 def test_good_config_ok(workdir):
+    write(workdir, "a CA file must exist and be readable\n", "ca.pem")
     path, res = check_t(workdir, GOOD % {"workdir": workdir})
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok"
@@ -140,8 +141,6 @@ def test_positional_config_file(workdir):
 
 def test_repo_example_config_ok():
     path = os.path.join(harness.REPO, "har.conf.example")
-    if not os.path.exists(path):
-        pytest.skip("no har.conf.example yet")
     res = run_hard("-t", "-c", path)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
 
@@ -167,6 +166,26 @@ BAD = {
     "bad-port": (2, "dns_listen_port = 70000", r"port"),
     "bad-name": (10, 'name "bad..example.com" {', r"name|bad"),
     "syntax-error": (8, "  }}", r"."),
+    # issue 9 item 13: values that passed -t and then overflowed
+    "huge-resolver-timeout": (2, "resolver_timeout = 1e10",
+                              r"resolver_timeout must be between 0\.001 and 60 seconds, not 10000000000$"),
+    "huge-check-timeout": (5, "    check_timeout = 1e300",
+                           r"check_timeout must be between 0\.001 and 86400 seconds"),
+    "nan-frequency": (5, "    check_frequency = nan", r"check_frequency must be between.*nan"),
+    "inf-max-rtt": (5, "    max_rtt = inf", r"max_rtt must be between 0 and 86400"),
+    "huge-ttl": (5, "    ttl = 4294967296", r"ttl must be between 0 and 2147483647"),
+    "huge-rise": (5, "    rise = 4294967297", r"rise must be between 1 and 1000"),
+    "huge-idle-timeout": (2, "tcp_idle_timeout = 1e300", r"tcp_idle_timeout must be between"),
+    "empty-expect-status": (5, "    expect_status = {}", r"expect_status is empty"),
+    "bad-expect-status": (5, "    expect_status = { 200, 600 }", r"expect_status.*100 and 599"),
+    # item 14: what a start would fail on
+    "unknown-user": (3, 'user = "no-such-user-har"', r'user "no-such-user-har": no such user'),
+    "missing-ca-file": (5, '    ca_file = "/nonexistent/ca.pem"', r"ca_file.*No such file"),
+    "data-file-is-directory": (3, 'data_file = "/tmp"', r"data_file.*is a directory"),
+    "data-file-under-file": (3, 'data_file = "/etc/passwd/har/har.db"', r"data_file.*not a directory"),
+    "unclosed-section": (13, "", r"never closed"),
+    "unclosed-comment": (12, "    /* failure_mode = all", r"comment is never closed"),
+    "listen-not-ip": (2, "dns_bind_interfaces = { localhost }", r"dns_bind_interfaces.*localhost"),
 }
 
 
@@ -182,7 +201,7 @@ def test_bad_config_rejected(workdir, case):
                  "negative-frequency": {4}, "zero-frequency": {4},
                  "zero-timeout": {4}, "negative-max-rtt": {4},
                  "malformed-url": {6}, "unknown-scheme": {6}, "bad-url-port": {6},
-                 "syntax-error": {9}}.get(case, set())
+                 "syntax-error": {9}, "unclosed-section": {10}}.get(case, set())
     assert_error_at(path, res, {line} | enclosing, reason)
 
 
@@ -207,6 +226,94 @@ def test_every_error_reported(workdir):
     path, res = check_t(workdir, text)
     assert_error_at(path, res, {5, 4}, r"frequency")
     assert_error_at(path, res, {11, 10}, r"address")
+
+
+def documented_ranges():
+    """(option, low, high, global?) for each row of the table of ranges in
+    har.conf.5's SYNTAX section."""
+    with open(os.path.join(harness.REPO, "har.conf.5")) as f:
+        page = f.read()
+    globals_part = page.split(".Sh GLOBAL OPTIONS")[1].split(".Sh NAMES")[0]
+    global_options = set(re.findall(r"^\.It Ic (\w+) Ar", globals_part, re.M))
+    rows = re.findall(r"^\.It Ic (\w+)(?: , Ic (\w+))? Ta ([\d.]+) Ta ([\d.]+) Ta",
+                      page, re.M)
+    ranges = []
+    for first, second, low, high in rows:
+        for option in filter(None, (first, second)):
+            ranges.append((option, low, high, option in global_options))
+    return ranges
+
+
+def with_value(option, value, is_global):
+    if option == "expect_status":
+        value = "{ %s }" % value
+    lines = BASE.split("\n")
+    if is_global:
+        lines.insert(1, "%s = %s" % (option, value))
+    else:
+        lines[4] = "    %s = %s" % (option, value)
+    return "\n".join(lines)
+
+
+def test_documented_ranges_are_enforced(workdir):
+    """Each range of har.conf(5)'s table is the one -t enforces: both ends
+    are accepted, a value beyond either end, NaN and an infinity refused
+    with a message that names the range (issue 9 item 13)."""
+    ranges = documented_ranges()
+    assert len(ranges) >= 13, ranges
+    for option, low, high, is_global in ranges:
+        for value in (low, high):
+            path, res = check_t(workdir, with_value(option, value, is_global))
+            assert res.returncode == 0, "%s = %s: %s" % (option, value, res.stderr)
+        integral = "." not in low and "." not in high
+        below = str(int(low) - 1) if integral else \
+            ("-1" if float(low) == 0 else repr(float(low) / 2))
+        above = str(int(high) + 1) if integral else repr(float(high) * 2)
+        bad = [below, above] + ([] if integral else ["nan", "inf", "-inf"])
+        for value in bad:
+            path, res = check_t(workdir, with_value(option, value, is_global))
+            assert res.returncode == 1, "%s = %s accepted" % (option, value)
+            assert "%s must be between %s and %s" % (option, low, high) in res.stderr, \
+                "%s = %s: %s" % (option, value, res.stderr)
+
+
+def test_every_error_in_one_run(workdir):
+    """-t lists every mistake of the file, and a -u USER that does not exist,
+    in one run (issue 9 items 13 and 14)."""
+    text = BASE.replace('data_file = ""', 'user = "no-such-user-har"') \
+        .replace("    check_frequency = 5", "    check_timeout = 1e300") \
+        .replace("    failure_mode = all", "    expect_status = {}")
+    text = text.replace("dns_listen_port = 5353", "resolver_timeout = inf")
+    path = write(workdir, text)
+    res = run_hard("-t", "-u", "no-such-user-either", "-c", path)
+    assert_error_at(path, res, {2}, r"resolver_timeout")
+    assert_error_at(path, res, {3}, r"no such user")
+    assert_error_at(path, res, {5}, r"check_timeout")
+    assert_error_at(path, res, {12}, r"expect_status")
+    assert "-u no-such-user-either: no such user" in res.stderr, res.stderr
+
+
+def test_unknown_user_option_with_t(workdir):
+    path = write(workdir, BASE)
+    res = run_hard("-t", "-u", "no-such-user-har", "-c", path)
+    assert res.returncode == 1 and "ok" not in res.stdout.split(), res
+    assert "no-such-user-har" in res.stderr, res.stderr
+    res = run_hard("-t", "-u", "nobody", "-c", path)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def test_t_matches_start(workdir, upstream):
+    """What -t refuses, a start refuses too, with the same FILE:LINE and
+    exit 1, before binding anything."""
+    body = BASE.split("\n", 3)[3].replace("    check_frequency = 5",
+                                         "    check_timeout = 1e300")
+    config = harness.hard_config(body, upstream.endpoint, harness.free_port(),
+                                 extra='user = "no-such-user-har"\n')
+    res = start_and_expect_failure(workdir, config)
+    assert re.search(r"fail\.conf:5: user \"no-such-user-har\": no such user",
+                     res.stderr), res.stderr
+    assert re.search(r"fail\.conf:\d+: check_timeout must be between", res.stderr), \
+        res.stderr
 
 
 def test_missing_config_file(workdir):
@@ -279,17 +386,26 @@ def test_no_nameserver_left(workdir):
     assert re.search(r"nameserver|upstream", res.stderr, re.I), res.stderr
 
 
-def test_unusable_data_file_keeps_answering(workdir, upstream, start_hard):
+def test_uncreatable_data_file_fails_start(workdir, upstream):
     """A data file that cannot be created (its directory is a regular file)
-    is reported once, naming the path; hard answers from memory and retries:
-    on a host where it is the only resolver it must not go away."""
+    ends the start with exit 1 and one message naming the path (SPEC 2,
+    issue 9 item 15); -t refuses it the same way."""
     blocker = write(workdir, "not a directory", "blocker")
     path = os.path.join(blocker, "har.db")
-    h = start_hard(BASE.split("\n", 3)[3], upstream=upstream, data_file=path)
-    assert addresses(h.query("other.example.com", "A"))
-    harness.wait_until(lambda: path in h.log(), 3, what="the data file error")
-    assert h.log().count("cannot open data file") == 1, h.log()
-    h.assert_alive()
+    config = harness.hard_config(BASE.split("\n", 3)[3], upstream.endpoint,
+                                 harness.free_port(), data_file=path)
+    res = start_and_expect_failure(workdir, config)
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert re.search(r"fail\.conf:4: data_file .*har\.db.* cannot be created: .*"
+                     r"blocker is not a directory", res.stderr), res.stderr
+    res = run_hard("-t", "-c", os.path.join(workdir, "fail.conf"))
+    assert res.returncode == 1 and "blocker is not a directory" in res.stderr
+    # a directory where the file should be
+    config = harness.hard_config(BASE.split("\n", 3)[3], upstream.endpoint,
+                                 harness.free_port(), data_file=workdir)
+    res = start_and_expect_failure(workdir, config)
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert re.search(r"fail\.conf:4: data_file .* is a directory", res.stderr), res.stderr
 
 
 def test_unreadable_data_file_fails_start(workdir, upstream):

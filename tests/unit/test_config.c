@@ -252,7 +252,7 @@ test_every_option(void)
 	    "resolver_timeout = 0.5\n"
 	    "resolver_total_timeout = 2\n"
 	    "data_file = \"\"\n"
-	    "user = \"har\"\n"
+	    "user = \"nobody\"\n"
 	    "check_history = 10\n"
 	    "tcp_idle_timeout = 2.5\n"
 	    "tcp_max_connections = 4\n"
@@ -269,7 +269,7 @@ test_every_option(void)
 	    "    group_rtt_threshold = 0.005\n"
 	    "    failure_mode = servfail\n"
 	    "    ttl = 30\n"
-	    "    ca_file = \"/etc/ssl/ca.pem\"\n"
+	    "    ca_file = \"/etc/passwd\"\n"	/* any readable file */
 	    "    candidate api1 {\n"
 	    "        check_address = \"https://api1.example.com:8443/healthz?x=1\"\n"
 	    "    }\n"
@@ -293,7 +293,7 @@ test_every_option(void)
 	CHECK_DOUBLE(config->resolver_timeout, 0.5);
 	CHECK_DOUBLE(config->resolver_total_timeout, 2);
 	CHECK_STR(config->data_file, "");
-	CHECK_STR(config->user, "har");
+	CHECK_STR(config->user, "nobody");
 	CHECK_INT(config->check_history, 10);
 	CHECK_DOUBLE(config->tcp_idle_timeout, 2.5);
 	CHECK_INT(config->tcp_max_connections, 4);
@@ -317,7 +317,7 @@ test_every_option(void)
 	CHECK_DOUBLE(name->group_rtt_threshold, 0.005);
 	CHECK_INT(name->failure_mode, FAILURE_SERVFAIL);
 	CHECK_INT(name->ttl, 30);
-	CHECK_STR(name->ca_file, "/etc/ssl/ca.pem");
+	CHECK_STR(name->ca_file, "/etc/passwd");
 	candidate = &name->candidates[0];
 	CHECK_STR(candidate->scheme, "https");
 	CHECK_STR(candidate->host, "api1.example.com");
@@ -1170,6 +1170,196 @@ test_error_several(void)
 	config_free(config);
 }
 
+/*
+ * Every number has a range (issue 9 item 13): a value that libconfuse
+ * reads fine but that would overflow later is refused with the range.
+ */
+static void
+test_error_ranges(void)
+{
+	static const struct {
+		const char *option;	/* inside a name, line 3 */
+		const char *reason;
+	} name_cases[] = {
+		{ "check_timeout = 1e300", "between 0.001 and 86400 seconds, not 1e+300" },
+		{ "check_timeout = nan", "check_timeout must be between" },
+		{ "check_timeout = inf", "check_timeout must be between" },
+		{ "check_timeout = 86400.5", "check_timeout" },
+		{ "check_frequency = 0.001", "between 0.01 and 86400 seconds" },
+		{ "check_frequency = 1e10", "check_frequency" },
+		{ "check_frequency = -inf", "check_frequency" },
+		{ "rise = 1001", "rise must be between 1 and 1000, not 1001" },
+		{ "fall = 4294967297", "fall must be between 1 and 1000" },
+		{ "max_rtt = inf", "max_rtt must be between 0 and 86400" },
+		{ "max_rtt = nan", "max_rtt" },
+		{ "group_rtt_threshold = 1e9", "group_rtt_threshold" },
+		{ "ttl = 2147483648", "ttl must be between 0 and 2147483647 seconds" },
+		{ "ttl = 4294967296", "ttl" },
+		{ "expect_status = { 200, 600 }", "between 100 and 599, not 600" },
+		{ "expect_status = {}", "expect_status is empty" },
+	};
+	static const struct {
+		const char *option;	/* global, line 2 */
+		const char *reason;
+	} global_cases[] = {
+		{ "resolver_timeout = 1e10", "resolver_timeout must be between 0.001 and 60 seconds" },
+		{ "resolver_timeout = nan", "resolver_timeout" },
+		{ "resolver_timeout = 0.0001", "resolver_timeout" },
+		{ "tcp_idle_timeout = 1e300", "tcp_idle_timeout" },
+		{ "tcp_idle_timeout = inf", "tcp_idle_timeout" },
+		{ "check_history = 1000001", "check_history must be between 1 and 1000000" },
+		{ "tcp_max_connections = 99999999999", "tcp_max_connections" },
+	};
+	char text[512];
+
+	for (size_t i = 0; i < sizeof(name_cases) / sizeof(name_cases[0]); i++) {
+		snprintf(text, sizeof(text),
+			 "nameservers = { 192.0.2.53 }\n"
+			 "name www.example.com {\n"
+			 "    %s\n"
+			 "    candidate a {}\n"
+			 "}\n", name_cases[i].option);
+		CHECK_REJECTED(text, 3, name_cases[i].reason);
+	}
+	for (size_t i = 0; i < sizeof(global_cases) / sizeof(global_cases[0]);
+	     i++) {
+		snprintf(text, sizeof(text),
+			 "nameservers = { 192.0.2.53 }\n"
+			 "%s\n"
+			 "name www.example.com { candidate a {} }\n",
+			 global_cases[i].option);
+		CHECK_REJECTED(text, 2, global_cases[i].reason);
+	}
+}
+
+/* The ends of every range are allowed. */
+static void
+test_range_limits_accepted(void)
+{
+	struct config *config = load(
+	    "nameservers = { 192.0.2.53 }\n"
+	    "dns_listen_port = 65535\n"
+	    "resolver_timeout = 60\n"
+	    "check_history = 1000000\n"
+	    "tcp_idle_timeout = 86400\n"
+	    "tcp_max_connections = 1000000\n"
+	    "name max.example.com {\n"
+	    "    check_frequency = 86400\n"
+	    "    check_timeout = 86400\n"
+	    "    rise = 1000\n"
+	    "    fall = 1000\n"
+	    "    expect_status = { 100, 599 }\n"
+	    "    max_rtt = 86400\n"
+	    "    group_rtt_threshold = 86400\n"
+	    "    ttl = 2147483647\n"
+	    "    candidate a {}\n"
+	    "}\n"
+	    "name min.example.com {\n"
+	    "    check_frequency = 0.01\n"
+	    "    check_timeout = 0.001\n"
+	    "    max_rtt = 0\n"
+	    "    group_rtt_threshold = 0\n"
+	    "    ttl = 0\n"
+	    "    candidate a {}\n"
+	    "}\n");
+	const struct config_name *name;
+
+	CHECK_ACCEPTED(config);
+	if (!config)
+		return;
+	CHECK_DOUBLE(config->resolver_timeout, 60);
+	name = find_name(config, "max.example.com");
+	if (CHECK(name != NULL)) {
+		CHECK_INT(name->ttl, 2147483647);
+		CHECK_INT(name->rise, 1000);
+	}
+	name = find_name(config, "min.example.com");
+	if (CHECK(name != NULL))
+		CHECK_DOUBLE(name->check_timeout, 0.001);
+	config_free(config);
+}
+
+/* What libconfuse lets through at the end of the file (item 14). */
+static void
+test_error_unclosed(void)
+{
+	struct config *config;
+
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "name ok.example.com { candidate a {} }\n"
+		       "name www.example.com {\n"
+		       "    candidate a { }\n", 3, "never closed");
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "name www.example.com {\n"
+		       "    candidate a {\n"
+		       "        check_address = \"http://a/{\"\n", 2, "never closed");
+	/* A comment that never ends would swallow the rest of the file. */
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "/* the names\n"
+		       "name www.example.com { candidate a {} }\n", 2,
+		       "comment is never closed");
+	/* Braces in strings and comments do not count. */
+	config = load("nameservers = { 192.0.2.53 } # {\n"
+		      "data_file = \"/tmp/har-{-unbalanced/har.db\"\n"
+		      "/* { */ name www.example.com {\n"
+		      "    candidate a { }\n"
+		      "}\n");
+	CHECK_ACCEPTED(config);
+	config_free(config);
+}
+
+/* What a start would fail on outside the file (item 14). */
+static void
+test_error_system(void)
+{
+	char directory[] = "/tmp/har-test-config-XXXXXX";
+	char text[1024], path[128];
+
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "user = \"no-such-user-har\"\n"
+		       "name www.example.com { candidate a {} }\n", 2,
+		       "user \"no-such-user-har\": no such user");
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "name www.example.com {\n"
+		       "    candidate a {}\n"
+		       "    ca_file = \"/nonexistent/ca.pem\"\n"
+		       "}\n", 4, "ca_file \"/nonexistent/ca.pem\": No such file");
+	if (!CHECK(mkdtemp(directory) != NULL))
+		return;
+	snprintf(text, sizeof(text),
+		 "nameservers = { 192.0.2.53 }\n"
+		 "name www.example.com {\n"
+		 "    ca_file = \"%s\"\n"
+		 "    candidate a {}\n"
+		 "}\n", directory);
+	CHECK_REJECTED(text, 3, "is a directory");
+	snprintf(text, sizeof(text),
+		 "nameservers = { 192.0.2.53 }\n"
+		 "data_file = \"%s\"\n"
+		 "name www.example.com { candidate a {} }\n", directory);
+	CHECK_REJECTED(text, 2, "is a directory");
+	/* Under a regular file: no directory can be made there. */
+	snprintf(text, sizeof(text),
+		 "nameservers = { 192.0.2.53 }\n"
+		 "data_file = \"%s/new/har.db\"\n"
+		 "name www.example.com { candidate a {} }\n", resolv_conf);
+	CHECK_REJECTED(text, 2, "is not a directory");
+	/* A directory hard would create is fine, and -t creates nothing. */
+	snprintf(text, sizeof(text),
+		 "nameservers = { 192.0.2.53 }\n"
+		 "data_file = \"%s/new/deeper/har.db\"\n"
+		 "name www.example.com { candidate a {} }\n", directory);
+	{
+		struct config *config = load(text);
+
+		CHECK_ACCEPTED(config);
+		config_free(config);
+	}
+	snprintf(path, sizeof(path), "%s/new", directory);
+	CHECK(access(path, F_OK) != 0);
+	rmdir(directory);
+}
+
 /* ---------------------------------------------------------------- main */
 
 static int
@@ -1234,6 +1424,10 @@ main(void)
 	RUN(test_error_syntax);
 	RUN(test_error_lines_after_comments);
 	RUN(test_error_several);
+	RUN(test_error_ranges);
+	RUN(test_range_limits_accepted);
+	RUN(test_error_unclosed);
+	RUN(test_error_system);
 
 	unlink(resolv_conf);
 	unlink(loopback_resolv_conf);
