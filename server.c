@@ -656,8 +656,8 @@ accept_succeeded(struct dns_server *server)
 	if (!server->accept_streak.active)
 		return;
 	failures = log_streak_ok(&server->accept_streak);
-	log_info("accepting TCP connections again after %lu failed attempts",
-		 failures);
+	log_info("accepting TCP connections again after %lu failed attempt%s",
+		 failures, failures == 1 ? "" : "s");
 }
 
 static void

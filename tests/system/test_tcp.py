@@ -1,6 +1,7 @@
 """DNS over TCP (RFC 7766): length prefix, pipelining, idle timeout, the
 connection cap."""
 
+import signal
 import socket
 import time
 
@@ -404,3 +405,84 @@ def test_total_output_of_all_connections_is_capped(big):
         for c in clients:
             c.close()
     hard.assert_alive()
+
+
+def test_query_longer_than_any_query_closes_the_connection(capped):
+    """The input is bounded: a length prefix over 4096 (a UDP query's
+    limit) ends the connection at once, before the bytes are sent."""
+    hard = capped
+    with hard.tcp() as s:
+        s.sendall((5000).to_bytes(2, "big") + b"\x12\x34")
+        harness.wait_until(lambda: harness.closed_by_peer(s, 0.1), timeout=2,
+                           what="hard to close the connection")
+    assert addresses(hard.query("www.test", "A", tcp=True)) == ["127.0.1.1"]
+
+
+# ------------------------------------------------ out of file descriptors
+
+SMALL = """
+name small.test {
+    check_method = tcp
+    failure_mode = all
+    check_frequency = 60
+    candidate "small" { check_address = "tcp://127.0.1.1:%d" }
+}
+"""
+
+
+def test_out_of_descriptors_does_not_spin(start_hard, upstream):
+    """ulimit -n 32 and 40 clients: accept() fails with EMFILE while the
+    listener stays readable.  hard pauses accepting instead of spinning,
+    logs once per streak, answers UDP meanwhile and TCP again once
+    connections close."""
+    hard = start_hard(SMALL % harness.dead_port(), upstream=upstream,
+                      nofile=(32, 32),
+                      extra="tcp_idle_timeout = 30\ntcp_max_connections = 100\n")
+    clients = [hard.tcp() for _ in range(40)]
+    try:
+        harness.wait_until(lambda: "cannot accept" in hard.log(), timeout=3,
+                           what="accept to fail")
+        before = hard.cpu_seconds()
+        time.sleep(2)
+        used = hard.cpu_seconds() - before
+        assert used < 0.3, "%.2f s of CPU in 2 s out of descriptors" % used
+        assert hard.log().count("cannot accept") == 1
+        assert addresses(hard.query("small.test", "A")) == ["127.0.1.1"]
+    finally:
+        for c in clients:
+            c.close()
+    r = hard.query("small.test", "A", tcp=True, timeout=3)
+    assert addresses(r) == ["127.0.1.1"]
+    assert "accepting TCP connections again after" in hard.log()
+    assert hard.log().count("cannot accept") <= 3
+    hard.assert_alive()
+
+
+def test_start_raises_the_open_file_limit(start_hard, upstream):
+    """tcp_max_connections = 1000 needs more than a soft limit of 64: hard
+    raises it, as the hard limit allows, at start and on reload."""
+    hard = start_hard(SMALL % harness.dead_port(), upstream=upstream,
+                      nofile=(64, 4096), extra="tcp_max_connections = 1000\n")
+    soft, limit = hard.nofile_limit()
+    assert 1000 < soft <= 4096 and limit == 4096
+    assert "raised the open file limit from 64 to %d" % soft in hard.log()
+    with open(hard.conf) as f:
+        config = f.read()
+    with open(hard.conf, "w") as f:
+        f.write(config.replace("tcp_max_connections = 1000",
+                               "tcp_max_connections = 2000"))
+    hard.signal(signal.SIGHUP)
+    harness.wait_until(lambda: hard.nofile_limit()[0] > 2000, timeout=5,
+                       what="the limit raised on reload")
+    assert addresses(hard.query("small.test", "A", tcp=True)) == ["127.0.1.1"]
+
+
+def test_start_warns_when_the_open_file_limit_is_too_low(start_hard, upstream):
+    hard = start_hard(SMALL % harness.dead_port(), upstream=upstream,
+                      nofile=(64, 64), extra="tcp_max_connections = 1000\n")
+    assert hard.nofile_limit() == (64, 64)
+    warning = [line for line in hard.log().splitlines()
+               if "open files, but the limit is 64 (hard limit 64)" in line]
+    assert len(warning) == 1 and "tcp_max_connections = 1000" in warning[0] \
+        and "LimitNOFILE" in warning[0]
+    assert addresses(hard.query("small.test", "A")) == ["127.0.1.1"]
