@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -40,7 +42,7 @@
 #define TCP_INPUT_SIZE (2 * (2 + TCP_QUERY_MAX))
 #define TCP_OUTPUT_LIMIT (64 * 1024)
 #define TCP_OUTPUT_TOTAL (16 * 1024 * 1024)
-#define TCP_OUTPUT_KEPT (16 * 1024)	/* a larger buffer is freed when empty */
+#define TCP_OUTPUT_KEPT 4096	/* a larger buffer is freed when empty */
 #define TCP_PENDING_LIMIT 32
 /* Out of descriptors, accepting is tried again after this or a close. */
 #define ACCEPT_RETRY 0.1
@@ -85,6 +87,7 @@ struct dns_server {
 	double idle_timeout;
 	size_t output_total;	/* bytes of every connection's output buffer */
 	struct log_streak shed_streak;	/* connections closed over the total */
+	int shedding;		/* in tcp_shed: the streak goes on */
 	int accept_paused;	/* out of descriptors: waiting for one */
 	ev_timer accept_retry;
 	struct log_streak accept_streak;
@@ -231,14 +234,32 @@ tcp_connection_release(struct tcp_connection *connection)
 		free(connection);
 }
 
+/* The shedding (tcp_shed) has stopped once the total is well under the cap. */
+static void
+tcp_shed_streak_end(struct dns_server *server)
+{
+	unsigned long closed;
+
+	if (!server->shed_streak.active ||
+	    server->output_total >= TCP_OUTPUT_TOTAL / 2)
+		return;
+	closed = log_streak_ok(&server->shed_streak);
+	log_info("TCP output back under %d MiB after closing %lu connections",
+		 TCP_OUTPUT_TOTAL / 1024 / 1024, closed);
+}
+
 static void
 tcp_output_free(struct tcp_connection *connection)
 {
-	connection->server->output_total -= connection->output_size;
+	struct dns_server *server = connection->server;
+
+	server->output_total -= connection->output_size;
 	free(connection->output);
 	connection->output = NULL;
 	connection->output_len = 0;
 	connection->output_size = 0;
+	if (!server->shedding)
+		tcp_shed_streak_end(server);
 }
 
 static int
@@ -286,20 +307,6 @@ tcp_connection_abort(struct tcp_connection *connection)
 	tcp_connection_close(connection);
 }
 
-/* The shedding below has stopped once the total is well under the cap. */
-static void
-tcp_shed_streak_end(struct dns_server *server)
-{
-	unsigned long closed;
-
-	if (!server->shed_streak.active ||
-	    server->output_total >= TCP_OUTPUT_TOTAL / 2)
-		return;
-	closed = log_streak_ok(&server->shed_streak);
-	log_info("TCP output back under %d MiB after closing %lu connections",
-		 TCP_OUTPUT_TOTAL / 1024 / 1024, closed);
-}
-
 /*
  * Over the total, the connection with the most unsent output goes: it is
  * the client that does not read its answers, and closing it frees most.
@@ -308,20 +315,23 @@ tcp_shed_streak_end(struct dns_server *server)
 static void
 tcp_shed(struct dns_server *server)
 {
+	server->shedding = 1;
 	while (server->output_total > TCP_OUTPUT_TOTAL) {
 		struct tcp_connection *worst = NULL;
 
 		for (struct tcp_connection *c = server->connections; c; c = c->next)
-			if (!worst || c->output_len > worst->output_len)
+			if (c->output_len > 0 &&
+			    (!worst || c->output_len > worst->output_len))
 				worst = c;
 		if (!worst)
-			return;
+			break;	/* only the buffers kept for clients that read */
 		if (log_streak_fail(&server->shed_streak))
 			log_warning("TCP output buffered for all clients is over %d MiB: "
 				    "closing the connections with the most unsent output",
 				    TCP_OUTPUT_TOTAL / 1024 / 1024);
 		tcp_connection_abort(worst);
 	}
+	server->shedding = 0;
 }
 
 /* Writes what the socket takes; the caller checks closed afterwards. */
@@ -345,18 +355,18 @@ tcp_flush(struct tcp_connection *connection)
 		}
 		done += (size_t)written;
 	}
-	memmove(connection->output, connection->output + done,
-		connection->output_len - done);
-	connection->output_len -= done;
+	if (done > 0) {
+		memmove(connection->output, connection->output + done,
+			connection->output_len - done);
+		connection->output_len -= done;
+	}
 	if (connection->output_len > 0) {
 		ev_io_start(server->loop, &connection->write_io);
 		return;
 	}
 	ev_io_stop(server->loop, &connection->write_io);
-	if (connection->output_size > TCP_OUTPUT_KEPT) {
+	if (connection->output_size > TCP_OUTPUT_KEPT)
 		tcp_output_free(connection);
-		tcp_shed_streak_end(server);
-	}
 }
 
 /* Appends one length-prefixed reply; written by the caller's flush. */
@@ -440,7 +450,7 @@ tcp_answer_input(struct tcp_connection *connection)
 		tcp_query(connection, connection->input + at + 2, len);
 		at += 2 + len;
 	}
-	if (connection->closed)
+	if (connection->closed || at == 0)
 		return;
 	memmove(connection->input, connection->input + at,
 		connection->input_len - at);
@@ -538,6 +548,19 @@ tcp_writable(struct ev_loop *loop, ev_io *io, int revents)
 	tcp_connection_release(connection);
 }
 
+/* Answers the client has not taken, here or in the socket's queue. */
+static int
+tcp_unsent(const struct tcp_connection *connection)
+{
+	int queued = 0;
+
+	if (connection->output_len > 0)
+		return 1;
+	if (ioctl(connection->fd, SIOCOUTQ, &queued) != 0)
+		return 0;
+	return queued > 0;
+}
+
 static void
 tcp_idle(struct ev_loop *loop, ev_timer *timer, int revents)
 {
@@ -550,7 +573,7 @@ tcp_idle(struct ev_loop *loop, ev_timer *timer, int revents)
 		tcp_touch(connection);
 		return;
 	}
-	if (connection->output_len > 0)
+	if (tcp_unsent(connection))
 		tcp_connection_abort(connection);
 	else
 		tcp_connection_close(connection);
@@ -639,11 +662,11 @@ accept_failed(struct listener *listener, int error)
 		log_warning("cannot accept TCP connections on %s: %s; trying again "
 			    "when a connection closes or every %.1f s",
 			    listener->endpoint.text, strerror(error), ACCEPT_RETRY);
+	for (struct listener *l = server->listeners; l; l = l->next)
+		ev_io_stop(server->loop, &l->tcp_io);
 	if (server->accept_paused)
 		return;
 	server->accept_paused = 1;
-	for (struct listener *l = server->listeners; l; l = l->next)
-		ev_io_stop(server->loop, &l->tcp_io);
 	ev_timer_set(&server->accept_retry, ACCEPT_RETRY, 0.);
 	ev_timer_start(server->loop, &server->accept_retry);
 }

@@ -364,16 +364,29 @@ def test_pipelined_forwarded_queries_beyond_the_bound_are_all_answered(hard):
     assert all(addresses(r) == ["192.0.2.1"] for r in replies)
 
 
+TCP_CLOSE = 7   # tcp_states.h: what a reset leaves
+
+
 def connection_reset(sock):
-    try:
-        sock.setblocking(False)
-        while sock.recv(1 << 20):
-            pass
-    except ConnectionResetError:
-        return True
-    except BlockingIOError:
-        return False
-    return False
+    """True when the peer reset the connection; reads nothing (TCP_INFO
+    starts with the state)."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] == TCP_CLOSE
+
+
+def test_client_that_reads_nothing_is_reset_after_idle_timeout(start_hard,
+                                                               upstream):
+    """Its answers stop flowing, so the connection is idle: after
+    tcp_idle_timeout it is reset, which frees the kernel's queue too (a
+    FIN would wait behind answers the client never reads)."""
+    hard = start_hard(big_body(harness.dead_port()), upstream=upstream,
+                      extra="tcp_idle_timeout = 1\n")
+    with hard.tcp() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sent = send_without_reading(s, framed("big.test", "A", 0, 200), 2)
+        assert sent > 50
+        harness.wait_until(lambda: connection_reset(s), timeout=5,
+                           what="the connection to be reset")
+    prompt_answers(hard)
 
 
 def test_total_output_of_all_connections_is_capped(big):
