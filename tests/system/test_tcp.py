@@ -428,6 +428,9 @@ def test_total_output_of_all_connections_is_capped(big):
     finally:
         for c in clients:
             c.close()
+    harness.wait_until(
+        lambda: "TCP output back under 16 MiB after closing %d connections"
+        % reset in hard.log(), timeout=5, what="the end of the shedding logged")
     hard.assert_alive()
 
 
