@@ -252,9 +252,9 @@ def prompt_answers(hard):
     """Another client is answered at once, over UDP and TCP."""
     for tcp in (False, True):
         t0 = time.monotonic()
-        r = hard.query("small.test", "A", tcp=tcp, timeout=1.0)
+        r = hard.query("small.test", "A", tcp=tcp, timeout=2.0)
         assert addresses(r) == ["127.0.1.1"]
-        assert time.monotonic() - t0 < 1.0
+        assert time.monotonic() - t0 < 1.5
 
 
 @pytest.fixture
