@@ -1,5 +1,6 @@
 """DNS over TCP (RFC 7766): length prefix, pipelining, idle timeout, the
-connection cap."""
+connection cap, the memory bounds against clients that do not read their
+answers, and running out of file descriptors."""
 
 import os
 import signal
