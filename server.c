@@ -1,8 +1,9 @@
 /*
  * server.c - the DNS listeners: UDP and TCP sockets on every
  * dns_bind_interfaces address, the per-connection state of DNS over TCP
- * (RFC 7766), and the hand-off of queries dns.c does not answer to
- * upstream.c and back.
+ * (RFC 7766) with the bounds that keep a client from growing hard's
+ * memory or spinning its loop, and the hand-off of queries dns.c does not
+ * answer to upstream.c and back.
  *
  * UDP is read and written in batches (recvmmsg/sendmmsg): one system call
  * for many queries is most of what makes a loopback resolver fast.
@@ -14,6 +15,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -23,6 +27,25 @@
 #define UDP_RECEIVE_SIZE 4096
 #define UDP_BATCHES_PER_WAKEUP 8
 #define TCP_BACKLOG 64
+
+/*
+ * The bounds of DNS over TCP (hard.8 documents them).  A query longer
+ * than a UDP one is refused, so the input buffer holds one partial query
+ * and room to read the next.  Above TCP_OUTPUT_LIMIT unsent bytes, or
+ * TCP_PENDING_LIMIT forwarded queries in flight, a connection's queries
+ * wait (its input is not read) until it drains: one maximum-size DNS
+ * message, more than a reading client ever leaves behind, since the
+ * kernel's socket buffer takes the normal flow.  TCP_OUTPUT_TOTAL bounds
+ * the output buffers of all connections together.
+ */
+#define TCP_QUERY_MAX UDP_RECEIVE_SIZE
+#define TCP_INPUT_SIZE (2 * (2 + TCP_QUERY_MAX))
+#define TCP_OUTPUT_LIMIT (64 * 1024)
+#define TCP_OUTPUT_TOTAL (16 * 1024 * 1024)
+#define TCP_OUTPUT_KEPT 4096	/* a larger buffer is freed when empty */
+#define TCP_PENDING_LIMIT 32
+/* Out of descriptors, accepting is tried again after this or a close. */
+#define ACCEPT_RETRY 0.1
 
 struct listener {
 	struct endpoint endpoint;
@@ -39,17 +62,17 @@ struct listener {
 
 struct tcp_connection {
 	int fd;
-	ev_io read_io;
+	ev_io read_io;		/* stopped while over its bound */
 	ev_io write_io;
 	ev_timer idle;
 	double last_active;
-	uint8_t *input;
+	uint8_t *input;		/* TCP_INPUT_SIZE bytes, from the first read */
 	size_t input_len;
-	size_t input_size;
 	uint8_t *output;
 	size_t output_len;
 	size_t output_size;
 	int pending;		/* forwarded queries not yet answered */
+	int busy;		/* a function up the stack uses it: not freed */
 	int closed;		/* socket gone; freed when pending reaches 0 */
 	struct dns_server *server;
 	struct tcp_connection *prev, *next;
@@ -62,6 +85,12 @@ struct dns_server {
 	int connection_count;
 	int max_connections;
 	double idle_timeout;
+	size_t output_total;	/* bytes of every connection's output buffer */
+	struct log_streak shed_streak;	/* connections closed over the total */
+	int shedding;		/* in tcp_shed: the streak goes on */
+	int accept_paused;	/* out of descriptors: waiting for one */
+	ev_timer accept_retry;
+	struct log_streak accept_streak;
 };
 
 /* A forwarded query's way back to its client. */
@@ -192,42 +221,129 @@ udp_readable(struct ev_loop *loop, ev_io *io, int revents)
 /* ------------------------------------------------------------ TCP */
 
 static void tcp_connection_close(struct tcp_connection *connection);
+static void tcp_process(struct tcp_connection *connection);
+static void accept_resume(struct dns_server *server);
 static void listener_free(struct listener *listener);
 
+/* Frees a closed connection once nothing refers to it any more. */
 static void
-tcp_connection_free(struct tcp_connection *connection)
+tcp_connection_release(struct tcp_connection *connection)
 {
-	free(connection->input);
+	if (connection->closed && connection->pending == 0 &&
+	    connection->busy == 0)
+		free(connection);
+}
+
+/* The shedding (tcp_shed) has stopped once the total is well under the cap. */
+static void
+tcp_shed_streak_end(struct dns_server *server)
+{
+	unsigned long closed;
+
+	if (!server->shed_streak.active ||
+	    server->output_total >= TCP_OUTPUT_TOTAL / 2)
+		return;
+	closed = log_streak_ok(&server->shed_streak);
+	log_info("TCP output back under %d MiB after closing %lu connections",
+		 TCP_OUTPUT_TOTAL / 1024 / 1024, closed);
+}
+
+static void
+tcp_output_free(struct tcp_connection *connection)
+{
+	struct dns_server *server = connection->server;
+
+	server->output_total -= connection->output_size;
 	free(connection->output);
-	free(connection);
+	connection->output = NULL;
+	connection->output_len = 0;
+	connection->output_size = 0;
+	if (!server->shedding)
+		tcp_shed_streak_end(server);
 }
 
 static int
-buffer_reserve(uint8_t **buffer, size_t *size, size_t needed)
+tcp_output_reserve(struct tcp_connection *connection, size_t needed)
 {
-	size_t new_size = *size ? *size : 512;
+	size_t new_size = connection->output_size ? connection->output_size : 512;
 	uint8_t *grown;
 
-	if (needed <= *size)
+	if (needed <= connection->output_size)
 		return 0;
 	while (new_size < needed)
 		new_size *= 2;
-	grown = realloc(*buffer, new_size);
+	grown = realloc(connection->output, new_size);
 	if (!grown)
 		return -1;
-	*buffer = grown;
-	*size = new_size;
+	connection->server->output_total += new_size - connection->output_size;
+	connection->output = grown;
+	connection->output_size = new_size;
 	return 0;
 }
 
+/* Over its bound, a connection's further queries wait. */
+static int
+tcp_over_bound(const struct tcp_connection *connection)
+{
+	return connection->output_len >= TCP_OUTPUT_LIMIT ||
+	    connection->pending >= TCP_PENDING_LIMIT;
+}
+
+/*
+ * A client that does not take what is queued for it gets a reset, so the
+ * kernel drops its queue at once instead of keeping it for a peer that
+ * does not read.
+ */
+static void
+tcp_connection_abort(struct tcp_connection *connection)
+{
+	struct linger linger = { .l_onoff = 1, .l_linger = 0 };
+
+	if (connection->closed)
+		return;
+	if (setsockopt(connection->fd, SOL_SOCKET, SO_LINGER, &linger,
+		       sizeof(linger)) != 0)
+		log_debug("cannot reset a TCP connection: %s", strerror(errno));
+	tcp_connection_close(connection);
+}
+
+/*
+ * Over the total, the connection with the most unsent output goes: it is
+ * the client that does not read its answers, and closing it frees most.
+ * Clients that read keep being served.
+ */
+static void
+tcp_shed(struct dns_server *server)
+{
+	server->shedding = 1;
+	while (server->output_total > TCP_OUTPUT_TOTAL) {
+		struct tcp_connection *worst = NULL;
+
+		for (struct tcp_connection *c = server->connections; c; c = c->next)
+			if (c->output_len > 0 &&
+			    (!worst || c->output_len > worst->output_len))
+				worst = c;
+		if (!worst)
+			break;	/* only the buffers kept for clients that read */
+		if (log_streak_fail(&server->shed_streak))
+			log_warning("TCP output buffered for all clients is over %d MiB: "
+				    "closing the connections with the most unsent output",
+				    TCP_OUTPUT_TOTAL / 1024 / 1024);
+		tcp_connection_abort(worst);
+	}
+	server->shedding = 0;
+}
+
+/* Writes what the socket takes; the caller checks closed afterwards. */
 static void
 tcp_flush(struct tcp_connection *connection)
 {
-	struct ev_loop *loop = connection->server->loop;
+	struct dns_server *server = connection->server;
+	size_t done = 0;
 
-	while (connection->output_len > 0) {
-		ssize_t written = write(connection->fd, connection->output,
-					connection->output_len);
+	while (done < connection->output_len) {
+		ssize_t written = write(connection->fd, connection->output + done,
+					connection->output_len - done);
 
 		if (written < 0 && errno == EINTR)
 			continue;
@@ -237,16 +353,23 @@ tcp_flush(struct tcp_connection *connection)
 			tcp_connection_close(connection);
 			return;
 		}
-		memmove(connection->output, connection->output + written,
-			connection->output_len - (size_t)written);
-		connection->output_len -= (size_t)written;
+		done += (size_t)written;
 	}
-	if (connection->output_len > 0)
-		ev_io_start(loop, &connection->write_io);
-	else
-		ev_io_stop(loop, &connection->write_io);
+	if (done > 0) {
+		memmove(connection->output, connection->output + done,
+			connection->output_len - done);
+		connection->output_len -= done;
+	}
+	if (connection->output_len > 0) {
+		ev_io_start(server->loop, &connection->write_io);
+		return;
+	}
+	ev_io_stop(server->loop, &connection->write_io);
+	if (connection->output_size > TCP_OUTPUT_KEPT)
+		tcp_output_free(connection);
 }
 
+/* Appends one length-prefixed reply; written by the caller's flush. */
 static void
 tcp_send(struct tcp_connection *connection, const uint8_t *reply, size_t len)
 {
@@ -254,8 +377,7 @@ tcp_send(struct tcp_connection *connection, const uint8_t *reply, size_t len)
 
 	if (connection->closed)
 		return;
-	if (buffer_reserve(&connection->output, &connection->output_size,
-			   needed) != 0) {
+	if (tcp_output_reserve(connection, needed) != 0) {
 		log_error("out of memory for a TCP reply");
 		tcp_connection_close(connection);
 		return;
@@ -264,7 +386,8 @@ tcp_send(struct tcp_connection *connection, const uint8_t *reply, size_t len)
 	connection->output[connection->output_len + 1] = (uint8_t)len;
 	memcpy(connection->output + connection->output_len + 2, reply, len);
 	connection->output_len = needed;
-	tcp_flush(connection);
+	if (connection->server->output_total > TCP_OUTPUT_TOTAL)
+		tcp_shed(connection->server);
 }
 
 static void
@@ -290,46 +413,110 @@ tcp_query(struct tcp_connection *connection, const uint8_t *query, size_t len)
 			      query, len, limit);
 }
 
-/* Answers every complete message in the input; 0 when the peer misbehaves. */
-static int
-tcp_drain_input(struct tcp_connection *connection)
+/* The length of the message at the start of bytes; 0 if it is refused. */
+static size_t
+tcp_message_length(const uint8_t *bytes)
+{
+	size_t len = (size_t)(bytes[0] << 8 | bytes[1]);
+
+	if (len < 12) {
+		log_debug("TCP client sent a message shorter than a header");
+		return 0;
+	}
+	if (len > TCP_QUERY_MAX) {
+		log_debug("TCP client sent a %zu-byte message; queries are at most %d",
+			  len, TCP_QUERY_MAX);
+		return 0;
+	}
+	return len;
+}
+
+/* Answers the complete queries in the input while under the bound. */
+static void
+tcp_answer_input(struct tcp_connection *connection)
 {
 	size_t at = 0;
 
-	while (!connection->closed && connection->input_len - at >= 2) {
-		size_t len = (size_t)(connection->input[at] << 8 |
-				      connection->input[at + 1]);
+	while (!connection->closed && !tcp_over_bound(connection) &&
+	       connection->input_len - at >= 2) {
+		size_t len = tcp_message_length(connection->input + at);
 
-		if (len < 12)
-			return 0;
+		if (len == 0) {
+			tcp_connection_close(connection);
+			return;
+		}
 		if (connection->input_len - at < 2 + len)
 			break;
 		tcp_query(connection, connection->input + at + 2, len);
 		at += 2 + len;
 	}
-	if (connection->closed)
-		return 1;
+	if (connection->closed || at == 0)
+		return;
 	memmove(connection->input, connection->input + at,
 		connection->input_len - at);
 	connection->input_len -= at;
-	return 1;
+}
+
+/* A whole query waits in the input. */
+static int
+tcp_query_waiting(const struct tcp_connection *connection)
+{
+	return connection->input_len >= 2 &&
+	    connection->input_len >= 2 + (size_t)(connection->input[0] << 8 |
+						  connection->input[1]);
+}
+
+/*
+ * Answers and writes until the connection is over its bound or has no
+ * whole query left, and reads on only while under it: a client that does
+ * not read its answers stops being read.
+ */
+static void
+tcp_process(struct tcp_connection *connection)
+{
+	struct dns_server *server = connection->server;
+
+	connection->busy++;
+	do {
+		tcp_answer_input(connection);
+		if (!connection->closed)
+			tcp_flush(connection);
+	} while (!connection->closed && !tcp_over_bound(connection) &&
+		 tcp_query_waiting(connection));
+	if (!connection->closed) {
+		if (tcp_over_bound(connection))
+			ev_io_stop(server->loop, &connection->read_io);
+		else
+			ev_io_start(server->loop, &connection->read_io);
+	}
+	connection->busy--;
+	tcp_connection_release(connection);
 }
 
 static void
 tcp_readable(struct ev_loop *loop, ev_io *io, int revents)
 {
 	struct tcp_connection *connection = io->data;
+	size_t room;
 	ssize_t got;
 
-	(void)loop;
 	(void)revents;
-	if (buffer_reserve(&connection->input, &connection->input_size,
-			   connection->input_len + 4096) != 0) {
-		tcp_connection_close(connection);
+	if (!connection->input) {
+		connection->input = malloc(TCP_INPUT_SIZE);
+		if (!connection->input) {
+			log_error("out of memory for a TCP connection");
+			tcp_connection_close(connection);
+			return;
+		}
+	}
+	/* Never full while read: a partial query is at most half of it. */
+	room = TCP_INPUT_SIZE - connection->input_len;
+	if (room == 0) {
+		ev_io_stop(loop, io);
 		return;
 	}
 	got = read(connection->fd, connection->input + connection->input_len,
-		   connection->input_size - connection->input_len);
+		   room);
 	if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
 		return;
 	if (got <= 0) {
@@ -338,18 +525,40 @@ tcp_readable(struct ev_loop *loop, ev_io *io, int revents)
 	}
 	connection->input_len += (size_t)got;
 	tcp_touch(connection);
-	if (!tcp_drain_input(connection)) {
-		log_debug("TCP client sent a message shorter than a header");
-		tcp_connection_close(connection);
-	}
+	tcp_process(connection);
 }
 
 static void
 tcp_writable(struct ev_loop *loop, ev_io *io, int revents)
 {
+	struct tcp_connection *connection = io->data;
+
 	(void)loop;
 	(void)revents;
-	tcp_flush(io->data);
+	connection->busy++;
+	tcp_flush(connection);
+	if (!connection->closed) {
+		/* A client that takes its answers is not idle. */
+		tcp_touch(connection);
+		/* Drained under its bound: the queries that waited go on. */
+		if (!ev_is_active(&connection->read_io))
+			tcp_process(connection);
+	}
+	connection->busy--;
+	tcp_connection_release(connection);
+}
+
+/* Answers the client has not taken, here or in the socket's queue. */
+static int
+tcp_unsent(const struct tcp_connection *connection)
+{
+	int queued = 0;
+
+	if (connection->output_len > 0)
+		return 1;
+	if (ioctl(connection->fd, SIOCOUTQ, &queued) != 0)
+		return 0;
+	return queued > 0;
 }
 
 static void
@@ -364,9 +573,13 @@ tcp_idle(struct ev_loop *loop, ev_timer *timer, int revents)
 		tcp_touch(connection);
 		return;
 	}
-	tcp_connection_close(connection);
+	if (tcp_unsent(connection))
+		tcp_connection_abort(connection);
+	else
+		tcp_connection_close(connection);
 }
 
+/* The buffers go at once; the rest when its last forwarded reply is in. */
 static void
 tcp_connection_close(struct tcp_connection *connection)
 {
@@ -387,8 +600,12 @@ tcp_connection_close(struct tcp_connection *connection)
 	if (connection->next)
 		connection->next->prev = connection->prev;
 	server->connection_count--;
-	if (connection->pending == 0)
-		tcp_connection_free(connection);
+	tcp_output_free(connection);
+	free(connection->input);
+	connection->input = NULL;
+	connection->input_len = 0;
+	accept_resume(server);	/* a descriptor is free again */
+	tcp_connection_release(connection);
 }
 
 /* At the cap, the connection quiet for longest makes room (RFC 7766 6.2.3). */
@@ -407,6 +624,65 @@ tcp_make_room(struct dns_server *server)
 	}
 }
 
+/* ------------------------------------------------------------ accept */
+
+static void
+accept_resume(struct dns_server *server)
+{
+	if (!server->accept_paused)
+		return;
+	server->accept_paused = 0;
+	ev_timer_stop(server->loop, &server->accept_retry);
+	for (struct listener *l = server->listeners; l; l = l->next)
+		ev_io_start(server->loop, &l->tcp_io);
+}
+
+static void
+accept_retry(struct ev_loop *loop, ev_timer *timer, int revents)
+{
+	(void)loop;
+	(void)revents;
+	accept_resume(timer->data);
+}
+
+/*
+ * A connection the listener cannot take (out of descriptors or memory)
+ * stays in the backlog and the listener stays readable: accepting pauses
+ * until a connection closes or ACCEPT_RETRY passes, instead of spinning.
+ */
+static void
+accept_failed(struct listener *listener, int error)
+{
+	struct dns_server *server = listener->server;
+
+	if (error == EAGAIN || error == EWOULDBLOCK || error == EINTR ||
+	    error == ECONNABORTED)
+		return;
+	if (log_streak_fail(&server->accept_streak))
+		log_warning("cannot accept TCP connections on %s: %s; trying again "
+			    "when a connection closes or every %.1f s",
+			    listener->endpoint.text, strerror(error), ACCEPT_RETRY);
+	for (struct listener *l = server->listeners; l; l = l->next)
+		ev_io_stop(server->loop, &l->tcp_io);
+	if (server->accept_paused)
+		return;
+	server->accept_paused = 1;
+	ev_timer_set(&server->accept_retry, ACCEPT_RETRY, 0.);
+	ev_timer_start(server->loop, &server->accept_retry);
+}
+
+static void
+accept_succeeded(struct dns_server *server)
+{
+	unsigned long failures;
+
+	if (!server->accept_streak.active)
+		return;
+	failures = log_streak_ok(&server->accept_streak);
+	log_info("accepting TCP connections again after %lu failed attempt%s",
+		 failures, failures == 1 ? "" : "s");
+}
+
 static void
 tcp_accept(struct ev_loop *loop, ev_io *io, int revents)
 {
@@ -418,11 +694,10 @@ tcp_accept(struct ev_loop *loop, ev_io *io, int revents)
 	(void)revents;
 	fd = accept4(listener->tcp_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 	if (fd < 0) {
-		if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-			log_warning("cannot accept a TCP connection on %s: %s",
-				    listener->endpoint.text, strerror(errno));
+		accept_failed(listener, errno);
 		return;
 	}
+	accept_succeeded(server);
 	if (server->connection_count >= server->max_connections)
 		tcp_make_room(server);
 	connection = calloc(1, sizeof(*connection));
@@ -451,6 +726,25 @@ tcp_accept(struct ev_loop *loop, ev_io *io, int revents)
 
 /* ------------------------------------------------------- forwarding */
 
+/*
+ * A TCP reply is appended even over the connection's bound: the client
+ * waits for it, and TCP_PENDING_LIMIT bounds how many can come.
+ */
+static void
+forward_reply_tcp(struct tcp_connection *connection, const uint8_t *reply,
+		  size_t reply_len)
+{
+	connection->pending--;
+	connection->busy++;
+	if (reply)
+		tcp_send(connection, reply, reply_len);
+	/* Called back from within tcp_process, that one writes and reads. */
+	if (!connection->closed && connection->busy == 1)
+		tcp_process(connection);
+	connection->busy--;
+	tcp_connection_release(connection);
+}
+
 static void
 forward_reply(void *context, uint8_t *reply, size_t reply_len)
 {
@@ -463,13 +757,7 @@ forward_reply(void *context, uint8_t *reply, size_t reply_len)
 		reply = reply_len ? servfail : NULL;
 	}
 	if (pending->connection) {
-		struct tcp_connection *connection = pending->connection;
-
-		connection->pending--;
-		if (reply)
-			tcp_send(connection, reply, reply_len);
-		if (connection->closed && connection->pending == 0)
-			tcp_connection_free(connection);
+		forward_reply_tcp(pending->connection, reply, reply_len);
 	} else if (reply) {
 		reply_len = dns_truncate_reply(reply, reply_len,
 					       pending->client_limit);
@@ -514,6 +802,7 @@ forward_query(struct listener *listener,
 			     forward_reply, pending) != 0)
 		forward_reply(pending, NULL, 0);
 }
+
 
 /* ------------------------------------------------------- listeners */
 
@@ -638,6 +927,86 @@ server_close_listeners(struct dns_server *server)
 	}
 }
 
+/* --------------------------------------------------- descriptors */
+
+/*
+ * What hard needs besides its TCP clients and listeners, with room to
+ * spare: standard streams, the event loop and its signals, syslog, the
+ * data file (SQLite's database and journal), curl's and c-ares's own,
+ * and one more client accepted at the cap before the idlest is closed.
+ */
+#define DESCRIPTORS_BASE 32
+/* c-ares: a UDP and a TCP socket per nameserver, to forward and to resolve. */
+#define DESCRIPTORS_PER_NAMESERVER 4
+/* A candidate whose host is resolved: a guess at its address count. */
+#define DESCRIPTORS_PER_RESOLVED_CANDIDATE 4
+
+static rlim_t
+descriptors_needed(const struct config *config)
+{
+	rlim_t needed = DESCRIPTORS_BASE +
+	    (rlim_t)config->tcp_max_connections +
+	    2 * (rlim_t)config->bind_interface_count +
+	    DESCRIPTORS_PER_NAMESERVER * (rlim_t)config->nameserver_count;
+
+	/* A check in flight holds a socket: one per address at most. */
+	for (int i = 0; i < config->name_count; i++) {
+		const struct config_name *name = &config->names[i];
+
+		for (int j = 0; j < name->candidate_count; j++) {
+			int count = name->candidates[j].address_count;
+
+			needed += count ? (rlim_t)count :
+			    DESCRIPTORS_PER_RESOLVED_CANDIDATE;
+		}
+	}
+	return needed;
+}
+
+/*
+ * Out of descriptors, TCP clients wait in the backlog and checks fail:
+ * the soft limit is raised to what the configuration needs when the hard
+ * limit allows, and the operator is told what to raise when it does not.
+ */
+static void
+descriptors_check(const struct config *config)
+{
+	rlim_t needed = descriptors_needed(config);
+	struct rlimit limit;
+
+	if (getrlimit(RLIMIT_NOFILE, &limit) != 0) {
+		log_warning("cannot read the open file limit: %s", strerror(errno));
+		return;
+	}
+	if (limit.rlim_cur == RLIM_INFINITY || limit.rlim_cur >= needed)
+		return;
+	if (limit.rlim_max == RLIM_INFINITY || limit.rlim_max >= needed) {
+		rlim_t previous = limit.rlim_cur;
+
+		limit.rlim_cur = needed;
+		if (setrlimit(RLIMIT_NOFILE, &limit) == 0) {
+			log_info("raised the open file limit from %llu to %llu "
+				 "for tcp_max_connections = %d",
+				 (unsigned long long)previous,
+				 (unsigned long long)needed,
+				 config->tcp_max_connections);
+			return;
+		}
+		log_warning("cannot raise the open file limit to %llu: %s",
+			    (unsigned long long)needed, strerror(errno));
+		limit.rlim_cur = previous;
+	}
+	log_warning("tcp_max_connections = %d and the checks need about %llu "
+		    "open files, but the limit is %llu (hard limit %llu): raise "
+		    "it (LimitNOFILE= in the systemd unit, ulimit -n) or lower "
+		    "tcp_max_connections; until then clients over the limit wait",
+		    config->tcp_max_connections, (unsigned long long)needed,
+		    (unsigned long long)limit.rlim_cur,
+		    (unsigned long long)limit.rlim_max);
+}
+
+/* ------------------------------------------------------------ server */
+
 /*
  * Binds every configured address.  On a reload the previous server's
  * sockets on unchanged addresses are carried over (a socket cannot be
@@ -658,6 +1027,10 @@ dns_server_start(struct ev_loop *loop, const struct config *config,
 	server->loop = loop;
 	server->max_connections = config->tcp_max_connections;
 	server->idle_timeout = config->tcp_idle_timeout;
+	ev_init(&server->accept_retry, accept_retry);
+	server->accept_retry.data = server;
+	if (!previous)
+		descriptors_check(config);
 	endpoints = calloc((size_t)count, sizeof(*endpoints));
 	if (!endpoints) {
 		free(server);
@@ -703,10 +1076,14 @@ dns_server_start(struct ev_loop *loop, const struct config *config,
 		/* The connections of the old server stay with the new one. */
 		server->connections = previous->connections;
 		server->connection_count = previous->connection_count;
+		server->output_total = previous->output_total;
+		server->shed_streak = previous->shed_streak;
+		server->accept_streak = previous->accept_streak;
 		for (struct tcp_connection *c = server->connections; c; c = c->next)
 			c->server = server;
 		previous->connections = NULL;
 		previous->connection_count = 0;
+		ev_timer_stop(loop, &previous->accept_retry);
 		server_close_listeners(previous);
 		free(previous);
 	}
@@ -737,6 +1114,7 @@ fail:
 void
 dns_server_configure(struct dns_server *server, const struct config *config)
 {
+	descriptors_check(config);
 	server->max_connections = config->tcp_max_connections;
 	server->idle_timeout = config->tcp_idle_timeout;
 	for (struct tcp_connection *c = server->connections; c; c = c->next)
@@ -748,6 +1126,8 @@ dns_server_stop(struct dns_server *server)
 {
 	if (!server)
 		return;
+	ev_timer_stop(server->loop, &server->accept_retry);
+	server->accept_paused = 0;
 	while (server->connections)
 		tcp_connection_close(server->connections);
 	server_close_listeners(server);

@@ -67,19 +67,21 @@ def silent_upstream():
 @pytest.fixture
 def start_hard(workdir):
     """start_hard(body, upstream=..., listen=..., extra=..., data_file=...,
-    wait=True) -> harness.Hard, already answering.  upstream is an Upstream,
-    an endpoint string, or a list of endpoint strings."""
+    wait=True, nofile=None) -> harness.Hard, already answering.  upstream is
+    an Upstream, an endpoint string, or a list of endpoint strings; nofile a
+    (soft, hard) RLIMIT_NOFILE to start hard with."""
     started = []
 
     def start(body="", upstream=None, listen=("127.0.0.1",), extra="",
-              data_file="", wait=True, port=None, args=("-f", "-d")):
+              data_file="", wait=True, port=None, args=("-f", "-d"),
+              nofile=None):
         if upstream is None:
             raise ValueError("hard must always be given a loopback upstream")
         if hasattr(upstream, "endpoint"):
             upstream = upstream.endpoint
         port = port or harness.free_port(*listen)
         config = harness.hard_config(body, upstream, port, listen, data_file, extra)
-        h = harness.Hard(workdir, config, listen, port, args)
+        h = harness.Hard(workdir, config, listen, port, args, nofile)
         started.append(h)
         if wait:
             h.wait_ready()

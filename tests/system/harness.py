@@ -2,6 +2,7 @@
 servers, all on loopback.  Every process is started and stopped by PID."""
 
 import os
+import resource
 import select
 import signal
 import socket
@@ -236,7 +237,9 @@ def closed_by_peer(sock, timeout=0.0):
 
 
 class Hard:
-    def __init__(self, workdir, config, listen, port, args=("-f", "-d")):
+    def __init__(self, workdir, config, listen, port, args=("-f", "-d"),
+                 nofile=None):
+        """nofile: (soft, hard) RLIMIT_NOFILE to start hard with."""
         self.workdir = workdir
         self.listen = list(listen)
         self.addr = self.listen[0]
@@ -247,10 +250,15 @@ class Hard:
             f.write(config)
         self.config = config
         self.expect_exit = False
+        limit = None
+        if nofile is not None:
+            def limit():
+                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
         with open(self.logfile + ".out", "w") as out, open(self.logfile, "w") as err:
             self.proc = subprocess.Popen([HARD, *args, "-c", self.conf],
                                          stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=err, cwd=workdir)
+                                         stderr=err, cwd=workdir,
+                                         preexec_fn=limit)
 
     @property
     def pid(self):
@@ -302,6 +310,24 @@ class Hard:
 
     def tcp(self, addr=None, timeout=2.0):
         return tcp_connect(addr or self.addr, self.port, timeout)
+
+    def rss_kib(self):
+        """Resident memory (VmRSS) in KiB."""
+        with open("/proc/%d/status" % self.pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise AssertionError("no VmRSS for process %d" % self.pid)
+
+    def cpu_seconds(self):
+        """User plus system CPU time used so far."""
+        with open("/proc/%d/stat" % self.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def nofile_limit(self):
+        """The (soft, hard) open file limit of the running process."""
+        return resource.prlimit(self.pid, resource.RLIMIT_NOFILE)
 
     def assert_alive(self):
         assert self.alive(), "hard died (status %s); log:\n%s" % (
