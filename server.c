@@ -936,8 +936,6 @@ server_close_listeners(struct dns_server *server)
  * and one more client accepted at the cap before the idlest is closed.
  */
 #define DESCRIPTORS_BASE 32
-/* c-ares: a UDP and a TCP socket per nameserver, to forward and to resolve. */
-#define DESCRIPTORS_PER_NAMESERVER 4
 /* A candidate whose host is resolved: a guess at its address count. */
 #define DESCRIPTORS_PER_RESOLVED_CANDIDATE 4
 
@@ -947,7 +945,7 @@ descriptors_needed(const struct config *config)
 	rlim_t needed = DESCRIPTORS_BASE +
 	    (rlim_t)config->tcp_max_connections +
 	    2 * (rlim_t)config->bind_interface_count +
-	    DESCRIPTORS_PER_NAMESERVER * (rlim_t)config->nameserver_count;
+	    (rlim_t)upstream_descriptors_needed(config->nameserver_count);
 
 	/* A check in flight holds a socket: one per address at most. */
 	for (int i = 0; i < config->name_count; i++) {

@@ -45,6 +45,10 @@
 #define UPSTREAM_PROBE_INTERVAL 1.0
 /* hard's own limit on the nameservers it tracks per query. */
 #define UPSTREAM_MAX_SERVERS 32
+/* Forwarded queries held at once (each about 1 KB with c-ares's copy);
+ * beyond it a client gets SERVFAIL at once, so a flood against a silent
+ * upstream cannot grow memory without bound. */
+#define UPSTREAM_MAX_FORWARDS 4096
 
 struct socket_watch {
 	ev_io io;
@@ -108,6 +112,8 @@ static double total_timeout;	/* resolver_total_timeout */
 static struct upstream_channel *retired_channels;
 static struct upstream_server *retired_servers;
 static int callback_depth;	/* inside ares_process_fd: nothing is freed */
+static int forward_count;	/* allocated, until their last try ends */
+static struct log_streak overload_streak;
 static struct log_streak upstream_streak;
 static uint8_t relay_buffer[DNS_MAX_UDP];
 
@@ -428,6 +434,7 @@ forward_free_if_done(struct forward *forward)
 		return;
 	ev_timer_stop(upstream_loop, &forward->timer);
 	free(forward);
+	forward_count--;
 }
 
 static void
@@ -615,6 +622,7 @@ forward_create(const uint8_t *query, size_t query_len, int over_tcp,
 
 	if (!forward)
 		return NULL;
+	forward_count++;
 	memset(forward, 0, sizeof(*forward));
 	forward->done = done;
 	forward->context = context;
@@ -658,10 +666,37 @@ forward_start(const uint8_t *query, size_t query_len, int over_tcp,
 	return 0;
 }
 
+/*
+ * Per nameserver, the current UDP channel (with a TCP socket for a
+ * truncated reply) and TCP channel; beyond them, channels retired with
+ * queries still in flight, at most one per UPSTREAM_QUERIES_PER_CHANNEL
+ * of the forwards held, each with its UDP and perhaps a TCP socket.
+ */
+int
+upstream_descriptors_needed(int nameserver_count)
+{
+	return 3 * nameserver_count +
+	    2 * UPSTREAM_MAX_FORWARDS / UPSTREAM_QUERIES_PER_CHANNEL;
+}
+
+/* A client's query; candidate lookups do not count against the limit. */
 int
 upstream_forward(const uint8_t *query, size_t query_len, int over_tcp,
 		 upstream_reply_fn *done, void *context)
 {
+	unsigned long refused;
+
+	if (forward_count >= UPSTREAM_MAX_FORWARDS) {
+		if (log_streak_fail(&overload_streak))
+			log_warning("%d forwarded queries in flight; answering "
+				    "SERVFAIL to more until some finish",
+				    UPSTREAM_MAX_FORWARDS);
+		return -1;
+	}
+	refused = log_streak_ok(&overload_streak);
+	if (refused)
+		log_info("forwarding again after %lu queries answered SERVFAIL "
+			 "for too many in flight", refused);
 	return forward_start(query, query_len, over_tcp, done, context);
 }
 

@@ -214,3 +214,50 @@ def test_reload_keeps_nameserver_health(start_hard, upstream, silent_upstream):
     harness.wait_until(lambda: "reloaded" in h.log(), what="the reload")
     r, elapsed = timed_query(h, "fwd.test")
     assert addresses(r) == ["192.0.2.1"] and elapsed < 0.4
+
+
+def test_forward_flood_is_bounded(start_hard, silent_upstream):
+    """At most 4096 forwarded queries are held at once; the rest get
+    SERVFAIL at once, logged once, and forwarding resumes afterwards."""
+    import select
+    h = start_hard(CONFIGURED % harness.dead_port(), upstream=silent_upstream,
+                   extra="resolver_timeout = 2\nresolver_total_timeout = 4\n")
+    rss_before = h.rss_kib()
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(8)]
+    for s in socks:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    sent = 0
+    servfail_fast = 0
+    t0 = time.monotonic()
+    try:
+        for i in range(6000):
+            s = socks[i % len(socks)]
+            s.sendto(harness.make_query("flood%d.test" % i, "A").to_wire(),
+                     (h.addr, h.port))
+            sent += 1
+            if i % 200 == 199:
+                time.sleep(0.01)   # let hard read: the test is about holding
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select(socks, [], [], 0.1)
+            for s in ready:
+                r = dns.message.from_wire(s.recv(65535))
+                assert harness.rcode_text(r) == "SERVFAIL"
+                servfail_fast += 1
+    finally:
+        for s in socks:
+            s.close()
+    assert time.monotonic() - t0 < 3.5
+    # hard holds 4096 and refuses the rest at once (some may be lost in
+    # the socket buffers, never more than a few hundred)
+    assert servfail_fast >= 6000 - 4096 - 500, servfail_fast
+    grown = h.rss_kib() - rss_before
+    assert grown < 40 * 1024, "RSS grew %d KiB" % grown
+    lines = [l for l in h.log().splitlines() if "forwarded queries in flight" in l]
+    assert len(lines) == 1, lines
+    # once the held ones have timed out, forwarding works again
+    time.sleep(4.5)
+    r = h.query("after.test", "A", timeout=6)
+    assert harness.rcode_text(r) == "SERVFAIL"
+    assert "forwarding again after" in h.log()
+    h.assert_alive()
