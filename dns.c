@@ -4,9 +4,10 @@
  * Nearly every query is a header, one question and at most one OPT
  * record.  Those are read straight off the wire and answered by writing
  * bytes into the caller's buffer: no allocation, no copy of the packet.
- * Anything shaped differently goes through ldns's full parser, which
- * decides between FORMERR and forwarding.  The addresses to answer with
- * were chosen ahead of time by select.c, so answering is copying.
+ * Anything shaped differently has each of its records read by ldns,
+ * which decides between FORMERR and forwarding.  The addresses to answer
+ * with were chosen ahead of time by select.c, so answering is copying.
+ * Upstream replies too big for a UDP client are cut here too.
  */
 #include <string.h>
 
