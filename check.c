@@ -186,6 +186,14 @@ check_cancel(struct address *address)
 	free(check);
 }
 
+void
+check_restart(struct address *address)
+{
+	check_cancel(address);
+	if (check_loop)
+		check_schedule_address(address, 0);
+}
+
 /* The first round is spread evenly over up to a second. */
 static void
 schedule_new_addresses(struct candidate *candidate, int *index, int total)
@@ -306,7 +314,11 @@ resolution_finish(struct resolution *resolution)
 	int index = 0;
 
 	candidate->resolution = NULL;
+	for (int i = 0; i < 2; i++)
+		if (!resolution->failed[i])
+			candidate->known[i] = 1;
 	if (both_failed || resolution->count == 0) {
+		select_update_all(candidate->name);
 		if (log_streak_fail(&candidate->resolve_streak))
 			log_warning("%s candidate %s: cannot resolve %s; keeping "
 				    "its %d previous addresses, retrying every %.0f s",

@@ -4,9 +4,10 @@
  * Nearly every query is a header, one question and at most one OPT
  * record.  Those are read straight off the wire and answered by writing
  * bytes into the caller's buffer: no allocation, no copy of the packet.
- * Anything shaped differently goes through ldns's full parser, which
- * decides between FORMERR and forwarding.  The addresses to answer with
- * were chosen ahead of time by select.c, so answering is copying.
+ * Anything shaped differently has each of its records read by ldns,
+ * which decides between FORMERR and forwarding.  The addresses to answer
+ * with were chosen ahead of time by select.c, so answering is copying.
+ * Upstream replies too big for a UDP client are cut here too.
  */
 #include <string.h>
 
@@ -19,7 +20,9 @@
 #define DNS_TYPE_SOA 6
 #define DNS_TYPE_AAAA 28
 #define DNS_TYPE_OPT 41
+#define DNS_TYPE_ANY 255
 #define DNS_CLASS_IN 1
+#define DNS_CLASS_ANY 255
 
 #define FLAG_QR 0x8000
 #define FLAG_AA 0x0400
@@ -140,51 +143,60 @@ skip_name(const uint8_t *packet, size_t len, size_t at)
 	return 0;
 }
 
-/*
- * ldns keeps only the last OPT of a packet, so whether there were two is
- * counted here, on a packet ldns has already found well formed.
- */
-static int
-opt_record_count(const uint8_t *packet, size_t len)
+/* The EDNS fields of an OPT record ldns has read. */
+static void
+read_opt_record(const ldns_rr *rr, struct query *q)
 {
-	size_t at = DNS_HEADER_SIZE;
-	int records = read16(packet + 6) + read16(packet + 8) + read16(packet + 10);
-	int additional_from = read16(packet + 6) + read16(packet + 8);
-	int opts = 0;
+	uint32_t ttl = ldns_rr_ttl(rr);
 
-	for (int i = 0; i < read16(packet + 4); i++) {
-		at = skip_name(packet, len, at);
-		if (!at || at + 4 > len)
-			return 0;
-		at += 4;
-	}
-	for (int i = 0; i < records; i++) {
-		at = skip_name(packet, len, at);
-		if (!at || at + 10 > len)
-			return opts;
-		if (i >= additional_from && read16(packet + at) == DNS_TYPE_OPT)
-			opts++;
-		at += 10 + read16(packet + at + 8);
-	}
-	return opts;
+	q->has_opt = 1;
+	q->udp_size = (uint16_t)ldns_rr_get_class(rr);
+	q->edns_version = (uint8_t)(ttl >> 16);
+	q->dnssec_ok = (ttl & 0x8000) != 0;
 }
 
-/* Anything unusual: let ldns judge the whole packet. */
+/*
+ * Anything unusual: ldns reads every record of the packet, one at a time,
+ * and each is freed as soon as it has been looked at.  Not ldns_wire2pkt:
+ * the ldns of Debian 12 (1.8.3) loses every TSIG record of a packet but
+ * the last, 73 bytes for each packet anyone sends with two.  Reading the
+ * records with ldns_wire2rr keeps ldns's judgement of what is well formed
+ * (and its record boundaries) without that leak.  More than one OPT
+ * (RFC 6891 6.1.1), more than one TSIG, or a TSIG that is not the last
+ * record (RFC 8945 5.1) is malformed.
+ */
 static int
 parse_with_ldns(const uint8_t *packet, size_t len, struct query *q)
 {
-	ldns_pkt *pkt = NULL;
+	static const ldns_pkt_section sections[] = {
+		LDNS_SECTION_QUESTION, LDNS_SECTION_ANSWER,
+		LDNS_SECTION_AUTHORITY, LDNS_SECTION_ADDITIONAL,
+	};
+	size_t at = DNS_HEADER_SIZE;
+	int opts = 0, after_tsig = 0;
 
-	if (ldns_wire2pkt(&pkt, packet, len) != LDNS_STATUS_OK)
-		return -1;
-	if (ldns_pkt_edns(pkt)) {
-		q->has_opt = 1;
-		q->udp_size = ldns_pkt_edns_udp_size(pkt);
-		q->edns_version = ldns_pkt_edns_version(pkt);
-		q->dnssec_ok = ldns_pkt_edns_do(pkt);
+	for (int section = 0; section < 4; section++) {
+		int count = read16(packet + 4 + 2 * section);
+		int additional = sections[section] == LDNS_SECTION_ADDITIONAL;
+
+		for (int i = 0; i < count; i++) {
+			ldns_rr *rr = NULL;
+			ldns_rr_type type;
+
+			if (after_tsig ||
+			    ldns_wire2rr(&rr, packet, len, &at,
+					 sections[section]) != LDNS_STATUS_OK)
+				return -1;
+			type = ldns_rr_get_type(rr);
+			if (additional && type == LDNS_RR_TYPE_OPT) {
+				read_opt_record(rr, q);
+				opts++;
+			}
+			after_tsig = additional && type == LDNS_RR_TYPE_TSIG;
+			ldns_rr_free(rr);
+		}
 	}
-	ldns_pkt_free(pkt);
-	return opt_record_count(packet, len) > 1 ? -1 : 0;	/* RFC 6891 6.1.1 */
+	return opts > 1 ? -1 : 0;
 }
 
 /* 0: parsed; else the rcode to answer with (-1: drop silently). */
@@ -363,35 +375,103 @@ udp_limit(const struct query *q, int over_tcp)
 	return 512;
 }
 
-/* The authoritative answer from a precomputed answer set. */
-static size_t
-write_answer(const struct query *q, const struct name *name,
-	     struct answer_set *set, int family, uint8_t *response, size_t size)
+/*
+ * The records an answer set gives one query: none unless it holds
+ * addresses; for group_rtt_rr one of them, the rotation moving on.
+ */
+static int
+answer_slice(struct answer_set *set, int *first)
 {
-	struct writer w = { response, 0, size, 0 };
-	uint16_t type = family == AF_INET ? DNS_TYPE_A : DNS_TYPE_AAAA;
-	uint16_t rdlen = family == AF_INET ? 4 : 16;
-	uint32_t ttl = name->config->ttl;
-	int first = 0, count = set->count;
+	int count = set->count;
 
-	if (set->kind == ANSWER_NODATA)
-		count = 0;
+	*first = 0;
+	if (set->kind != ANSWER_ADDRESSES)
+		return 0;
 	if (set->rotate && count > 0) {
-		first = (int)(set->next++ % (unsigned)count);
+		*first = (int)(set->next++ % (unsigned)count);
 		count = 1;
 	}
-	put_header(&w, q, response_flags(q, FLAG_AA, 0), 1, count,
-		   set->kind == ANSWER_NODATA, q->has_opt);
-	put(&w, q->question, q->question_len);
+	return count;
+}
+
+static void
+put_addresses(struct writer *w, const struct answer_set *set, int family,
+	      int first, int count, uint32_t ttl)
+{
+	uint16_t type = family == AF_INET ? DNS_TYPE_A : DNS_TYPE_AAAA;
+	uint16_t rdlen = family == AF_INET ? 4 : 16;
+
 	for (int i = 0; i < count; i++) {
-		put_record_head(&w, type, ttl, rdlen);
-		put(&w, set->ips[first + i].bytes, rdlen);
+		put_record_head(w, type, ttl, rdlen);
+		put(w, set->ips[first + i].bytes, rdlen);
 	}
-	if (set->kind == ANSWER_NODATA)
+}
+
+/*
+ * The authoritative answer to an A or AAAA query from its answer set, or
+ * to an ANY query from both (RFC 8482 lets ANY be answered with a subset
+ * of the name's records: these are the ones the checks vetted).
+ */
+static size_t
+write_answer(const struct query *q, const struct name *name,
+	     struct answer_set *sets[2], uint8_t *response, size_t size)
+{
+	struct writer w = { response, 0, size, 0 };
+	static const int families[2] = { AF_INET, AF_INET6 };
+	uint32_t ttl = name->config->ttl;
+	int first[2] = { 0, 0 }, count[2] = { 0, 0 }, nodata;
+
+	for (int i = 0; i < 2; i++)
+		if (sets[i])
+			count[i] = answer_slice(sets[i], &first[i]);
+	nodata = count[0] + count[1] == 0;
+	put_header(&w, q, response_flags(q, FLAG_AA, 0), 1, count[0] + count[1],
+		   nodata, q->has_opt);
+	put(&w, q->question, q->question_len);
+	for (int i = 0; i < 2; i++)
+		if (count[i] > 0)
+			put_addresses(&w, sets[i], families[i], first[i],
+				      count[i], ttl);
+	if (nodata)
 		put_soa(&w, ttl);
 	if (q->has_opt)
 		put_opt(&w, q, 0);
 	return w.overflow ? 0 : w.at;
+}
+
+/* A, AAAA and ANY of class IN or ANY: the queries hard may answer itself. */
+static int
+may_answer_itself(const struct query *q)
+{
+	if (q->class != DNS_CLASS_IN && q->class != DNS_CLASS_ANY)
+		return 0;
+	return q->type == DNS_TYPE_A || q->type == DNS_TYPE_AAAA ||
+	    q->type == DNS_TYPE_ANY;
+}
+
+/*
+ * The answer sets a query is answered from (sets[i] NULL: that family is
+ * not asked for), or what to do instead.  ANY is never forwarded, as the
+ * upstream's records of a configured name were never checked: with no
+ * address of either family to give it is SERVFAIL, unless the name has
+ * no address at all (NODATA).
+ */
+static enum answer_kind
+choose_sets(const struct query *q, struct name *name, struct answer_set *sets[2])
+{
+	struct answer_set *a = &name->answers[0], *aaaa = &name->answers[1];
+
+	sets[0] = q->type == DNS_TYPE_AAAA ? NULL : a;
+	sets[1] = q->type == DNS_TYPE_A ? NULL : aaaa;
+	if (q->type == DNS_TYPE_A)
+		return a->kind;
+	if (q->type == DNS_TYPE_AAAA)
+		return aaaa->kind;
+	if (a->kind == ANSWER_ADDRESSES || aaaa->kind == ANSWER_ADDRESSES)
+		return ANSWER_ADDRESSES;
+	if (a->kind == ANSWER_NODATA && aaaa->kind == ANSWER_NODATA)
+		return ANSWER_NODATA;
+	return ANSWER_SERVFAIL;
 }
 
 enum dns_verdict
@@ -401,8 +481,9 @@ dns_answer(struct registry *registry, const uint8_t *packet, size_t len,
 {
 	struct query q;
 	struct name *name;
-	struct answer_set *set;
-	int rcode, family;
+	struct answer_set *sets[2];
+	enum answer_kind kind;
+	int rcode;
 	size_t limit;
 
 	*response_len = 0;
@@ -416,8 +497,7 @@ dns_answer(struct registry *registry, const uint8_t *packet, size_t len,
 	}
 	limit = udp_limit(&q, over_tcp);
 	*client_limit = limit;
-	if (q.class != DNS_CLASS_IN ||
-	    (q.type != DNS_TYPE_A && q.type != DNS_TYPE_AAAA))
+	if (!may_answer_itself(&q))
 		return DNS_FORWARD;
 	name = registry ? registry_lookup(registry, q.lower_name, q.name_len) : NULL;
 	if (!name)
@@ -427,20 +507,18 @@ dns_answer(struct registry *registry, const uint8_t *packet, size_t len,
 					   response_size);
 		return *response_len ? DNS_REPLY : DNS_DROP;
 	}
-	family = q.type == DNS_TYPE_A ? AF_INET : AF_INET6;
-	set = &name->answers[family_index(family)];
-	if (set->kind == ANSWER_FORWARD)
+	kind = choose_sets(&q, name, sets);
+	if (kind == ANSWER_FORWARD)
 		return DNS_FORWARD;
 	name->queries++;
-	if (set->kind == ANSWER_SERVFAIL) {
+	if (kind == ANSWER_SERVFAIL) {
 		*response_len = write_bare(&q, 0, RCODE_SERVFAIL, response,
 					   response_size);
 		return *response_len ? DNS_REPLY : DNS_DROP;
 	}
 	if (response_size > limit)
 		response_size = limit;
-	*response_len = write_answer(&q, name, set, family, response,
-				     response_size);
+	*response_len = write_answer(&q, name, sets, response, response_size);
 	if (*response_len == 0)	/* does not fit: the client retries on TCP */
 		*response_len = write_bare(&q, FLAG_AA | FLAG_TC, 0, response,
 					   response_size);
@@ -448,25 +526,96 @@ dns_answer(struct registry *registry, const uint8_t *packet, size_t len,
 }
 
 /*
+ * Where the reply's OPT record starts (0: it has none) and its length,
+ * walking the records by their RDLENGTH.
+ */
+static size_t
+find_opt(const uint8_t *reply, size_t len, size_t *opt_len)
+{
+	size_t at = DNS_HEADER_SIZE;
+	int additional_from = read16(reply + 6) + read16(reply + 8);
+	int records = additional_from + read16(reply + 10);
+
+	for (int i = 0; i < read16(reply + 4); i++) {
+		at = skip_name(reply, len, at);
+		if (!at || at + 4 > len)
+			return 0;
+		at += 4;
+	}
+	for (int i = 0; i < records; i++) {
+		size_t owner = at, end;
+
+		at = skip_name(reply, len, at);
+		if (!at || at + 10 > len)
+			return 0;
+		end = at + 10 + read16(reply + at + 8);
+		if (end > len)
+			return 0;
+		if (i >= additional_from && reply[owner] == 0 &&
+		    read16(reply + at) == DNS_TYPE_OPT) {
+			*opt_len = end - owner;
+			return owner;
+		}
+		at = end;
+	}
+	return 0;
+}
+
+/*
+ * Puts an OPT record at offset, within limit (which is below the reply's
+ * length): the upstream's own when it fits, else its fixed part without
+ * options; hard's own when the upstream sent none but the query had one,
+ * which a client limit above 512 proves.  Returns the new length.
+ */
+static size_t
+keep_opt(uint8_t *reply, size_t reply_len, size_t offset, size_t limit)
+{
+	size_t opt_len = 0;
+	size_t opt_at = find_opt(reply, reply_len, &opt_len);
+
+	if (offset + 11 > limit)
+		return offset;
+	if (opt_at && offset + opt_len <= limit) {
+		memmove(reply + offset, reply + opt_at, opt_len);
+		return offset + opt_len;
+	}
+	if (opt_at) {
+		memmove(reply + offset, reply + opt_at, 9);
+		write16(reply + offset + 9, 0);
+		return offset + 11;
+	}
+	if (limit <= 512)
+		return offset;
+	memset(reply + offset, 0, 11);
+	write16(reply + offset + 1, DNS_TYPE_OPT);
+	write16(reply + offset + 3, DNS_EDNS_ADVERTISED);
+	return offset + 11;
+}
+
+/*
  * An upstream reply bigger than the client can take over UDP is cut to
- * its header and question with TC set, as a server would have done.
+ * its header, question and OPT record with TC set, as a server would
+ * have done (RFC 6891 section 7: a query with OPT gets OPT back).
  */
 size_t
 dns_truncate_reply(uint8_t *reply, size_t reply_len, size_t limit)
 {
-	size_t offset = DNS_HEADER_SIZE;
+	size_t question_end = DNS_HEADER_SIZE, end;
 	struct query q;
 
 	if (reply_len <= limit || reply_len < DNS_HEADER_SIZE)
 		return reply_len;
 	if (read16(reply + 4) != 1 ||
-	    parse_question_name(reply, reply_len, &offset, &q) != 0 ||
-	    offset + 4 > reply_len)
-		offset = DNS_HEADER_SIZE;
+	    parse_question_name(reply, reply_len, &question_end, &q) != 0 ||
+	    question_end + 4 > reply_len)
+		question_end = DNS_HEADER_SIZE;
 	else
-		offset += 4;
+		question_end += 4;
+	end = keep_opt(reply, reply_len, question_end, limit);
 	write16(reply + 2, read16(reply + 2) | FLAG_TC);
-	write16(reply + 4, offset > DNS_HEADER_SIZE ? 1 : 0);
-	memset(reply + 6, 0, 6);
-	return offset;
+	write16(reply + 4, question_end > DNS_HEADER_SIZE ? 1 : 0);
+	write16(reply + 6, 0);
+	write16(reply + 8, 0);
+	write16(reply + 10, end > question_end ? 1 : 0);
+	return end;
 }

@@ -184,6 +184,7 @@ struct address {
 	uint64_t response_errors;
 	uint64_t other_errors;
 	uint64_t check_count;	/* checks completed; history ring index */
+	int check_changed;	/* a reload changed the check: next result decides */
 	int store_dirty;	/* changed since last written to the data file */
 	ev_timer timer;		/* the next check */
 	struct check *check;	/* in flight, or NULL */
@@ -197,6 +198,11 @@ struct candidate {
 	ev_timer resolve_timer;
 	struct resolution *resolution;	/* in flight, or NULL */
 	struct log_streak resolve_streak;
+	/*
+	 * [0] A, [1] AAAA: whether the addresses of that family are known,
+	 * fixed or from a lookup that succeeded (even with none).
+	 */
+	int known[2];
 };
 
 /*
@@ -321,6 +327,8 @@ void upstream_resolve(const char *host, int family, upstream_addresses_fn *done,
 
 int check_start_all(struct ev_loop *loop, struct registry *registry);
 void check_cancel(struct address *address);
+/* Cancels a check in flight and starts a new one at once. */
+void check_restart(struct address *address);
 void check_stop(void);
 void resolve_start(struct candidate *candidate, double delay);
 void resolve_cancel(struct candidate *candidate);

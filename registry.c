@@ -179,9 +179,11 @@ candidate_init(struct candidate *candidate, struct name *name,
 	candidate->config = config;
 	ev_timer_init(&candidate->resolve_timer, NULL, 0, 0);
 	candidate->resolve_timer.data = candidate;
-	if (config->address_count > 0)
-		candidate_set_addresses(candidate, config->addresses,
-					config->address_count);
+	if (config->address_count == 0)
+		return;
+	candidate->known[0] = candidate->known[1] = 1;
+	candidate_set_addresses(candidate, config->addresses,
+				config->address_count);
 }
 
 struct registry *
@@ -228,13 +230,81 @@ name_find_candidate(struct name *name, const char *title)
 	return NULL;
 }
 
+static int
+same_text(const char *a, const char *b)
+{
+	return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+static int
+has_status(const struct config_name *config, int status)
+{
+	for (int i = 0; i < config->expect_status_count; i++)
+		if (config->expect_status[i] == status)
+			return 1;
+	return 0;
+}
+
+static int
+same_expect_status(const struct config_name *a, const struct config_name *b)
+{
+	for (int i = 0; i < a->expect_status_count; i++)
+		if (!has_status(b, a->expect_status[i]))
+			return 0;
+	for (int i = 0; i < b->expect_status_count; i++)
+		if (!has_status(a, b->expect_status[i]))
+			return 0;
+	return 1;
+}
+
 /*
- * Moves the old candidate's addresses into the new one where they still
- * apply: the same IP for fixed addresses, all of them for a candidate
- * resolved from the same host (the next resolution corrects the list).
+ * Whether a reload changed how the candidate's addresses are checked, so
+ * that the health found by the old check says nothing of the new one.
+ * The check address carries the scheme, host, port and URL.
+ */
+static int
+check_changed(const struct candidate *fresh, const struct candidate *old)
+{
+	const struct config_name *now = fresh->name->config;
+	const struct config_name *before = old->name->config;
+
+	return strcmp(fresh->config->check_address,
+		      old->config->check_address) != 0 ||
+	    now->check_method != before->check_method ||
+	    now->check_timeout != before->check_timeout ||
+	    !same_text(now->ca_file, before->ca_file) ||
+	    !same_expect_status(now, before);
+}
+
+/*
+ * The address keeps its health (no gap in the answers) until the new
+ * check's first result, which runs at once and decides by itself,
+ * whatever rise and fall say; the RTT starts again from its sample.
  */
 static void
-candidate_take_over(struct candidate *fresh, struct candidate *old)
+recheck_addresses(struct candidate *candidate)
+{
+	if (candidate->address_count > 0)
+		log_info("%s candidate %s: its check changed; checking again now",
+			 candidate->name->config->title, candidate->config->title);
+	for (int i = 0; i < candidate->address_count; i++) {
+		struct address *address = candidate->addresses[i];
+
+		address->check_changed = 1;
+		address->successes_in_row = 0;
+		address->failures_in_row = 0;
+		check_restart(address);
+	}
+}
+
+/*
+ * Moves the old candidate's addresses into the new one where they still
+ * apply: the same IP for fixed addresses, all of them (and what is known
+ * of each family) for a candidate resolved from the same host (the next
+ * resolution corrects the list).
+ */
+static void
+move_addresses(struct candidate *fresh, struct candidate *old)
 {
 	int resolved = fresh->config->address_count == 0;
 
@@ -242,6 +312,8 @@ candidate_take_over(struct candidate *fresh, struct candidate *old)
 	    strcmp(fresh->config->host, old->config->host) == 0) {
 		fresh->addresses = old->addresses;
 		fresh->address_count = old->address_count;
+		fresh->known[0] = old->known[0];
+		fresh->known[1] = old->known[1];
 		old->addresses = NULL;
 		old->address_count = 0;
 		for (int i = 0; i < fresh->address_count; i++)
@@ -259,6 +331,14 @@ candidate_take_over(struct candidate *fresh, struct candidate *old)
 		kept->candidate = fresh;
 		fresh->addresses[i] = kept;
 	}
+}
+
+static void
+candidate_take_over(struct candidate *fresh, struct candidate *old)
+{
+	move_addresses(fresh, old);
+	if (check_changed(fresh, old))
+		recheck_addresses(fresh);
 }
 
 void

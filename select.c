@@ -43,8 +43,9 @@ count_failure(struct address *address, int status)
 
 /*
  * The first completed check decides an unknown address at once, so a
- * fresh start answers after one round of checks; after that, rise
- * successes or fall failures in a row are needed to change it.
+ * fresh start answers after one round of checks, and so does the first
+ * check after a reload changed how the address is checked; after that,
+ * rise successes or fall failures in a row are needed to change it.
  */
 int
 select_record_result(struct address *address, int status, int success,
@@ -52,6 +53,7 @@ select_record_result(struct address *address, int status, int success,
 {
 	const struct config_name *config = address->candidate->name->config;
 	int before = address->health;
+	int decides = before == HEALTH_UNKNOWN || address->check_changed;
 
 	address->check_count++;
 	address->last_check_time = now;
@@ -65,13 +67,12 @@ select_record_result(struct address *address, int status, int success,
 		address->connect_time = connect_time;
 		address->response_time = total_time;
 		address->last_rtt = sample;
-		address->srtt = isnan(address->srtt) ? sample :
+		address->srtt = isnan(address->srtt) || address->check_changed ? sample :
 		    (1 - select_rtt_weight) * address->srtt +
 		    select_rtt_weight * sample;
 		address->successes_in_row++;
 		address->failures_in_row = 0;
-		if (before == HEALTH_UNKNOWN ||
-		    (before == HEALTH_DOWN &&
+		if (decides || (before == HEALTH_DOWN &&
 		     address->successes_in_row >= config->rise))
 			address->health = HEALTH_UP;
 	} else {
@@ -79,11 +80,11 @@ select_record_result(struct address *address, int status, int success,
 		address->last_failure_time = now;
 		address->failures_in_row++;
 		address->successes_in_row = 0;
-		if (before == HEALTH_UNKNOWN ||
-		    (before == HEALTH_UP &&
+		if (decides || (before == HEALTH_UP &&
 		     address->failures_in_row >= config->fall))
 			address->health = HEALTH_DOWN;
 	}
+	address->check_changed = 0;
 	return address->health != before;
 }
 
@@ -175,6 +176,73 @@ answered_count(const struct config_name *config, struct address **ranked,
 	return 1;
 }
 
+static int
+same_ip(const struct ip_address *a, const struct ip_address *b)
+{
+	return a->family == b->family &&
+	    memcmp(a->bytes, b->bytes, a->family == AF_INET ? 4 : 16) == 0;
+}
+
+/*
+ * Two candidates may share an address (two check URLs on one server).
+ * It is answered once (RFC 2181 section 5: no duplicate records in an
+ * RRset), at the rank of its best entry, and weighs once in the
+ * round-robin.  Keeps the first of each IP; returns how many remain.
+ */
+static int
+drop_duplicates(struct address **ranked, int count)
+{
+	int kept = 0;
+
+	for (int i = 0; i < count; i++) {
+		int seen = 0;
+
+		for (int j = 0; j < kept && !seen; j++)
+			seen = same_ip(&ranked[j]->ip, &ranked[i]->ip);
+		if (!seen)
+			ranked[kept++] = ranked[i];
+	}
+	return kept;
+}
+
+/*
+ * Whether every candidate's addresses of family are known: fixed in the
+ * configuration, or a lookup of that family has succeeded.  A host not
+ * yet resolved, or that never resolved (NXDOMAIN, REFUSED, no answer),
+ * may have addresses nobody has checked: that is not "no address".
+ */
+static int
+family_known(const struct name *name, int family)
+{
+	for (int i = 0; i < name->candidate_count; i++)
+		if (!name->candidates[i].known[family_index(family)])
+			return 0;
+	return 1;
+}
+
+/* No address available: the name's failure_mode decides. */
+static void
+apply_failure_mode(struct name *name, struct answer_set *set,
+		   struct address **all, int count)
+{
+	switch (name->config->failure_mode) {
+	case FAILURE_NONE:
+		set->kind = ANSWER_FORWARD;
+		return;
+	case FAILURE_SERVFAIL:
+		set->kind = ANSWER_SERVFAIL;
+		return;
+	case FAILURE_ALL:
+		/* fail open: every known address, or the upstream's if none */
+		count = drop_duplicates(all, count);
+		set->kind = count > 0 ? ANSWER_ADDRESSES : ANSWER_FORWARD;
+		for (int i = 0; i < count; i++)
+			set->ips[i] = all[i]->ip;
+		set->count = count;
+		return;
+	}
+}
+
 void
 select_update(struct name *name, int family)
 {
@@ -183,55 +251,37 @@ select_update(struct name *name, int family)
 	int total = total_addresses(name);
 	struct address **all = malloc(sizeof(struct address *) *
 				      (size_t)(total ? total : 1));
+	struct address **ranked = malloc(sizeof(struct address *) *
+					 (size_t)(total ? total : 1));
 	int count, available = 0, answered;
 
-	if (!all) {
+	if (!all || !ranked) {
 		log_error("out of memory");
 		abort();
 	}
 	count = gather(name, family, all, total);
 	set->rotate = 0;
 	set->count = 0;
-	if (count == 0) {
-		set->kind = ANSWER_NODATA;
-		free(all);
-		return;
-	}
 	answer_reserve(set, count);
 	for (int i = 0; i < count; i++)
 		if (address_available(all[i]))
-			all[available++] = all[i];
+			ranked[available++] = all[i];
 	if (available > 0) {
-		qsort(all, (size_t)available, sizeof(all[0]), compare_rtt);
-		answered = answered_count(config, all, available);
+		qsort(ranked, (size_t)available, sizeof(ranked[0]), compare_rtt);
+		available = drop_duplicates(ranked, available);
+		answered = answered_count(config, ranked, available);
 		for (int i = 0; i < answered; i++)
-			set->ips[i] = all[i]->ip;
+			set->ips[i] = ranked[i]->ip;
 		set->count = answered;
 		set->kind = ANSWER_ADDRESSES;
 		set->rotate = config->selection_method == SELECT_GROUP_RTT_RR;
-		free(all);
-		return;
+	} else if (count == 0 && family_known(name, family)) {
+		set->kind = ANSWER_NODATA;
+	} else {
+		apply_failure_mode(name, set, all, count);
 	}
+	free(ranked);
 	free(all);
-	switch (config->failure_mode) {
-	case FAILURE_NONE:
-		set->kind = ANSWER_FORWARD;
-		break;
-	case FAILURE_SERVFAIL:
-		set->kind = ANSWER_SERVFAIL;
-		break;
-	case FAILURE_ALL:
-		set->kind = ANSWER_ADDRESSES;
-		for (int i = 0; i < name->candidate_count; i++) {
-			const struct candidate *candidate = &name->candidates[i];
-
-			for (int j = 0; j < candidate->address_count; j++)
-				if (candidate->addresses[j]->ip.family == family)
-					set->ips[set->count++] =
-					    candidate->addresses[j]->ip;
-		}
-		break;
-	}
 }
 
 void

@@ -2,14 +2,17 @@
 and 5), driven through DNS answers while the test changes real HTTP/TCP
 servers on 127.0.0.2, 127.0.0.3, ... and ::1."""
 
+import struct
 import time
 
 import dns.flags
+import dns.message
 import dns.rdatatype
 import pytest
 
 import harness
 from harness import addresses, answer, wait_answer
+from statehelpers import wait_log
 
 A, B, C = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 
@@ -371,3 +374,81 @@ def test_candidate_addresses_follow_dns_changes(start_hard, start_http, start_up
     start_upstream("--host-record=moving.test,%s" % B, ttl=1, port=up.port)
     wait_answer(h, "svc.test", [B], timeout=10)
     h.assert_alive()
+
+
+@pytest.mark.parametrize("host", ["nx.test", "refused.invalid"],
+                         ids=["nxdomain", "refused"])
+def test_unresolvable_candidate_takes_failure_mode(start_hard, start_http,
+                                                   start_upstream, host):
+    """A candidate whose host does not resolve has addresses nobody could
+    check, not "no address": failure_mode applies to A and AAAA, never a
+    (cacheable) NODATA."""
+    up = start_upstream("--host-record=lost.test,192.0.2.80,2001:db8::80",
+                        "--host-record=lostall.test,192.0.2.81,2001:db8::81")
+    url = "http://%s:%d/" % (host, harness.dead_port())
+    h = start_hard(name_block("lostsf.test", [("gone", url)], ttl=30,
+                              failure_mode="servfail")
+                   + name_block("lost.test", [("gone", url)], ttl=30)
+                   + name_block("lostall.test", [("gone", url)], ttl=30,
+                                failure_mode="all"),
+                   upstream=up)
+    wait_log(h, r"cannot resolve %s" % host, count=3)
+    for tcp in (False, True):
+        for rdtype in ("A", "AAAA"):
+            assert answer(h, "lostsf.test", rdtype, tcp=tcp) == "SERVFAIL"
+    # none: forwarded, the upstream's records
+    assert answer(h, "lost.test", "A") == ["192.0.2.80"]
+    assert answer(h, "lost.test", "AAAA") == ["2001:db8::80"]
+    # all, with no address known to fail open to: forwarded as well
+    assert answer(h, "lostall.test", "A") == ["192.0.2.81"]
+    assert answer(h, "lostall.test", "AAAA") == ["2001:db8::81"]
+
+
+def test_unresolvable_candidate_beside_a_resolved_one(start_hard, start_http,
+                                                      start_upstream):
+    """NODATA only when every candidate is resolved and none has an address
+    of the family: an IPv4-only server beside an unresolvable host gives
+    failure_mode for AAAA; once that host is gone from the file, NODATA."""
+    sa = start_http(A)
+    up = start_upstream("--host-record=four.test,%s" % A)
+    h = start_hard(name_block("mix.test",
+                              [("four", "http://four.test:%d/" % sa.port),
+                               ("gone", "http://nx.test:%d/" % sa.port)],
+                              failure_mode="servfail"),
+                   upstream=up)
+    wait_answer(h, "mix.test", [A])
+    assert answer(h, "mix.test", "AAAA") == "SERVFAIL"
+    h2 = start_hard(name_block("mix.test",
+                               [("four", "http://four.test:%d/" % sa.port)],
+                               failure_mode="servfail", ttl=3),
+                    upstream=up)
+    wait_answer(h2, "mix.test", [A])
+    r = h2.query("mix.test", "AAAA")
+    assert harness.rcode_text(r) == "NOERROR" and r.answer == []
+    assert r.flags & dns.flags.AA and r.authority[0].ttl == 3
+
+
+def test_shared_address_answered_once(start_hard, start_http, up):
+    """Two candidates checking one address (two ports of one server): one
+    record for it (RFC 2181 section 5), and one share of the round-robin."""
+    s1, s2, sb = start_http(A), start_http(A), start_http(B)
+    h = start_hard(name_block("dup.test", [("one", s1.url()), ("two", s2.url())],
+                              selection_method="all", check_frequency=60)
+                   + name_block("duprr.test", [("one", s1.url()), ("two", s2.url()),
+                                               ("b", sb.url())],
+                                selection_method="group_rtt_rr",
+                                check_frequency=60),
+                   upstream=up)
+    wait_log(h, r"address .* is up", count=5)    # every check has passed
+    # counted on the wire: dnspython would merge the duplicates
+    wire = harness.make_query("dup.test", "A").to_wire()
+    reply = h.udp_raw(wire)
+    with h.tcp() as s:
+        harness.tcp_send(s, wire)
+        (length,) = struct.unpack("!H", harness.recv_exact(s, 2))
+        tcp_reply = harness.recv_exact(s, length)
+    for raw in (reply, tcp_reply):
+        assert struct.unpack("!H", raw[6:8])[0] == 1, "ANCOUNT of %r" % raw
+        assert addresses(dns.message.from_wire(raw)) == [A]
+    seen = [tuple(answer(h, "duprr.test")) for _ in range(40)]
+    assert seen.count((A,)) == seen.count((B,)) == 20, seen

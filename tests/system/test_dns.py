@@ -6,6 +6,8 @@ checked against a port where nothing listens, so the expected answer is the
 same whether or not health checks run: every configured address."""
 
 import dns.flags
+import dns.query
+import dns.rdataclass
 import dns.rcode
 import dns.rdatatype
 import pytest
@@ -223,3 +225,46 @@ def test_listens_on_ipv6_loopback(start_hard, upstream):
         assert addresses(r) == ["192.0.2.1"]
         r = h.query("www.test", "A", tcp=tcp, addr="127.0.0.1")
         assert sorted(addresses(r)) == ["127.0.1.1", "127.0.1.2"]
+
+
+@proto
+def test_any_answered_from_own_selection(hard, tcp):
+    """ANY (RFC 8482) for a configured name: hard's own A and AAAA records,
+    never the upstream's (which has 192.0.2.99 for www.test)."""
+    r = hard.query("www.test", "ANY", tcp=tcp)
+    assert_authoritative(r)
+    assert sorted(addresses(r)) == ["127.0.1.1", "127.0.1.2"], r
+    assert {rrset.rdtype for rrset in r.answer} == {dns.rdatatype.A}, r
+    assert r.answer[0].ttl == 300
+    r = hard.query("v6.test", "ANY", tcp=tcp)
+    assert_authoritative(r)
+    assert addresses(r) == ["127.0.1.4"] and addresses(r, "AAAA") == ["::1"], r
+    # the same with class ANY
+    q = harness.make_query("v4only.test", "ANY")
+    q.question[0].rdclass = dns.rdataclass.ANY
+    r = (dns.query.tcp if tcp else dns.query.udp)(q, hard.addr, port=hard.port,
+                                                  timeout=2)
+    assert_authoritative(r)
+    assert addresses(r) == ["127.0.1.5"] and addresses(r, "AAAA") == [], r
+    # another type of a configured name is still forwarded
+    r = hard.query("www.test", "TXT", tcp=tcp)
+    assert not r.flags & dns.flags.AA
+
+
+def test_truncated_forward_keeps_opt(start_hard, start_upstream):
+    """A forwarded reply too big for the client's UDP size is cut with TC
+    set and keeps its OPT record (RFC 6891 section 7)."""
+    chunks = ",".join(["x" * 200] * 8)
+    up = start_upstream("--txt-record=bigtxt.test,%s" % chunks)
+    h = start_hard(body(harness.dead_port()), upstream=up)
+    # first (dnsmasq 2.90 puts OPT in every later reply on a TCP connection
+    # that once carried a query with one): a query without OPT gets none
+    r = h.query("bigtxt.test", "TXT")
+    assert r.flags & dns.flags.TC and r.edns == -1
+    full = h.query("bigtxt.test", "TXT", tcp=True, edns=0, payload=1232)
+    assert sum(len(s) for rd in full.answer[0] for s in rd.strings) == 1600
+    r = h.query("bigtxt.test", "TXT", edns=0, payload=1232)
+    assert r.flags & dns.flags.TC and r.answer == []
+    assert r.edns == 0, "the truncated reply lost its OPT record"
+    r = h.query("bigtxt.test", "TXT", edns=0, payload=600, qid=0x3131)
+    assert r.flags & dns.flags.TC and r.edns == 0 and r.id == 0x3131

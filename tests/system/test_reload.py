@@ -308,3 +308,36 @@ def test_reload_lowering_check_history_trims_rows(workdir, start_hard,
     wait_sql(db, "SELECT count(*) AS n, max(time) AS t FROM checks",
              lambda r: r[0]["n"] == 3 and r[0]["t"] > newest + 0.3, timeout=3,
              what="new checks still written, 3 rows kept")
+
+
+def test_reload_changed_check_decides_at_once(workdir, start_hard, start_http,
+                                              up_default):
+    """A reload that changes how an address is checked runs the new check at
+    once, and its first result decides, whatever rise and fall say: the
+    address does not stay answered for a check_frequency (here 30 s) after
+    its check was pointed at a closed port, nor stay down after it was
+    pointed back."""
+    sa = start_http(A)
+    dead = "http://%s:%d/" % (A, harness.dead_port(A))
+
+    def body(url, **opts):
+        return name_block("chk.test", [("a", url)], check_frequency=30,
+                          check_timeout=2, rise=3, fall=3,
+                          failure_mode="servfail", **opts)
+    h = start_hard(body(sa.url()), upstream=up_default)
+    wait_answer(h, "chk.test", [A], timeout=3)
+    reload(h, body(dead), up_default)
+    wait_answer(h, "chk.test", "SERVFAIL", timeout=3)
+    wait_log(h, "chk.test candidate a: its check changed")
+    reload(h, body(sa.url()), up_default)
+    wait_answer(h, "chk.test", [A], timeout=3)
+    # expect_status, too: 200 no longer counts
+    reload(h, body(sa.url(), expect_status="{ 204 }"), up_default)
+    wait_answer(h, "chk.test", "SERVFAIL", timeout=3)
+    # a reload that changes nothing of the check runs none
+    requests = len(sa.request_log())
+    reload(h, body(sa.url(), expect_status="{ 204 }", ttl=4), up_default)
+    wait_log(h, SUMMARY, count=4)
+    time.sleep(0.5)
+    assert len(sa.request_log()) == requests
+    assert answer(h, "chk.test") == "SERVFAIL"

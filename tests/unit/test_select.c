@@ -556,6 +556,7 @@ test_families(void)
 {
 	struct fixture f;
 	struct name *name, *v4only, *v6only, *unresolved;
+	struct name *unresolved_servfail, *unresolved_all;
 
 	if (!CHECK(fixture_load(&f,
 	    "nameservers = { 192.0.2.53 }\n"
@@ -574,12 +575,23 @@ test_families(void)
 	    "}\n"
 	    "name dns.example.com {\n"
 	    "    candidate a { check_address = \"http://a.example.net/\" }\n"
+	    "}\n"
+	    "name dnsfail.example.com {\n"
+	    "    failure_mode = servfail\n"
+	    "    candidate a { check_address = \"http://a.example.net/\" }\n"
+	    "}\n"
+	    "name dnsall.example.com {\n"
+	    "    failure_mode = all\n"
+	    "    candidate a { check_address = \"http://a.example.net/\" }\n"
+	    "    candidate b { address = { 192.0.2.9 } }\n"
 	    "}\n")))
 		return;
 	name = find_name(&f, "www.example.com");
 	v4only = find_name(&f, "v4.example.com");
 	v6only = find_name(&f, "v6.example.com");
 	unresolved = find_name(&f, "dns.example.com");
+	unresolved_servfail = find_name(&f, "dnsfail.example.com");
+	unresolved_all = find_name(&f, "dnsall.example.com");
 
 	set_up(name, "192.0.2.1", 0.2);
 	set_up(name, "2001:db8::1", 0.3);
@@ -601,10 +613,27 @@ test_families(void)
 	CHECK_INT(answers(v6only, AF_INET6)->kind, ANSWER_ADDRESSES);
 	CHECK_STR(answer_text(v6only, AF_INET6, 0), "2001:db8::6");
 	CHECK_INT(answers(v6only, AF_INET)->kind, ANSWER_NODATA);
-	/* Not resolved yet: no address at all. */
+	/*
+	 * Not resolved yet (or never resolvable): its addresses are unknown,
+	 * not absent, so failure_mode decides; NODATA would be a lie.
+	 */
 	CHECK_INT(unresolved->candidates[0].address_count, 0);
-	CHECK_INT(answers(unresolved, AF_INET)->kind, ANSWER_NODATA);
+	CHECK_INT(answers(unresolved, AF_INET)->kind, ANSWER_FORWARD);
+	CHECK_INT(answers(unresolved, AF_INET6)->kind, ANSWER_FORWARD);
+	CHECK_INT(answers(unresolved_servfail, AF_INET)->kind, ANSWER_SERVFAIL);
+	CHECK_INT(answers(unresolved_servfail, AF_INET6)->kind, ANSWER_SERVFAIL);
+	/* all: the known addresses (down or not); none known: forwarded. */
+	CHECK_INT(answers(unresolved_all, AF_INET)->kind, ANSWER_ADDRESSES);
+	CHECK_STR(answer_text(unresolved_all, AF_INET, 0), "192.0.2.9");
+	CHECK_INT(answers(unresolved_all, AF_INET6)->kind, ANSWER_FORWARD);
+	/* Resolved, to no address of a family: now that is NODATA. */
+	unresolved->candidates[0].known[1] = 1;
+	select_update_all(unresolved);
+	CHECK_INT(answers(unresolved, AF_INET)->kind, ANSWER_FORWARD);
 	CHECK_INT(answers(unresolved, AF_INET6)->kind, ANSWER_NODATA);
+	unresolved_all->candidates[0].known[1] = 1;
+	select_update_all(unresolved_all);
+	CHECK_INT(answers(unresolved_all, AF_INET6)->kind, ANSWER_NODATA);
 
 	name->stale = 1;
 	select_update_all(name);
@@ -764,6 +793,171 @@ test_take_over(void)
 	fixture_free(&fresh);
 }
 
+/*
+ * Two candidates sharing an address: one record, at its best rank, one
+ * share of the round-robin (RFC 2181 section 5).
+ */
+static void
+test_shared_address(void)
+{
+	struct fixture f;
+	struct name *name;
+	struct address *first, *second;
+
+	if (!CHECK(fixture_load(&f,
+	    "nameservers = { 192.0.2.53 }\n"
+	    "name www.example.com {\n"
+	    "    selection_method = all\n"
+	    "    candidate a { address = { 192.0.2.1, 2001:db8::1 } }\n"
+	    "    candidate b { address = { 192.0.2.1, 2001:db8::1 } }\n"
+	    "    candidate c { address = { 192.0.2.2 } }\n"
+	    "}\n")))
+		return;
+	name = find_name(&f, "www.example.com");
+	first = name->candidates[0].addresses[0];
+	second = name->candidates[1].addresses[0];
+	CHECK(first != second);
+	first->health = second->health = HEALTH_UP;
+	first->srtt = 0.3;
+	second->srtt = 0.1;
+	set_up(name, "192.0.2.2", 0.2);
+	select_update_all(name);
+	CHECK_INT(answers(name, AF_INET)->count, 2);
+	CHECK_STR(answer_text(name, AF_INET, 0), "192.0.2.1");
+	CHECK_STR(answer_text(name, AF_INET, 1), "192.0.2.2");
+
+	/* group_rtt_rr: each address once in the rotation. */
+	name_config(name)->selection_method = SELECT_GROUP_RTT_RR;
+	select_update_all(name);
+	CHECK_INT(answers(name, AF_INET)->count, 2);
+	CHECK(answers(name, AF_INET)->rotate);
+
+	/* Up through one candidate, down through the other: answered once. */
+	second->health = HEALTH_DOWN;
+	name_config(name)->selection_method = SELECT_ALL;
+	select_update_all(name);
+	CHECK_INT(answers(name, AF_INET)->count, 2);
+	CHECK_STR(answer_text(name, AF_INET, 1), "192.0.2.1");
+
+	/* failure_mode all: every address once. */
+	first->health = HEALTH_DOWN;
+	set_health(name, "192.0.2.2", HEALTH_DOWN);
+	name_config(name)->failure_mode = FAILURE_ALL;
+	select_update_all(name);
+	CHECK_INT(answers(name, AF_INET)->kind, ANSWER_ADDRESSES);
+	CHECK_INT(answers(name, AF_INET)->count, 2);
+	CHECK_INT(answers(name, AF_INET6)->count, 1);
+	fixture_free(&f);
+}
+
+/*
+ * A reload that changes how an address is checked: the address keeps its
+ * health until the new check's first result, which decides at once.
+ */
+static void
+test_take_over_changed_check(void)
+{
+	struct fixture old, fresh;
+	struct name *after;
+	struct address *address, *same;
+
+	if (!CHECK(fixture_load(&old,
+	    "nameservers = { 192.0.2.53 }\n"
+	    "name www.example.com {\n"
+	    "    fall = 3\n"
+	    "    candidate a { address = { 192.0.2.1 } }\n"
+	    "    candidate b { address = { 192.0.2.2 } }\n"
+	    "}\n")))
+		return;
+	if (!CHECK(fixture_load(&fresh,
+	    "nameservers = { 192.0.2.53 }\n"
+	    "name www.example.com {\n"
+	    "    fall = 3\n"
+	    "    candidate a { address = { 192.0.2.1 }\n"
+	    "                  check_address = \"http://a:8080/\" }\n"
+	    "    candidate b { address = { 192.0.2.2 } }\n"
+	    "}\n"))) {
+		fixture_free(&old);
+		return;
+	}
+	set_up(find_name(&old, "www.example.com"), "192.0.2.1", 0.25);
+	set_up(find_name(&old, "www.example.com"), "192.0.2.2", 0.25);
+	address = find_address(find_name(&old, "www.example.com"), "192.0.2.1");
+	same = find_address(find_name(&old, "www.example.com"), "192.0.2.2");
+	address->successes_in_row = same->successes_in_row = 5;
+	registry_take_over(fresh.registry, old.registry);
+	old.registry = NULL;
+	after = find_name(&fresh, "www.example.com");
+	CHECK(find_address(after, "192.0.2.1") == address);
+	CHECK_INT(address->check_changed, 1);
+	CHECK_INT(address->health, HEALTH_UP);	/* until the new check says */
+	CHECK_INT(address->successes_in_row, 0);
+	CHECK_INT(same->check_changed, 0);
+	CHECK_INT(same->successes_in_row, 5);
+
+	/* One failure of the new check is enough; fall applies after. */
+	CHECK_INT(select_record_result(address, STATUS_CONNECT_ERROR, 0, 0, 0,
+				       2000.0), 1);
+	CHECK_INT(address->health, HEALTH_DOWN);
+	CHECK_INT(address->check_changed, 0);
+	CHECK_INT(select_record_result(same, STATUS_CONNECT_ERROR, 0, 0, 0,
+				       2000.0), 0);
+	CHECK_INT(same->health, HEALTH_UP);
+
+	/* The RTT of a changed check starts again from its first sample. */
+	address->check_changed = 1;
+	CHECK_INT(select_record_result(address, 200, 1, 0.001, 0.002, 2001.0), 1);
+	CHECK_INT(address->health, HEALTH_UP);
+	CHECK_DOUBLE(address->srtt, 0.002);
+	fixture_free(&old);
+	fixture_free(&fresh);
+}
+
+/* Which settings count as a changed check. */
+static int
+changes_check(const char *before, const char *after)
+{
+	struct fixture old, fresh;
+	char text[2][512];
+	int changed;
+
+	snprintf(text[0], sizeof(text[0]),
+		 "nameservers = { 192.0.2.53 }\nname www.example.com {\n%s\n"
+		 "    candidate a { address = { 192.0.2.1 } }\n}\n", before);
+	snprintf(text[1], sizeof(text[1]),
+		 "nameservers = { 192.0.2.53 }\nname www.example.com {\n%s\n"
+		 "    candidate a { address = { 192.0.2.1 } }\n}\n", after);
+	if (!fixture_load(&old, text[0]))
+		return -1;
+	if (!fixture_load(&fresh, text[1])) {
+		fixture_free(&old);
+		return -1;
+	}
+	registry_take_over(fresh.registry, old.registry);
+	old.registry = NULL;
+	changed = find_address(find_name(&fresh, "www.example.com"),
+			       "192.0.2.1")->check_changed;
+	fixture_free(&old);
+	fixture_free(&fresh);
+	return changed;
+}
+
+static void
+test_changed_check_settings(void)
+{
+	CHECK_INT(changes_check("", ""), 0);
+	CHECK_INT(changes_check("ttl = 5", "ttl = 6 rise = 4 fall = 4"), 0);
+	CHECK_INT(changes_check("check_frequency = 20", "check_frequency = 30"), 0);
+	/* the default check_timeout follows check_frequency below 10 s */
+	CHECK_INT(changes_check("check_frequency = 5", "check_frequency = 6"), 1);
+	CHECK_INT(changes_check("", "check_method = tcp"), 1);
+	CHECK_INT(changes_check("", "check_timeout = 3"), 1);
+	CHECK_INT(changes_check("", "expect_status = { 200, 204 }"), 1);
+	CHECK_INT(changes_check("expect_status = { 200, 204 }",
+				"expect_status = { 204, 200 }"), 0);
+	CHECK_INT(changes_check("", "ca_file = \"/etc/ssl/certs/ca-certificates.crt\""), 1);
+}
+
 int
 main(void)
 {
@@ -782,5 +976,8 @@ main(void)
 	RUN(test_registry);
 	RUN(test_duplicate_addresses);
 	RUN(test_take_over);
+	RUN(test_shared_address);
+	RUN(test_take_over_changed_check);
+	RUN(test_changed_check_settings);
 	return UNIT_SUMMARY();
 }
