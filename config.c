@@ -354,6 +354,7 @@ static cfg_opt_t global_options[] = {
 	CFG_INT("check_history", 1000, CFGF_NONE),
 	CFG_FLOAT("tcp_idle_timeout", 10, CFGF_NONE),
 	CFG_INT("tcp_max_connections", 128, CFGF_NONE),
+	CFG_BOOL("log_queries", cfg_false, CFGF_NONE),
 	CFG_SEC("name", name_options, CFGF_MULTI | CFGF_TITLE | CFGF_NO_TITLE_DUPES),
 	CFG_END()
 };
@@ -959,6 +960,7 @@ load_globals(struct config *config, cfg_t *cfg, const char *resolv_conf)
 	config->check_history = (int)cfg_getint(cfg, "check_history");
 	config->tcp_idle_timeout = cfg_getfloat(cfg, "tcp_idle_timeout");
 	config->tcp_max_connections = (int)cfg_getint(cfg, "tcp_max_connections");
+	config->log_queries = cfg_getbool(cfg, "log_queries") ? 1 : 0;
 }
 
 /* -------------------------------------------------------------- loading */

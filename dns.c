@@ -474,6 +474,24 @@ choose_sets(const struct query *q, struct name *name, struct answer_set *sets[2]
 	return ANSWER_SERVFAIL;
 }
 
+enum dns_outcome dns_last_outcome;
+
+/* Says what a query's answer sets made of it: answer, NODATA or failure. */
+static enum dns_outcome
+answered_outcome(enum answer_kind kind, struct answer_set *sets[2])
+{
+	int failure = (sets[0] && sets[0]->failure_mode) ||
+	    (sets[1] && sets[1]->failure_mode);
+
+	if (kind == ANSWER_FORWARD)
+		return OUTCOME_FAILURE_FORWARD;
+	if (kind == ANSWER_SERVFAIL)
+		return failure ? OUTCOME_FAILURE_SERVFAIL : OUTCOME_ERROR;
+	if (kind == ANSWER_NODATA)
+		return OUTCOME_NODATA;
+	return failure ? OUTCOME_FAILURE_ALL : OUTCOME_ANSWERED;
+}
+
 enum dns_verdict
 dns_answer(struct registry *registry, const uint8_t *packet, size_t len,
 	   int over_tcp, uint8_t *response, size_t response_size,
@@ -489,25 +507,32 @@ dns_answer(struct registry *registry, const uint8_t *packet, size_t len,
 	*response_len = 0;
 	*client_limit = 512;
 	rcode = parse_query(packet, len, &q);
-	if (rcode < 0)
+	if (rcode < 0) {
+		dns_last_outcome = len < DNS_HEADER_SIZE ? OUTCOME_DROP_SHORT :
+		    OUTCOME_DROP_RESPONSE;
 		return DNS_DROP;
+	}
+	dns_last_outcome = OUTCOME_ERROR;
 	if (rcode > 0) {
 		*response_len = write_bare(&q, 0, rcode, response, response_size);
 		return *response_len ? DNS_REPLY : DNS_DROP;
 	}
 	limit = udp_limit(&q, over_tcp);
 	*client_limit = limit;
+	dns_last_outcome = OUTCOME_FORWARD;
 	if (!may_answer_itself(&q))
 		return DNS_FORWARD;
 	name = registry ? registry_lookup(registry, q.lower_name, q.name_len) : NULL;
 	if (!name)
 		return DNS_FORWARD;
 	if (q.has_opt && q.edns_version != 0) {
+		dns_last_outcome = OUTCOME_ERROR;
 		*response_len = write_bare(&q, 0, RCODE_BADVERS, response,
 					   response_size);
 		return *response_len ? DNS_REPLY : DNS_DROP;
 	}
 	kind = choose_sets(&q, name, sets);
+	dns_last_outcome = answered_outcome(kind, sets);
 	if (kind == ANSWER_FORWARD)
 		return DNS_FORWARD;
 	name->queries++;

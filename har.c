@@ -409,6 +409,9 @@ reload(void)
 	dns_server_set_registry(registry);
 	check_start_all(loop, registry);
 	store_reconfigure(fresh, registry);
+	/* A SIGUSR1 choice stands until the file itself changes its mind. */
+	if (fresh->log_queries != running_config->log_queries)
+		query_log_set(fresh->log_queries || options.debug, "log_queries");
 	config_free(running_config);
 	running_config = fresh;
 }
@@ -420,6 +423,10 @@ on_signal(struct ev_loop *signal_loop, ev_signal *watcher, int revents)
 	if (watcher->signum == SIGHUP) {
 		log_info("SIGHUP: reloading %s", options.config_file);
 		reload();
+		return;
+	}
+	if (watcher->signum == SIGUSR1) {
+		query_log_toggle();
 		return;
 	}
 	log_info("%s: stopping", watcher->signum == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -491,7 +498,7 @@ shut_down(void)
 int
 main(int argc, char **argv)
 {
-	ev_signal hup, term, interrupt;
+	ev_signal hup, term, interrupt, usr1;
 	const char *user;
 
 	parse_arguments(argc, argv);
@@ -511,6 +518,8 @@ main(int argc, char **argv)
 	ev_signal_init(&hup, on_signal, SIGHUP);
 	ev_signal_init(&term, on_signal, SIGTERM);
 	ev_signal_init(&interrupt, on_signal, SIGINT);
+	ev_signal_init(&usr1, on_signal, SIGUSR1);
+	ev_signal_start(loop, &usr1);
 	ev_signal_start(loop, &hup);
 	ev_signal_start(loop, &term);
 	ev_signal_start(loop, &interrupt);
@@ -543,6 +552,8 @@ main(int argc, char **argv)
 	store_start();
 	log_info("hard %s answering %d names on port %d", HAR_VERSION,
 		 running_config->name_count, running_config->listen_port);
+	if (options.debug || running_config->log_queries)
+		query_log_set(1, options.debug ? "-d" : "log_queries");
 	ev_run(loop, 0);
 	shut_down();
 	return 0;

@@ -117,6 +117,7 @@ struct config {
 	int check_history;
 	double tcp_idle_timeout;
 	int tcp_max_connections;
+	int log_queries;	/* the query log on at start and reload */
 	struct config_name *names;
 	int name_count;
 };
@@ -218,6 +219,7 @@ struct answer_set {
 	struct ip_address *ips;	/* in answer order */
 	int rotate;		/* group_rtt_rr: answer one, rotating */
 	unsigned next;		/* the rotation position */
+	int failure_mode;	/* chosen by failure_mode: none was available */
 };
 
 struct name {
@@ -273,6 +275,21 @@ extern const double select_rtt_weight;
 
 enum dns_verdict { DNS_DROP, DNS_REPLY, DNS_FORWARD };
 
+/* What dns_answer did with a query, in more detail, for the query log. */
+enum dns_outcome {
+	OUTCOME_ANSWERED,		/* with the selected addresses */
+	OUTCOME_NODATA,
+	OUTCOME_FAILURE_ALL,		/* failure_mode all: every address */
+	OUTCOME_FAILURE_SERVFAIL,
+	OUTCOME_FAILURE_FORWARD,	/* failure_mode none: forwarded */
+	OUTCOME_FORWARD,		/* not a name (or type) of ours */
+	OUTCOME_ERROR,			/* FORMERR, NOTIMP, BADVERS */
+	OUTCOME_DROP_SHORT,		/* shorter than a header */
+	OUTCOME_DROP_RESPONSE,		/* QR set */
+};
+/* Set by every dns_answer call: one store, read only when logging. */
+extern enum dns_outcome dns_last_outcome;
+
 /*
  * The answer path: query bytes in, response bytes out, with no I/O and
  * no allocation.  DNS_FORWARD leaves the query to upstream.c;
@@ -287,6 +304,18 @@ size_t dns_error_reply(const uint8_t *query, size_t query_len, int rcode,
 		       uint8_t *response, size_t response_size);
 /* Cuts an upstream reply to fit limit, setting TC; returns its length. */
 size_t dns_truncate_reply(uint8_t *reply, size_t reply_len, size_t limit);
+
+/* ----------------------------------------------------------- querylog.c */
+
+/* On with -d or log_queries; SIGUSR1 toggles it.  Test it before calling. */
+extern int query_log_enabled;
+void query_log_set(int on, const char *why);
+void query_log_toggle(void);
+/* One line: who asked what, what hard did, and the reply (NULL: none). */
+void query_log_write(const struct sockaddr_storage *client, int over_tcp,
+		     const uint8_t *query, size_t query_len,
+		     enum dns_outcome outcome, const uint8_t *reply,
+		     size_t reply_len);
 
 /* ------------------------------------------------------------- server.c */
 

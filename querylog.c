@@ -80,15 +80,13 @@ append(char *out, size_t size, size_t *used, const char *src)
  * after the question, or 0 when the packet has none that can be read.
  */
 static size_t
-format_question(const uint8_t *packet, size_t len, char *name, size_t name_size,
-		char *type, size_t type_size)
+read_question(const uint8_t *packet, size_t len, char *name, size_t name_size,
+	      char *type, size_t type_size)
 {
 	size_t at = 12, used = 0;
 	const ldns_rr_descriptor *descriptor;
 	uint16_t qtype;
 
-	snprintf(name, name_size, "-");
-	snprintf(type, type_size, "-");
 	if (len < 12 || (packet[4] << 8 | packet[5]) == 0)
 		return 0;
 	name[0] = '\0';
@@ -121,6 +119,24 @@ format_question(const uint8_t *packet, size_t len, char *name, size_t name_size,
 	else
 		snprintf(type, type_size, "TYPE%u", qtype);
 	return at + 5;
+}
+
+/*
+ * The question's name in presentation form (bytes outside printable ASCII,
+ * dots and backslashes escaped as \DDD) and its type, or "-" for both.
+ * Returns the offset after the question, or 0 when there is none to read.
+ */
+static size_t
+format_question(const uint8_t *packet, size_t len, char *name, size_t name_size,
+		char *type, size_t type_size)
+{
+	size_t end = read_question(packet, len, name, name_size, type, type_size);
+
+	if (end == 0) {
+		snprintf(name, name_size, "-");
+		snprintf(type, type_size, "-");
+	}
+	return end;
 }
 
 /* Skips a (possibly compressed) name; 0 when it runs off the packet. */

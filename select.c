@@ -225,6 +225,7 @@ static void
 apply_failure_mode(struct name *name, struct answer_set *set,
 		   struct address **all, int count)
 {
+	set->failure_mode = 1;
 	switch (name->config->failure_mode) {
 	case FAILURE_NONE:
 		set->kind = ANSWER_FORWARD;
@@ -262,6 +263,7 @@ select_update(struct name *name, int family)
 	count = gather(name, family, all, total);
 	set->rotate = 0;
 	set->count = 0;
+	set->failure_mode = 0;
 	answer_reserve(set, count);
 	for (int i = 0; i < count; i++)
 		if (address_available(all[i]))

@@ -62,6 +62,7 @@ struct listener {
 
 struct tcp_connection {
 	int fd;
+	struct sockaddr_storage peer;	/* for the query log */
 	ev_io read_io;		/* stopped while over its bound */
 	ev_io write_io;
 	ev_timer idle;
@@ -100,6 +101,7 @@ struct pending_reply {
 	socklen_t client_len;
 	size_t client_limit;
 	struct tcp_connection *connection;	/* NULL for UDP */
+	enum dns_outcome outcome;		/* why it was forwarded */
 	size_t query_len;
 	uint8_t query[];			/* for SERVFAIL on failure */
 };
@@ -179,6 +181,10 @@ udp_batch(struct listener *listener)
 		verdict = dns_answer(server_registry, udp_input[i], len, 0,
 				     udp_output[replies], DNS_MAX_UDP,
 				     &reply_len, &limit);
+		if (query_log_enabled && verdict != DNS_FORWARD)
+			query_log_write(&udp_peers[i], 0, udp_input[i], len,
+					dns_last_outcome, verdict == DNS_REPLY ?
+					udp_output[replies] : NULL, reply_len);
 		if (verdict == DNS_FORWARD) {
 			forward_query(listener, &udp_peers[i], in->msg_namelen,
 				      NULL, udp_input[i], len, limit);
@@ -406,6 +412,10 @@ tcp_query(struct tcp_connection *connection, const uint8_t *query, size_t len)
 
 	verdict = dns_answer(server_registry, query, len, 1, reply,
 			     sizeof(reply), &reply_len, &limit);
+	if (query_log_enabled && verdict != DNS_FORWARD)
+		query_log_write(&connection->peer, 1, query, len,
+				dns_last_outcome, verdict == DNS_REPLY ?
+				reply : NULL, reply_len);
 	if (verdict == DNS_REPLY)
 		tcp_send(connection, reply, reply_len);
 	else if (verdict == DNS_FORWARD)
@@ -689,10 +699,13 @@ tcp_accept(struct ev_loop *loop, ev_io *io, int revents)
 	struct listener *listener = io->data;
 	struct dns_server *server = listener->server;
 	struct tcp_connection *connection;
+	struct sockaddr_storage peer;
+	socklen_t peer_len = sizeof(peer);
 	int fd;
 
 	(void)revents;
-	fd = accept4(listener->tcp_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	fd = accept4(listener->tcp_fd, (struct sockaddr *)&peer, &peer_len,
+		     SOCK_NONBLOCK | SOCK_CLOEXEC);
 	if (fd < 0) {
 		accept_failed(listener, errno);
 		return;
@@ -707,6 +720,7 @@ tcp_accept(struct ev_loop *loop, ev_io *io, int revents)
 		return;
 	}
 	connection->fd = fd;
+	connection->peer = peer;
 	connection->server = server;
 	ev_io_init(&connection->read_io, tcp_readable, fd, EV_READ);
 	connection->read_io.data = connection;
@@ -750,20 +764,26 @@ forward_reply(void *context, uint8_t *reply, size_t reply_len)
 {
 	struct pending_reply *pending = context;
 	uint8_t servfail[DNS_MAX_NAME + 64];
+	int upstream_failed = reply == NULL;
 
 	if (!reply) {
 		reply_len = dns_error_reply(pending->query, pending->query_len, 2,
 					    servfail, sizeof(servfail));
 		reply = reply_len ? servfail : NULL;
 	}
-	if (pending->connection) {
-		forward_reply_tcp(pending->connection, reply, reply_len);
-	} else if (reply) {
+	if (reply && !pending->connection)
 		reply_len = dns_truncate_reply(reply, reply_len,
 					       pending->client_limit);
+	if (query_log_enabled)
+		query_log_write(&pending->client, pending->connection != NULL,
+				pending->query, pending->query_len,
+				pending->outcome, upstream_failed ? NULL : reply,
+				reply_len);
+	if (pending->connection)
+		forward_reply_tcp(pending->connection, reply, reply_len);
+	else if (reply)
 		udp_send_one(pending->listener->udp_fd, reply, reply_len,
 			     &pending->client, pending->client_len);
-	}
 	if (pending->listener && --pending->listener->pending == 0 &&
 	    pending->listener->closed)
 		listener_free(pending->listener);
@@ -789,7 +809,10 @@ forward_query(struct listener *listener,
 	pending->listener = listener;
 	if (client)
 		memcpy(&pending->client, client, client_len);
+	else if (connection)
+		pending->client = connection->peer;
 	pending->client_len = client_len;
+	pending->outcome = dns_last_outcome;
 	pending->client_limit = limit;
 	pending->connection = connection;
 	pending->query_len = kept;

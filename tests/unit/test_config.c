@@ -175,6 +175,7 @@ test_defaults(void)
 	CHECK_INT(config->listen_port, 53);
 	CHECK_DOUBLE(config->resolver_timeout, 1.0);
 	CHECK_DOUBLE(config->resolver_total_timeout, 3.0);
+	CHECK_INT(config->log_queries, 0);
 	CHECK_STR(config->data_file, "/var/lib/har/har.db");
 	CHECK(config->user == NULL);
 	CHECK_INT(config->check_history, 1000);
@@ -251,6 +252,7 @@ test_every_option(void)
 	    "dns_listen_port = 5353\n"
 	    "resolver_timeout = 0.5\n"
 	    "resolver_total_timeout = 2\n"
+	    "log_queries = yes\n"
 	    "data_file = \"\"\n"
 	    "user = \"nobody\"\n"
 	    "check_history = 10\n"
@@ -292,6 +294,7 @@ test_every_option(void)
 	CHECK_INT(config->listen_port, 5353);
 	CHECK_DOUBLE(config->resolver_timeout, 0.5);
 	CHECK_DOUBLE(config->resolver_total_timeout, 2);
+	CHECK_INT(config->log_queries, 1);
 	CHECK_STR(config->data_file, "");
 	CHECK_STR(config->user, "nobody");
 	CHECK_INT(config->check_history, 10);
