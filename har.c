@@ -446,7 +446,8 @@ main(int argc, char **argv)
 	if (!server)
 		fail_start("cannot listen on the configured addresses (see above)");
 	if (store_open(loop, running_config, user) != 0)
-		fail_start("cannot open data file %s", running_config->data_file);
+		fail_start("cannot open data file %s: %s",
+			   running_config->data_file, store_open_error());
 	registry = registry_create(running_config);
 	store_restore(registry);
 	dns_server_set_registry(registry);
