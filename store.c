@@ -357,13 +357,30 @@ is_corruption(int result)
 	return result == SQLITE_CORRUPT || result == SQLITE_NOTADB;
 }
 
+/* The reason sqlite would give only as "unable to open database file". */
+static int
+open_system_error(const char *path)
+{
+	char failed[4096];
+	int fd;
+
+	if (make_directory(path, failed, sizeof(failed)) != 0)
+		return errno;
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return errno;
+	close(fd);
+	return 0;
+}
+
 static int
 open_database_once(struct store_file *file)
 {
-	char failed[4096];
 	int result;
 
-	make_directory(file->path, failed, sizeof(failed));
+	file->system_error = open_system_error(file->path);
+	if (file->system_error)
+		return SQLITE_CANTOPEN;
 	result = sqlite3_open_v2(file->path, &file->db, SQLITE_OPEN_READWRITE |
 				 SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
 	if (result == SQLITE_OK) {
@@ -378,12 +395,9 @@ open_database_once(struct store_file *file)
 		result = sqlite3_prepare_v3(file->db, statement_sql[i], -1,
 					    SQLITE_PREPARE_PERSISTENT,
 					    &file->statements[i], NULL);
-	file->system_error = 0;
 	if (result != SQLITE_OK) {
 		if (file->db && !is_corruption(result))
 			result = sqlite3_extended_errcode(file->db);
-		if (file->db)
-			file->system_error = sqlite3_system_errno(file->db);
 		close_database(file);
 	}
 	return result;
@@ -400,12 +414,10 @@ open_database(struct store_file *file)
 	}
 	if (result != SQLITE_OK) {
 		if (log_streak_fail(&file->open_streak))
-			log_error("cannot open data file %s: %s%s%s%s; keeping state "
-				  "in memory and retrying every %.0f s", file->path,
-				  sqlite3_errstr(result),
-				  file->system_error ? " (" : "",
-				  file->system_error ? strerror(file->system_error) : "",
-				  file->system_error ? ")" : "", REOPEN_INTERVAL);
+			log_error("cannot open data file %s: %s; keeping state in "
+				  "memory and retrying every %.0f s", file->path,
+				  file->system_error ? strerror(file->system_error) :
+				  sqlite3_errstr(result), REOPEN_INTERVAL);
 		return -1;
 	}
 	if (log_streak_ok(&file->open_streak))
