@@ -247,9 +247,9 @@ same_candidate(const struct config_candidate *a, const struct config_candidate *
 {
 	return strcmp(a->title, b->title) == 0 &&
 	    strcmp(a->check_address, b->check_address) == 0 &&
-	    a->address_count == b->address_count &&
+	    a->address_count == b->address_count && (a->address_count == 0 ||
 	    memcmp(a->addresses, b->addresses,
-		   sizeof(struct ip_address) * (size_t)a->address_count) == 0;
+		   sizeof(struct ip_address) * (size_t)a->address_count) == 0);
 }
 
 static int
