@@ -733,7 +733,7 @@ def write_config(path, up, data_file):
     return path
 
 
-@pytest.mark.parametrize("case", ["directory", "under_a_file",
+@pytest.mark.parametrize("case", ["directory", "fifo", "under_a_file",
                                   "read_only_file_system"])
 def test_unusable_data_file_fails_start(workdir, tmpfs, up, case):
     """A data file that cannot be opened or made at start is a start-up
@@ -742,6 +742,10 @@ def test_unusable_data_file_fails_start(workdir, tmpfs, up, case):
         db = os.path.join(workdir, "state")
         os.mkdir(db)
         reason = "Is a directory"
+    elif case == "fifo":
+        db = os.path.join(workdir, "pipe")
+        os.mkfifo(db)
+        reason = "not a regular file"
     elif case == "under_a_file":
         plain = os.path.join(workdir, "plain")
         open(plain, "w").close()
@@ -754,7 +758,7 @@ def test_unusable_data_file_fails_start(workdir, tmpfs, up, case):
         reason = "Read-only file system"
     err = start_failure(write_config(os.path.join(workdir, "har.conf"), up, db))
     assert err.splitlines() == ["hard: cannot open data file %s: %s" % (db, reason)], err
-    if case != "directory":
+    if case not in ("directory", "fifo"):
         assert not os.path.exists(db)
 
 
