@@ -305,26 +305,27 @@ make_directory(const char *path, char *failed, size_t size)
 {
 	char *copy = strdup(path);
 	char *directory = copy ? dirname(copy) : NULL;
-	int result = 0;
 	int error = 0;
 
-	if (!directory)
+	if (!directory) {
+		snprintf(failed, size, "%s", path);
 		return -1;
-	if (access(directory, F_OK) != 0) {
-		result = make_directory(directory, failed, size);
-		if (result == 0 && mkdir(directory, 0755) == 0) {
-			set_owner(directory);
-		} else if (result == 0 && errno != EEXIST) {
-			error = errno;
-			snprintf(failed, size, "%s", directory);
-			result = -1;
-		} else if (result != 0) {
-			error = errno;
-		}
+	}
+	if (access(directory, F_OK) == 0) {
+		free(copy);
+		return 0;
+	}
+	if (make_directory(directory, failed, size) != 0) {
+		error = errno;
+	} else if (mkdir(directory, 0755) == 0) {
+		set_owner(directory);
+	} else if (errno != EEXIST) {
+		error = errno;
+		snprintf(failed, size, "%s", directory);
 	}
 	free(copy);
 	errno = error;
-	return result;
+	return error ? -1 : 0;
 }
 
 /* A file that is not a database is moved aside, and a fresh one made. */
@@ -868,9 +869,12 @@ batches_free(struct batch *batch)
 	}
 }
 
-/* The head of the queue when there is one; NULL when it is time to end. */
+/*
+ * The head of the queue when there is one; NULL when it is time to end.
+ * out_of_time: a closing file whose patience is spent gets this last try.
+ */
 static struct batch *
-writer_next(struct store_file *file, int *closing)
+writer_next(struct store_file *file, int *out_of_time)
 {
 	struct batch *batch;
 
@@ -878,7 +882,7 @@ writer_next(struct store_file *file, int *closing)
 	while (!file->queue && !file->closing)
 		pthread_cond_wait(&file->wake, &file->lock);
 	batch = file->queue;
-	*closing = file->closing && time_left(file, 1) == 0;
+	*out_of_time = file->closing && time_left(file, 1) == 0;
 	pthread_mutex_unlock(&file->lock);
 	return batch;
 }
