@@ -1324,7 +1324,8 @@ check_as_owner(const char *path)
 	pid_t child;
 	int status;
 
-	if (owner_uid == (uid_t)-1 || owner_uid == geteuid())
+	/* Not root: hard cannot become the user, and says so when it tries. */
+	if (owner_uid == (uid_t)-1 || owner_uid == geteuid() || geteuid() != 0)
 		return 0;
 	child = fork();
 	if (child < 0)
