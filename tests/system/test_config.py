@@ -279,19 +279,6 @@ def test_no_nameserver_left(workdir):
     assert re.search(r"nameserver|upstream", res.stderr, re.I), res.stderr
 
 
-def test_unusable_data_file_keeps_answering(workdir, upstream, start_hard):
-    """A data file that cannot be created (its directory is a regular file)
-    is reported once, naming the path; hard answers from memory and retries:
-    on a host where it is the only resolver it must not go away."""
-    blocker = write(workdir, "not a directory", "blocker")
-    path = os.path.join(blocker, "har.db")
-    h = start_hard(BASE.split("\n", 3)[3], upstream=upstream, data_file=path)
-    assert addresses(h.query("other.example.com", "A"))
-    harness.wait_until(lambda: path in h.log(), 3, what="the data file error")
-    assert h.log().count("cannot open data file") == 1, h.log()
-    h.assert_alive()
-
-
 def test_unreadable_data_file_fails_start(workdir, upstream):
     """An existing data file hard may not read stops start-up (SPEC 2)."""
     path = write(workdir, "", "har.db")
