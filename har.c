@@ -310,9 +310,9 @@ same_candidate(const struct config_candidate *a, const struct config_candidate *
 {
 	return strcmp(a->title, b->title) == 0 &&
 	    strcmp(a->check_address, b->check_address) == 0 &&
-	    a->address_count == b->address_count &&
+	    a->address_count == b->address_count && (a->address_count == 0 ||
 	    memcmp(a->addresses, b->addresses,
-		   sizeof(struct ip_address) * (size_t)a->address_count) == 0;
+		   sizeof(struct ip_address) * (size_t)a->address_count) == 0);
 }
 
 static int
@@ -527,7 +527,8 @@ main(int argc, char **argv)
 	if (!server)
 		fail_start("cannot listen on the configured addresses (see above)");
 	if (store_open(loop, running_config, user) != 0)
-		fail_start("cannot open data file %s", running_config->data_file);
+		fail_start("cannot open data file %s: %s",
+			   running_config->data_file, store_open_error());
 	registry = registry_create(running_config);
 	store_restore(registry);
 	dns_server_set_registry(registry);

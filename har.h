@@ -391,6 +391,8 @@ double wall_now(void);
  */
 int store_open(struct ev_loop *loop, const struct config *config,
 	       const char *user);
+/* Why store_open failed, e.g. "Is a directory". */
+const char *store_open_error(void);
 void store_restore(struct registry *registry);
 void store_start(void);
 void store_record_check(const struct address *address, int success);

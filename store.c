@@ -7,17 +7,25 @@
  * written in one transaction with prepared statements.  When the file
  * cannot be written (locked, full, gone, corrupt) the state stays in
  * memory, the trouble is logged once, and the next flush tries again.
+ *
+ * Each data file has a writer thread of its own.  A reload that names a
+ * new file starts a new writer at once and leaves the old one to write
+ * its last batch and end by itself, so the loop never waits for a file.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
 #include <libgen.h>
 #include <pthread.h>
 #include <pwd.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -30,6 +38,9 @@
 #define REOPEN_INTERVAL 5.0
 #define BUSY_TIMEOUT_MS 20
 #define PENDING_HISTORY_MAX 20000
+/* How long a file being closed (SIGTERM, a new data_file) may stay
+ * unwritable before what it was still to write is given up. */
+#define CLOSE_PATIENCE 2.0
 
 enum statement {
 	UPSERT_NAME,
@@ -150,10 +161,34 @@ static const char ranking_sql[] =
     "    OR rtt - best_rtt <= group_rtt_threshold, 0) END AS answered"
     " FROM ranked;";
 
+/*
+ * One data file and the thread that writes it.  The loop hands it batches
+ * through the queue; everything else in it is the writer thread's once
+ * that thread runs (before, at start, the loop opens the file and reads
+ * the previous state from it).
+ */
+struct store_file {
+	char *path;
+	sqlite3 *db;
+	sqlite3_stmt *statements[STATEMENT_COUNT];
+	int system_error;	/* errno of the last failed open, or 0 */
+	struct log_streak write_streak;
+	struct log_streak open_streak;
+	pthread_t thread;
+	int thread_running;	/* the loop's own flag */
+	pthread_mutex_t lock;	/* guards the four fields below */
+	pthread_cond_t wake;
+	struct batch *queue;	/* handed over, not yet written, oldest first */
+	int closing;		/* write what is queued, then end */
+	double give_up_at;	/* monotonic time, once closing */
+	int finished;		/* the thread has ended and may be joined */
+	struct store_file *next;	/* in closing_files */
+};
+
 static struct ev_loop *store_loop;
-static sqlite3 *db;
-static sqlite3_stmt *statements[STATEMENT_COUNT];
-static char *store_path;
+static struct store_file *current;	/* NULL: data_file is empty */
+static struct store_file *closing_files;	/* old ones ending by themselves */
+static ev_async file_closed;		/* a closing file's thread ended */
 static int store_history;
 static struct registry *store_registry;
 static ev_timer flush_timer;
@@ -162,20 +197,20 @@ static int pending_count;
 static int pending_capacity;
 static unsigned long pending_dropped;
 static int addresses_changed;
-static struct log_streak write_streak;
-static struct log_streak open_streak;
 static uid_t owner_uid = (uid_t)-1;
 static gid_t owner_gid = (gid_t)-1;
+static char owner_name[64];
+static char open_failure[1024];	/* why store_open failed */
 
 static const char *const selection_names[] = { "best_rtt", "group_rtt_rr", "all" };
 static const char *const rtt_mode_names[] = { "total", "connect" };
 static const char *const failure_names[] = { "none", "all", "servfail" };
 
 static int
-exec_sql(const char *sql)
+exec_sql(struct store_file *file, const char *sql)
 {
 	char *error = NULL;
-	int result = sqlite3_exec(db, sql, NULL, NULL, &error);
+	int result = sqlite3_exec(file->db, sql, NULL, NULL, &error);
 
 	if (result != SQLITE_OK) {
 		log_debug("sqlite: %s", error ? error : sqlite3_errstr(result));
@@ -185,14 +220,14 @@ exec_sql(const char *sql)
 }
 
 static int
-column_exists(const char *table, const char *column)
+column_exists(struct store_file *file, const char *table, const char *column)
 {
 	sqlite3_stmt *statement;
 	char sql[128];
 	int found = 0;
 
 	snprintf(sql, sizeof(sql), "PRAGMA table_info(%s)", table);
-	if (sqlite3_prepare_v2(db, sql, -1, &statement, NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v2(file->db, sql, -1, &statement, NULL) != SQLITE_OK)
 		return 0;
 	while (sqlite3_step(statement) == SQLITE_ROW)
 		if (strcmp((const char *)sqlite3_column_text(statement, 1), column) == 0)
@@ -202,40 +237,41 @@ column_exists(const char *table, const char *column)
 }
 
 static int
-schema_upgrade(void)
+schema_upgrade(struct store_file *file)
 {
 	char sql[256];
-	int result = exec_sql(schema_sql);
+	int result = exec_sql(file, schema_sql);
 
 	for (size_t i = 0; result == SQLITE_OK &&
 	     i < sizeof(schema_columns) / sizeof(schema_columns[0]); i++) {
-		if (column_exists(schema_columns[i].table, schema_columns[i].column))
+		if (column_exists(file, schema_columns[i].table,
+				  schema_columns[i].column))
 			continue;
 		snprintf(sql, sizeof(sql), "ALTER TABLE %s ADD COLUMN %s %s",
 			 schema_columns[i].table, schema_columns[i].column,
 			 schema_columns[i].type);
-		result = exec_sql(sql);
+		result = exec_sql(file, sql);
 	}
 	if (result == SQLITE_OK)
-		result = exec_sql(ranking_sql);
+		result = exec_sql(file, ranking_sql);
 	if (result == SQLITE_OK) {
 		snprintf(sql, sizeof(sql), "PRAGMA user_version = %d",
 			 STORE_SCHEMA_VERSION);
-		result = exec_sql(sql);
+		result = exec_sql(file, sql);
 	}
 	return result;
 }
 
 static void
-close_database(void)
+close_database(struct store_file *file)
 {
 	for (int i = 0; i < STATEMENT_COUNT; i++) {
-		sqlite3_finalize(statements[i]);
-		statements[i] = NULL;
+		sqlite3_finalize(file->statements[i]);
+		file->statements[i] = NULL;
 	}
-	if (db)
-		sqlite3_close(db);
-	db = NULL;
+	if (file->db)
+		sqlite3_close(file->db);
+	file->db = NULL;
 }
 
 static void
@@ -247,45 +283,70 @@ set_owner(const char *path)
 			    strerror(errno));
 }
 
-/* The directory is made (and given to the run-time user) when missing. */
 static void
-make_directory(const char *path)
+give_files_to_owner(const char *data_path)
+{
+	char path[4096];
+
+	set_owner(data_path);
+	snprintf(path, sizeof(path), "%s-wal", data_path);
+	set_owner(path);
+	snprintf(path, sizeof(path), "%s-shm", data_path);
+	set_owner(path);
+}
+
+/*
+ * Makes the missing directories above path and gives them to the run-time
+ * user.  -1 with errno set and the directory that could not be made in
+ * failed (of size bytes).
+ */
+static int
+make_directory(const char *path, char *failed, size_t size)
 {
 	char *copy = strdup(path);
 	char *directory = copy ? dirname(copy) : NULL;
+	int error = 0;
 
-	if (directory && access(directory, F_OK) != 0) {
-		char *parent = strdup(directory);
-
-		if (parent) {
-			make_directory(directory);
-			free(parent);
-		}
-		if (mkdir(directory, 0755) == 0)
-			set_owner(directory);
+	if (!directory) {
+		snprintf(failed, size, "%s", path);
+		return -1;
+	}
+	if (access(directory, F_OK) == 0) {
+		free(copy);
+		return 0;
+	}
+	if (make_directory(directory, failed, size) != 0) {
+		error = errno;
+	} else if (mkdir(directory, 0755) == 0) {
+		set_owner(directory);
+	} else if (errno != EEXIST) {
+		error = errno;
+		snprintf(failed, size, "%s", directory);
 	}
 	free(copy);
+	errno = error;
+	return error ? -1 : 0;
 }
 
 /* A file that is not a database is moved aside, and a fresh one made. */
 static void
-set_aside_corrupt(void)
+set_aside_corrupt(struct store_file *file)
 {
 	char aside[4096];
 	const char *suffixes[] = { "-wal", "-shm" };
 
-	snprintf(aside, sizeof(aside), "%s.corrupt-%ld", store_path,
+	snprintf(aside, sizeof(aside), "%s.corrupt-%ld", file->path,
 		 (long)wall_now());
-	if (rename(store_path, aside) == 0)
+	if (rename(file->path, aside) == 0)
 		log_error("data file %s is corrupt; moved it to %s and started "
-			  "a new one", store_path, aside);
+			  "a new one", file->path, aside);
 	else
 		log_error("data file %s is corrupt and cannot be moved aside: %s",
-			  store_path, strerror(errno));
+			  file->path, strerror(errno));
 	for (int i = 0; i < 2; i++) {
 		char path[4096];
 
-		snprintf(path, sizeof(path), "%s%s", store_path, suffixes[i]);
+		snprintf(path, sizeof(path), "%s%s", file->path, suffixes[i]);
 		unlink(path);
 	}
 }
@@ -297,53 +358,72 @@ is_corruption(int result)
 	return result == SQLITE_CORRUPT || result == SQLITE_NOTADB;
 }
 
+/* The reason sqlite would give only as "unable to open database file". */
 static int
-open_database_once(void)
+open_system_error(const char *path)
+{
+	char failed[4096];
+	int fd;
+
+	if (make_directory(path, failed, sizeof(failed)) != 0)
+		return errno;
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return errno;
+	close(fd);
+	return 0;
+}
+
+static int
+open_database_once(struct store_file *file)
 {
 	int result;
 
-	make_directory(store_path);
-	result = sqlite3_open_v2(store_path, &db, SQLITE_OPEN_READWRITE |
+	file->system_error = open_system_error(file->path);
+	if (file->system_error)
+		return SQLITE_CANTOPEN;
+	result = sqlite3_open_v2(file->path, &file->db, SQLITE_OPEN_READWRITE |
 				 SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
 	if (result == SQLITE_OK) {
-		sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
-		result = exec_sql("PRAGMA journal_mode = WAL");
+		sqlite3_busy_timeout(file->db, BUSY_TIMEOUT_MS);
+		result = exec_sql(file, "PRAGMA journal_mode = WAL");
 	}
 	if (result == SQLITE_OK)
-		result = exec_sql("PRAGMA synchronous = NORMAL");
+		result = exec_sql(file, "PRAGMA synchronous = NORMAL");
 	if (result == SQLITE_OK)
-		result = schema_upgrade();
+		result = schema_upgrade(file);
 	for (int i = 0; result == SQLITE_OK && i < STATEMENT_COUNT; i++)
-		result = sqlite3_prepare_v3(db, statement_sql[i], -1,
+		result = sqlite3_prepare_v3(file->db, statement_sql[i], -1,
 					    SQLITE_PREPARE_PERSISTENT,
-					    &statements[i], NULL);
+					    &file->statements[i], NULL);
 	if (result != SQLITE_OK) {
-		if (db && !is_corruption(result))
-			result = sqlite3_extended_errcode(db);
-		close_database();
+		if (file->db && !is_corruption(result))
+			result = sqlite3_extended_errcode(file->db);
+		close_database(file);
 	}
 	return result;
 }
 
 static int
-open_database(void)
+open_database(struct store_file *file)
 {
-	int result = open_database_once();
+	int result = open_database_once(file);
 
 	if (is_corruption(result)) {
-		set_aside_corrupt();
-		result = open_database_once();
+		set_aside_corrupt(file);
+		result = open_database_once(file);
 	}
 	if (result != SQLITE_OK) {
-		if (log_streak_fail(&open_streak))
+		if (log_streak_fail(&file->open_streak))
 			log_error("cannot open data file %s: %s; keeping state in "
-				  "memory and retrying every %.0f s", store_path,
+				  "memory and retrying every %.0f s", file->path,
+				  file->system_error ? strerror(file->system_error) :
 				  sqlite3_errstr(result), REOPEN_INTERVAL);
 		return -1;
 	}
-	if (log_streak_ok(&open_streak))
-		log_info("data file %s is open again", store_path);
-	set_owner(store_path);
+	if (log_streak_ok(&file->open_streak))
+		log_info("data file %s is open again", file->path);
+	set_owner(file->path);
 	return 0;
 }
 
@@ -353,7 +433,8 @@ open_database(void)
  * What one flush writes, copied out of the live state so the writer
  * thread never touches it: the addresses that changed, the names whose
  * counters moved, the check history, and (after a reload or a new
- * resolution) the keys of every address still checked.
+ * resolution) every configured name and the keys of every address still
+ * checked.
  */
 struct row_key {
 	char name[DNS_MAX_NAME + 1];
@@ -401,6 +482,7 @@ struct batch {
 	struct row_key *live;	/* NULL: no pruning this time */
 	int live_count;
 	int history_slots;	/* check_history when the batch was taken */
+	struct batch *next;	/* in a writer's queue */
 };
 
 static void
@@ -554,11 +636,10 @@ bind_key(sqlite3_stmt *statement, const struct row_key *key)
 	sqlite3_bind_text(statement, 2, key->candidate, -1, SQLITE_STATIC);
 	sqlite3_bind_text(statement, 3, key->ip, -1, SQLITE_STATIC);
 }
-
 static int
-write_name(const struct name_row *row)
+write_name(struct store_file *file, const struct name_row *row)
 {
-	sqlite3_stmt *statement = statements[UPSERT_NAME];
+	sqlite3_stmt *statement = file->statements[UPSERT_NAME];
 
 	sqlite3_bind_text(statement, 1, row->name, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(statement, 2, (sqlite3_int64)row->queries);
@@ -572,9 +653,9 @@ write_name(const struct name_row *row)
 }
 
 static int
-write_address(const struct candidate_row *row)
+write_address(struct store_file *file, const struct candidate_row *row)
 {
-	sqlite3_stmt *statement = statements[UPSERT_CANDIDATE];
+	sqlite3_stmt *statement = file->statements[UPSERT_CANDIDATE];
 
 	bind_key(statement, &row->key);
 	sqlite3_bind_int(statement, 4, row->family);
@@ -603,9 +684,9 @@ write_address(const struct candidate_row *row)
 }
 
 static int
-write_history(const struct history_row *row)
+write_history(struct store_file *file, const struct history_row *row)
 {
-	sqlite3_stmt *statement = statements[INSERT_CHECK];
+	sqlite3_stmt *statement = file->statements[INSERT_CHECK];
 
 	bind_key(statement, &row->key);
 	sqlite3_bind_int64(statement, 4, row->slot);
@@ -617,143 +698,229 @@ write_history(const struct history_row *row)
 	return step(statement);
 }
 
-/*
- * Rows of addresses no longer configured (or no longer resolved) go: the
- * data file describes what hard checks now.  The live keys are put in a
- * temporary table so one statement per table can remove the rest.  Slots
- * beyond a check_history lowered by a reload go too (a range of the key).
- */
+/* The live keys go into temporary tables, for one DELETE per table. */
 static int
-delete_removed(const struct batch *batch)
+fill_live_tables(struct store_file *file, const struct batch *batch)
 {
-	sqlite3_stmt *insert;
-	int result = exec_sql("CREATE TEMP TABLE IF NOT EXISTS live("
-			      "name TEXT, candidate_name TEXT, ip_address TEXT);"
-			      "DELETE FROM live;");
+	sqlite3_stmt *insert = NULL;
+	int result = exec_sql(file,
+	    "CREATE TEMP TABLE IF NOT EXISTS live("
+	    "name TEXT, candidate_name TEXT, ip_address TEXT);"
+	    "CREATE TEMP TABLE IF NOT EXISTS live_names(name TEXT);"
+	    "DELETE FROM live; DELETE FROM live_names;");
 
-	if (result != SQLITE_OK)
-		return result;
-	result = sqlite3_prepare_v2(db, "INSERT INTO live VALUES(?1, ?2, ?3)",
-				    -1, &insert, NULL);
+	if (result == SQLITE_OK)
+		result = sqlite3_prepare_v2(file->db, "INSERT INTO live VALUES(?1, ?2, ?3)",
+					    -1, &insert, NULL);
 	for (int i = 0; result == SQLITE_OK && i < batch->live_count; i++) {
 		bind_key(insert, &batch->live[i]);
 		result = step(insert);
 	}
 	sqlite3_finalize(insert);
+	insert = NULL;
 	if (result == SQLITE_OK)
-		result = exec_sql(
+		result = sqlite3_prepare_v2(file->db, "INSERT INTO live_names VALUES(?1)",
+					    -1, &insert, NULL);
+	for (int i = 0; result == SQLITE_OK && i < batch->name_count; i++) {
+		sqlite3_bind_text(insert, 1, batch->names[i].name, -1, SQLITE_STATIC);
+		result = step(insert);
+	}
+	sqlite3_finalize(insert);
+	return result;
+}
+
+/*
+ * Rows of addresses no longer configured (or no longer resolved) go: the
+ * data file describes what hard checks now.  A name stays as long as it
+ * is configured, with or without addresses (its query counter is kept);
+ * a batch that prunes carries every configured name.  Slots beyond a
+ * check_history lowered by a reload go too (a range of the key).
+ */
+static int
+delete_removed(struct store_file *file, const struct batch *batch)
+{
+	int result = fill_live_tables(file, batch);
+
+	if (result == SQLITE_OK)
+		result = exec_sql(file,
 		    "DELETE FROM candidates WHERE (name, candidate_name, ip_address)"
 		    " NOT IN (SELECT name, candidate_name, ip_address FROM live);"
 		    "DELETE FROM checks WHERE (name, candidate_name, ip_address)"
 		    " NOT IN (SELECT name, candidate_name, ip_address FROM live);"
-		    "DELETE FROM names WHERE name NOT IN (SELECT name FROM live);");
+		    "DELETE FROM names WHERE name NOT IN (SELECT name FROM live_names);");
 	if (result == SQLITE_OK) {
 		char sql[64];
 
 		snprintf(sql, sizeof(sql), "DELETE FROM checks WHERE slot >= %d",
 			 batch->history_slots);
-		result = exec_sql(sql);
+		result = exec_sql(file, sql);
 	}
 	return result;
 }
 
 static int
-write_rows(const struct batch *batch)
+write_rows(struct store_file *file, const struct batch *batch)
 {
 	int result = SQLITE_OK;
 
 	for (int i = 0; result == SQLITE_OK && i < batch->name_count; i++)
-		result = write_name(&batch->names[i]);
+		result = write_name(file, &batch->names[i]);
 	for (int i = 0; result == SQLITE_OK && i < batch->candidate_count; i++)
-		result = write_address(&batch->candidates[i]);
+		result = write_address(file, &batch->candidates[i]);
 	for (int i = 0; result == SQLITE_OK && i < batch->history_count; i++)
-		result = write_history(&batch->history[i]);
+		result = write_history(file, &batch->history[i]);
 	if (result == SQLITE_OK && batch->live)
-		result = delete_removed(batch);
+		result = delete_removed(file, batch);
 	return result;
 }
 
 static void
-note_write_failure(int result)
+note_write_failure(struct store_file *file, int result)
 {
-	if (log_streak_fail(&write_streak))
+	if (log_streak_fail(&file->write_streak))
 		log_error("cannot write data file %s: %s; keeping state in memory "
-			  "and retrying", store_path, sqlite3_errstr(result));
+			  "and retrying", file->path, sqlite3_errstr(result));
 	if (is_corruption(result)) {
-		close_database();
-		set_aside_corrupt();
+		close_database(file);
+		set_aside_corrupt(file);
 	} else if ((result & 0xff) == SQLITE_IOERR ||
 		   (result & 0xff) == SQLITE_READONLY ||
 		   (result & 0xff) == SQLITE_CANTOPEN) {
 		/* The file may have been replaced or its directory made
 		 * read-only: start again from the path. */
-		close_database();
+		close_database(file);
 	}
 }
 
 /* One transaction for the whole batch; SQLITE_OK when it is in the file. */
 static int
-write_batch(const struct batch *batch)
+write_batch(struct store_file *file, const struct batch *batch)
 {
 	int result;
 
-	if (!db && open_database() != 0)
+	if (!file->db && open_database(file) != 0)
 		return SQLITE_CANTOPEN;
-	result = exec_sql("BEGIN IMMEDIATE");
+	result = exec_sql(file, "BEGIN IMMEDIATE");
 	if (result == SQLITE_OK)
-		result = write_rows(batch);
+		result = write_rows(file, batch);
 	if (result == SQLITE_OK)
-		result = exec_sql("COMMIT");
+		result = exec_sql(file, "COMMIT");
 	if (result == SQLITE_OK) {
-		if (log_streak_ok(&write_streak))
-			log_info("data file %s written again", store_path);
+		if (log_streak_ok(&file->write_streak))
+			log_info("data file %s written again", file->path);
 		return SQLITE_OK;
 	}
-	result = sqlite3_extended_errcode(db);
-	if (!sqlite3_get_autocommit(db))	/* a transaction is open */
-		exec_sql("ROLLBACK");
-	note_write_failure(result);
+	result = sqlite3_extended_errcode(file->db);
+	if (!sqlite3_get_autocommit(file->db))	/* a transaction is open */
+		exec_sql(file, "ROLLBACK");
+	note_write_failure(file, result);
 	return result;
 }
 
 /* -------------------------------------------------------- writer thread */
 
 /*
- * The writer thread owns the sqlite connection while hard runs, so that
- * a commit's fsync, a locked file or a slow disk never holds up the
+ * A writer thread owns its file's sqlite connection while hard runs, so
+ * that a commit's fsync, a locked file or a slow disk never holds up the
  * loop.  The loop hands it one batch at a time; a batch that cannot be
  * written stays with the writer, which tries it again until it can, while
- * the loop keeps collecting the next one.
+ * the loop keeps collecting the next one.  A closing file (SIGTERM, a new
+ * data_file) writes what it was handed and ends; if it cannot within
+ * CLOSE_PATIENCE seconds, it gives that up and ends all the same.
  */
-static pthread_t writer;
-static int writer_running;
-static pthread_mutex_t writer_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t writer_wake = PTHREAD_COND_INITIALIZER;
-static struct batch *writer_batch;	/* handed over, not yet written */
-static int writer_stopping;
+static double
+time_left(struct store_file *file, double seconds)
+{
+	double now = monotonic_now();
 
+	if (file->closing && file->give_up_at - now < seconds)
+		seconds = file->give_up_at - now;
+	return seconds > 0 ? seconds : 0;
+}
+
+/* Sleeps before the next try; a file told to close wakes at once. */
 static void
-writer_wait(double seconds)
+writer_wait(struct store_file *file, double seconds)
 {
 	struct timespec until;
 
-	clock_gettime(CLOCK_REALTIME, &until);
+	pthread_mutex_lock(&file->lock);
+	seconds = time_left(file, seconds);
+	clock_gettime(CLOCK_MONOTONIC, &until);
 	until.tv_sec += (time_t)seconds;
 	until.tv_nsec += (long)((seconds - (double)(time_t)seconds) * 1e9);
 	if (until.tv_nsec >= 1000000000L) {
 		until.tv_sec++;
 		until.tv_nsec -= 1000000000L;
 	}
-	pthread_mutex_lock(&writer_lock);
-	if (!writer_stopping)
-		pthread_cond_timedwait(&writer_wake, &writer_lock, &until);
-	pthread_mutex_unlock(&writer_lock);
+	if (seconds > 0)
+		pthread_cond_timedwait(&file->wake, &file->lock, &until);
+	pthread_mutex_unlock(&file->lock);
+}
+
+static void
+batches_free(struct batch *batch)
+{
+	while (batch) {
+		struct batch *next = batch->next;
+
+		batch_free(batch);
+		batch = next;
+	}
+}
+
+/*
+ * The head of the queue when there is one; NULL when it is time to end.
+ * out_of_time: a closing file whose patience is spent gets this last try.
+ */
+static struct batch *
+writer_next(struct store_file *file, int *out_of_time)
+{
+	struct batch *batch;
+
+	pthread_mutex_lock(&file->lock);
+	while (!file->queue && !file->closing)
+		pthread_cond_wait(&file->wake, &file->lock);
+	batch = file->queue;
+	*out_of_time = file->closing && time_left(file, 1) == 0;
+	pthread_mutex_unlock(&file->lock);
+	return batch;
+}
+
+static void
+writer_done_with_head(struct store_file *file)
+{
+	struct batch *batch;
+
+	pthread_mutex_lock(&file->lock);
+	batch = file->queue;
+	file->queue = batch->next;
+	pthread_mutex_unlock(&file->lock);
+	batch->next = NULL;
+	batch_free(batch);
+}
+
+static void
+writer_give_up(struct store_file *file)
+{
+	struct batch *left;
+
+	pthread_mutex_lock(&file->lock);
+	left = file->queue;
+	file->queue = NULL;
+	pthread_mutex_unlock(&file->lock);
+	batches_free(left);
+	log_error("closing data file %s: still not writable after %.0f s; its "
+		  "last state is not in it", file->path, CLOSE_PATIENCE);
 }
 
 static void *
-writer_main(void *unused)
+writer_main(void *argument)
 {
-	(void)unused;
+	struct store_file *file = argument;
+	struct batch *batch;
+	int out_of_time;
+
 	/*
 	 * Lowest priority: on a busy core the writer takes the time answering
 	 * leaves over instead of preempting the loop for a whole commit.  A
@@ -762,89 +929,165 @@ writer_main(void *unused)
 	if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19) != 0)
 		log_debug("cannot lower the data file writer's priority: %s",
 			  strerror(errno));
-	for (;;) {
-		struct batch *batch;
-		int stopping;
-
-		pthread_mutex_lock(&writer_lock);
-		while (!writer_batch && !writer_stopping)
-			pthread_cond_wait(&writer_wake, &writer_lock);
-		batch = writer_batch;
-		stopping = writer_stopping;
-		pthread_mutex_unlock(&writer_lock);
-		if (!batch)
-			break;
-		if (write_batch(batch) != SQLITE_OK) {
-			if (!stopping) {
-				writer_wait(db ? FLUSH_INTERVAL : REOPEN_INTERVAL);
-				continue;
-			}
-			log_error("stopping with state not written to %s", store_path);
+	while ((batch = writer_next(file, &out_of_time)) != NULL) {
+		if (write_batch(file, batch) == SQLITE_OK) {
+			writer_done_with_head(file);
+			continue;
 		}
-		pthread_mutex_lock(&writer_lock);
-		writer_batch = NULL;
-		pthread_mutex_unlock(&writer_lock);
-		batch_free(batch);
-		if (stopping)
+		if (out_of_time) {
+			writer_give_up(file);
 			break;
+		}
+		writer_wait(file, file->db ? FLUSH_INTERVAL : REOPEN_INTERVAL);
 	}
+	close_database(file);
+	pthread_mutex_lock(&file->lock);
+	file->finished = 1;
+	pthread_mutex_unlock(&file->lock);
+	ev_async_send(store_loop, &file_closed);
 	return NULL;
 }
 
+/* ------------------------------------------------------- files, loop side */
+
+static struct store_file *
+file_create(const char *path)
+{
+	struct store_file *file = calloc(1, sizeof(*file));
+	pthread_condattr_t attributes;
+
+	if (!file)
+		return NULL;
+	file->path = strdup(path);
+	if (!file->path) {
+		free(file);
+		return NULL;
+	}
+	pthread_mutex_init(&file->lock, NULL);
+	pthread_condattr_init(&attributes);
+	pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC);
+	pthread_cond_init(&file->wake, &attributes);
+	pthread_condattr_destroy(&attributes);
+	return file;
+}
+
+static void
+file_free(struct store_file *file)
+{
+	close_database(file);
+	batches_free(file->queue);
+	pthread_cond_destroy(&file->wake);
+	pthread_mutex_destroy(&file->lock);
+	free(file->path);
+	free(file);
+}
+
+static void
+file_start(struct store_file *file)
+{
+	int error = pthread_create(&file->thread, NULL, writer_main, file);
+
+	if (error != 0) {
+		log_error("cannot start the writer of data file %s: %s; its state "
+			  "is kept in memory only", file->path, strerror(error));
+		return;
+	}
+	file->thread_running = 1;
+}
+
 static int
-writer_busy(void)
+file_busy(struct store_file *file)
 {
 	int busy;
 
-	pthread_mutex_lock(&writer_lock);
-	busy = writer_batch != NULL;
-	pthread_mutex_unlock(&writer_lock);
+	pthread_mutex_lock(&file->lock);
+	busy = file->queue != NULL;
+	pthread_mutex_unlock(&file->lock);
 	return busy;
 }
 
 static void
-writer_hand(struct batch *batch)
+file_hand(struct store_file *file, struct batch *batch)
 {
-	pthread_mutex_lock(&writer_lock);
-	writer_batch = batch;
-	pthread_cond_signal(&writer_wake);
-	pthread_mutex_unlock(&writer_lock);
+	struct batch **tail;
+
+	pthread_mutex_lock(&file->lock);
+	for (tail = &file->queue; *tail; tail = &(*tail)->next)
+		;
+	*tail = batch;
+	pthread_cond_signal(&file->wake);
+	pthread_mutex_unlock(&file->lock);
 }
 
+/*
+ * The file gets the last batch and is told to close; its thread ends by
+ * itself (within CLOSE_PATIENCE) and the loop joins it when it says so.
+ */
 static void
-writer_start(void)
+file_close(struct store_file *file)
 {
-	writer_stopping = 0;
-	if (pthread_create(&writer, NULL, writer_main, NULL) != 0) {
-		log_error("cannot start the data file writer: %s", strerror(errno));
+	struct batch *last = store_registry ? batch_take() : NULL;
+
+	if (!file->thread_running) {
+		batch_free(last);
+		file_free(file);
 		return;
 	}
-	writer_running = 1;
+	if (last)
+		file_hand(file, last);
+	pthread_mutex_lock(&file->lock);
+	file->closing = 1;
+	file->give_up_at = monotonic_now() + CLOSE_PATIENCE;
+	pthread_cond_signal(&file->wake);
+	pthread_mutex_unlock(&file->lock);
+	file->next = closing_files;
+	closing_files = file;
 }
 
-/* Writes what is left (waiting a little for a busy writer), then joins. */
+/* Joins the closing files whose thread has ended, or all of them. */
 static void
-writer_stop(void)
+join_closed_files(int all)
 {
-	struct batch *last;
+	struct store_file **link = &closing_files;
 
-	if (!writer_running)
-		return;
-	for (int i = 0; i < 40 && writer_busy(); i++)
-		usleep(50000);
-	last = store_registry ? batch_take() : NULL;
-	pthread_mutex_lock(&writer_lock);
-	if (last && !writer_batch)
-		writer_batch = last;
-	else
-		batch_free(last);
-	writer_stopping = 1;
-	pthread_cond_signal(&writer_wake);
-	pthread_mutex_unlock(&writer_lock);
-	pthread_join(writer, NULL);
-	writer_running = 0;
-	batch_free(writer_batch);
-	writer_batch = NULL;
+	while (*link) {
+		struct store_file *file = *link;
+		int finished;
+
+		pthread_mutex_lock(&file->lock);
+		finished = file->finished;
+		pthread_mutex_unlock(&file->lock);
+		if (!finished && !all) {
+			link = &file->next;
+			continue;
+		}
+		pthread_join(file->thread, NULL);
+		*link = file->next;
+		file_free(file);
+	}
+}
+
+static void
+on_file_closed(struct ev_loop *loop, ev_async *watcher, int revents)
+{
+	(void)loop;
+	(void)watcher;
+	(void)revents;
+	join_closed_files(0);
+}
+
+/* A new file gets the whole current state, not only what changed. */
+static void
+mark_everything_dirty(void)
+{
+	for (int i = 0; store_registry && i < store_registry->name_count; i++) {
+		struct name *name = &store_registry->names[i];
+
+		for (int j = 0; j < name->candidate_count; j++)
+			for (int k = 0; k < name->candidates[j].address_count; k++)
+				name->candidates[j].addresses[k]->store_dirty = 1;
+	}
+	addresses_changed = 1;
 }
 
 /* --------------------------------------------------------- the loop side */
@@ -854,7 +1097,8 @@ store_flush(void)
 {
 	struct batch *batch;
 
-	if (!store_path || !store_registry || !writer_running || writer_busy())
+	if (!current || !store_registry || !current->thread_running ||
+	    file_busy(current))
 		return;
 	batch = batch_take();
 	if (!batch)
@@ -864,7 +1108,7 @@ store_flush(void)
 			    "file could not be written", pending_dropped);
 		pending_dropped = 0;
 	}
-	writer_hand(batch);
+	file_hand(current, batch);
 }
 
 static void
@@ -881,7 +1125,7 @@ store_record_check(const struct address *address, int success)
 {
 	struct history_row *row;
 
-	if (!store_path)
+	if (!current)
 		return;
 	((struct address *)address)->store_dirty = 1;
 	if (pending_count == PENDING_HISTORY_MAX) {
@@ -985,7 +1229,7 @@ restore_queries(struct registry *registry)
 {
 	sqlite3_stmt *statement;
 
-	if (sqlite3_prepare_v2(db, "SELECT name, queries FROM names", -1,
+	if (sqlite3_prepare_v2(current->db, "SELECT name, queries FROM names", -1,
 			       &statement, NULL) != SQLITE_OK)
 		return;
 	while (sqlite3_step(statement) == SQLITE_ROW) {
@@ -1006,17 +1250,17 @@ store_restore(struct registry *registry)
 
 	store_registry = registry;
 	addresses_changed = 1;
-	if (!db)
+	if (!current || !current->db)
 		return;
 	restore_queries(registry);
-	if (sqlite3_prepare_v2(db,
+	if (sqlite3_prepare_v2(current->db,
 	    "SELECT name, candidate_name, ip_address, healthy, last_check_time,"
 	    " last_success_time, last_failure_time, last_check_status,"
 	    " connect_time, response_time, rtt, last_rtt, successes, timeouts,"
 	    " connect_errors, response_errors, other_errors, checks"
 	    " FROM candidates", -1, &row, NULL) != SQLITE_OK) {
 		log_warning("cannot read the previous state from %s: %s",
-			    store_path, sqlite3_errmsg(db));
+			    current->path, sqlite3_errmsg(current->db));
 		return;
 	}
 	while (sqlite3_step(row) == SQLITE_ROW) {
@@ -1037,7 +1281,7 @@ store_restore(struct registry *registry)
 		select_update_all(&registry->names[i]);
 	if (restored)
 		log_info("restored the state of %d addresses from %s", restored,
-			 store_path);
+			 current->path);
 }
 
 /* -------------------------------------------------------- open, close */
@@ -1054,66 +1298,164 @@ set_owner_from_user(const char *user)
 		return;	/* har.c says so when it drops privileges */
 	owner_uid = account->pw_uid;
 	owner_gid = account->pw_gid;
+	snprintf(owner_name, sizeof(owner_name), "%s", user);
 }
 
-static void
-give_files_to_owner(void)
+static int __attribute__((format(printf, 1, 2)))
+open_failed(const char *fmt, ...)
 {
-	char path[4096];
+	va_list ap;
 
-	set_owner(store_path);
-	snprintf(path, sizeof(path), "%s-wal", store_path);
-	set_owner(path);
-	snprintf(path, sizeof(path), "%s-shm", store_path);
-	set_owner(path);
+	va_start(ap, fmt);
+	vsnprintf(open_failure, sizeof(open_failure), fmt, ap);
+	va_end(ap);
+	return -1;
 }
 
 /*
- * Fails (so hard exits) only for a data file that exists and cannot be
- * read at all; any other trouble is logged and retried while hard runs.
+ * The run-time user must be able to open the file too: after the drop
+ * hard opens it again as that user (after an I/O error, or to recreate
+ * its -wal file), and a file only root can reach would stop being
+ * written for good.  A child process becomes the user and tries.
+ */
+static int
+check_as_owner(const char *path)
+{
+	pid_t child;
+	int status;
+
+	/* Not root: hard cannot become the user, and says so when it tries. */
+	if (owner_uid == (uid_t)-1 || owner_uid == geteuid() || geteuid() != 0)
+		return 0;
+	child = fork();
+	if (child < 0)
+		return open_failed("cannot check it as user %s: %s", owner_name,
+				   strerror(errno));
+	if (child == 0) {
+		int fd;
+
+		if (setgroups(1, &owner_gid) != 0 || setgid(owner_gid) != 0 ||
+		    setuid(owner_uid) != 0)
+			_exit(255);
+		fd = open(path, O_RDWR | O_CLOEXEC);
+		_exit(fd >= 0 ? 0 : errno > 0 && errno < 255 ? errno : 254);
+	}
+	while (waitpid(child, &status, 0) < 0)
+		if (errno != EINTR)
+			return open_failed("cannot check it as user %s: %s",
+					   owner_name, strerror(errno));
+	if (!WIFEXITED(status) || WEXITSTATUS(status) >= 254)
+		return open_failed("cannot check it as user %s", owner_name);
+	if (WEXITSTATUS(status) != 0)
+		return open_failed("user %s cannot open it: %s", owner_name,
+				   strerror(WEXITSTATUS(status)));
+	return 0;
+}
+
+/*
+ * What a start cannot go without: a regular file that hard can open for
+ * reading and writing, now and as the user it is about to become, made
+ * with its directories when missing.  What may pass by itself (a full
+ * file system) is left to the writer, which logs and retries.
+ */
+static int
+check_data_file(const char *path)
+{
+	char failed[4096];
+	struct stat status;
+	int created = 1;
+	int fd;
+
+	if (make_directory(path, failed, sizeof(failed)) != 0)
+		return open_failed("cannot create directory %s: %s", failed,
+				   strerror(errno));
+	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (fd < 0 && errno == EEXIST) {
+		created = 0;
+		fd = open(path, O_RDWR | O_CLOEXEC);
+	}
+	if (fd < 0 && (errno == ENOSPC || errno == EDQUOT))
+		return 0;
+	if (fd < 0)
+		return open_failed("%s", strerror(errno));
+	if (fstat(fd, &status) != 0 || !S_ISREG(status.st_mode)) {
+		close(fd);
+		return open_failed("not a regular file");
+	}
+	close(fd);
+	give_files_to_owner(path);
+	if (check_as_owner(path) != 0) {
+		if (created)
+			unlink(path);
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * Fails (so hard exits) only for a data file that cannot be opened or
+ * made at all; a file that opens but cannot be written yet (locked, full,
+ * corrupt) is logged and retried while hard runs.
  */
 int
 store_open(struct ev_loop *loop, const struct config *config, const char *user)
 {
 	store_loop = loop;
 	store_history = config->check_history;
+	ev_async_init(&file_closed, on_file_closed);
+	ev_async_start(loop, &file_closed);
+	ev_timer_init(&flush_timer, flush_tick, FLUSH_INTERVAL, FLUSH_INTERVAL);
+	ev_timer_start(loop, &flush_timer);
 	if (config->data_file[0] == '\0') {
 		log_info("data_file is empty: check state is kept in memory only");
 		return 0;
 	}
-	store_path = strdup(config->data_file);
-	if (!store_path)
-		return -1;
-	if (access(store_path, F_OK) == 0 && access(store_path, R_OK) != 0) {
-		fprintf(stderr, "hard: data file %s: %s\n", store_path,
-			strerror(errno));
-		return -1;
-	}
 	set_owner_from_user(user);
-	open_database();
-	give_files_to_owner();
-	ev_timer_init(&flush_timer, flush_tick, FLUSH_INTERVAL, FLUSH_INTERVAL);
-	ev_timer_start(loop, &flush_timer);
+	if (check_data_file(config->data_file) != 0)
+		return -1;
+	current = file_create(config->data_file);
+	if (!current)
+		return open_failed("out of memory");
+	open_database(current);
+	give_files_to_owner(current->path);
 	return 0;
 }
 
+const char *
+store_open_error(void)
+{
+	return open_failure;
+}
+
+/*
+ * A new data_file: the old file gets its last batch and closes by itself
+ * (nothing here waits for it), and the new one, opened by its own writer,
+ * gets the whole current state.
+ */
 void
 store_reconfigure(const struct config *config, struct registry *registry)
 {
 	store_registry = registry;
 	addresses_changed = 1;
 	store_history = config->check_history;
-	if ((store_path ? store_path : "")[0] == '\0' && config->data_file[0] == '\0')
-		return;
-	if (store_path && strcmp(store_path, config->data_file) == 0)
+	if (strcmp(current ? current->path : "", config->data_file) == 0)
 		return;
 	log_info("data file changes to \"%s\"", config->data_file);
-	store_close();
-	store_open(store_loop, config, NULL);
-	store_registry = registry;
-	addresses_changed = 1;
-	if (store_path)
-		writer_start();
+	if (current)
+		file_close(current);
+	current = NULL;
+	free(pending);
+	pending = NULL;
+	pending_count = pending_capacity = 0;
+	if (config->data_file[0] == '\0')
+		return;
+	current = file_create(config->data_file);
+	if (!current) {
+		log_error("out of memory opening data file %s", config->data_file);
+		return;
+	}
+	mark_everything_dirty();
+	file_start(current);
 }
 
 /*
@@ -1123,20 +1465,25 @@ store_reconfigure(const struct config *config, struct registry *registry)
 void
 store_start(void)
 {
-	if (store_path && !writer_running)
-		writer_start();
+	if (current && !current->thread_running)
+		file_start(current);
 }
 
-/* Writes the last state (SIGTERM, a new data_file) and closes the file. */
+/*
+ * Writes the last state and closes the file (SIGTERM).  A file that stays
+ * locked or unwritable holds the stop up for CLOSE_PATIENCE at most.
+ */
 void
 store_close(void)
 {
-	if (store_loop)
+	if (store_loop) {
 		ev_timer_stop(store_loop, &flush_timer);
-	writer_stop();
-	close_database();
-	free(store_path);
-	store_path = NULL;
+		ev_async_stop(store_loop, &file_closed);
+	}
+	if (current)
+		file_close(current);
+	current = NULL;
+	join_closed_files(1);
 	free(pending);
 	pending = NULL;
 	pending_count = pending_capacity = 0;

@@ -4,11 +4,15 @@ faults a data file meets in production, made real: a read-only file
 system, a full one, a concurrent exclusive lock, a file of garbage and a
 kill -9 under load."""
 
+import contextlib
 import os
+import pwd
 import random
+import shutil
 import select
 import signal
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -20,6 +24,7 @@ from statehelpers import (SQLITE3, QueryLoop, answer, assert_answers,
                           sql_value, stable_value, wait_answer, wait_log,
                           wait_sql)
 from statehelpers import tmpfs_mounts
+from test_reload import reload
 
 A, B, C, D = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"
 
@@ -52,6 +57,37 @@ def db_path(workdir, *sub):
 
 def columns(db, table):
     return {r["name"] for r in sql(db, "PRAGMA table_info(%s)" % table)}
+
+
+@contextlib.contextmanager
+def exclusive_lock(db):
+    """Another process (the sqlite3 CLI) holds db with BEGIN EXCLUSIVE for
+    the duration of the with block; waits up to 3 s for hard's own write
+    to end before taking the lock."""
+    locker = subprocess.Popen([SQLITE3, "-bail", db], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        locker.stdin.write(".timeout 3000\nBEGIN EXCLUSIVE;\nSELECT 'locked';\n")
+        locker.stdin.flush()
+        ready, _, _ = select.select([locker.stdout], [], [], 5)
+        line = locker.stdout.readline() if ready else ""
+        assert line.strip() == "locked", "sqlite3 could not lock: %r" % (
+            locker.stderr.read() if locker.poll() is not None else line)
+        yield
+        locker.stdin.write("COMMIT;\n.quit\n")
+        locker.stdin.close()
+        assert locker.wait(5) == 0, locker.stderr.read()
+    finally:
+        harness._kill(locker)
+
+
+def history_complete(db):
+    """Every address's history has as many rows as checks (nothing lost)."""
+    for r in sql(db, "SELECT c.candidate_name, c.checks, count(k.slot) AS n"
+                 " FROM candidates c JOIN checks k USING (name, candidate_name,"
+                 " ip_address) GROUP BY 1, 2"):
+        assert r["n"] == r["checks"], "check history lost: %s" % r
 
 
 # ------------------------------------------------------------ live contents
@@ -386,30 +422,43 @@ def test_older_file_upgraded_and_unknown_health(workdir, start_hard, start_http,
 # ------------------------------------------------------------ faults
 
 
-def test_read_only_file_system(workdir, tmpfs, start_hard, start_http, up):
-    """The data file's directory is on a read-only file system at start
-    (a read-only tmpfs: tests run as root, and root ignores chmod, so a
-    mode-555 directory would not be read-only for it).  hard starts,
-    answers, logs once, retries, and writes the file when it turns
-    writable."""
+def test_reload_to_read_only_file_system(workdir, tmpfs, start_hard, start_http,
+                                         up):
+    """A reload names a data file on a read-only file system (a read-only
+    tmpfs: tests run as root, and root ignores chmod).  hard goes on
+    answering, logs once, retries every 5 s, and once the file system is
+    writable the new file gets the whole state, not only what changed
+    since."""
     s = start_http(A)
+    db1 = db_path(workdir)
     mnt = os.path.join(workdir, "ro")
     fs = tmpfs(mnt, "1m", readonly=True)
-    db = os.path.join(mnt, "har.db")
-    h = start_hard(name_block("ro.test", [("a", s.url())], check_frequency=0.3),
-                   upstream=up, data_file=db)
-    wait_answer(h, "ro.test", [A], timeout=3)
-    wait_log(h, r"cannot open data file .*har\.db")
-    assert not os.path.exists(db)
-    # hard retries every 5 s: stay read-only over two retries
+    db2 = os.path.join(mnt, "har.db")
+    cands = [("a", s.url()), ("b", s.url())]
+    body = name_block("ro.test", cands, check_frequency=0.3)
+    body += name_block("idle.test", [("i", s.url())], check_frequency=3600)
+    h = start_hard(body, upstream=up, data_file=db1)
+    wait_sql(db1, "SELECT count(*) AS n FROM candidates", lambda r: r[0]["n"] == 3,
+             timeout=3)
+    for _ in range(4):
+        assert answer(h, "ro.test") == [A]
+    reload(h, body, up, data_file=db2)
+    wait_log(h, r"cannot open data file .*ro/har\.db.*Read-only file system")
+    assert not os.path.exists(db2)
+    # retried every 5 s: stay read-only over two retries
     assert_answers(h, {"ro.test": [A], "fwd.test": ["192.0.2.1"]}, duration=6.5)
     assert len(log_lines(h, r"cannot open data file")) == 1, \
         "the failure should be logged once, not per retry:\n%s" % h.log()[-3000:]
     fs.remount(readonly=False)
-    wait_sql(db, "SELECT healthy, checks FROM candidates",
-             lambda r: r and r[0]["healthy"] == 1 and r[0]["checks"] >= 2,
-             timeout=8, what="the data file written once writable")
-    wait_log(h, r"data file .* (open|written) again")
+    # idle.test was checked once, long before: it is in the new file all the same
+    rows = wait_sql(db2, "SELECT candidate_name, healthy, checks FROM candidates",
+                    lambda r: len(r) == 3 and all(x["healthy"] == 1 for x in r),
+                    timeout=8, what="the whole state in the new file")
+    assert {r["candidate_name"]: r["checks"] for r in rows}["i"] == 1, rows
+    wait_sql(db2, "SELECT name, queries FROM names ORDER BY name",
+             lambda r: r == [{"name": "idle.test", "queries": 0},
+                             {"name": "ro.test", "queries": 4}], timeout=2)
+    wait_log(h, r"data file .*ro/har\.db is open again")
     assert_answers(h, {"ro.test": [A]})
     assert len(log_lines(h, r"cannot open data file")) == 1
 
@@ -445,10 +494,7 @@ def test_disk_full(workdir, tmpfs, start_hard, start_http, up):
     h.signal(signal.SIGTERM)
     assert h.proc.wait(5) == 0
     h.expect_exit = True
-    for r in sql(db, "SELECT c.candidate_name, c.checks, count(k.slot) AS n"
-                 " FROM candidates c JOIN checks k USING (name, candidate_name,"
-                 " ip_address) GROUP BY 1, 2"):
-        assert r["n"] == r["checks"], "check history lost: %s" % r
+    history_complete(db)
     assert len(log_lines(h, r"written again")) == 1
     assert len(log_lines(h, r"cannot write data file")) == 1
 
@@ -464,17 +510,7 @@ def test_exclusive_lock(workdir, start_hard, start_http, up):
                    upstream=up, data_file=db)
     wait_sql(db, "SELECT count(*) AS n FROM candidates", lambda r: r[0]["n"] == 3,
              timeout=3)
-    locker = subprocess.Popen([SQLITE3, "-bail", db], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
-    try:
-        # wait (up to 3 s) for hard's own write to end, then hold the lock
-        locker.stdin.write(".timeout 3000\nBEGIN EXCLUSIVE;\nSELECT 'locked';\n")
-        locker.stdin.flush()
-        ready, _, _ = select.select([locker.stdout], [], [], 5)
-        line = locker.stdout.readline() if ready else ""
-        assert line.strip() == "locked", "sqlite3 could not lock: %r" % (
-            locker.stderr.read() if locker.poll() is not None else line)
+    with exclusive_lock(db):
         wait_log(h, r"cannot write data file .*lock", timeout=3)
         frozen = sql_value(db, "SELECT sum(checks) FROM candidates")
         assert_answers(h, {"lock.test": [A], "fwd.test": ["192.0.2.1"]},
@@ -482,11 +518,6 @@ def test_exclusive_lock(workdir, start_hard, start_http, up):
         assert sql_value(db, "SELECT sum(checks) FROM candidates") == frozen
         assert len(log_lines(h, r"cannot write data file")) == 1, \
             "the lock should be logged once, not per write:\n%s" % h.log()[-3000:]
-        locker.stdin.write("COMMIT;\n.quit\n")
-        locker.stdin.close()
-        assert locker.wait(5) == 0, locker.stderr.read()
-    finally:
-        harness._kill(locker)
     wait_sql(db, "SELECT sum(checks) AS n FROM candidates",
              lambda r: r[0]["n"] >= frozen + 3 * 10, timeout=2,
              what="catching up after the lock was released")
@@ -494,10 +525,7 @@ def test_exclusive_lock(workdir, start_hard, start_http, up):
     h.signal(signal.SIGTERM)
     assert h.proc.wait(5) == 0
     h.expect_exit = True
-    for r in sql(db, "SELECT c.candidate_name, c.checks, count(k.slot) AS n"
-                 " FROM candidates c JOIN checks k USING (name, candidate_name,"
-                 " ip_address) GROUP BY 1, 2"):
-        assert r["n"] == r["checks"], "check history lost: %s" % r
+    history_complete(db)
     assert len(log_lines(h, r"cannot write data file")) == 1
 
 
@@ -569,3 +597,255 @@ def test_kill_9_under_load(workdir, start_hard, start_http, up):
     for k, r in after.items():
         assert r["checks"] == before[k]["checks"] + 1, (before[k], r)
         assert r["successes"] == before[k]["successes"] + 1, (before[k], r)
+
+
+# ------------------------------------------------------------ reload, stop
+
+
+def threads(pid):
+    return len(os.listdir("/proc/%d/task" % pid))
+
+
+def test_reload_new_data_file_while_old_is_locked(workdir, start_hard,
+                                                  start_http, up):
+    """A reload names a new data_file while another process holds the old
+    one locked: no query waits for the old file's writer, the new file at
+    once gets the whole state, and the old writer gives up after 2 s by
+    itself and is joined (its thread ends)."""
+    s = start_http(A)
+    db1, db2 = db_path(workdir, "one"), db_path(workdir, "two")
+    cands = [("c%d" % i, s.url()) for i in range(3)]
+    body = name_block("lock.test", cands, check_frequency=0.2)
+    h = start_hard(body, upstream=up, data_file=db1)
+    wait_sql(db1, "SELECT count(*) AS n FROM candidates", lambda r: r[0]["n"] == 3,
+             timeout=3)
+    before = threads(h.pid)
+    with exclusive_lock(db1):
+        # the writer now holds a batch it cannot write
+        wait_log(h, r"cannot write data file .*one/har\.db.*lock", timeout=3)
+        queries = QueryLoop(h.addr, h.port, ["lock.test"], timeout=3,
+                            pause=0.005).start()
+        time.sleep(0.3)
+        t_reload = reload(h, body, up, data_file=db2)
+        wait_log(h, r"data file changes to .*two/har\.db")
+        time.sleep(1.0)
+        queries.stop()
+        during = [r for r in queries.results if r[1] >= t_reload - 0.1]
+        assert during, "no query during the reload"
+        slowest = max(queries.results, key=lambda r: r[1] - r[0])
+        assert slowest[1] - slowest[0] < 0.5, \
+            "a query waited %.2f s (at %.2f s from the reload): %s" % (
+                slowest[1] - slowest[0], slowest[0] - t_reload, slowest)
+        assert {r[4] for r in queries.results} == {(A,)}
+        # the new file has every address at once, the old one is untouched
+        wait_sql(db2, "SELECT count(*) AS n FROM candidates WHERE checks > 0"
+                 " AND healthy = 1", lambda r: r[0]["n"] == 3, timeout=2)
+        wait_sql(db2, "SELECT queries FROM names WHERE name = 'lock.test'",
+                 lambda r: r and r[0]["queries"] >= len(queries.results),
+                 timeout=2)
+        # the old writer gives up within its 2 s, with the lock still held
+        wait_log(h, r"closing data file .*one/har\.db: still not writable",
+                 timeout=4)
+    assert len(log_lines(h, r"closing data file")) == 1
+    harness.wait_until(lambda: threads(h.pid) == before, 3,
+                       what="the old writer thread to end and be joined")
+    checks = sql_value(db2, "SELECT sum(checks) FROM candidates")
+    wait_sql(db2, "SELECT sum(checks) AS n FROM candidates",
+             lambda r: r[0]["n"] >= checks + 6, timeout=3)
+    h.signal(signal.SIGTERM)
+    assert h.proc.wait(5) == 0
+    h.expect_exit = True
+    # the history goes on in the new file from the reload on (the older
+    # rows stay in the old file)
+    for r in sql(db2, "SELECT c.candidate_name, c.checks, count(k.slot) AS n"
+                 " FROM candidates c JOIN checks k USING (name, candidate_name,"
+                 " ip_address) GROUP BY 1, 2"):
+        assert 6 <= r["n"] < r["checks"], r
+
+
+def test_stop_with_locked_file(workdir, start_hard, start_http, up):
+    """SIGTERM while the data file is locked: hard waits for it at most
+    2 s, writes the last state if the lock goes in that time, and exits 0
+    either way, saying what it could not write."""
+    s = start_http(A)
+    db = db_path(workdir)
+    cands = [("c%d" % i, s.url()) for i in range(3)]
+    body = name_block("stop.test", cands, check_frequency=0.2)
+    # released 0.5 s into the stop: everything is written
+    h = start_hard(body, upstream=up, data_file=db)
+    wait_sql(db, "SELECT count(*) AS n FROM candidates", lambda r: r[0]["n"] == 3,
+             timeout=3)
+    with exclusive_lock(db):
+        wait_log(h, r"cannot write data file .*lock", timeout=3)
+        frozen = sql_value(db, "SELECT sum(checks) FROM candidates")
+        time.sleep(1)
+        h.signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert h.alive(), "hard did not wait for the locked file"
+    assert h.proc.wait(5) == 0
+    h.expect_exit = True
+    assert sql_value(db, "SELECT sum(checks) FROM candidates") >= frozen + 3 * 4
+    history_complete(db)
+    assert not log_lines(h, r"not in it")
+    # held for good: hard stops after about 2 s, and says so
+    h = start_hard(body, upstream=up, data_file=db)
+    wait_log(h, r"restored the state of 3 addresses")
+    with exclusive_lock(db):
+        wait_log(h, r"cannot write data file .*lock", timeout=3)
+        t0 = time.monotonic()
+        h.signal(signal.SIGTERM)
+        assert h.proc.wait(6) == 0
+        took = time.monotonic() - t0
+        h.expect_exit = True
+    assert 1.5 <= took <= 4.5, "stopped after %.1f s" % took
+    assert len(log_lines(h, r"closing data file .*: still not writable after 2 s"
+                         r"; its last state is not in it")) == 1, h.log()[-3000:]
+    assert sql_text(db, "PRAGMA integrity_check") == "ok"
+
+
+# ------------------------------------------------------------ start failures
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory others can traverse (the workdir is root-only 0700),
+    for a hard that runs as nobody."""
+    d = tempfile.mkdtemp(prefix="har-store-")
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def start_failure(conf, *args):
+    """Starts hard in the foreground; it must exit 1 at once.  Returns its
+    standard error."""
+    r = harness.run_hard("-f", *args, "-c", conf, timeout=10)
+    assert r.returncode == 1, "exit %d:\n%s" % (r.returncode, r.stderr)
+    return r.stderr
+
+
+def write_config(path, up, data_file):
+    with open(path, "w") as f:
+        f.write(harness.hard_config(
+            name_block("f.test", [("a", None, "address = { %s }" % A)]),
+            up.endpoint, harness.free_port(), data_file=data_file))
+    os.chmod(path, 0o644)
+    return path
+
+
+@pytest.mark.parametrize("case", ["directory", "fifo", "under_a_file",
+                                  "read_only_file_system"])
+def test_unusable_data_file_fails_start(workdir, tmpfs, up, case):
+    """A data file that cannot be opened or made at start is a start-up
+    failure: exit 1, one line on stderr naming the file and the reason."""
+    if case == "directory":
+        db = os.path.join(workdir, "state")
+        os.mkdir(db)
+        reason = "Is a directory"
+    elif case == "fifo":
+        db = os.path.join(workdir, "pipe")
+        os.mkfifo(db)
+        reason = "not a regular file"
+    elif case == "under_a_file":
+        plain = os.path.join(workdir, "plain")
+        open(plain, "w").close()
+        db = os.path.join(plain, "sub", "har.db")
+        reason = "cannot create directory %s: Not a directory" % os.path.join(plain, "sub")
+    else:
+        mnt = os.path.join(workdir, "ro")
+        tmpfs(mnt, "1m", readonly=True)
+        db = os.path.join(mnt, "har.db")
+        reason = "Read-only file system"
+    err = start_failure(write_config(os.path.join(workdir, "har.conf"), up, db))
+    assert err.splitlines() == ["hard: cannot open data file %s: %s" % (db, reason)], err
+    if case not in ("directory", "fifo"):
+        assert not os.path.exists(db)
+
+
+def test_data_file_without_permission_fails_start(shared_dir, up):
+    """Permission is the user's that hard runs as: a non-root hard whose
+    data file is in a directory it cannot enter, and a root hard with -u
+    nobody whose data file only root can reach (it opens it as root, but
+    nobody would have to reopen it), both stop at start with one line."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to start hard as root and as nobody")
+    private = os.path.join(shared_dir, "private")
+    os.mkdir(private, 0o700)
+    db = os.path.join(private, "har.db")
+    conf = write_config(os.path.join(shared_dir, "har.conf"), up, db)
+    # started as nobody
+    r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup",
+                        "--clear-groups", harness.HARD, "-f", "-c", conf],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       timeout=10)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.splitlines() == [
+        "hard: cannot open data file %s: Permission denied" % db], r.stderr
+    # started as root, to run as nobody
+    err = start_failure(conf, "-u", "nobody")
+    assert err.splitlines() == [
+        "hard: cannot open data file %s: user nobody cannot open it: "
+        "Permission denied" % db], err
+    assert os.listdir(private) == [], "a file was left behind"
+    # the same with a directory nobody may enter: it starts, as nobody
+    os.chmod(private, 0o755)
+    nobody = pwd.getpwnam("nobody")
+    port = harness.free_port()
+    with open(conf, "w") as f:
+        f.write(harness.hard_config(
+            name_block("f.test", [("a", None, "address = { %s }" % A)],
+                       failure_mode="all"), up.endpoint, port, data_file=db))
+    p = subprocess.Popen([harness.HARD, "-f", "-u", "nobody", "-c", conf],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        harness.wait_until(lambda: os.path.exists(db) and
+                           os.stat(db).st_uid == nobody.pw_uid and
+                           harness.query_at("127.0.0.1", port, "f.test", timeout=0.5),
+                           5, what="hard running as nobody")
+    finally:
+        harness._kill(p)
+    assert p.returncode == 0, p.stderr.read()
+
+
+# ------------------------------------------------------------ names rows
+
+
+def test_name_without_address_keeps_its_row(workdir, start_hard, start_http, up):
+    """A configured name with no address yet (its candidate's host does not
+    resolve: NXDOMAIN) keeps its names row and query counter across
+    reloads, and the counter goes on."""
+    s = start_http(A)
+    db = db_path(workdir)
+    body = name_block("nx.test", [("n", "http://nowhere.test:%d/" % s.port)],
+                      failure_mode="servfail", check_frequency=0.3)
+    body += name_block("ok.test", [("a", s.url())], check_frequency=0.3)
+    h = start_hard(body, upstream=up, data_file=db)
+    wait_log(h, r"cannot resolve nowhere\.test")
+    for _ in range(5):
+        answer(h, "nx.test")
+    wait_sql(db, "SELECT queries FROM names WHERE name = 'nx.test'",
+             lambda r: r == [{"queries": 5}], timeout=3)
+    # the same configuration, then one with another name added
+    reload(h, body, up, data_file=db)
+    wait_log(h, r"reloaded .*\(0 added")
+    time.sleep(1.2)  # two flushes, the first of which prunes
+    assert sql(db, "SELECT queries FROM names WHERE name = 'nx.test'") == \
+        [{"queries": 5}]
+    body2 = body + name_block("new.test", [("b", s.url())], check_frequency=0.3)
+    reload(h, body2, up, data_file=db)
+    wait_log(h, r"reloaded .*\(1 added")
+    wait_sql(db, "SELECT count(*) AS n FROM candidates", lambda r: r[0]["n"] == 2,
+             timeout=3)
+    time.sleep(0.6)
+    assert sql(db, "SELECT queries FROM names WHERE name = 'nx.test'") == \
+        [{"queries": 5}]
+    for _ in range(3):
+        answer(h, "nx.test")
+    wait_sql(db, "SELECT queries FROM names WHERE name = 'nx.test'",
+             lambda r: r == [{"queries": 8}], timeout=3)
+    # a removed name's row goes
+    reload(h, name_block("ok.test", [("a", s.url())], check_frequency=0.3), up,
+           data_file=db)
+    wait_sql(db, "SELECT name FROM names", lambda r: r == [{"name": "ok.test"}],
+             timeout=3)
