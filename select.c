@@ -183,25 +183,62 @@ same_ip(const struct ip_address *a, const struct ip_address *b)
 	    memcmp(a->bytes, b->bytes, a->family == AF_INET ? 4 : 16) == 0;
 }
 
+struct ranked_ip {
+	const struct ip_address *ip;
+	int rank;
+};
+
+/* By IP, and among equal IPs by rank, so the best entry comes first. */
+static int
+compare_ranked_ip(const void *a, const void *b)
+{
+	const struct ranked_ip *x = a, *y = b;
+	int order;
+
+	if (x->ip->family != y->ip->family)
+		return x->ip->family < y->ip->family ? -1 : 1;
+	order = memcmp(x->ip->bytes, y->ip->bytes, x->ip->family == AF_INET ? 4 : 16);
+	if (order != 0)
+		return order;
+	return (x->rank > y->rank) - (x->rank < y->rank);
+}
+
 /*
  * Two candidates may share an address (two check URLs on one server).
  * It is answered once (RFC 2181 section 5: no duplicate records in an
  * RRset), at the rank of its best entry, and weighs once in the
  * round-robin.  Keeps the first of each IP; returns how many remain.
+ * Sorting finds the duplicates, so a name of thousands of addresses
+ * costs n log n per update, not n squared.
  */
 static int
 drop_duplicates(struct address **ranked, int count)
 {
+	struct ranked_ip *sorted;
+	char *duplicate;
 	int kept = 0;
 
-	for (int i = 0; i < count; i++) {
-		int seen = 0;
-
-		for (int j = 0; j < kept && !seen; j++)
-			seen = same_ip(&ranked[j]->ip, &ranked[i]->ip);
-		if (!seen)
-			ranked[kept++] = ranked[i];
+	if (count < 2)
+		return count;
+	sorted = malloc(sizeof(*sorted) * (size_t)count);
+	duplicate = calloc((size_t)count, 1);
+	if (!sorted || !duplicate) {
+		log_error("out of memory");
+		abort();
 	}
+	for (int i = 0; i < count; i++) {
+		sorted[i].ip = &ranked[i]->ip;
+		sorted[i].rank = i;
+	}
+	qsort(sorted, (size_t)count, sizeof(*sorted), compare_ranked_ip);
+	for (int i = 1; i < count; i++)
+		if (same_ip(sorted[i].ip, sorted[i - 1].ip))
+			duplicate[sorted[i].rank] = 1;
+	for (int i = 0; i < count; i++)
+		if (!duplicate[i])
+			ranked[kept++] = ranked[i];
+	free(duplicate);
+	free(sorted);
 	return kept;
 }
 
