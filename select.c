@@ -197,7 +197,8 @@ compare_ranked_ip(const void *a, const void *b)
 
 	if (x->ip->family != y->ip->family)
 		return x->ip->family < y->ip->family ? -1 : 1;
-	order = memcmp(x->ip->bytes, y->ip->bytes, x->ip->family == AF_INET ? 4 : 16);
+	order = memcmp(x->ip->bytes, y->ip->bytes,
+		       x->ip->family == AF_INET ? 4 : 16);
 	if (order != 0)
 		return order;
 	return (x->rank > y->rank) - (x->rank < y->rank);
