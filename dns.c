@@ -474,7 +474,7 @@ choose_sets(const struct query *q, struct name *name, struct answer_set *sets[2]
 	return ANSWER_SERVFAIL;
 }
 
-enum dns_outcome dns_last_outcome;
+struct dns_last_query dns_last;
 
 /* Says what a query's answer sets made of it: answer, NODATA or failure. */
 static enum dns_outcome
@@ -508,31 +508,33 @@ dns_answer(struct registry *registry, const uint8_t *packet, size_t len,
 	*client_limit = 512;
 	rcode = parse_query(packet, len, &q);
 	if (rcode < 0) {
-		dns_last_outcome = len < DNS_HEADER_SIZE ? OUTCOME_DROP_SHORT :
+		dns_last.had_opt = 0;
+		dns_last.outcome = len < DNS_HEADER_SIZE ? OUTCOME_DROP_SHORT :
 		    OUTCOME_DROP_RESPONSE;
 		return DNS_DROP;
 	}
-	dns_last_outcome = OUTCOME_ERROR;
+	dns_last.outcome = OUTCOME_ERROR;
+	dns_last.had_opt = q.has_opt;
 	if (rcode > 0) {
 		*response_len = write_bare(&q, 0, rcode, response, response_size);
 		return *response_len ? DNS_REPLY : DNS_DROP;
 	}
 	limit = udp_limit(&q, over_tcp);
 	*client_limit = limit;
-	dns_last_outcome = OUTCOME_FORWARD;
+	dns_last.outcome = OUTCOME_FORWARD;
 	if (!may_answer_itself(&q))
 		return DNS_FORWARD;
 	name = registry ? registry_lookup(registry, q.lower_name, q.name_len) : NULL;
 	if (!name)
 		return DNS_FORWARD;
 	if (q.has_opt && q.edns_version != 0) {
-		dns_last_outcome = OUTCOME_ERROR;
+		dns_last.outcome = OUTCOME_ERROR;
 		*response_len = write_bare(&q, 0, RCODE_BADVERS, response,
 					   response_size);
 		return *response_len ? DNS_REPLY : DNS_DROP;
 	}
 	kind = choose_sets(&q, name, sets);
-	dns_last_outcome = answered_outcome(kind, sets);
+	dns_last.outcome = answered_outcome(kind, sets);
 	if (kind == ANSWER_FORWARD)
 		return DNS_FORWARD;
 	name->queries++;
@@ -589,11 +591,12 @@ find_opt(const uint8_t *reply, size_t len, size_t *opt_len)
 /*
  * Puts an OPT record at offset, within limit (which is below the reply's
  * length): the upstream's own when it fits, else its fixed part without
- * options; hard's own when the upstream sent none but the query had one,
- * which a client limit above 512 proves.  Returns the new length.
+ * options; hard's own when the upstream sent none but the client's query
+ * had one (RFC 6891 section 7).  Returns the new length.
  */
 static size_t
-keep_opt(uint8_t *reply, size_t reply_len, size_t offset, size_t limit)
+keep_opt(uint8_t *reply, size_t reply_len, size_t offset, size_t limit,
+	 int client_opt)
 {
 	size_t opt_len = 0;
 	size_t opt_at = find_opt(reply, reply_len, &opt_len);
@@ -609,7 +612,7 @@ keep_opt(uint8_t *reply, size_t reply_len, size_t offset, size_t limit)
 		write16(reply + offset + 9, 0);
 		return offset + 11;
 	}
-	if (limit <= 512)
+	if (!client_opt)
 		return offset;
 	memset(reply + offset, 0, 11);
 	write16(reply + offset + 1, DNS_TYPE_OPT);
@@ -623,7 +626,8 @@ keep_opt(uint8_t *reply, size_t reply_len, size_t offset, size_t limit)
  * have done (RFC 6891 section 7: a query with OPT gets OPT back).
  */
 size_t
-dns_truncate_reply(uint8_t *reply, size_t reply_len, size_t limit)
+dns_truncate_reply(uint8_t *reply, size_t reply_len, size_t limit,
+		   int client_opt)
 {
 	size_t question_end = DNS_HEADER_SIZE, end;
 	struct query q;
@@ -636,7 +640,7 @@ dns_truncate_reply(uint8_t *reply, size_t reply_len, size_t limit)
 		question_end = DNS_HEADER_SIZE;
 	else
 		question_end += 4;
-	end = keep_opt(reply, reply_len, question_end, limit);
+	end = keep_opt(reply, reply_len, question_end, limit, client_opt);
 	write16(reply + 2, read16(reply + 2) | FLAG_TC);
 	write16(reply + 4, question_end > DNS_HEADER_SIZE ? 1 : 0);
 	write16(reply + 6, 0);

@@ -287,8 +287,16 @@ enum dns_outcome {
 	OUTCOME_DROP_SHORT,		/* shorter than a header */
 	OUTCOME_DROP_RESPONSE,		/* QR set */
 };
-/* Set by every dns_answer call: one store, read only when logging. */
-extern enum dns_outcome dns_last_outcome;
+/*
+ * What the last dns_answer call saw and did beyond its verdict, set on
+ * every call (a store or two): for a forwarded query's way back and for
+ * the query log.
+ */
+struct dns_last_query {
+	enum dns_outcome outcome;
+	int had_opt;		/* the query carried an OPT record */
+};
+extern struct dns_last_query dns_last;
 
 /*
  * The answer path: query bytes in, response bytes out, with no I/O and
@@ -303,7 +311,8 @@ enum dns_verdict dns_answer(struct registry *registry, const uint8_t *query,
 size_t dns_error_reply(const uint8_t *query, size_t query_len, int rcode,
 		       uint8_t *response, size_t response_size);
 /* Cuts an upstream reply to fit limit, setting TC; returns its length. */
-size_t dns_truncate_reply(uint8_t *reply, size_t reply_len, size_t limit);
+size_t dns_truncate_reply(uint8_t *reply, size_t reply_len, size_t limit,
+			  int client_opt);
 
 /* ----------------------------------------------------------- querylog.c */
 

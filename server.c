@@ -100,6 +100,7 @@ struct pending_reply {
 	struct sockaddr_storage client;
 	socklen_t client_len;
 	size_t client_limit;
+	int client_opt;				/* the query had OPT */
 	struct tcp_connection *connection;	/* NULL for UDP */
 	enum dns_outcome outcome;		/* why it was forwarded */
 	size_t query_len;
@@ -183,7 +184,7 @@ udp_batch(struct listener *listener)
 				     &reply_len, &limit);
 		if (query_log_enabled && verdict != DNS_FORWARD)
 			query_log_write(&udp_peers[i], 0, udp_input[i], len,
-					dns_last_outcome, verdict == DNS_REPLY ?
+					dns_last.outcome, verdict == DNS_REPLY ?
 					udp_output[replies] : NULL, reply_len);
 		if (verdict == DNS_FORWARD) {
 			forward_query(listener, &udp_peers[i], in->msg_namelen,
@@ -414,7 +415,7 @@ tcp_query(struct tcp_connection *connection, const uint8_t *query, size_t len)
 			     sizeof(reply), &reply_len, &limit);
 	if (query_log_enabled && verdict != DNS_FORWARD)
 		query_log_write(&connection->peer, 1, query, len,
-				dns_last_outcome, verdict == DNS_REPLY ?
+				dns_last.outcome, verdict == DNS_REPLY ?
 				reply : NULL, reply_len);
 	if (verdict == DNS_REPLY)
 		tcp_send(connection, reply, reply_len);
@@ -773,7 +774,8 @@ forward_reply(void *context, uint8_t *reply, size_t reply_len)
 	}
 	if (reply && !pending->connection)
 		reply_len = dns_truncate_reply(reply, reply_len,
-					       pending->client_limit);
+					       pending->client_limit,
+					       pending->client_opt);
 	if (query_log_enabled)
 		query_log_write(&pending->client, pending->connection != NULL,
 				pending->query, pending->query_len,
@@ -812,8 +814,9 @@ forward_query(struct listener *listener,
 	else if (connection)
 		pending->client = connection->peer;
 	pending->client_len = client_len;
-	pending->outcome = dns_last_outcome;
+	pending->outcome = dns_last.outcome;
 	pending->client_limit = limit;
+	pending->client_opt = dns_last.had_opt;
 	pending->connection = connection;
 	pending->query_len = kept;
 	memcpy(pending->query, query, kept);

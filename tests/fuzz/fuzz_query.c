@@ -191,11 +191,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	 * replies longer than the limit, which is at least 512).
 	 */
 	if (size >= 12 && size <= DNS_MAX_UDP) {
-		static const size_t limits[] = { 512, 1232 };
+		static const size_t limits[] = { 512, 512, 1232, 1232 };
 
 		for (size_t i = 0; i < sizeof(limits) / sizeof(limits[0]); i++) {
 			memcpy(copy, data, size);
-			len = dns_truncate_reply(copy, size, limits[i]);
+			len = dns_truncate_reply(copy, size, limits[i], (int)(i & 1));
 			if (size <= limits[i] ? len != size : len > limits[i])
 				fail("truncated reply does not fit", len);
 			if (len < 12 || memcmp(copy, data, 2) != 0)

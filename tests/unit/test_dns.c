@@ -1206,11 +1206,11 @@ test_truncate_reply(void)
 	CHECK(reply_len > 512);
 
 	memcpy(copy, reply, reply_len);
-	CHECK_INT(dns_truncate_reply(copy, reply_len, reply_len), reply_len);
+	CHECK_INT(dns_truncate_reply(copy, reply_len, reply_len, 1), reply_len);
 	CHECK(memcmp(copy, reply, reply_len) == 0);
-	CHECK_INT(dns_truncate_reply(copy, reply_len, 4096), reply_len);
+	CHECK_INT(dns_truncate_reply(copy, reply_len, 4096, 1), reply_len);
 
-	cut = dns_truncate_reply(copy, reply_len, 512);
+	cut = dns_truncate_reply(copy, reply_len, 512, 0);
 	CHECK_INT(cut, len);
 	CHECK_INT(get16(copy), 0x7000);
 	CHECK_INT(get16(copy + 2), get16(reply + 2) | TC);
@@ -1223,7 +1223,7 @@ test_truncate_reply(void)
 	/* No question to keep: the header alone. */
 	memcpy(copy, reply, reply_len);
 	set16(copy + 4, 0);
-	cut = dns_truncate_reply(copy, reply_len, 512);
+	cut = dns_truncate_reply(copy, reply_len, 512, 0);
 	CHECK_INT(cut, 12);
 	CHECK_INT(get16(copy + 2) & TC, TC);
 	CHECK_INT(get16(copy + 4), 0);
@@ -1232,20 +1232,27 @@ test_truncate_reply(void)
 	/* A question that does not parse: the header alone. */
 	memcpy(copy, reply, reply_len);
 	copy[12] = 0xc0;
-	cut = dns_truncate_reply(copy, reply_len, 512);
+	cut = dns_truncate_reply(copy, reply_len, 512, 0);
 	CHECK_INT(cut, 12);
 	CHECK_INT(get16(copy + 4), 0);
 
 	/* No OPT from upstream, but the client's limit shows it sent one:
 	 * hard's own OPT (RFC 6891 section 7). */
 	memcpy(copy, reply, reply_len);
-	cut = dns_truncate_reply(copy, reply_len, 600);
+	cut = dns_truncate_reply(copy, reply_len, 600, 1);
 	CHECK_INT(cut, len + 11);
 	CHECK_INT(get16(copy + 10), 1);
 	CHECK_INT(copy[len], 0);
 	CHECK_INT(get16(copy + len + 1), T_OPT);
 	CHECK_INT(get16(copy + len + 3), DNS_EDNS_ADVERTISED);
 	CHECK_INT(get16(copy + len + 9), 0);
+
+	/* A client that sent OPT with a size of 512 gets it too. */
+	memcpy(copy, reply, reply_len);
+	cut = dns_truncate_reply(copy, reply_len, 512, 1);
+	CHECK_INT(cut, len + 11);
+	CHECK_INT(get16(copy + 10), 1);
+	CHECK_INT(get16(copy + len + 1), T_OPT);
 }
 
 /* The upstream's OPT survives truncation, options and all. */
@@ -1272,7 +1279,7 @@ test_truncate_keeps_opt(void)
 	opt_at = len - 11;
 
 	memcpy(copy, reply, reply_len);
-	cut = dns_truncate_reply(copy, reply_len, 600);
+	cut = dns_truncate_reply(copy, reply_len, 600, 1);
 	CHECK_INT(cut, opt_at + sizeof(cookie_opt));
 	CHECK_INT(get16(copy + 2) & TC, TC);
 	CHECK_INT(get16(copy + 4), 1);
@@ -1293,12 +1300,12 @@ test_truncate_keeps_opt(void)
 
 	/* At 512 bytes, too: the OPT is small. */
 	memcpy(copy, reply, reply_len);
-	CHECK_INT(dns_truncate_reply(copy, reply_len, 512),
+	CHECK_INT(dns_truncate_reply(copy, reply_len, 512, 0),
 		  opt_at + sizeof(cookie_opt));
 
 	/* Options that do not fit the limit: the OPT without them. */
 	memcpy(copy, reply, reply_len);
-	cut = dns_truncate_reply(copy, reply_len, opt_at + 20);
+	cut = dns_truncate_reply(copy, reply_len, opt_at + 20, 1);
 	CHECK_INT(cut, opt_at + 11);
 	CHECK(memcmp(copy + opt_at, cookie_opt, 9) == 0);
 	CHECK_INT(get16(copy + opt_at + 9), 0);
@@ -1310,7 +1317,7 @@ test_truncate_keeps_opt(void)
 	CHECK_INT(ask(query, len, 1), DNS_REPLY);
 	reply_len = response_len;
 	memcpy(copy, response, reply_len);
-	cut = dns_truncate_reply(copy, reply_len, 512);
+	cut = dns_truncate_reply(copy, reply_len, 512, 0);
 	CHECK_INT(cut, len);
 	CHECK(memcmp(copy + len - 11, response + reply_len - 11, 11) == 0);
 }
