@@ -353,8 +353,8 @@ typedef void upstream_addresses_fn(void *context, int ok,
 int upstream_start(struct ev_loop *loop, const struct config *config);
 int upstream_reconfigure(const struct config *config);
 void upstream_stop(void);
-/* The most sockets forwarding to count nameservers can hold at once. */
-int upstream_descriptors_needed(int nameserver_count);
+/* The most sockets forwarding can hold at once under config. */
+int upstream_descriptors_needed(const struct config *config);
 int upstream_forward(const uint8_t *query, size_t query_len, int over_tcp,
 		     upstream_reply_fn *done, void *context);
 /* Resolves host's records of family (A or AAAA); done is called once. */

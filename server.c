@@ -971,7 +971,7 @@ descriptors_needed(const struct config *config)
 	rlim_t needed = DESCRIPTORS_BASE +
 	    (rlim_t)config->tcp_max_connections +
 	    2 * (rlim_t)config->bind_interface_count +
-	    (rlim_t)upstream_descriptors_needed(config->nameserver_count);
+	    (rlim_t)upstream_descriptors_needed(config);
 
 	/* A check in flight holds a socket: one per address at most. */
 	for (int i = 0; i < config->name_count; i++) {

@@ -81,6 +81,7 @@ struct forward {
 	void *context;
 	int over_tcp;
 	int in_flight;		/* tries sent and not yet called back */
+	int holds;		/* functions up the stack using it: not freed */
 	unsigned generation;	/* of the server list `tried` refers to */
 	uint32_t tried;		/* bit i: servers[i] has had this query */
 	struct upstream_server *last_tried;
@@ -95,6 +96,7 @@ struct forward {
 struct try {
 	struct forward *forward;
 	struct upstream_channel *channel;
+	double sent;
 };
 
 struct lookup {
@@ -399,15 +401,20 @@ server_mark_down(struct upstream_server *server, const char *why)
  * tried, else the first down one.  When every server has had it and
  * new_round is set (a try timed out, it was not refused), the round
  * starts again: a lost datagram is sent again, as a stub resolver would.
- * -1 when there is none (or the server list changed under it: a reload).
+ * -1 when there is none.
  */
 static int
 next_server(struct forward *forward, int new_round)
 {
 	int fallback = -1;
 
-	if (forward->generation != server_generation)
-		return -1;
+	/* A reload changed the list: start afresh on the new one (a server
+	 * that stayed may be asked twice, which does no harm). */
+	if (forward->generation != server_generation) {
+		forward->generation = server_generation;
+		forward->tried = 0;
+		forward->last_tried = NULL;
+	}
 	for (int i = 0; i < server_count; i++) {
 		if (forward->tried & (1u << i))
 			continue;
@@ -427,9 +434,28 @@ next_server(struct forward *forward, int new_round)
 
 static void forward_send(struct forward *forward, int index, int probe);
 
+static void forward_finish(struct forward *forward, const uint8_t *reply,
+			   size_t reply_len);
+
+/*
+ * A try can end inside ares_send (a socket that cannot be opened), so
+ * sending, a try's end and a timeout can nest: each holds the forward
+ * while it works, and the last release frees it.  With no try left in
+ * flight the client can have no reply but SERVFAIL.
+ */
 static void
-forward_free_if_done(struct forward *forward)
+forward_hold(struct forward *forward)
 {
+	forward->holds++;
+}
+
+static void
+forward_release(struct forward *forward)
+{
+	if (--forward->holds > 0)
+		return;
+	if (forward->in_flight == 0 && forward->done)
+		forward_finish(forward, NULL, 0);
 	if (forward->done || forward->in_flight > 0)
 		return;
 	ev_timer_stop(upstream_loop, &forward->timer);
@@ -513,6 +539,7 @@ forward_timeout(struct ev_loop *loop, ev_timer *timer, int revents)
 
 	(void)loop;
 	(void)revents;
+	forward_hold(forward);
 	if (ev_now(upstream_loop) >= forward->deadline - 0.001) {
 		forward_finish(forward, NULL, 0);
 	} else {
@@ -522,7 +549,7 @@ forward_timeout(struct ev_loop *loop, ev_timer *timer, int revents)
 			server_mark_down(forward->last_tried, "did not answer in time");
 		forward_try_next(forward, 1);
 	}
-	forward_free_if_done(forward);
+	forward_release(forward);
 }
 
 static void
@@ -533,17 +560,22 @@ try_done(void *arg, int status, int timeouts, unsigned char *answer,
 	struct forward *forward = try->forward;
 	struct upstream_server *server = try->channel->server;
 
+	double waited = ev_now(upstream_loop) - try->sent;
+
 	(void)timeouts;
+	forward_hold(forward);
 	try->channel->pending--;
 	server->pending--;
 	forward->in_flight--;
 	free(try);
 	if (status == ARES_SUCCESS && answer && answer_len >= 12) {
-		server_mark_up(server);
+		/* A reply later than resolver_timeout is used, but a server
+		 * that is that slow stays behind the others. */
+		if (waited <= try_timeout)
+			server_mark_up(server);
 		forward_finish(forward, answer, (size_t)answer_len);
 	} else if (status == ARES_EDESTRUCTION || status == ARES_ECANCELLED) {
-		if (forward->in_flight == 0)
-			forward_finish(forward, NULL, 0);
+		/* shutting down: released below, SERVFAIL once none is left */
 	} else {
 		/* Refused or broken at once: no need to wait out the try. */
 		if (status != ARES_ETIMEOUT)
@@ -552,7 +584,7 @@ try_done(void *arg, int status, int timeouts, unsigned char *answer,
 				      forward->in_flight == 0))
 			forward_try_next(forward, 0);
 	}
-	forward_free_if_done(forward);
+	forward_release(forward);
 }
 
 /*
@@ -578,6 +610,7 @@ forward_send(struct forward *forward, int index, int probe)
 	}
 	try->forward = forward;
 	try->channel = channel;
+	try->sent = ev_now(upstream_loop);
 	forward->query[0] = (uint8_t)(id >> 8);
 	forward->query[1] = (uint8_t)id;
 	forward->in_flight++;
@@ -589,10 +622,15 @@ forward_send(struct forward *forward, int index, int probe)
 		forward_arm(forward, try_timeout);
 	}
 	/* c-ares keeps the ID it is given and matches the reply's ID and
-	 * question before calling try_done (which may happen right here). */
+	 * question before calling try_done, which may happen right here:
+	 * nothing may be freed meanwhile. */
+	forward_hold(forward);
+	callback_depth++;
 	ares_send(channel->ares, forward->query, (int)forward->query_len,
 		  try_done, try);
+	callback_depth--;
 	channel_update_timer(channel);
+	forward_release(forward);
 }
 
 /* While a first choice is up, each down server due a probe gets this
@@ -652,16 +690,12 @@ forward_start(const uint8_t *query, size_t query_len, int over_tcp,
 		log_error("out of memory forwarding a query");
 		return -1;
 	}
-	/* Held while sending, so a try that fails at once cannot free it. */
-	forward->in_flight++;
+	forward_hold(forward);
 	first = next_server(forward, 0);
 	forward_send(forward, first, 0);
 	if (servers[first]->up)
 		forward_probe_down_servers(forward);
-	forward->in_flight--;
-	if (forward->in_flight == 0 && forward->done)
-		forward_finish(forward, NULL, 0);
-	forward_free_if_done(forward);
+	forward_release(forward);
 	reap_retired();
 	return 0;
 }
@@ -669,14 +703,19 @@ forward_start(const uint8_t *query, size_t query_len, int over_tcp,
 /*
  * Per nameserver, the current UDP channel (with a TCP socket for a
  * truncated reply) and TCP channel; beyond them, channels retired with
- * queries still in flight, at most one per UPSTREAM_QUERIES_PER_CHANNEL
- * of the forwards held, each with its UDP and perhaps a TCP socket.
+ * tries still in flight, one per UPSTREAM_QUERIES_PER_CHANNEL tries, each
+ * with its UDP and perhaps a TCP socket.  A forward makes a try each
+ * resolver_timeout until resolver_total_timeout, and may carry a probe.
  */
 int
-upstream_descriptors_needed(int nameserver_count)
+upstream_descriptors_needed(const struct config *config)
 {
-	return 3 * nameserver_count +
-	    2 * UPSTREAM_MAX_FORWARDS / UPSTREAM_QUERIES_PER_CHANNEL;
+	double rounds = ceil(config->resolver_total_timeout /
+			     config->resolver_timeout);
+	int tries = (int)(rounds < 1 ? 1 : rounds > 64 ? 64 : rounds) + 1;
+
+	return 3 * config->nameserver_count +
+	    2 * UPSTREAM_MAX_FORWARDS * tries / UPSTREAM_QUERIES_PER_CHANNEL;
 }
 
 /* A client's query; candidate lookups do not count against the limit. */

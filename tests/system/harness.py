@@ -585,7 +585,8 @@ def make_certs(workdir):
 class ScriptedUpstream:
     """A UDP nameserver in a thread of the test: it records every query it
     receives (ID, source port, name) and answers A queries with `address`,
-    or stays silent while `silent` is set.  `spoof` makes it send, before
+    or stays silent while `silent` is set, after `delay` seconds when that
+    is set.  `spoof` makes it send, before
     each real reply, one with the wrong ID and one for another question,
     both carrying `spoof_address`: neither may reach the client."""
 
@@ -594,6 +595,7 @@ class ScriptedUpstream:
         self.addr = addr
         self.address = address
         self.silent = silent
+        self.delay = 0.0
         self.spoof = False
         self.spoof_address = "192.0.2.66"
         self.received = []          # (id, source port, lower-case name)
@@ -644,7 +646,18 @@ class ScriptedUpstream:
                 wrong_question = self._reply(other, self.spoof_address)
                 for bogus in (wrong_id, wrong_question):
                     self.sock.sendto(bogus.to_wire(), peer)
-            self.sock.sendto(self._reply(q, self.address).to_wire(), peer)
+            reply = self._reply(q, self.address).to_wire()
+            if self.delay:
+                import threading
+                threading.Timer(self.delay, self._send_late, (reply, peer)).start()
+            else:
+                self.sock.sendto(reply, peer)
+
+    def _send_late(self, reply, peer):
+        try:
+            self.sock.sendto(reply, peer)
+        except OSError:
+            pass    # stopped meanwhile
 
     def stop(self):
         self.running = False

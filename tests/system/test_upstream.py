@@ -261,3 +261,39 @@ def test_forward_flood_is_bounded(start_hard, silent_upstream):
     assert harness.rcode_text(r) == "SERVFAIL"
     assert "forwarding again after" in h.log()
     h.assert_alive()
+
+
+@pytest.mark.parametrize("order", ["refused_first", "failing_first"])
+def test_nameserver_failing_inside_send(start_hard, order):
+    """127.255.255.255 is loopback's broadcast address: connecting a UDP
+    socket to it fails at once (EACCES), so the try ends inside the send
+    itself, nested in the end of a try refused by ICMP.  Every query gets
+    SERVFAIL at once and hard lives on."""
+    refused = "127.0.0.1:%d" % harness.dead_port()
+    failing = "127.255.255.255:53"
+    servers = [refused, failing] if order == "refused_first" else [failing, refused]
+    h = start_hard(CONFIGURED % harness.dead_port(), upstream=servers)
+    for i in range(20):
+        r, elapsed = timed_query(h, "n%d.test" % i, qid=i)
+        assert harness.rcode_text(r) == "SERVFAIL" and r.id == i
+        assert elapsed < 1.0
+    h.assert_alive()
+
+
+def test_late_reply_keeps_slow_server_behind(start_hard, upstream,
+                                             start_scripted_upstream):
+    """A reply later than resolver_timeout reaches the client, but does not
+    mark its server up again: it stays behind the prompt one."""
+    slow = start_scripted_upstream(silent=True, address="192.0.2.88")
+    h = start_hard(CONFIGURED % harness.dead_port(),
+                   upstream=[slow.endpoint, upstream.endpoint],
+                   extra="resolver_timeout = 0.3\n")
+    r, _ = timed_query(h, "fwd.test")       # marks slow down
+    assert addresses(r) == ["192.0.2.1"]
+    slow.silent = False
+    slow.delay = 0.6
+    for _ in range(20):     # 3 s: probes at about 1 s and 2 s, answered late
+        r, elapsed = timed_query(h, "fwd.test")
+        assert addresses(r) == ["192.0.2.1"] and elapsed < 0.4
+        time.sleep(0.15)
+    assert "answering again" not in h.log()
