@@ -165,12 +165,16 @@ def test_ready_once_answering(start_hard, up, listeners, kind):
 def test_reload_says_reloading_then_ready(start_hard, up, listeners):
     """SIGHUP: RELOADING=1 (with MONOTONIC_USEC=, for Type=notify-reload)
     then READY=1 once the new file is in use; a reload that fails still
-    ends with READY=1 (the old configuration answers) and says why."""
+    ends with READY=1 (the old configuration answers) and says why.
+    The unit's `hard -t` before the SIGHUP says nothing."""
     listener = listeners("path")
     h = start_hard(body("r.test"), upstream=up, env=listener.env)
     listener.wait_for("READY", h)
     with open(h.conf, "a") as f:
         f.write(body("new.test"))
+    check = harness.run_hard("-t", "-c", h.conf, env=listener.env)
+    assert (check.returncode, check.stdout) == (0, "ok\n"), check
+    assert listener.drain(0.2) == [], listener.received
     h.signal(signal.SIGHUP)
     reloading = listener.wait_for("RELOADING", h)
     ready = listener.wait_for("READY", h)
