@@ -1,7 +1,8 @@
 /*
  * har.c - hard's entry point: the command line, start-up in an order that
  * reports every failure before the daemon detaches, the one libev loop,
- * and the signals that reload the configuration or stop it.
+ * the signals that reload the configuration or stop it, and when to tell
+ * the service manager so (notify.c).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -364,8 +365,9 @@ log_reload_summary(const struct config *old, const struct config *fresh)
 /*
  * Everything that can fail is tried before anything changes, so a bad
  * file or an address that cannot be bound leaves the old set-up serving.
+ * Returns 0 when the new file is in use, -1 when the old one still is.
  */
-static void
+static int
 reload(void)
 {
 	struct config *fresh = config_load(options.config_file, RESOLV_CONF,
@@ -375,14 +377,14 @@ reload(void)
 	if (!fresh) {
 		log_error("reload of %s failed; still running the previous configuration",
 			  options.config_file);
-		return;
+		return -1;
 	}
 	if (config_drop_own_listeners(fresh, report_to_log) == 0) {
 		log_error("reload of %s failed: no upstream nameserver left; "
 			  "still running the previous configuration",
 			  options.config_file);
 		config_free(fresh);
-		return;
+		return -1;
 	}
 	if (!same_endpoints(running_config, fresh)) {
 		struct dns_server *rebound = dns_server_start(loop, fresh, server);
@@ -392,7 +394,7 @@ reload(void)
 				  "still running the previous configuration",
 				  options.config_file);
 			config_free(fresh);
-			return;
+			return -1;
 		}
 		server = rebound;
 	}
@@ -414,6 +416,26 @@ reload(void)
 		query_log_set(fresh->log_queries || options.debug, "log_queries");
 	config_free(running_config);
 	running_config = fresh;
+	return 0;
+}
+
+/* The manager shows it with the unit's state: what hard answers now. */
+static void
+notify_answering(const char *before)
+{
+	notify_ready("%sanswering %d names on port %d", before,
+		     running_config->name_count, running_config->listen_port);
+}
+
+/* RELOADING=1, then READY=1 whatever the outcome: hard keeps answering. */
+static void
+reload_and_notify(void)
+{
+	notify_reloading("reloading %s", options.config_file);
+	if (reload() == 0)
+		notify_answering("");
+	else
+		notify_answering("reload failed (see the log); still ");
 }
 
 static void
@@ -422,7 +444,7 @@ on_signal(struct ev_loop *signal_loop, ev_signal *watcher, int revents)
 	(void)revents;
 	if (watcher->signum == SIGHUP) {
 		log_info("SIGHUP: reloading %s", options.config_file);
-		reload();
+		reload_and_notify();
 		return;
 	}
 	if (watcher->signum == SIGUSR1) {
@@ -430,6 +452,7 @@ on_signal(struct ev_loop *signal_loop, ev_signal *watcher, int revents)
 		return;
 	}
 	log_info("%s: stopping", watcher->signum == SIGTERM ? "SIGTERM" : "SIGINT");
+	notify_stopping("stopping");
 	ev_break(signal_loop, EVBREAK_ALL);
 }
 
@@ -492,6 +515,7 @@ shut_down(void)
 	check_stop();
 	remove_pid_file();
 	config_free(running_config);
+	notify_close();
 	log_info("stopped");
 }
 
@@ -506,6 +530,8 @@ main(int argc, char **argv)
 	log_init("hard", 1, options.debug);
 	absolute_config_path();
 	running_config = load_config_or_exit();
+	/* After -t has exited: a check run by ExecReload= says nothing. */
+	notify_open();
 	user = options.user ? options.user : running_config->user;
 	if (options.pid_file)
 		check_pid_file(options.pid_file);
@@ -553,6 +579,10 @@ main(int argc, char **argv)
 	store_start();
 	log_info("hard %s answering %d names on port %d", HAR_VERSION,
 		 running_config->name_count, running_config->listen_port);
+	/* Listeners bound, data file open, detached, privileges dropped:
+	 * a query sent now is answered (the kernel holds it until the loop
+	 * runs), so the service manager may call hard ready. */
+	notify_answering("");
 	if (options.debug || running_config->log_queries)
 		query_log_set(1, options.debug ? "-d" : "log_queries");
 	ev_run(loop, 0);

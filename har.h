@@ -47,6 +47,22 @@ int log_streak_fail(struct log_streak *streak);	/* 1: first of a streak */
 /* The failures of the streak that just ended, or 0. */
 unsigned long log_streak_ok(struct log_streak *streak);
 
+/* ------------------------------------------------------------- notify.c */
+
+/*
+ * The service manager's readiness protocol on $NOTIFY_SOCKET (systemd's
+ * Type=notify).  Without that variable every call does nothing.  Each
+ * message carries STATUS= with the formatted text.
+ */
+void notify_open(void);
+void notify_close(void);
+void notify_ready(const char *status_fmt, ...)
+    __attribute__((format(printf, 1, 2)));
+void notify_reloading(const char *status_fmt, ...)
+    __attribute__((format(printf, 1, 2)));
+void notify_stopping(const char *status_fmt, ...)
+    __attribute__((format(printf, 1, 2)));
+
 /* ------------------------------------------------------------- config.c */
 
 enum check_method { CHECK_HTTP, CHECK_TCP };

@@ -67,21 +67,22 @@ def silent_upstream():
 @pytest.fixture
 def start_hard(workdir):
     """start_hard(body, upstream=..., listen=..., extra=..., data_file=...,
-    wait=True, nofile=None) -> harness.Hard, already answering.  upstream is
-    an Upstream, an endpoint string, or a list of endpoint strings; nofile a
-    (soft, hard) RLIMIT_NOFILE to start hard with."""
+    wait=True, nofile=None, env=None) -> harness.Hard, already answering.
+    upstream is an Upstream, an endpoint string, or a list of endpoint
+    strings; nofile a (soft, hard) RLIMIT_NOFILE to start hard with; env
+    variables added to hard's environment."""
     started = []
 
     def start(body="", upstream=None, listen=("127.0.0.1",), extra="",
               data_file="", wait=True, port=None, args=("-f", "-d"),
-              nofile=None):
+              nofile=None, env=None):
         if upstream is None:
             raise ValueError("hard must always be given a loopback upstream")
         if hasattr(upstream, "endpoint"):
             upstream = upstream.endpoint
         port = port or harness.free_port(*listen)
         config = harness.hard_config(body, upstream, port, listen, data_file, extra)
-        h = harness.Hard(workdir, config, listen, port, args, nofile)
+        h = harness.Hard(workdir, config, listen, port, args, nofile, env)
         started.append(h)
         if wait:
             h.wait_ready()

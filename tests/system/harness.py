@@ -238,8 +238,9 @@ def closed_by_peer(sock, timeout=0.0):
 
 class Hard:
     def __init__(self, workdir, config, listen, port, args=("-f", "-d"),
-                 nofile=None):
-        """nofile: (soft, hard) RLIMIT_NOFILE to start hard with."""
+                 nofile=None, env=None):
+        """nofile: (soft, hard) RLIMIT_NOFILE to start hard with; env:
+        variables to add to its environment (e.g. NOTIFY_SOCKET)."""
         self.workdir = workdir
         self.listen = list(listen)
         self.addr = self.listen[0]
@@ -254,11 +255,12 @@ class Hard:
         if nofile is not None:
             def limit():
                 resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+        environment = hard_environment(env)
         with open(self.logfile + ".out", "w") as out, open(self.logfile, "w") as err:
             self.proc = subprocess.Popen([HARD, *args, "-c", self.conf],
                                          stdin=subprocess.DEVNULL, stdout=out,
                                          stderr=err, cwd=workdir,
-                                         preexec_fn=limit)
+                                         preexec_fn=limit, env=environment)
 
     @property
     def pid(self):
@@ -358,10 +360,19 @@ def hard_config(body, upstream, port, listen=("127.0.0.1",), data_file="",
         + extra + "\n" + body)
 
 
-def run_hard(*args, timeout=10):
+def hard_environment(env=None):
+    """The tests' environment for hard, plus env; never a NOTIFY_SOCKET
+    the tests themselves were given (a service manager's, if any)."""
+    environment = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    environment.update(env or {})
+    return environment
+
+
+def run_hard(*args, timeout=10, env=None):
     """Runs hard to completion (e.g. -t, -V); returns CompletedProcess."""
     return subprocess.run([HARD, *args], stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout,
+                          env=hard_environment(env))
 
 
 # ------------------------------------------------------------------ dnsmasq
