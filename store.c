@@ -1067,6 +1067,29 @@ join_closed_files(int all)
 	}
 }
 
+/* Whether an old writer of path is still closing it. */
+static int
+still_closing(const char *path)
+{
+	for (struct store_file *file = closing_files; file; file = file->next)
+		if (strcmp(file->path, path) == 0)
+			return 1;
+	return 0;
+}
+
+/*
+ * A reload back to a file whose old writer is still closing it (A, B, A
+ * within CLOSE_PATIENCE) starts the new writer only once the old one has
+ * ended, so the old writer's last batch cannot land after the new one's
+ * newer state.  Batches wait in the new file's queue meanwhile.
+ */
+static void
+start_current_when_free(void)
+{
+	if (current && !current->thread_running && !still_closing(current->path))
+		file_start(current);
+}
+
 static void
 on_file_closed(struct ev_loop *loop, ev_async *watcher, int revents)
 {
@@ -1074,6 +1097,7 @@ on_file_closed(struct ev_loop *loop, ev_async *watcher, int revents)
 	(void)watcher;
 	(void)revents;
 	join_closed_files(0);
+	start_current_when_free();
 }
 
 /* A new file gets the whole current state, not only what changed. */
@@ -1455,7 +1479,7 @@ store_reconfigure(const struct config *config, struct registry *registry)
 		return;
 	}
 	mark_everything_dirty();
-	file_start(current);
+	start_current_when_free();
 }
 
 /*
@@ -1479,6 +1503,10 @@ store_close(void)
 	if (store_loop) {
 		ev_timer_stop(store_loop, &flush_timer);
 		ev_async_stop(store_loop, &file_closed);
+	}
+	if (current && !current->thread_running && store_registry) {
+		join_closed_files(1);	/* the old writer of the same file */
+		start_current_when_free();
 	}
 	if (current)
 		file_close(current);

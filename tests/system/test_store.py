@@ -853,3 +853,31 @@ def test_name_without_address_keeps_its_row(workdir, start_hard, start_http, up)
            data_file=db)
     wait_sql(db, "SELECT name FROM names", lambda r: r == [{"name": "ok.test"}],
              timeout=3)
+
+
+def test_reload_back_to_a_file_still_closing(workdir, start_hard, start_http, up):
+    """A, B, then A again while A's old writer still waits for a lock: the
+    new writer of A starts only once the old one has ended (so the old one's
+    last batch cannot land after newer state), and then writes everything."""
+    s = start_http(A)
+    db1, db2 = db_path(workdir, "one"), db_path(workdir, "two")
+    body = name_block("back.test", [("c0", s.url())], check_frequency=0.2)
+    h = start_hard(body, upstream=up, data_file=db1)
+    wait_sql(db1, "SELECT count(*) AS n FROM candidates", lambda r: r[0]["n"] == 1,
+             timeout=3)
+    with exclusive_lock(db1):
+        wait_log(h, r"cannot write data file .*one/har\.db.*lock", timeout=3)
+        reload(h, body, up, data_file=db2)
+        wait_log(h, r"data file changes to .*two/har\.db")
+        reload(h, body, up, data_file=db1)
+        harness.wait_until(lambda: len(log_lines(h, r"data file changes to .*one/har\.db")) == 1,
+                           3, what="the reload back to the first file")
+        for _ in range(7):
+            h.query("back.test", "A")
+        wait_log(h, r"closing data file .*one/har\.db: still not writable", timeout=4)
+    wait_sql(db1, "SELECT queries FROM names WHERE name = 'back.test'",
+             lambda r: r and r[0]["queries"] >= 7, timeout=4)
+    h.assert_alive()
+    h.signal(signal.SIGTERM)
+    assert h.proc.wait(5) == 0
+    h.expect_exit = True
