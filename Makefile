@@ -30,7 +30,7 @@ MODULES = config.o dns.o server.o upstream.o registry.o select.o check.o \
 OBJECTS = har.o notify.o $(MODULES)
 UNIT_TESTS = tests/unit/test_config tests/unit/test_dns tests/unit/test_select
 
-.PHONY: all deps run test unit system bench fuzz install uninstall clean lint
+.PHONY: all deps run test unit system bench fuzz install uninstall clean lint print-modules
 
 all: hard
 
@@ -70,6 +70,9 @@ bench:
 fuzz:
 	@contrib/install-deps fuzz
 	tests/fuzz/run
+
+print-modules:
+	@echo $(MODULES:.o=)
 
 lint:
 	mandoc -T lint -W warning hard.8 har.conf.5
