@@ -4,6 +4,7 @@ server of httpserver.py on 127.0.0.2, 127.0.0.3, ...; -t's errors; and a
 reload that changes them re-checks at once."""
 
 import os
+import subprocess
 
 import pytest
 
@@ -71,6 +72,10 @@ def test_expect_body_match_and_miss(workdir, start_hard, start_http, up):
     assert row["s"] == STATUS_BODY_MISMATCH and row["e"] >= 1, row
     wait_log(h, r"miss.test candidate a address 127.0.0.2 is down "
                 r"\(expect_body not found\)")
+    table = subprocess.run([os.path.join(harness.REPO, "contrib", "har-status"), db],
+                           capture_output=True, text=True, timeout=10)
+    assert any("miss.test" in line and "-7 body mismatch" in line
+               for line in table.stdout.splitlines()), table
     # the body changes: the names follow
     s.set(body="service=down")
     wait_answer(h, "match.test", "SERVFAIL")
