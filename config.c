@@ -987,12 +987,13 @@ load_name_options(struct config_name *name, cfg_t *section)
 	name->expect_status = xcalloc((size_t)name->expect_status_count,
 				      sizeof(struct status_range));
 	for (int i = 0; i < name->expect_status_count; i++) {
+		const struct number_range *range = find_number_range("expect_status");
 		long low, high;
 
 		/* A bad item was reported by the validator; it matches nothing. */
 		if (parse_status_range(cfg_getnstr(section, "expect_status",
 						   (unsigned)i), &low, &high) != 0 ||
-		    low < 100 || high > 599)
+		    low < range->low || high > range->high)
 			continue;
 		name->expect_status[i].low = (int)low;
 		name->expect_status[i].high = (int)high;
