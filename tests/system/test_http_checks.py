@@ -17,6 +17,7 @@ from test_reload import reload
 A, B, C = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 WINDOW = 65536
 STATUS_BODY_MISMATCH = -7
+HAR_STATUS = os.path.join(harness.REPO, "contrib", "har-status")
 
 
 @pytest.fixture
@@ -72,8 +73,8 @@ def test_expect_body_match_and_miss(workdir, start_hard, start_http, up):
     assert row["s"] == STATUS_BODY_MISMATCH and row["e"] >= 1, row
     wait_log(h, r"miss.test candidate a address 127.0.0.2 is down "
                 r"\(expect_body not found\)")
-    table = subprocess.run([os.path.join(harness.REPO, "contrib", "har-status"), db],
-                           capture_output=True, text=True, timeout=10)
+    table = subprocess.run([HAR_STATUS, db], capture_output=True, text=True,
+                           timeout=10)
     assert any("miss.test" in line and "-7 body mismatch" in line
                for line in table.stdout.splitlines()), table
     # the body changes: the names follow
