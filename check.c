@@ -63,6 +63,8 @@ status_text(int status, char *buffer, size_t size)
 		return "resolution failed";
 	case STATUS_OTHER_ERROR:
 		return "error";
+	case STATUS_BODY_MISMATCH:
+		return "expect_body not found";
 	}
 	if (status == 0)
 		return "connected";

@@ -5,7 +5,8 @@
  *
  * Each check connects to one address while the URL keeps its host name,
  * so the Host header, SNI and certificate verification are those of the
- * URL (CURLOPT_CONNECT_TO).  Nothing is reused from one check to the
+ * URL (CURLOPT_CONNECT_TO); a Host line of http_headers changes the
+ * header alone.  Nothing is reused from one check to the
  * next: a check that rode on an old connection would prove nothing.
  */
 #include <stdio.h>
@@ -21,6 +22,30 @@ struct curl_socket_watch {
 	curl_socket_t fd;
 };
 
+enum body_verdict { BODY_UNJUDGED, BODY_FOUND, BODY_MISSING };
+
+/*
+ * One check in flight: the curl handle and what curl reads from us for
+ * as long as it runs.  With expect_body, the string is matched as the
+ * body streams in (Knuth-Morris-Pratt, so a match split between two
+ * reads is found without keeping the body): fallback[i] is how much of
+ * the string still matches after a mismatch following i + 1 matched bytes.
+ * The string is copied, as a reload may free the configuration it came
+ * from while the check runs.
+ */
+struct http_transfer {
+	CURL *easy;
+	struct check *check;
+	struct curl_slist *connect_to;
+	struct curl_slist *headers;
+	enum body_verdict verdict;
+	size_t body_seen;
+	size_t matched;
+	size_t expected_length;
+	const char *expected;	/* NULL: the body is discarded */
+	size_t fallback[];	/* then the expected string */
+};
+
 static struct ev_loop *http_loop;
 static CURLM *multi;
 static ev_timer multi_timer;
@@ -33,13 +58,85 @@ discard_body(char *data, size_t size, size_t count, void *context)
 	return size * count;
 }
 
-static int
-status_expected(const struct config_name *config, long status)
+/*
+ * Stops the transfer (curl then ends it with CURLE_WRITE_ERROR) as soon
+ * as the string is found or the window is read: the rest of the body
+ * could change nothing.
+ */
+static size_t
+search_body(char *data, size_t size, size_t count, void *context)
 {
-	for (int i = 0; i < config->expect_status_count; i++)
-		if (config->expect_status[i] == status)
-			return 1;
-	return 0;
+	struct http_transfer *transfer = context;
+	size_t length = size * count;
+	size_t look = EXPECT_BODY_WINDOW - transfer->body_seen;
+
+	if (look > length)
+		look = length;
+	for (size_t i = 0; i < look; i++) {
+		while (transfer->matched > 0 &&
+		       data[i] != transfer->expected[transfer->matched])
+			transfer->matched = transfer->fallback[transfer->matched - 1];
+		if (data[i] == transfer->expected[transfer->matched])
+			transfer->matched++;
+		if (transfer->matched == transfer->expected_length) {
+			transfer->verdict = BODY_FOUND;
+			return 0;
+		}
+	}
+	transfer->body_seen += look;
+	if (transfer->body_seen >= EXPECT_BODY_WINDOW) {
+		transfer->verdict = BODY_MISSING;
+		return 0;
+	}
+	return length;
+}
+
+static void
+build_fallback(struct http_transfer *transfer)
+{
+	const char *expected = transfer->expected;
+	size_t matched = 0;
+
+	transfer->fallback[0] = 0;
+	for (size_t i = 1; i < transfer->expected_length; i++) {
+		while (matched > 0 && expected[i] != expected[matched])
+			matched = transfer->fallback[matched - 1];
+		if (expected[i] == expected[matched])
+			matched++;
+		transfer->fallback[i] = matched;
+	}
+}
+
+static struct http_transfer *
+transfer_new(const char *expected)
+{
+	size_t length = expected ? strlen(expected) : 0;
+	struct http_transfer *transfer =
+	    calloc(1, sizeof(*transfer) + length * sizeof(size_t) + length + 1);
+	char *copy;
+
+	if (!transfer)
+		return NULL;
+	if (length == 0)	/* no expect_body: the body is discarded */
+		return transfer;
+	copy = (char *)(transfer->fallback + length);
+	memcpy(copy, expected, length + 1);
+	transfer->expected = copy;
+	transfer->expected_length = length;
+	build_fallback(transfer);
+	return transfer;
+}
+
+static void
+transfer_free(struct http_transfer *transfer)
+{
+	if (transfer->easy) {
+		curl_multi_remove_handle(multi, transfer->easy);
+		curl_easy_cleanup(transfer->easy);
+	}
+	curl_slist_free_all(transfer->connect_to);
+	curl_slist_free_all(transfer->headers);
+	free(transfer);
 }
 
 static int
@@ -72,32 +169,55 @@ failure_status(CURLcode result)
 	}
 }
 
+/*
+ * The check's status and, through success, whether it passed.  A body is
+ * judged only once the status passed: a 503 stays a 503 in the data file,
+ * whatever its body says.
+ */
+static int
+judge_response(const struct check *check,
+	       const struct http_transfer *transfer, long status, int *success)
+{
+	const struct config_name *config = check->address->candidate->name->config;
+
+	*success = 0;
+	if (!config_status_expected(config, (int)status))
+		return (int)status;
+	if (transfer->expected && transfer->verdict != BODY_FOUND)
+		return STATUS_BODY_MISMATCH;
+	*success = 1;
+	return (int)status;
+}
+
 static void
 finish_transfer(CURL *easy, CURLcode result)
 {
-	struct check *check = NULL;
-	const struct config_name *config;
+	struct http_transfer *transfer = NULL;
+	struct check *check;
 	curl_off_t connect_us = 0, total_us = 0;
 	long status = 0;
+	int success;
 
-	curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&check);
+	curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&transfer);
 	curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
 	curl_easy_getinfo(easy, CURLINFO_CONNECT_TIME_T, &connect_us);
 	curl_easy_getinfo(easy, CURLINFO_TOTAL_TIME_T, &total_us);
-	curl_multi_remove_handle(multi, easy);
-	curl_easy_cleanup(easy);
-	curl_slist_free_all(check->connect_to);
+	check = transfer->check;
 	check->transport = NULL;
-	check->connect_to = NULL;
-	config = check->address->candidate->name->config;
+	/* Our own stop once the body was judged is no failure. */
+	if (result == CURLE_WRITE_ERROR && transfer->verdict != BODY_UNJUDGED)
+		result = CURLE_OK;
 	if (result != CURLE_OK) {
+		transfer_free(transfer);
 		log_debug("check of %s: %s", check->address->text,
 			  curl_easy_strerror(result));
 		check_done(check, failure_status(result), 0, 0, 0);
 		return;
 	}
-	check_done(check, (int)status, status_expected(config, status),
-		   (double)connect_us / 1e6, (double)total_us / 1e6);
+	status = judge_response(check, transfer, status, &success);
+	transfer_free(transfer);
+	check_done(check, (int)status, success, (double)connect_us / 1e6,
+		   (double)total_us / 1e6);
 }
 
 static void
@@ -231,32 +351,33 @@ connect_to_spec(const struct check *check, char *out, size_t size)
 			 address->text, candidate->port);
 }
 
-int
-check_http_start(struct check *check)
+/* "Name: value" lines of http_headers; a Host line replaces curl's. */
+static int
+add_headers(struct http_transfer *transfer, const struct config_name *config)
 {
-	const struct config_name *config = check->address->candidate->name->config;
-	const struct config_candidate *candidate = check->address->candidate->config;
-	long timeout_ms = (long)(config->check_timeout * 1000);
-	struct curl_slist *connect_to;
-	char spec[DNS_MAX_NAME + 80];
-	CURL *easy = curl_easy_init();
+	for (int i = 0; i < config->http_header_count; i++) {
+		struct curl_slist *headers =
+		    curl_slist_append(transfer->headers, config->http_headers[i]);
 
-	if (!easy)
-		return STATUS_OTHER_ERROR;
+		if (!headers)
+			return -1;
+		transfer->headers = headers;
+	}
+	if (transfer->headers)
+		curl_easy_setopt(transfer->easy, CURLOPT_HTTPHEADER,
+				 transfer->headers);
+	return 0;
+}
+
+static void
+set_request(CURL *easy, const struct config_name *config,
+	    const struct config_candidate *candidate)
+{
+	long timeout_ms = (long)(config->check_timeout * 1000);
+
 	if (timeout_ms < 1)
 		timeout_ms = 1;
-	connect_to_spec(check, spec, sizeof(spec));
-	connect_to = curl_slist_append(NULL, spec);
-	if (!connect_to) {
-		curl_easy_cleanup(easy);
-		return STATUS_OTHER_ERROR;
-	}
-	check->transport_kind = CHECK_HTTP;
-	check->transport = easy;
-	check->connect_to = connect_to;
 	curl_easy_setopt(easy, CURLOPT_URL, candidate->url);
-	curl_easy_setopt(easy, CURLOPT_CONNECT_TO, connect_to);
-	curl_easy_setopt(easy, CURLOPT_PRIVATE, check);
 	curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, timeout_ms);
 	curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, timeout_ms);
 	curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
@@ -266,27 +387,63 @@ check_http_start(struct check *check)
 	curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
 	curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(easy, CURLOPT_USERAGENT, "har/" HAR_VERSION);
-	curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, discard_body);
+	if (config->http_method == HTTP_HEAD)
+		curl_easy_setopt(easy, CURLOPT_NOBODY, 1L);
 	if (config->ca_file)
 		curl_easy_setopt(easy, CURLOPT_CAINFO, config->ca_file);
-	if (curl_multi_add_handle(multi, easy) != CURLM_OK) {
-		curl_easy_cleanup(easy);
-		curl_slist_free_all(connect_to);
-		check->transport = NULL;
-		check->connect_to = NULL;
+}
+
+static void
+set_body_reader(struct http_transfer *transfer)
+{
+	if (transfer->expected) {
+		curl_easy_setopt(transfer->easy, CURLOPT_WRITEFUNCTION,
+				 search_body);
+		curl_easy_setopt(transfer->easy, CURLOPT_WRITEDATA, transfer);
+	} else {
+		curl_easy_setopt(transfer->easy, CURLOPT_WRITEFUNCTION,
+				 discard_body);
+	}
+}
+
+int
+check_http_start(struct check *check)
+{
+	const struct config_name *config = check->address->candidate->name->config;
+	struct http_transfer *transfer = transfer_new(config->expect_body);
+	char spec[DNS_MAX_NAME + 80];
+
+	if (!transfer)
+		return STATUS_OTHER_ERROR;
+	transfer->check = check;
+	transfer->easy = curl_easy_init();
+	connect_to_spec(check, spec, sizeof(spec));
+	if (transfer->easy)
+		transfer->connect_to = curl_slist_append(NULL, spec);
+	if (!transfer->easy || !transfer->connect_to ||
+	    add_headers(transfer, config) != 0) {
+		transfer_free(transfer);
 		return STATUS_OTHER_ERROR;
 	}
+	set_request(transfer->easy, config, check->address->candidate->config);
+	set_body_reader(transfer);
+	curl_easy_setopt(transfer->easy, CURLOPT_CONNECT_TO, transfer->connect_to);
+	curl_easy_setopt(transfer->easy, CURLOPT_PRIVATE, transfer);
+	if (curl_multi_add_handle(multi, transfer->easy) != CURLM_OK) {
+		curl_easy_cleanup(transfer->easy);
+		transfer->easy = NULL;
+		transfer_free(transfer);
+		return STATUS_OTHER_ERROR;
+	}
+	check->transport_kind = CHECK_HTTP;
+	check->transport = transfer;
 	return 0;
 }
 
 void
 check_http_cancel(struct check *check)
 {
-	if (check->transport) {
-		curl_multi_remove_handle(multi, check->transport);
-		curl_easy_cleanup(check->transport);
-		check->transport = NULL;
-	}
-	curl_slist_free_all(check->connect_to);
-	check->connect_to = NULL;
+	if (check->transport)
+		transfer_free(check->transport);
+	check->transport = NULL;
 }

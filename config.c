@@ -140,28 +140,83 @@ format_number(double number, char *out, size_t size)
 		snprintf(out, size, "%g", number);
 }
 
+/*
+ * An expect_status item: "200" or "200-299" (digits only).  A number too
+ * big for a long comes back as LONG_MAX, so that it reads as out of range.
+ */
+static int
+parse_status_range(const char *text, long *low, long *high)
+{
+	char *end;
+
+	if (!isdigit((unsigned char)text[0]))
+		return -1;
+	*low = strtol(text, &end, 10);
+	*high = *low;
+	if (*end == '-') {
+		if (!isdigit((unsigned char)end[1]))
+			return -1;
+		*high = strtol(end + 1, &end, 10);
+	}
+	return *end == '\0' ? 0 : -1;
+}
+
+static void
+report_out_of_range(cfg_t *cfg, const char *option,
+		    const struct number_range *range, const char *value)
+{
+	char low[32], high[32];
+
+	format_number(range->low, low, sizeof(low));
+	format_number(range->high, high, sizeof(high));
+	report_at(current_parse->file, cfg->line,
+		  "%s must be between %s and %s%s%s, not %s", option, low,
+		  high, range->unit ? " " : "", range->unit ? range->unit : "",
+		  value);
+}
+
+/* A list of statuses and ranges is a string list; its bounds are the table's. */
+static void
+check_status_range(cfg_t *cfg, cfg_opt_t *opt, unsigned index,
+		   const struct number_range *range)
+{
+	const char *value = cfg_opt_getnstr(opt, index);
+	long low, high;
+
+	if (parse_status_range(value, &low, &high) != 0)
+		report_at(current_parse->file, cfg->line,
+			  "%s: \"%s\" is not an HTTP status or a range such as 200-299",
+			  opt->name, value);
+	else if (low < range->low || high > range->high ||
+		 low > range->high || high < range->low)
+		report_out_of_range(cfg, opt->name, range, value);
+	else if (low > high)
+		report_at(current_parse->file, cfg->line,
+			  "%s: range %s runs backwards; write it low-high",
+			  opt->name, value);
+}
+
 static void
 check_range(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
 {
 	const struct number_range *range = find_number_range(opt->name);
 	double number;
-	char low[32], high[32], value[32];
+	char value[32];
 
 	if (!range)
 		return;
+	if (opt->type == CFGT_STR) {
+		check_status_range(cfg, opt, index, range);
+		return;
+	}
 	if (opt->type == CFGT_INT)
 		number = (double)cfg_opt_getnint(opt, index);
 	else
 		number = cfg_opt_getnfloat(opt, index);
 	if (number >= range->low && number <= range->high)
 		return;		/* false for NaN too */
-	format_number(range->low, low, sizeof(low));
-	format_number(range->high, high, sizeof(high));
 	format_number(number, value, sizeof(value));
-	report_at(current_parse->file, cfg->line,
-		  "%s must be between %s and %s%s%s, not %s", opt->name, low,
-		  high, range->unit ? " " : "", range->unit ? range->unit : "",
-		  value);
+	report_out_of_range(cfg, opt->name, range, value);
 }
 
 static void
@@ -188,6 +243,7 @@ static const char *const selection_methods[] = {
 };
 static const char *const rtt_modes[] = { "total", "connect", NULL };
 static const char *const failure_modes[] = { "none", "all", "servfail", NULL };
+static const char *const http_methods[] = { "GET", "HEAD", NULL };
 
 static void
 check_check_method(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
@@ -211,6 +267,56 @@ static void
 check_failure_mode(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
 {
 	check_one_of(cfg, opt, index, failure_modes);
+}
+
+static void
+check_http_method(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
+{
+	check_one_of(cfg, opt, index, http_methods);
+}
+
+/* RFC 9110 section 5.6.2: the characters of a header's name. */
+static int
+is_token_char(char c)
+{
+	return isalnum((unsigned char)c) || (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+/*
+ * A header goes into the request as written, so one with a line break
+ * would smuggle a second header (or a second request) past -t.
+ */
+static void
+check_http_header(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
+{
+	const char *value = cfg_opt_getnstr(opt, index);
+	size_t name_length = 0;
+
+	while (is_token_char(value[name_length]))
+		name_length++;
+	if (strpbrk(value, "\r\n"))
+		report_at(current_parse->file, cfg->line,
+			  "http_headers: a header must be one line, without CR or LF");
+	else if (name_length == 0 || value[name_length] != ':')
+		report_at(current_parse->file, cfg->line,
+			  "http_headers: \"%s\" is not \"Name: value\"", value);
+	else if (value[name_length + 1 + strspn(value + name_length + 1, " \t")] == '\0')
+		report_at(current_parse->file, cfg->line,
+			  "http_headers: \"%s\" has no value", value);
+}
+
+static void
+check_expect_body(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
+{
+	const char *value = cfg_opt_getnstr(opt, index);
+
+	if (value[0] == '\0')
+		report_at(current_parse->file, cfg->line,
+			  "expect_body is empty: every body would match");
+	else if (strlen(value) > EXPECT_BODY_WINDOW)
+		report_at(current_parse->file, cfg->line,
+			  "expect_body is longer than the %d bytes of body it is looked for in",
+			  EXPECT_BODY_WINDOW);
 }
 
 static void
@@ -312,6 +418,9 @@ VALIDATOR(validate_check_method, check_check_method)
 VALIDATOR(validate_selection_method, check_selection_method)
 VALIDATOR(validate_rtt_mode, check_rtt_mode)
 VALIDATOR(validate_failure_mode, check_failure_mode)
+VALIDATOR(validate_http_method, check_http_method)
+VALIDATOR(validate_http_header, check_http_header)
+VALIDATOR(validate_expect_body, check_expect_body)
 VALIDATOR(validate_ip, check_ip)
 VALIDATOR(validate_endpoint, check_endpoint)
 VALIDATOR(validate_range, check_range)
@@ -331,7 +440,11 @@ static cfg_opt_t name_options[] = {
 	CFG_FLOAT("check_timeout", 0, CFGF_NODEFAULT),
 	CFG_INT("rise", 1, CFGF_NONE),
 	CFG_INT("fall", 1, CFGF_NONE),
-	CFG_INT_LIST("expect_status", "{200}", CFGF_NONE),
+	/* Strings, so that "200-299" can stand beside 200. */
+	CFG_STR_LIST("expect_status", "{200}", CFGF_NONE),
+	CFG_STR("http_method", NULL, CFGF_NODEFAULT),
+	CFG_STR("expect_body", NULL, CFGF_NODEFAULT),
+	CFG_STR_LIST("http_headers", NULL, CFGF_NODEFAULT),
 	CFG_STR("selection_method", "best_rtt", CFGF_NONE),
 	CFG_STR("rtt_mode", "total", CFGF_NONE),
 	CFG_FLOAT("max_rtt", 0, CFGF_NODEFAULT),
@@ -374,6 +487,9 @@ install_validators(cfg_t *cfg)
 		{ "name|selection_method", validate_selection_method },
 		{ "name|rtt_mode", validate_rtt_mode },
 		{ "name|failure_mode", validate_failure_mode },
+		{ "name|http_method", validate_http_method },
+		{ "name|http_headers", validate_http_header },
+		{ "name|expect_body", validate_expect_body },
 		{ "name|ca_file", validate_readable_file },
 		{ "name|candidate|address", validate_ip },
 	};
@@ -809,6 +925,48 @@ optional_float(cfg_t *section, const char *option, double unset)
 	return cfg_size(section, option) ? cfg_getfloat(section, option) : unset;
 }
 
+/*
+ * Options an operator sets to judge a check that cannot: a body a HEAD
+ * response never has, a request a tcp check never sends.
+ */
+static void
+check_http_options_apply(const struct config_name *name, cfg_t *section)
+{
+	static const char *const http_only[] = {
+		"http_method", "expect_body", "http_headers"
+	};
+
+	if (name->expect_body && name->http_method == HTTP_HEAD)
+		report_at(current_parse->file,
+			  option_line("expect_body", name->line),
+			  "expect_body needs http_method GET: a HEAD response has no body");
+	if (name->check_method != CHECK_TCP)
+		return;
+	for (size_t i = 0; i < sizeof(http_only) / sizeof(http_only[0]); i++)
+		if (cfg_size(section, http_only[i]) > 0)
+			report_at(current_parse->file,
+				  option_line(http_only[i], name->line),
+				  "%s applies to http checks only, and this name's check_method is tcp",
+				  http_only[i]);
+}
+
+static void
+load_http_options(struct config_name *name, cfg_t *section)
+{
+	if (cfg_size(section, "http_method"))
+		name->http_method = (enum http_method)
+		    choice_index(cfg_getstr(section, "http_method"), http_methods);
+	if (cfg_size(section, "expect_body"))
+		name->expect_body = xstrdup(cfg_getstr(section, "expect_body"));
+	name->http_header_count = (int)cfg_size(section, "http_headers");
+	name->http_headers = xcalloc((size_t)name->http_header_count,
+				     sizeof(char *));
+	for (int i = 0; i < name->http_header_count; i++)
+		name->http_headers[i] =
+		    xstrdup(cfg_getnstr(section, "http_headers", (unsigned)i));
+	check_http_options_apply(name, section);
+}
+
 static void
 load_name_options(struct config_name *name, cfg_t *section)
 {
@@ -827,10 +985,19 @@ load_name_options(struct config_name *name, cfg_t *section)
 			  "expect_status is empty: no check could succeed; "
 			  "give at least one HTTP status");
 	name->expect_status = xcalloc((size_t)name->expect_status_count,
-				      sizeof(int));
-	for (int i = 0; i < name->expect_status_count; i++)
-		name->expect_status[i] =
-		    (int)cfg_getnint(section, "expect_status", (unsigned)i);
+				      sizeof(struct status_range));
+	for (int i = 0; i < name->expect_status_count; i++) {
+		const struct number_range *range = find_number_range("expect_status");
+		long low, high;
+
+		/* A bad item was reported by the validator; it matches nothing. */
+		if (parse_status_range(cfg_getnstr(section, "expect_status",
+						   (unsigned)i), &low, &high) != 0 ||
+		    low < range->low || high > range->high)
+			continue;
+		name->expect_status[i].low = (int)low;
+		name->expect_status[i].high = (int)high;
+	}
 	name->selection_method = (enum selection_method)
 	    choice_index(cfg_getstr(section, "selection_method"), selection_methods);
 	name->rtt_mode = (enum rtt_mode)
@@ -843,6 +1010,7 @@ load_name_options(struct config_name *name, cfg_t *section)
 	name->ttl = (uint32_t)cfg_getint(section, "ttl");
 	if (cfg_getstr(section, "ca_file"))
 		name->ca_file = xstrdup(cfg_getstr(section, "ca_file"));
+	load_http_options(name, section);
 }
 
 static void
@@ -1281,6 +1449,10 @@ config_free(struct config *config)
 		free(name->candidates);
 		free(name->title);
 		free(name->expect_status);
+		free(name->expect_body);
+		for (int j = 0; j < name->http_header_count; j++)
+			free(name->http_headers[j]);
+		free(name->http_headers);
 		free(name->ca_file);
 	}
 	free(config->names);
@@ -1292,4 +1464,53 @@ config_free(struct config *config)
 	free(config->user);
 	free(config->file);
 	free(config);
+}
+
+/* ------------------------------------------------- what a check judges */
+
+int
+config_status_expected(const struct config_name *config, int status)
+{
+	for (int i = 0; i < config->expect_status_count; i++)
+		if (status >= config->expect_status[i].low &&
+		    status <= config->expect_status[i].high)
+			return 1;
+	return 0;
+}
+
+/* { 200, 201-299 } is { "200-299" }: compared by what they accept. */
+int
+config_same_expect_status(const struct config_name *a,
+			  const struct config_name *b)
+{
+	if (a->expect_status_count == b->expect_status_count &&
+	    memcmp(a->expect_status, b->expect_status,
+		   sizeof(struct status_range) *
+		   (size_t)a->expect_status_count) == 0)
+		return 1;
+	for (int status = 100; status <= 599; status++)
+		if (config_status_expected(a, status) !=
+		    config_status_expected(b, status))
+			return 0;
+	return 1;
+}
+
+static int
+same_optional_text(const char *a, const char *b)
+{
+	return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+int
+config_same_http_request(const struct config_name *a,
+			 const struct config_name *b)
+{
+	if (a->http_method != b->http_method ||
+	    !same_optional_text(a->expect_body, b->expect_body) ||
+	    a->http_header_count != b->http_header_count)
+		return 0;
+	for (int i = 0; i < a->http_header_count; i++)
+		if (strcmp(a->http_headers[i], b->http_headers[i]) != 0)
+			return 0;
+	return 1;
 }

@@ -326,12 +326,10 @@ same_name(const struct config_name *a, const struct config_name *b)
 	    a->rtt_mode != b->rtt_mode || a->max_rtt != b->max_rtt ||
 	    a->group_rtt_threshold != b->group_rtt_threshold ||
 	    a->failure_mode != b->failure_mode || a->ttl != b->ttl ||
-	    a->expect_status_count != b->expect_status_count ||
 	    a->candidate_count != b->candidate_count ||
-	    !same_text(a->ca_file, b->ca_file))
-		return 0;
-	if (memcmp(a->expect_status, b->expect_status,
-		   sizeof(int) * (size_t)a->expect_status_count) != 0)
+	    !same_text(a->ca_file, b->ca_file) ||
+	    !config_same_expect_status(a, b) ||
+	    !config_same_http_request(a, b))
 		return 0;
 	for (int i = 0; i < a->candidate_count; i++)
 		if (!same_candidate(&a->candidates[i], &b->candidates[i]))

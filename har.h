@@ -66,6 +66,7 @@ void notify_stopping(const char *status_fmt, ...)
 /* ------------------------------------------------------------- config.c */
 
 enum check_method { CHECK_HTTP, CHECK_TCP };
+enum http_method { HTTP_GET, HTTP_HEAD };
 enum selection_method { SELECT_BEST_RTT, SELECT_GROUP_RTT_RR, SELECT_ALL };
 enum rtt_mode { RTT_TOTAL, RTT_CONNECT };
 enum failure_mode { FAILURE_NONE, FAILURE_ALL, FAILURE_SERVFAIL };
@@ -95,6 +96,14 @@ struct config_candidate {
 	int line;
 };
 
+/* HTTP statuses low to high, both included. */
+struct status_range {
+	int low, high;
+};
+
+/* How much of a body expect_body looks at. */
+#define EXPECT_BODY_WINDOW 65536
+
 struct config_name {
 	char *title;		/* lower case, no trailing dot */
 	uint8_t wire[DNS_MAX_NAME + 1];	/* lower-case wire form */
@@ -104,8 +113,12 @@ struct config_name {
 	double check_timeout;
 	int rise;
 	int fall;
-	int *expect_status;
+	struct status_range *expect_status;	/* a lone status: low == high */
 	int expect_status_count;
+	enum http_method http_method;
+	char *expect_body;	/* NULL: the body is discarded unread */
+	char **http_headers;	/* "Name: value", sent with each check */
+	int http_header_count;
 	enum selection_method selection_method;
 	enum rtt_mode rtt_mode;
 	double max_rtt;		/* INFINITY when unset */
@@ -153,6 +166,15 @@ void config_free(struct config *config);
 /* Drops nameservers that are our own listeners; 0 if none remain. */
 int config_drop_own_listeners(struct config *config, config_report_fn *report);
 
+/* Whether status is in the name's expect_status. */
+int config_status_expected(const struct config_name *config, int status);
+/* Whether a and b accept the same statuses, however written. */
+int config_same_expect_status(const struct config_name *a,
+			      const struct config_name *b);
+/* Whether a and b send the same HTTP request and judge its body alike. */
+int config_same_http_request(const struct config_name *a,
+			     const struct config_name *b);
+
 int ip_address_parse(const char *text, struct ip_address *out);
 void ip_address_format(const struct ip_address *ip, char *out, size_t size);
 int endpoint_parse(const char *text, int default_port, struct endpoint *out);
@@ -172,6 +194,7 @@ enum check_status {
 	STATUS_TLS_ERROR = -4,
 	STATUS_RESOLVE_ERROR = -5,
 	STATUS_OTHER_ERROR = -6,
+	STATUS_BODY_MISMATCH = -7,	/* expect_body not in the body */
 };
 
 struct check;
@@ -392,8 +415,7 @@ struct check {
 	struct address *address;
 	double started;		/* monotonic seconds */
 	enum check_method transport_kind;
-	void *transport;	/* the CURL handle or the TCP probe */
-	void *connect_to;	/* http: curl's CONNECT_TO list */
+	void *transport;	/* the HTTP transfer or the TCP probe */
 };
 int check_http_init(struct ev_loop *loop);
 void check_http_cleanup(void);

@@ -236,27 +236,6 @@ same_text(const char *a, const char *b)
 	return a == b || (a && b && strcmp(a, b) == 0);
 }
 
-static int
-has_status(const struct config_name *config, int status)
-{
-	for (int i = 0; i < config->expect_status_count; i++)
-		if (config->expect_status[i] == status)
-			return 1;
-	return 0;
-}
-
-static int
-same_expect_status(const struct config_name *a, const struct config_name *b)
-{
-	for (int i = 0; i < a->expect_status_count; i++)
-		if (!has_status(b, a->expect_status[i]))
-			return 0;
-	for (int i = 0; i < b->expect_status_count; i++)
-		if (!has_status(a, b->expect_status[i]))
-			return 0;
-	return 1;
-}
-
 /*
  * Whether a reload changed how the candidate's addresses are checked, so
  * that the health found by the old check says nothing of the new one.
@@ -273,7 +252,8 @@ check_changed(const struct candidate *fresh, const struct candidate *old)
 	    now->check_method != before->check_method ||
 	    now->check_timeout != before->check_timeout ||
 	    !same_text(now->ca_file, before->ca_file) ||
-	    !same_expect_status(now, before);
+	    !config_same_expect_status(now, before) ||
+	    !config_same_http_request(now, before);
 }
 
 /*

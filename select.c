@@ -35,7 +35,8 @@ count_failure(struct address *address, int status)
 		address->timeouts++;
 	else if (status == STATUS_CONNECT_ERROR)
 		address->connect_errors++;
-	else if (status == STATUS_RESPONSE_ERROR || status > 0)
+	else if (status == STATUS_RESPONSE_ERROR ||
+		 status == STATUS_BODY_MISMATCH || status > 0)
 		address->response_errors++;
 	else
 		address->other_errors++;

@@ -1,6 +1,7 @@
 """Helpers for har's system tests: the real hard, dnsmasq as upstream, HTTP
 servers, all on loopback.  Every process is started and stopped by PID."""
 
+import json
 import os
 import resource
 import select
@@ -462,15 +463,20 @@ class HTTPServer:
         scheme = scheme or ("https" if self.cert else "http")
         return "%s://%s:%d/" % (scheme, host or self.url_host, self.port)
 
-    def set(self, status=None, delay=None):
+    def set(self, status=None, delay=None, **body):
+        """body: body, pad, tail, split, pause (see httpserver.py)."""
         state = {}
         if os.path.exists(self.control):
             with open(self.control) as f:
-                state = dict(line.split("=", 1) for line in f.read().split())
+                state = dict(line.split("=", 1) for line in f.read().splitlines())
         if status is not None:
             state["status"] = str(status)
         if delay is not None:
             state["delay"] = str(delay)
+        for key, value in body.items():
+            assert key in ("body", "pad", "tail", "split", "pause"), key
+            assert "\n" not in str(value), "one line per key"
+            state[key] = str(value)
         tmp = self.control + ".tmp"
         with open(tmp, "w") as f:
             f.write("".join("%s=%s\n" % kv for kv in state.items()))
@@ -497,6 +503,15 @@ class HTTPServer:
         if self.proc is not None:
             _kill(self.proc, signal.SIGKILL)
             self.proc.stdout.close()
+
+    def requests_seen(self):
+        """The requests served, each a dict: method, path and headers (a
+        list of (name, value) in the order received)."""
+        try:
+            with open(self.requests + ".json") as f:
+                return [json.loads(line) for line in f]
+        except OSError:
+            return []
 
     def request_log(self):
         """Lines 'HOST|SNI|USER-AGENT|PATH' of the requests served."""

@@ -3,12 +3,19 @@
 
 usage: httpserver.py ADDR PORT CONTROL_FILE REQUEST_LOG [CERT KEY]
 
-Each request reads CONTROL_FILE (lines key=value: status, delay), sleeps
-`delay` seconds, answers `status`, and appends "HOST|SNI|USER-AGENT|PATH" to
-REQUEST_LOG.  Prints "ready" on stdout once listening.
+Each request reads CONTROL_FILE (lines key=value: status, delay, body, pad,
+tail, split, pause), sleeps `delay` seconds, answers `status`, and appends
+"HOST|SNI|USER-AGENT|PATH" to REQUEST_LOG and the method, path and every
+header as one JSON line to REQUEST_LOG.json.  The body is `pad` bytes of
+filler, then `body` (default "har test server\n"), then `tail` bytes of
+filler; with `split`, the first `split` bytes are sent, then the server
+waits `pause` seconds before the rest (a body in two reads, or one that
+stalls).  HEAD gets the same headers and no body.  Prints "ready" on stdout
+once listening.
 """
 
 import http.server
+import json
 import socket
 import socketserver
 import ssl
@@ -25,30 +32,43 @@ log_lock = threading.Lock()
 
 
 def state():
-    values = {"status": "200", "delay": "0"}
+    values = {"status": "200", "delay": "0", "body": "har test server\n",
+              "pad": "0", "tail": "0", "split": "", "pause": "0"}
     try:
         with open(control) as f:
-            for line in f:
+            for line in f.read().splitlines():
                 if "=" in line:
-                    k, v = line.strip().split("=", 1)
+                    k, v = line.split("=", 1)
                     values[k] = v
     except OSError:
         pass
-    return int(values["status"]), float(values["delay"])
+    return values
+
+
+def make_body(values):
+    return (b"x" * int(values["pad"]) + values["body"].encode()
+            + b"y" * int(values["tail"]))
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
 
-    def do_GET(self):
-        status, delay = state()
-        if delay > 0:
-            time.sleep(delay)
+    def record(self):
         sni = getattr(self.connection, "har_sni", "") or ""
         with log_lock, open(request_log, "a") as f:
             f.write("%s|%s|%s|%s\n" % (self.headers.get("Host", ""), sni,
                                        self.headers.get("User-Agent", ""), self.path))
-        body = b"har test server\n"
+        with log_lock, open(request_log + ".json", "a") as f:
+            f.write(json.dumps({"method": self.command, "path": self.path,
+                                "headers": list(self.headers.items())}) + "\n")
+
+    def answer(self, send_body):
+        values = state()
+        status, delay = int(values["status"]), float(values["delay"])
+        if delay > 0:
+            time.sleep(delay)
+        self.record()
+        body = make_body(values)
         self.send_response(status)
         if 300 <= status < 400:
             self.send_header("Location", "http://redirect.invalid/")
@@ -56,7 +76,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(body)
+        if not send_body:
+            return
+        split = int(values["split"]) if values["split"] else len(body)
+        self.wfile.write(body[:split])
+        self.wfile.flush()
+        if split < len(body):
+            time.sleep(float(values["pause"]))
+            self.wfile.write(body[split:])
+
+    def do_GET(self):
+        self.answer(True)
+
+    def do_HEAD(self):
+        self.answer(False)
 
     def log_message(self, fmt, *args):
         sys.stderr.write("%s %s\n" % (self.address_string(), fmt % args))

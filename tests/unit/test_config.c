@@ -193,8 +193,10 @@ test_defaults(void)
 	CHECK_INT(name->rise, 1);
 	CHECK_INT(name->fall, 1);
 	CHECK_INT(name->expect_status_count, 1);
-	if (name->expect_status_count == 1)
-		CHECK_INT(name->expect_status[0], 200);
+	if (name->expect_status_count == 1) {
+		CHECK_INT(name->expect_status[0].low, 200);
+		CHECK_INT(name->expect_status[0].high, 200);
+	}
 	CHECK_INT(name->selection_method, SELECT_BEST_RTT);
 	CHECK_INT(name->rtt_mode, RTT_TOTAL);
 	CHECK(isinf(name->max_rtt) && name->max_rtt > 0);
@@ -310,9 +312,12 @@ test_every_option(void)
 	CHECK_INT(name->fall, 3);
 	CHECK_INT(name->expect_status_count, 3);
 	if (name->expect_status_count == 3) {
-		CHECK_INT(name->expect_status[0], 200);
-		CHECK_INT(name->expect_status[1], 204);
-		CHECK_INT(name->expect_status[2], 301);
+		CHECK_INT(name->expect_status[0].low, 200);
+		CHECK_INT(name->expect_status[0].high, 200);
+		CHECK_INT(name->expect_status[1].low, 204);
+		CHECK_INT(name->expect_status[1].high, 204);
+		CHECK_INT(name->expect_status[2].low, 301);
+		CHECK_INT(name->expect_status[2].high, 301);
 	}
 	CHECK_INT(name->selection_method, SELECT_ALL);
 	CHECK_INT(name->rtt_mode, RTT_CONNECT);
@@ -1384,6 +1389,148 @@ write_file(char *path, const char *text)
 	return 0;
 }
 
+/* Issue 10 item 3: http_method, expect_body, http_headers, status ranges. */
+static void
+test_http_options(void)
+{
+	struct config *config = load(
+	    "nameservers = { 192.0.2.53 }\n"
+	    "name plain.example.com { candidate a {} }\n"
+	    "name rich.example.com {\n"
+	    "    http_method = HEAD\n"
+	    "    expect_status = { 204, \"200-299\", 301-302 }\n"
+	    "    http_headers = { \"Host: status.example.com\",\n"
+	    "                     \"X-Check:yes\" }\n"
+	    "    candidate a {}\n"
+	    "}\n"
+	    "name body.example.com {\n"
+	    "    http_method = GET\n"
+	    "    expect_body = \"all \\\"good\\\"\"\n"
+	    "    candidate a {}\n"
+	    "}\n");
+	const struct config_name *plain = find_name(config, "plain.example.com");
+	const struct config_name *rich = find_name(config, "rich.example.com");
+	const struct config_name *body = find_name(config, "body.example.com");
+
+	CHECK_ACCEPTED(config);
+	if (!plain || !rich || !body) {
+		config_free(config);
+		return;
+	}
+	CHECK_INT(plain->http_method, HTTP_GET);
+	CHECK(plain->expect_body == NULL);
+	CHECK_INT(plain->http_header_count, 0);
+	CHECK_INT(config_status_expected(plain, 200), 1);
+	CHECK_INT(config_status_expected(plain, 201), 0);
+
+	CHECK_INT(rich->http_method, HTTP_HEAD);
+	CHECK_INT(rich->expect_status_count, 3);
+	if (rich->expect_status_count == 3) {
+		CHECK_INT(rich->expect_status[1].low, 200);
+		CHECK_INT(rich->expect_status[1].high, 299);
+		CHECK_INT(rich->expect_status[2].low, 301);
+		CHECK_INT(rich->expect_status[2].high, 302);
+	}
+	CHECK_INT(config_status_expected(rich, 199), 0);
+	CHECK_INT(config_status_expected(rich, 200), 1);
+	CHECK_INT(config_status_expected(rich, 299), 1);
+	CHECK_INT(config_status_expected(rich, 300), 0);
+	CHECK_INT(config_status_expected(rich, 302), 1);
+	CHECK_INT(config_status_expected(rich, 303), 0);
+	CHECK_INT(rich->http_header_count, 2);
+	if (rich->http_header_count == 2) {
+		CHECK_STR(rich->http_headers[0], "Host: status.example.com");
+		CHECK_STR(rich->http_headers[1], "X-Check:yes");
+	}
+	CHECK_INT(config_same_expect_status(plain, rich), 0);
+	CHECK_INT(config_same_http_request(plain, rich), 0);
+
+	CHECK_INT(body->http_method, HTTP_GET);
+	CHECK_STR(body->expect_body, "all \"good\"");
+	CHECK_INT(config_same_http_request(plain, body), 0);
+	CHECK_INT(config_same_http_request(body, body), 1);
+	config_free(config);
+}
+
+/* Lists written differently but accepting the same statuses are the same. */
+static void
+test_expect_status_compared_by_meaning(void)
+{
+	struct config *config = load(
+	    "nameservers = { 192.0.2.53 }\n"
+	    "name a.example.com { expect_status = { 200-299 } candidate a {} }\n"
+	    "name b.example.com { expect_status = { 250-299, 200, 201-249 }"
+	    " candidate a {} }\n"
+	    "name c.example.com { expect_status = { 200-298 } candidate a {} }\n");
+	const struct config_name *a = find_name(config, "a.example.com");
+	const struct config_name *b = find_name(config, "b.example.com");
+	const struct config_name *c = find_name(config, "c.example.com");
+
+	CHECK_ACCEPTED(config);
+	if (!a || !b || !c) {
+		config_free(config);
+		return;
+	}
+	CHECK_INT(config_same_expect_status(a, b), 1);
+	CHECK_INT(config_same_expect_status(a, c), 0);
+	config_free(config);
+}
+
+static void
+test_error_http_options(void)
+{
+	static const struct {
+		const char *option;	/* inside a name, line 3 */
+		const char *reason;
+	} cases[] = {
+		{ "http_method = POST", "http_method: unknown value \"POST\" (expected GET, HEAD)" },
+		{ "http_method = get", "http_method: unknown value" },
+		{ "expect_body = \"\"", "expect_body is empty" },
+		{ "http_headers = { \"X-Check yes\" }", "\"X-Check yes\" is not \"Name: value\"" },
+		{ "http_headers = { \": value\" }", "is not \"Name: value\"" },
+		{ "http_headers = { \"X-A: 1\", \"X-B:\" }", "\"X-B:\" has no value" },
+		{ "http_headers = { \"X-A: 1\\r\\nX-B: 2\" }", "without CR or LF" },
+		{ "http_headers = { \"X-A: 1\\n\" }", "without CR or LF" },
+		{ "expect_status = { 300-200 }", "range 300-200 runs backwards" },
+		{ "expect_status = { \"200-600\" }", "between 100 and 599, not 200-600" },
+		{ "expect_status = { 99-200 }", "between 100 and 599, not 99-200" },
+		{ "expect_status = { 200- }", "\"200-\" is not an HTTP status or a range" },
+		{ "expect_status = { -200 }", "is not an HTTP status or a range" },
+		{ "expect_status = { 2.5e2 }", "is not an HTTP status or a range" },
+		{ "expect_status = { 200-299-300 }", "is not an HTTP status or a range" },
+		{ "expect_status = { 99999999999999999999 }", "between 100 and 599" },
+	};
+	char text[512];
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		snprintf(text, sizeof(text),
+			 "nameservers = { 192.0.2.53 }\n"
+			 "name www.example.com {\n"
+			 "    %s\n"
+			 "    candidate a {}\n"
+			 "}\n", cases[i].option);
+		CHECK_REJECTED(text, 3, cases[i].reason);
+	}
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "name www.example.com {\n"
+		       "    http_method = HEAD\n"
+		       "    expect_body = \"ok\"\n"
+		       "    candidate a {}\n"
+		       "}\n", 4, "expect_body needs http_method GET");
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "name www.example.com {\n"
+		       "    check_method = tcp\n"
+		       "    http_headers = { \"X-A: 1\" }\n"
+		       "    candidate a {}\n"
+		       "}\n", 4, "http_headers applies to http checks only");
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "name www.example.com {\n"
+		       "    check_method = tcp\n"
+		       "    expect_body = \"ok\"\n"
+		       "    candidate a {}\n"
+		       "}\n", 4, "expect_body applies to http checks only");
+}
+
 int
 main(void)
 {
@@ -1431,6 +1578,9 @@ main(void)
 	RUN(test_range_limits_accepted);
 	RUN(test_error_unclosed);
 	RUN(test_error_system);
+	RUN(test_http_options);
+	RUN(test_expect_status_compared_by_meaning);
+	RUN(test_error_http_options);
 
 	unlink(resolv_conf);
 	unlink(loopback_resolv_conf);

@@ -956,6 +956,18 @@ test_changed_check_settings(void)
 	CHECK_INT(changes_check("expect_status = { 200, 204 }",
 				"expect_status = { 204, 200 }"), 0);
 	CHECK_INT(changes_check("", "ca_file = \"/etc/ssl/certs/ca-certificates.crt\""), 1);
+	CHECK_INT(changes_check("", "expect_status = { 200-299 }"), 1);
+	CHECK_INT(changes_check("expect_status = { 200, 201-299 }",
+				"expect_status = { \"200-299\" }"), 0);
+	CHECK_INT(changes_check("", "http_method = HEAD"), 1);
+	CHECK_INT(changes_check("", "http_method = GET"), 0);
+	CHECK_INT(changes_check("", "expect_body = \"ok\""), 1);
+	CHECK_INT(changes_check("expect_body = \"ok\"", "expect_body = \"OK\""), 1);
+	CHECK_INT(changes_check("", "http_headers = { \"X-A: 1\" }"), 1);
+	CHECK_INT(changes_check("http_headers = { \"X-A: 1\" }",
+				"http_headers = { \"X-A: 2\" }"), 1);
+	CHECK_INT(changes_check("http_headers = { \"X-A: 1\" }",
+				"http_headers = { \"X-A: 1\" }"), 0);
 }
 
 int
