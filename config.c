@@ -109,6 +109,7 @@ static const struct number_range number_ranges[] = {
 	{ "name|rise", 1, 1000, NULL },
 	{ "name|fall", 1, 1000, NULL },
 	{ "name|expect_status", 100, 599, NULL },
+	{ "name|drain_status", 100, 599, NULL },
 	{ "name|max_rtt", 0, 86400, "seconds" },
 	{ "name|group_rtt_threshold", 0, 86400, "seconds" },
 	/* RFC 2181 section 8: a TTL is at most 2^31 - 1. */
@@ -188,6 +189,7 @@ static const char *const selection_methods[] = {
 };
 static const char *const rtt_modes[] = { "total", "connect", NULL };
 static const char *const failure_modes[] = { "none", "all", "servfail", NULL };
+const char *const admin_state_names[] = { "auto", "drain", "down", "up", NULL };
 
 static void
 check_check_method(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
@@ -211,6 +213,12 @@ static void
 check_failure_mode(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
 {
 	check_one_of(cfg, opt, index, failure_modes);
+}
+
+static void
+check_admin_state(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
+{
+	check_one_of(cfg, opt, index, admin_state_names);
 }
 
 static void
@@ -312,6 +320,7 @@ VALIDATOR(validate_check_method, check_check_method)
 VALIDATOR(validate_selection_method, check_selection_method)
 VALIDATOR(validate_rtt_mode, check_rtt_mode)
 VALIDATOR(validate_failure_mode, check_failure_mode)
+VALIDATOR(validate_admin_state, check_admin_state)
 VALIDATOR(validate_ip, check_ip)
 VALIDATOR(validate_endpoint, check_endpoint)
 VALIDATOR(validate_range, check_range)
@@ -322,6 +331,7 @@ VALIDATOR(validate_readable_file, check_readable_file)
 static cfg_opt_t candidate_options[] = {
 	CFG_STR("check_address", NULL, CFGF_NODEFAULT),
 	CFG_STR_LIST("address", NULL, CFGF_NODEFAULT),
+	CFG_STR("admin_state", "auto", CFGF_NONE),
 	CFG_END()
 };
 
@@ -332,6 +342,7 @@ static cfg_opt_t name_options[] = {
 	CFG_INT("rise", 1, CFGF_NONE),
 	CFG_INT("fall", 1, CFGF_NONE),
 	CFG_INT_LIST("expect_status", "{200}", CFGF_NONE),
+	CFG_INT_LIST("drain_status", NULL, CFGF_NONE),
 	CFG_STR("selection_method", "best_rtt", CFGF_NONE),
 	CFG_STR("rtt_mode", "total", CFGF_NONE),
 	CFG_FLOAT("max_rtt", 0, CFGF_NODEFAULT),
@@ -376,6 +387,7 @@ install_validators(cfg_t *cfg)
 		{ "name|failure_mode", validate_failure_mode },
 		{ "name|ca_file", validate_readable_file },
 		{ "name|candidate|address", validate_ip },
+		{ "name|candidate|admin_state", validate_admin_state },
 	};
 
 	for (size_t i = 0; i < sizeof(validators) / sizeof(validators[0]); i++)
@@ -763,6 +775,8 @@ candidate_addresses(struct config_candidate *candidate, cfg_t *section,
 	return 0;
 }
 
+static int choice_index(const char *value, const char *const *choices);
+
 static int
 load_candidate(struct config_name *name, struct config_candidate *candidate,
 	       cfg_t *section, int occurrence, const char *file)
@@ -783,6 +797,8 @@ load_candidate(struct config_name *name, struct config_candidate *candidate,
 		check_address = default_address;
 	}
 	candidate->check_address = xstrdup(check_address);
+	candidate->admin_state = (enum admin_state)
+	    choice_index(cfg_getstr(section, "admin_state"), admin_state_names);
 	if (name->check_method == CHECK_TCP)
 		result = parse_tcp_target(candidate, file);
 	else
@@ -809,6 +825,27 @@ optional_float(cfg_t *section, const char *option, double unset)
 	return cfg_size(section, option) ? cfg_getfloat(section, option) : unset;
 }
 
+/*
+ * A drain status is an HTTP answer, so a tcp check cannot see one.  A
+ * status in expect_status too is a drain: the more specific word wins,
+ * so a range such as 200-299 may hold a drain status.
+ */
+static void
+load_drain_status(struct config_name *name, cfg_t *section)
+{
+	name->drain_status_count = (int)cfg_size(section, "drain_status");
+	if (name->drain_status_count > 0 && name->check_method == CHECK_TCP)
+		report_at(current_parse->file,
+			  option_line("drain_status", name->line),
+			  "drain_status needs check_method http: a tcp check "
+			  "sees no HTTP status");
+	name->drain_status = xcalloc((size_t)name->drain_status_count,
+				     sizeof(int));
+	for (int i = 0; i < name->drain_status_count; i++)
+		name->drain_status[i] =
+		    (int)cfg_getnint(section, "drain_status", (unsigned)i);
+}
+
 static void
 load_name_options(struct config_name *name, cfg_t *section)
 {
@@ -831,6 +868,7 @@ load_name_options(struct config_name *name, cfg_t *section)
 	for (int i = 0; i < name->expect_status_count; i++)
 		name->expect_status[i] =
 		    (int)cfg_getnint(section, "expect_status", (unsigned)i);
+	load_drain_status(name, section);
 	name->selection_method = (enum selection_method)
 	    choice_index(cfg_getstr(section, "selection_method"), selection_methods);
 	name->rtt_mode = (enum rtt_mode)
@@ -1281,6 +1319,7 @@ config_free(struct config *config)
 		free(name->candidates);
 		free(name->title);
 		free(name->expect_status);
+		free(name->drain_status);
 		free(name->ca_file);
 	}
 	free(config->names);
