@@ -141,7 +141,6 @@ check_done(struct check *check, int status, int success,
 	const struct config_name *config = address_config(address);
 	double elapsed = monotonic_now() - check->started;
 	double delay = config->check_frequency - elapsed;
-
 	int was_draining = address->draining;
 	int health_changed;
 
