@@ -89,6 +89,22 @@ log_health_change(const struct address *address)
 			 address->candidate->config->title, address->text, why);
 }
 
+static void
+log_drain_change(const struct address *address)
+{
+	if (address->draining)
+		log_info("%s candidate %s address %s is draining (HTTP %d): "
+			 "answered only when no healthy address remains",
+			 address_config(address)->title,
+			 address->candidate->config->title, address->text,
+			 address->last_status);
+	else
+		log_info("%s candidate %s address %s is no longer draining "
+			 "(HTTP %d)", address_config(address)->title,
+			 address->candidate->config->title, address->text,
+			 address->last_status);
+}
+
 /*
  * A new RTT alone rarely changes an answer, and re-ranking a big name
  * after every check would cost more than the checks, so such names are
@@ -127,19 +143,28 @@ check_done(struct check *check, int status, int success,
 	const struct config_name *config = address_config(address);
 	double elapsed = monotonic_now() - check->started;
 	double delay = config->check_frequency - elapsed;
+	int was_draining = address->draining;
+	int health_changed;
 
 	address->check = NULL;
 	free(check);
+	/* The server works and asks for a drain: see select_record_result. */
+	if (select_drain_status(config, status))
+		success = 1;
 	log_debug("check of %s %s: status %d, %s, %.1f ms",
 		  address->candidate->config->title, address->text, status,
 		  success ? "success" : "failure", total_time * 1000);
-	if (select_record_result(address, status, success, connect_time,
-				 total_time, wall_now())) {
+	health_changed = select_record_result(address, status, success,
+					      connect_time, total_time,
+					      wall_now());
+	if (health_changed)
 		log_health_change(address);
+	if (address->draining != was_draining)
+		log_drain_change(address);
+	if (health_changed || address->draining != was_draining)
 		select_update_all(address->candidate->name);
-	} else {
+	else
 		address->candidate->name->stale = 1;
-	}
 	store_record_check(address, success);
 	check_schedule_address(address, delay);
 }

@@ -109,6 +109,7 @@ static const struct number_range number_ranges[] = {
 	{ "name|rise", 1, 1000, NULL },
 	{ "name|fall", 1, 1000, NULL },
 	{ "name|expect_status", 100, 599, NULL },
+	{ "name|drain_status", 100, 599, NULL },
 	{ "name|max_rtt", 0, 86400, "seconds" },
 	{ "name|group_rtt_threshold", 0, 86400, "seconds" },
 	/* RFC 2181 section 8: a TTL is at most 2^31 - 1. */
@@ -244,6 +245,7 @@ static const char *const selection_methods[] = {
 static const char *const rtt_modes[] = { "total", "connect", NULL };
 static const char *const failure_modes[] = { "none", "all", "servfail", NULL };
 static const char *const http_methods[] = { "GET", "HEAD", NULL };
+const char *const admin_state_names[] = { "auto", "drain", "down", "up", NULL };
 
 static void
 check_check_method(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
@@ -317,6 +319,12 @@ check_expect_body(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
 		report_at(current_parse->file, cfg->line,
 			  "expect_body is longer than the %d bytes of body it is looked for in",
 			  EXPECT_BODY_WINDOW);
+}
+
+static void
+check_admin_state(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
+{
+	check_one_of(cfg, opt, index, admin_state_names);
 }
 
 static void
@@ -421,6 +429,7 @@ VALIDATOR(validate_failure_mode, check_failure_mode)
 VALIDATOR(validate_http_method, check_http_method)
 VALIDATOR(validate_http_header, check_http_header)
 VALIDATOR(validate_expect_body, check_expect_body)
+VALIDATOR(validate_admin_state, check_admin_state)
 VALIDATOR(validate_ip, check_ip)
 VALIDATOR(validate_endpoint, check_endpoint)
 VALIDATOR(validate_range, check_range)
@@ -431,6 +440,7 @@ VALIDATOR(validate_readable_file, check_readable_file)
 static cfg_opt_t candidate_options[] = {
 	CFG_STR("check_address", NULL, CFGF_NODEFAULT),
 	CFG_STR_LIST("address", NULL, CFGF_NODEFAULT),
+	CFG_STR("admin_state", "auto", CFGF_NONE),
 	CFG_END()
 };
 
@@ -445,6 +455,7 @@ static cfg_opt_t name_options[] = {
 	CFG_STR("http_method", NULL, CFGF_NODEFAULT),
 	CFG_STR("expect_body", NULL, CFGF_NODEFAULT),
 	CFG_STR_LIST("http_headers", NULL, CFGF_NODEFAULT),
+	CFG_INT_LIST("drain_status", NULL, CFGF_NONE),
 	CFG_STR("selection_method", "best_rtt", CFGF_NONE),
 	CFG_STR("rtt_mode", "total", CFGF_NONE),
 	CFG_FLOAT("max_rtt", 0, CFGF_NODEFAULT),
@@ -492,6 +503,7 @@ install_validators(cfg_t *cfg)
 		{ "name|expect_body", validate_expect_body },
 		{ "name|ca_file", validate_readable_file },
 		{ "name|candidate|address", validate_ip },
+		{ "name|candidate|admin_state", validate_admin_state },
 	};
 
 	for (size_t i = 0; i < sizeof(validators) / sizeof(validators[0]); i++)
@@ -879,6 +891,8 @@ candidate_addresses(struct config_candidate *candidate, cfg_t *section,
 	return 0;
 }
 
+static int choice_index(const char *value, const char *const *choices);
+
 static int
 load_candidate(struct config_name *name, struct config_candidate *candidate,
 	       cfg_t *section, int occurrence, const char *file)
@@ -899,6 +913,8 @@ load_candidate(struct config_name *name, struct config_candidate *candidate,
 		check_address = default_address;
 	}
 	candidate->check_address = xstrdup(check_address);
+	candidate->admin_state = (enum admin_state)
+	    choice_index(cfg_getstr(section, "admin_state"), admin_state_names);
 	if (name->check_method == CHECK_TCP)
 		result = parse_tcp_target(candidate, file);
 	else
@@ -967,6 +983,27 @@ load_http_options(struct config_name *name, cfg_t *section)
 	check_http_options_apply(name, section);
 }
 
+/*
+ * A drain status is an HTTP answer, so a tcp check cannot see one.  A
+ * status in expect_status too is a drain: the more specific word wins,
+ * so a range such as 200-299 may hold a drain status.
+ */
+static void
+load_drain_status(struct config_name *name, cfg_t *section)
+{
+	name->drain_status_count = (int)cfg_size(section, "drain_status");
+	if (name->drain_status_count > 0 && name->check_method == CHECK_TCP)
+		report_at(current_parse->file,
+			  option_line("drain_status", name->line),
+			  "drain_status needs check_method http: a tcp check "
+			  "sees no HTTP status");
+	name->drain_status = xcalloc((size_t)name->drain_status_count,
+				     sizeof(int));
+	for (int i = 0; i < name->drain_status_count; i++)
+		name->drain_status[i] =
+		    (int)cfg_getnint(section, "drain_status", (unsigned)i);
+}
+
 static void
 load_name_options(struct config_name *name, cfg_t *section)
 {
@@ -998,6 +1035,7 @@ load_name_options(struct config_name *name, cfg_t *section)
 		name->expect_status[i].low = (int)low;
 		name->expect_status[i].high = (int)high;
 	}
+	load_drain_status(name, section);
 	name->selection_method = (enum selection_method)
 	    choice_index(cfg_getstr(section, "selection_method"), selection_methods);
 	name->rtt_mode = (enum rtt_mode)
@@ -1453,6 +1491,7 @@ config_free(struct config *config)
 		for (int j = 0; j < name->http_header_count; j++)
 			free(name->http_headers[j]);
 		free(name->http_headers);
+		free(name->drain_status);
 		free(name->ca_file);
 	}
 	free(config->names);

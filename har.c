@@ -311,6 +311,7 @@ same_candidate(const struct config_candidate *a, const struct config_candidate *
 {
 	return strcmp(a->title, b->title) == 0 &&
 	    strcmp(a->check_address, b->check_address) == 0 &&
+	    a->admin_state == b->admin_state &&
 	    a->address_count == b->address_count && (a->address_count == 0 ||
 	    memcmp(a->addresses, b->addresses,
 		   sizeof(struct ip_address) * (size_t)a->address_count) == 0);
@@ -326,10 +327,15 @@ same_name(const struct config_name *a, const struct config_name *b)
 	    a->rtt_mode != b->rtt_mode || a->max_rtt != b->max_rtt ||
 	    a->group_rtt_threshold != b->group_rtt_threshold ||
 	    a->failure_mode != b->failure_mode || a->ttl != b->ttl ||
+	    a->drain_status_count != b->drain_status_count ||
 	    a->candidate_count != b->candidate_count ||
 	    !same_text(a->ca_file, b->ca_file) ||
 	    !config_same_expect_status(a, b) ||
 	    !config_same_http_request(a, b))
+		return 0;
+	if (a->drain_status_count > 0 &&
+	    memcmp(a->drain_status, b->drain_status,
+		   sizeof(int) * (size_t)a->drain_status_count) != 0)
 		return 0;
 	for (int i = 0; i < a->candidate_count; i++)
 		if (!same_candidate(&a->candidates[i], &b->candidates[i]))

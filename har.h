@@ -70,6 +70,9 @@ enum http_method { HTTP_GET, HTTP_HEAD };
 enum selection_method { SELECT_BEST_RTT, SELECT_GROUP_RTT_RR, SELECT_ALL };
 enum rtt_mode { RTT_TOTAL, RTT_CONNECT };
 enum failure_mode { FAILURE_NONE, FAILURE_ALL, FAILURE_SERVFAIL };
+/* The operator's word on a candidate, over what its checks say. */
+enum admin_state { ADMIN_AUTO, ADMIN_DRAIN, ADMIN_DOWN, ADMIN_UP };
+extern const char *const admin_state_names[];	/* by enum admin_state */
 
 /* An IP address of either family, as raw network-order bytes. */
 struct ip_address {
@@ -93,6 +96,7 @@ struct config_candidate {
 	char *url;		/* the URL GET for http/https */
 	struct ip_address *addresses;	/* fixed: `address` or an IP literal host */
 	int address_count;	/* 0: resolve host through upstream */
+	enum admin_state admin_state;
 	int line;
 };
 
@@ -119,6 +123,8 @@ struct config_name {
 	char *expect_body;	/* NULL: the body is discarded unread */
 	char **http_headers;	/* "Name: value", sent with each check */
 	int http_header_count;
+	int *drain_status;	/* HTTP statuses that ask for a drain */
+	int drain_status_count;
 	enum selection_method selection_method;
 	enum rtt_mode rtt_mode;
 	double max_rtt;		/* INFINITY when unset */
@@ -225,6 +231,7 @@ struct address {
 	uint64_t other_errors;
 	uint64_t check_count;	/* checks completed; history ring index */
 	int check_changed;	/* a reload changed the check: next result decides */
+	int draining;		/* the server answered with a drain_status */
 	int store_dirty;	/* changed since last written to the data file */
 	ev_timer timer;		/* the next check */
 	struct check *check;	/* in flight, or NULL */
@@ -307,7 +314,17 @@ void select_update_all(struct name *name);
  */
 int select_record_result(struct address *address, int status, int success,
 			 double connect_time, double total_time, double now);
+/* Up by its checks and within max_rtt, admin_state aside. */
 int address_available(const struct address *address);
+/*
+ * Where an address stands in the answers, best first: the healthy are
+ * answered; the draining only when no healthy one remains; the rest
+ * only by failure_mode = all; admin down never.
+ */
+enum address_tier { TIER_HEALTHY, TIER_DRAINING, TIER_UNAVAILABLE, TIER_ADMIN_DOWN };
+enum address_tier address_tier(const struct address *address);
+/* Whether an HTTP status is one of the name's drain_status. */
+int select_drain_status(const struct config_name *config, int status);
 extern const double select_rtt_weight;
 
 /* ---------------------------------------------------------------- dns.c */

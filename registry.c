@@ -236,10 +236,22 @@ same_text(const char *a, const char *b)
 	return a == b || (a && b && strcmp(a, b) == 0);
 }
 
+static int
+same_drain_status(const struct config_name *a, const struct config_name *b)
+{
+	if (a->drain_status_count != b->drain_status_count)
+		return 0;
+	for (int i = 0; i < a->drain_status_count; i++)
+		if (!select_drain_status(b, a->drain_status[i]))
+			return 0;
+	return 1;
+}
+
 /*
  * Whether a reload changed how the candidate's addresses are checked, so
  * that the health found by the old check says nothing of the new one.
- * The check address carries the scheme, host, port and URL.
+ * The check address carries the scheme, host, port and URL.  admin_state
+ * is not part of the check: changing it keeps health, RTT and schedule.
  */
 static int
 check_changed(const struct candidate *fresh, const struct candidate *old)
@@ -253,7 +265,8 @@ check_changed(const struct candidate *fresh, const struct candidate *old)
 	    now->check_timeout != before->check_timeout ||
 	    !same_text(now->ca_file, before->ca_file) ||
 	    !config_same_expect_status(now, before) ||
-	    !config_same_http_request(now, before);
+	    !config_same_http_request(now, before) ||
+	    !same_drain_status(now, before);
 }
 
 /*
@@ -313,10 +326,30 @@ move_addresses(struct candidate *fresh, struct candidate *old)
 	}
 }
 
+/*
+ * A new admin_state takes effect with the answers chosen right after the
+ * take-over; the addresses' rows are rewritten to show it.
+ */
+static void
+note_admin_state(struct candidate *fresh, const struct candidate *old)
+{
+	enum admin_state now = fresh->config->admin_state;
+
+	if (now == old->config->admin_state)
+		return;
+	log_info("%s candidate %s: admin_state %s -> %s",
+		 fresh->name->config->title, fresh->config->title,
+		 admin_state_names[old->config->admin_state],
+		 admin_state_names[now]);
+	for (int i = 0; i < fresh->address_count; i++)
+		fresh->addresses[i]->store_dirty = 1;
+}
+
 static void
 candidate_take_over(struct candidate *fresh, struct candidate *old)
 {
 	move_addresses(fresh, old);
+	note_admin_state(fresh, old);
 	if (check_changed(fresh, old))
 		recheck_addresses(fresh);
 }

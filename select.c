@@ -28,6 +28,38 @@ address_available(const struct address *address)
 	return address->srtt <= config->max_rtt;
 }
 
+/*
+ * The operator's admin_state comes first: down is never answered, up is
+ * answered as healthy whatever the checks and max_rtt say (the operator
+ * has overruled them).  Otherwise the checks decide, and an address that
+ * is up but drained (by the operator or by its server) comes after every
+ * healthy one.
+ */
+enum address_tier
+address_tier(const struct address *address)
+{
+	enum admin_state admin = address->candidate->config->admin_state;
+
+	if (admin == ADMIN_DOWN)
+		return TIER_ADMIN_DOWN;
+	if (admin == ADMIN_UP)
+		return TIER_HEALTHY;
+	if (!address_available(address))
+		return TIER_UNAVAILABLE;
+	if (admin == ADMIN_DRAIN || address->draining)
+		return TIER_DRAINING;
+	return TIER_HEALTHY;
+}
+
+int
+select_drain_status(const struct config_name *config, int status)
+{
+	for (int i = 0; i < config->drain_status_count; i++)
+		if (config->drain_status[i] == status)
+			return 1;
+	return 0;
+}
+
 static void
 count_failure(struct address *address, int status)
 {
@@ -47,6 +79,12 @@ count_failure(struct address *address, int status)
  * fresh start answers after one round of checks, and so does the first
  * check after a reload changed how the address is checked; after that,
  * rise successes or fall failures in a row are needed to change it.
+ *
+ * A drain status comes as a success (check_done says so): the server
+ * works and its RTT is measured, it only asks for no new clients.  It
+ * drains the address at once, and only a success without a drain status
+ * ends that: a draining server that then fails stays drained, so it does
+ * not come back into the answers while its failures count up to fall.
  */
 int
 select_record_result(struct address *address, int status, int success,
@@ -73,6 +111,7 @@ select_record_result(struct address *address, int status, int success,
 		    select_rtt_weight * sample;
 		address->successes_in_row++;
 		address->failures_in_row = 0;
+		address->draining = select_drain_status(config, status);
 		if (decides || (before == HEALTH_DOWN &&
 		     address->successes_in_row >= config->rise))
 			address->health = HEALTH_UP;
@@ -259,6 +298,33 @@ family_known(const struct name *name, int family)
 	return 1;
 }
 
+/* The best tier any of the addresses is in. */
+static enum address_tier
+best_tier(struct address **all, int count)
+{
+	enum address_tier best = TIER_ADMIN_DOWN;
+
+	for (int i = 0; i < count; i++) {
+		enum address_tier tier = address_tier(all[i]);
+
+		if (tier < best)
+			best = tier;
+	}
+	return best;
+}
+
+/* Leaves out the addresses the operator has set down; returns how many remain. */
+static int
+drop_admin_down(struct address **all, int count)
+{
+	int kept = 0;
+
+	for (int i = 0; i < count; i++)
+		if (address_tier(all[i]) != TIER_ADMIN_DOWN)
+			all[kept++] = all[i];
+	return kept;
+}
+
 /* No address available: the name's failure_mode decides. */
 static void
 apply_failure_mode(struct name *name, struct answer_set *set,
@@ -273,8 +339,12 @@ apply_failure_mode(struct name *name, struct answer_set *set,
 		set->kind = ANSWER_SERVFAIL;
 		return;
 	case FAILURE_ALL:
-		/* fail open: every known address, or the upstream's if none */
-		count = drop_duplicates(all, count);
+		/*
+		 * fail open: every known address but those set down (the
+		 * operator's word outranks the fail-open), or the upstream's
+		 * if none
+		 */
+		count = drop_duplicates(all, drop_admin_down(all, count));
 		set->kind = count > 0 ? ANSWER_ADDRESSES : ANSWER_FORWARD;
 		for (int i = 0; i < count; i++)
 			set->ips[i] = all[i]->ip;
@@ -294,6 +364,7 @@ select_update(struct name *name, int family)
 	struct address **ranked = malloc(sizeof(struct address *) *
 					 (size_t)(total ? total : 1));
 	int count, available = 0, answered;
+	enum address_tier tier;
 
 	if (!all || !ranked) {
 		log_error("out of memory");
@@ -304,8 +375,9 @@ select_update(struct name *name, int family)
 	set->count = 0;
 	set->failure_mode = 0;
 	answer_reserve(set, count);
-	for (int i = 0; i < count; i++)
-		if (address_available(all[i]))
+	tier = best_tier(all, count);
+	for (int i = 0; i < count && tier < TIER_UNAVAILABLE; i++)
+		if (address_tier(all[i]) == tier)
 			ranked[available++] = all[i];
 	if (available > 0) {
 		qsort(ranked, (size_t)available, sizeof(ranked[0]), compare_rtt);

@@ -33,7 +33,7 @@
 
 #include "har.h"
 
-#define STORE_SCHEMA_VERSION 1
+#define STORE_SCHEMA_VERSION 2
 #define FLUSH_INTERVAL 0.5
 #define REOPEN_INTERVAL 5.0
 #define BUSY_TIMEOUT_MS 20
@@ -64,16 +64,16 @@ static const char *const statement_sql[STATEMENT_COUNT] = {
 	    " family, healthy, last_check_time, last_success_time,"
 	    " last_failure_time, last_check_status, connect_time, response_time,"
 	    " rtt, last_rtt, successes, timeouts, connect_errors,"
-	    " response_errors, other_errors, checks)"
+	    " response_errors, other_errors, checks, admin_state, draining)"
 	    " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,"
-	    " ?14, ?15, ?16, ?17, ?18, ?19)"
+	    " ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
 	    " ON CONFLICT(name, candidate_name, ip_address) DO UPDATE SET"
 	    " family = ?4, healthy = ?5, last_check_time = ?6,"
 	    " last_success_time = ?7, last_failure_time = ?8,"
 	    " last_check_status = ?9, connect_time = ?10, response_time = ?11,"
 	    " rtt = ?12, last_rtt = ?13, successes = ?14, timeouts = ?15,"
 	    " connect_errors = ?16, response_errors = ?17, other_errors = ?18,"
-	    " checks = ?19",
+	    " checks = ?19, admin_state = ?20, draining = ?21",
 	[INSERT_CHECK] =
 	    "INSERT INTO checks(name, candidate_name, ip_address, slot,"
 	    " time, status, success, connect_time, response_time)"
@@ -135,31 +135,66 @@ static const struct {
 	{ "candidates", "response_errors", "INTEGER DEFAULT 0" },
 	{ "candidates", "other_errors", "INTEGER DEFAULT 0" },
 	{ "candidates", "checks", "INTEGER DEFAULT 0" },
+	/* version 2 */
+	{ "candidates", "admin_state", "TEXT NOT NULL DEFAULT 'auto'" },
+	{ "candidates", "draining", "INTEGER NOT NULL DEFAULT 0" },
 };
 
 /*
- * The order hard answers in, from the same recorded values: available
- * addresses (up, and within max_rtt) by smoothed RTT, ties by address.
+ * The order hard answers in, from the same recorded values, with why
+ * each address is or is not answered.  Tiers as in select.c: 1 healthy
+ * (or admin up), 2 draining, 3 unavailable, 4 admin down; the best tier
+ * present is answered per selection_method, and with none of 1 or 2
+ * failure_mode = all answers tier 3.  rank orders every address of a
+ * name and family by tier, then smoothed RTT, then address text.
  */
 static const char ranking_sql[] =
     "DROP VIEW IF EXISTS ranking;"
     "CREATE VIEW ranking AS"
-    " WITH available AS ("
-    "  SELECT c.name, c.family, c.ip_address, c.candidate_name, c.rtt,"
-    "   n.selection_method, n.group_rtt_threshold"
-    "  FROM candidates c JOIN names n ON n.name = c.name"
-    "  WHERE c.healthy = 1 AND (n.max_rtt IS NULL OR c.rtt <= n.max_rtt)),"
+    " WITH state AS ("
+    "  SELECT c.name, c.family, c.ip_address, c.candidate_name,"
+    "   c.admin_state, c.rtt, n.selection_method, n.group_rtt_threshold,"
+    "   n.failure_mode,"
+    "   c.healthy IS NOT 1 OR (n.max_rtt IS NOT NULL"
+    "    AND (c.rtt IS NULL OR c.rtt > n.max_rtt)) AS unavailable,"
+    "   CASE WHEN c.admin_state IN ('down', 'up') THEN 'admin ' || c.admin_state"
+    "    WHEN c.healthy IS NULL THEN 'unknown'"
+    "    WHEN c.healthy = 0 THEN 'down'"
+    "    WHEN n.max_rtt IS NOT NULL AND (c.rtt IS NULL OR c.rtt > n.max_rtt)"
+    "     THEN 'over max_rtt'"
+    "    WHEN c.admin_state = 'drain' THEN 'admin drain'"
+    "    WHEN c.draining THEN 'draining'"
+    "    ELSE 'healthy' END AS state"
+    "  FROM candidates c JOIN names n ON n.name = c.name),"
+    " tiered AS ("
+    "  SELECT *, CASE WHEN state = 'admin down' THEN 4"
+    "    WHEN state = 'admin up' THEN 1"
+    "    WHEN unavailable THEN 3"
+    "    WHEN state IN ('admin drain', 'draining') THEN 2"
+    "    ELSE 1 END AS tier"
+    "  FROM state),"
     " ranked AS ("
     "  SELECT *, ROW_NUMBER() OVER (PARTITION BY name, family"
-    "    ORDER BY rtt IS NULL, rtt, ip_address) AS rank,"
-    "   MIN(rtt) OVER (PARTITION BY name, family) AS best_rtt"
-    "  FROM available)"
-    " SELECT name, family, ip_address, candidate_name, rank, rtt,"
-    "  CASE selection_method WHEN 'best_rtt' THEN rank = 1"
-    "   WHEN 'all' THEN 1"
-    "   ELSE COALESCE(group_rtt_threshold IS NULL OR best_rtt IS NULL"
-    "    OR rtt - best_rtt <= group_rtt_threshold, 0) END AS answered"
-    " FROM ranked;";
+    "    ORDER BY tier, rtt IS NULL, rtt, ip_address) AS rank,"
+    "   ROW_NUMBER() OVER (PARTITION BY name, family, tier"
+    "    ORDER BY rtt IS NULL, rtt, ip_address) AS tier_rank,"
+    "   MIN(rtt) OVER (PARTITION BY name, family, tier) AS tier_best_rtt,"
+    "   MIN(tier) OVER (PARTITION BY name, family) AS best_tier"
+    "  FROM tiered),"
+    " decided AS ("
+    "  SELECT *, CASE WHEN best_tier <= 2 THEN tier = best_tier AND"
+    "    CASE selection_method WHEN 'best_rtt' THEN tier_rank = 1"
+    "     WHEN 'all' THEN 1"
+    "     ELSE tier_rank = 1 OR tier_best_rtt IS NULL OR (rtt IS NOT NULL"
+    "      AND (group_rtt_threshold IS NULL"
+    "       OR rtt - tier_best_rtt <= group_rtt_threshold)) END"
+    "   ELSE failure_mode = 'all' AND tier = 3 END AS answered"
+    "  FROM ranked)"
+    " SELECT name, family, ip_address, candidate_name, admin_state, rank,"
+    "  rtt, answered,"
+    "  CASE WHEN best_tier > 2 AND answered THEN 'failure_mode all'"
+    "   ELSE state END AS reason"
+    " FROM decided;";
 
 /*
  * One data file and the thread that writes it.  The loop hands it batches
@@ -462,6 +497,8 @@ struct candidate_row {
 	double connect_time, response_time, rtt, last_rtt;
 	uint64_t successes, timeouts, connect_errors, response_errors;
 	uint64_t other_errors, checks;
+	const char *admin_state;
+	int draining;
 };
 
 struct name_row {
@@ -528,6 +565,8 @@ copy_address(struct candidate_row *row, const struct address *address)
 	row->response_errors = address->response_errors;
 	row->other_errors = address->other_errors;
 	row->checks = address->check_count;
+	row->admin_state = admin_state_names[address->candidate->config->admin_state];
+	row->draining = address->draining;
 }
 
 static void
@@ -680,6 +719,8 @@ write_address(struct store_file *file, const struct candidate_row *row)
 	sqlite3_bind_int64(statement, 17, (sqlite3_int64)row->response_errors);
 	sqlite3_bind_int64(statement, 18, (sqlite3_int64)row->other_errors);
 	sqlite3_bind_int64(statement, 19, (sqlite3_int64)row->checks);
+	sqlite3_bind_text(statement, 20, row->admin_state, -1, SQLITE_STATIC);
+	sqlite3_bind_int(statement, 21, row->draining);
 	return step(statement);
 }
 
@@ -1244,6 +1285,9 @@ restore_address(struct address *address, sqlite3_stmt *row)
 	address->response_errors = (uint64_t)sqlite3_column_int64(row, 15);
 	address->other_errors = (uint64_t)sqlite3_column_int64(row, 16);
 	address->check_count = (uint64_t)sqlite3_column_int64(row, 17);
+	address->draining = sqlite3_column_int(row, 18) != 0;
+	/* The row shows the admin_state of the file's last writer. */
+	address->store_dirty = 1;
 	if (address->health != HEALTH_UNKNOWN)
 		address->health = address->health ? HEALTH_UP : HEALTH_DOWN;
 }
@@ -1281,7 +1325,7 @@ store_restore(struct registry *registry)
 	    "SELECT name, candidate_name, ip_address, healthy, last_check_time,"
 	    " last_success_time, last_failure_time, last_check_status,"
 	    " connect_time, response_time, rtt, last_rtt, successes, timeouts,"
-	    " connect_errors, response_errors, other_errors, checks"
+	    " connect_errors, response_errors, other_errors, checks, draining"
 	    " FROM candidates", -1, &row, NULL) != SQLITE_OK) {
 		log_warning("cannot read the previous state from %s: %s",
 			    current->path, sqlite3_errmsg(current->db));

@@ -30,6 +30,7 @@ name www.example.com {
     rise = 2
     fall = 3
     expect_status = { 200, 204, 301 }
+    drain_status = { 503 }
     selection_method = group_rtt_rr
     rtt_mode = connect
     max_rtt = 0.5
@@ -42,6 +43,7 @@ name www.example.com {
     candidate www1.west.example.com {
         check_address = "https://www1.west.example.com:8443/health"
         address = { 192.0.2.10, 2001:db8::10 }
+        admin_state = drain
     }
 }
 name "db.example.com." {
@@ -178,6 +180,11 @@ BAD = {
     "huge-idle-timeout": (2, "tcp_idle_timeout = 1e300", r"tcp_idle_timeout must be between"),
     "empty-expect-status": (5, "    expect_status = {}", r"expect_status is empty"),
     "bad-expect-status": (5, "    expect_status = { 200, 600 }", r"expect_status.*100 and 599"),
+    # issue 10 items 1 and 2
+    "bad-admin-state": (7, "        admin_state = maintenance",
+                        r'admin_state: unknown value "maintenance" \(expected auto, drain, down, up\)'),
+    "bad-drain-status": (5, "    drain_status = { 503, 600 }",
+                         r"drain_status must be between 100 and 599, not 600"),
     # item 14: what a start would fail on
     "unknown-user": (3, 'user = "no-such-user-har"', r'user "no-such-user-har": no such user'),
     "missing-ca-file": (5, '    ca_file = "/nonexistent/ca.pem"', r"ca_file.*No such file"),
@@ -245,7 +252,7 @@ def documented_ranges():
 
 
 def with_value(option, value, is_global):
-    if option == "expect_status":
+    if option in ("expect_status", "drain_status"):
         value = "{ %s }" % value
     lines = BASE.split("\n")
     if is_global:

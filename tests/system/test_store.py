@@ -34,8 +34,9 @@ REQUIRED_COLUMNS = {
                    "last_check_time", "last_success_time", "last_failure_time",
                    "last_check_status", "connect_time", "response_time", "rtt",
                    "successes", "timeouts", "connect_errors", "response_errors",
-                   "other_errors"},
-    "ranking": {"name", "family", "ip_address", "rank"},
+                   "other_errors", "admin_state", "draining"},
+    "ranking": {"name", "family", "ip_address", "rank", "admin_state",
+                "answered", "reason"},
 }
 
 
@@ -95,7 +96,7 @@ def history_complete(db):
 
 def test_schema_wal_and_missing_directory(workdir, start_hard, start_http, up):
     """The data file's directory is made when missing; the schema has every
-    required table, column and view; user_version 1; WAL mode."""
+    required table, column and view; user_version 2; WAL mode."""
     s = start_http(A)
     db = db_path(workdir, "not", "yet", "there")
     h = start_hard(name_block("www.test", [("a", s.url())]), upstream=up,
@@ -109,7 +110,7 @@ def test_schema_wal_and_missing_directory(workdir, start_hard, start_http, up):
     kinds = {r["name"]: r["type"] for r in
              sql(db, "SELECT name, type FROM sqlite_master WHERE type IN ('table','view')")}
     assert kinds.get("ranking") == "view", kinds
-    assert sql_value(db, "PRAGMA user_version") == 1
+    assert sql_value(db, "PRAGMA user_version") == 2
     assert sql_value(db, "PRAGMA journal_mode") == "wal"
     assert os.path.exists(db + "-wal"), "no write-ahead log next to the data file"
     # names are stored as configured: lower case, no trailing dot
@@ -140,7 +141,7 @@ def test_rows_statuses_counters_and_history(workdir, start_hard, start_http,
             ("www.test", "slow", D), ("tcp.test", "t", A)}
 
     # hard creates the file (WAL mode, schema) right after it listens
-    wait_sql(db, "PRAGMA user_version", lambda r: r == [{"user_version": 1}],
+    wait_sql(db, "PRAGMA user_version", lambda r: r == [{"user_version": 2}],
              timeout=2)
     # rows appear within a second of the first check of each address
     first_seen = {}
@@ -270,7 +271,8 @@ def test_queries_counts_only_answered(workdir, start_hard, start_http, up):
 def test_ranking_equals_answers(workdir, start_hard, start_http, up):
     """The ranking view shows what hard answers: rank 1 is best_rtt's
     answer, `all` answers in rank order, `answered` marks the group of
-    group_rtt_rr, max_rtt and down addresses are left out."""
+    group_rtt_rr, max_rtt and down addresses are ranked after the
+    available ones, not answered, with their reason."""
     sa, sb, sc = start_http(A), start_http(B, delay=0.06), start_http(C, delay=0.12)
     sd = start_http(D, status=503)
     cands = [("a", sa.url()), ("b", sb.url()), ("c", sc.url()), ("d", sd.url())]
@@ -288,9 +290,10 @@ def test_ranking_equals_answers(workdir, start_hard, start_http, up):
              lambda r: r[0]["n"] == 16, timeout=3)
     time.sleep(0.6)  # a couple more samples for the smoothed RTTs
 
-    ranking = {}
+    ranking, left_out = {}, {}
     for r in sql(db, "SELECT * FROM ranking ORDER BY name, family, rank"):
-        ranking.setdefault(r["name"], []).append(r)
+        (ranking if r["reason"] == "healthy" else left_out) \
+            .setdefault(r["name"], []).append(r)
     assert set(ranking) == {"best.test", "all.test", "rr.test", "cap.test"}, ranking
     for name, rows in ranking.items():
         assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1)), rows
@@ -298,6 +301,13 @@ def test_ranking_equals_answers(workdir, start_hard, start_http, up):
         rtts = [r["rtt"] for r in rows]
         assert rtts == sorted(rtts), rows
         assert D not in [r["ip_address"] for r in rows], "a down address is ranked"
+        # the others follow, not answered, saying why
+        why = {r["ip_address"]: (r["reason"], r["answered"]) for r in left_out[name]}
+        assert why[D] == ("down", 0), why
+        assert [r["rank"] for r in left_out[name]] == \
+            list(range(len(rows) + 1, len(rows) + len(why) + 1)), left_out[name]
+    assert left_out["cap.test"][0]["ip_address"] == C
+    assert left_out["cap.test"][0]["reason"] == "over max_rtt"
     order = lambda name: [r["ip_address"] for r in ranking[name]]  # noqa: E731
     answered = lambda name: [r["ip_address"] for r in ranking[name] if r["answered"]]  # noqa: E731
     assert order("all.test") == [A, B, C]
@@ -330,8 +340,8 @@ def test_ranking_equals_answers(workdir, start_hard, start_http, up):
     wait_sql(db, "SELECT ip_address FROM ranking WHERE name = 'best.test' AND rank = 1",
              lambda r: r == [{"ip_address": B}], timeout=2)
     assert [r["ip_address"] for r in sql(
-        db, "SELECT ip_address FROM ranking WHERE name = 'all.test' ORDER BY rank")] \
-        == addresses(h.query("all.test")) == [B, C]
+        db, "SELECT ip_address FROM ranking WHERE name = 'all.test' AND answered"
+        " ORDER BY rank")] == addresses(h.query("all.test")) == [B, C]
 
 
 # ------------------------------------------------------------ warm start
@@ -407,7 +417,7 @@ def test_older_file_upgraded_and_unknown_health(workdir, start_hard, start_http,
                               check_timeout=5, failure_mode="servfail"),
                    upstream=up, data_file=db)
     assert answer(h, "old.test") == "SERVFAIL"  # unknown: not available
-    assert sql_value(db, "PRAGMA user_version") == 1
+    assert sql_value(db, "PRAGMA user_version") == 2
     assert REQUIRED_COLUMNS["candidates"] <= columns(db, "candidates")
     row = sql(db, "SELECT healthy, last_check_status, successes FROM candidates")
     assert len(row) == 1 and row[0]["healthy"] is None, row

@@ -197,6 +197,7 @@ test_defaults(void)
 		CHECK_INT(name->expect_status[0].low, 200);
 		CHECK_INT(name->expect_status[0].high, 200);
 	}
+	CHECK_INT(name->drain_status_count, 0);
 	CHECK_INT(name->selection_method, SELECT_BEST_RTT);
 	CHECK_INT(name->rtt_mode, RTT_TOTAL);
 	CHECK(isinf(name->max_rtt) && name->max_rtt > 0);
@@ -215,6 +216,7 @@ test_defaults(void)
 	CHECK_INT(candidate->port, 80);
 	CHECK_STR(candidate->url, "http://www1.example.com/");
 	CHECK_INT(candidate->address_count, 0);
+	CHECK_INT(candidate->admin_state, ADMIN_AUTO);
 	CHECK_INT(candidate->line, 3);
 	config_free(config);
 }
@@ -823,6 +825,19 @@ test_error_unknown_method(void)
 		       "    failure_mode = open\n"
 		       "    candidate a {}\n"
 		       "}\n", 3, "failure_mode");
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "name www.example.com {\n"
+		       "    candidate a {\n"
+		       "        admin_state = maintenance\n"
+		       "    }\n"
+		       "}\n", 4, "admin_state: unknown value \"maintenance\" "
+		       "(expected auto, drain, down, up)");
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "name www.example.com {\n"
+		       "    check_method = tcp\n"
+		       "    drain_status = { 503 }\n"
+		       "    candidate a {}\n"
+		       "}\n", 4, "drain_status needs check_method http");
 }
 
 static void
@@ -1205,6 +1220,8 @@ test_error_ranges(void)
 		{ "ttl = 4294967296", "ttl" },
 		{ "expect_status = { 200, 600 }", "between 100 and 599, not 600" },
 		{ "expect_status = {}", "expect_status is empty" },
+		{ "drain_status = { 503, 600 }", "drain_status must be between 100 and 599, not 600" },
+		{ "drain_status = { 99 }", "drain_status" },
 	};
 	static const struct {
 		const char *option;	/* global, line 2 */

@@ -970,6 +970,284 @@ test_changed_check_settings(void)
 				"http_headers = { \"X-A: 1\" }"), 0);
 }
 
+/* ------------------------------------------------ admin_state, drains */
+
+static const char admin_names[] =
+	"nameservers = { 192.0.2.53 }\n"
+	"name www.example.com {\n"
+	"    selection_method = all\n"
+	"    drain_status = { 503, 418 }\n"
+	"    candidate a { address = { 192.0.2.1 } }\n"
+	"    candidate b { address = { 192.0.2.2 } admin_state = drain }\n"
+	"    candidate c { address = { 192.0.2.3 } admin_state = down }\n"
+	"    candidate d { address = { 192.0.2.4 } admin_state = up }\n"
+	"}\n";
+
+static void
+set_admin(struct name *name, const char *candidate, enum admin_state state)
+{
+	((struct config_candidate *)name_find_candidate(name, candidate)->config)
+	    ->admin_state = state;
+}
+
+static void
+test_admin_state_config(void)
+{
+	struct fixture f;
+	struct name *name;
+
+	if (!CHECK(fixture_load(&f, admin_names)))
+		return;
+	name = find_name(&f, "www.example.com");
+	CHECK_INT(name_find_candidate(name, "a")->config->admin_state, ADMIN_AUTO);
+	CHECK_INT(name_find_candidate(name, "b")->config->admin_state, ADMIN_DRAIN);
+	CHECK_INT(name_find_candidate(name, "c")->config->admin_state, ADMIN_DOWN);
+	CHECK_INT(name_find_candidate(name, "d")->config->admin_state, ADMIN_UP);
+	CHECK_INT(name->config->drain_status_count, 2);
+	CHECK(select_drain_status(name->config, 503));
+	CHECK(select_drain_status(name->config, 418));
+	CHECK(!select_drain_status(name->config, 200));
+	CHECK(!select_drain_status(name->config, STATUS_TIMEOUT));
+	fixture_free(&f);
+}
+
+/*
+ * Healthy before draining before failure_mode; admin down never; admin
+ * up always, as healthy.
+ */
+static void
+test_admin_tiers(void)
+{
+	struct fixture f;
+	struct name *name;
+	struct answer_set *v4;
+
+	if (!CHECK(fixture_load(&f, admin_names)))
+		return;
+	name = find_name(&f, "www.example.com");
+	v4 = answers(name, AF_INET);
+	/* Nothing checked yet: only admin up is answered. */
+	CHECK_INT(v4->kind, ANSWER_ADDRESSES);
+	CHECK_INT(v4->count, 1);
+	CHECK_STR(answer_text(name, AF_INET, 0), "192.0.2.4");
+	CHECK_INT(address_tier(find_address(name, "192.0.2.4")), TIER_HEALTHY);
+
+	set_up(name, "192.0.2.1", 0.3);
+	set_up(name, "192.0.2.2", 0.1);
+	set_up(name, "192.0.2.3", 0.05);
+	set_health(name, "192.0.2.4", HEALTH_DOWN);
+	select_update_all(name);
+	CHECK_INT(address_tier(find_address(name, "192.0.2.1")), TIER_HEALTHY);
+	CHECK_INT(address_tier(find_address(name, "192.0.2.2")), TIER_DRAINING);
+	CHECK_INT(address_tier(find_address(name, "192.0.2.3")), TIER_ADMIN_DOWN);
+	CHECK_INT(address_tier(find_address(name, "192.0.2.4")), TIER_HEALTHY);
+	/* a and d (up, though its checks fail); not b (draining), not c. */
+	CHECK_INT(v4->count, 2);
+	CHECK_STR(answer_text(name, AF_INET, 0), "192.0.2.1");
+	CHECK_STR(answer_text(name, AF_INET, 1), "192.0.2.4");
+	CHECK_INT(v4->failure_mode, 0);
+
+	/* d back to auto, and down: a alone. */
+	set_admin(name, "d", ADMIN_AUTO);
+	select_update_all(name);
+	CHECK_INT(address_tier(find_address(name, "192.0.2.4")), TIER_UNAVAILABLE);
+	CHECK_INT(v4->count, 1);
+	CHECK_STR(answer_text(name, AF_INET, 0), "192.0.2.1");
+
+	/* a down: the draining b is answered, before any failure_mode. */
+	set_health(name, "192.0.2.1", HEALTH_DOWN);
+	name_config(name)->failure_mode = FAILURE_ALL;
+	select_update_all(name);
+	CHECK_INT(v4->kind, ANSWER_ADDRESSES);
+	CHECK_INT(v4->count, 1);
+	CHECK_STR(answer_text(name, AF_INET, 0), "192.0.2.2");
+	CHECK_INT(v4->failure_mode, 0);
+
+	/* b down too: failure_mode all answers every address but c. */
+	set_health(name, "192.0.2.2", HEALTH_DOWN);
+	select_update_all(name);
+	CHECK_INT(v4->kind, ANSWER_ADDRESSES);
+	CHECK_INT(v4->failure_mode, 1);
+	CHECK_INT(v4->count, 3);
+	CHECK_STR(answer_text(name, AF_INET, 0), "192.0.2.1");
+	CHECK_STR(answer_text(name, AF_INET, 1), "192.0.2.2");
+	CHECK_STR(answer_text(name, AF_INET, 2), "192.0.2.4");
+
+	name_config(name)->failure_mode = FAILURE_SERVFAIL;
+	select_update_all(name);
+	CHECK_INT(v4->kind, ANSWER_SERVFAIL);
+
+	/* Every address down by the operator: all fails open to upstream. */
+	name_config(name)->failure_mode = FAILURE_ALL;
+	set_admin(name, "a", ADMIN_DOWN);
+	set_admin(name, "b", ADMIN_DOWN);
+	set_admin(name, "d", ADMIN_DOWN);
+	select_update_all(name);
+	CHECK_INT(v4->kind, ANSWER_FORWARD);
+	CHECK_INT(v4->count, 0);
+	fixture_free(&f);
+}
+
+/* Within a tier the selection method applies as usual. */
+static void
+test_draining_tier_selection(void)
+{
+	struct fixture f;
+	struct name *name;
+	struct answer_set *v4;
+
+	if (!CHECK(fixture_load(&f, admin_names)))
+		return;
+	name = find_name(&f, "www.example.com");
+	v4 = answers(name, AF_INET);
+	name_config(name)->selection_method = SELECT_BEST_RTT;
+	set_admin(name, "a", ADMIN_DRAIN);
+	set_admin(name, "d", ADMIN_AUTO);
+	set_up(name, "192.0.2.1", 0.3);
+	set_up(name, "192.0.2.2", 0.1);
+	set_up(name, "192.0.2.4", 0.9);
+	select_update_all(name);
+	/* d is slowest but the only healthy one. */
+	CHECK_INT(v4->count, 1);
+	CHECK_STR(answer_text(name, AF_INET, 0), "192.0.2.4");
+	set_health(name, "192.0.2.4", HEALTH_DOWN);
+	select_update_all(name);
+	CHECK_INT(v4->count, 1);
+	CHECK_STR(answer_text(name, AF_INET, 0), "192.0.2.2");
+	fixture_free(&f);
+}
+
+/* admin up overrules max_rtt too; drain does not. */
+static void
+test_admin_up_and_max_rtt(void)
+{
+	struct fixture f;
+	struct name *name;
+
+	if (!CHECK(fixture_load(&f, admin_names)))
+		return;
+	name = find_name(&f, "www.example.com");
+	name_config(name)->max_rtt = 0.1;
+	set_up(name, "192.0.2.4", 0.5);
+	set_up(name, "192.0.2.2", 0.5);
+	CHECK_INT(address_tier(find_address(name, "192.0.2.4")), TIER_HEALTHY);
+	CHECK_INT(address_tier(find_address(name, "192.0.2.2")), TIER_UNAVAILABLE);
+	fixture_free(&f);
+}
+
+/*
+ * A drain status is a success that drains at once; a success without
+ * one ends the drain; a failure leaves it as it is.
+ */
+static void
+test_drain_status_results(void)
+{
+	struct fixture f;
+	struct name *name;
+	struct address *address, *other;
+
+	if (!CHECK(fixture_load(&f, admin_names)))
+		return;
+	name = find_name(&f, "www.example.com");
+	name_config(name)->fall = 2;
+	address = find_address(name, "192.0.2.1");
+	other = find_address(name, "192.0.2.4");
+	set_admin(name, "d", ADMIN_AUTO);
+	set_up(name, "192.0.2.4", 0.2);
+
+	CHECK_INT(select_record_result(address, 503, 1, 0.01, 0.05, 1), 1);
+	CHECK_INT(address->health, HEALTH_UP);
+	CHECK_INT(address->draining, 1);
+	CHECK_DOUBLE(address->srtt, 0.05);
+	CHECK_INT(address->successes, 1);
+	CHECK_INT(address->response_errors, 0);
+	CHECK_INT(address_tier(address), TIER_DRAINING);
+	select_update_all(name);
+	CHECK_INT(answers(name, AF_INET)->count, 1);
+	CHECK_STR(answer_text(name, AF_INET, 0), "192.0.2.4");
+
+	/* Fails once (fall 2): still up, still drained. */
+	CHECK_INT(select_record_result(address, STATUS_CONNECT_ERROR, 0, 0, 0, 2), 0);
+	CHECK_INT(address->draining, 1);
+	CHECK_INT(address_tier(address), TIER_DRAINING);
+	/* The server says all is well again. */
+	CHECK_INT(select_record_result(address, 200, 1, 0.01, 0.05, 3), 0);
+	CHECK_INT(address->draining, 0);
+	CHECK_INT(address_tier(address), TIER_HEALTHY);
+	/* Drained, then last one: answered. */
+	CHECK_INT(select_record_result(address, 418, 1, 0.01, 0.05, 4), 0);
+	CHECK_INT(address->draining, 1);
+	other->health = HEALTH_DOWN;
+	select_update_all(name);
+	CHECK_INT(answers(name, AF_INET)->kind, ANSWER_ADDRESSES);
+	CHECK_INT(answers(name, AF_INET)->count, 1);
+	CHECK_STR(answer_text(name, AF_INET, 0), "192.0.2.1");
+	fixture_free(&f);
+}
+
+/*
+ * A reload that changes only admin_state keeps health and RTT and
+ * checks nothing again; a changed drain_status is a changed check.
+ */
+static void
+test_take_over_admin_state(void)
+{
+	static const char before[] =
+		"nameservers = { 192.0.2.53 }\n"
+		"name www.example.com {\n"
+		"    candidate a { address = { 192.0.2.1 } }\n"
+		"    candidate b { address = { 192.0.2.2 } }\n"
+		"}\n";
+	static const char after[] =
+		"nameservers = { 192.0.2.53 }\n"
+		"name www.example.com {\n"
+		"    candidate a { address = { 192.0.2.1 } admin_state = drain }\n"
+		"    candidate b { address = { 192.0.2.2 } }\n"
+		"}\n";
+	static const char drain[] =
+		"nameservers = { 192.0.2.53 }\n"
+		"name www.example.com {\n"
+		"    drain_status = 503\n"
+		"    candidate a { address = { 192.0.2.1 } admin_state = drain }\n"
+		"    candidate b { address = { 192.0.2.2 } }\n"
+		"}\n";
+	struct fixture old, fresh, third;
+	struct name *name;
+	struct address *a, *moved;
+
+	if (!CHECK(fixture_load(&old, before)) || !CHECK(fixture_load(&fresh, after)) ||
+	    !CHECK(fixture_load(&third, drain)))
+		return;
+	name = find_name(&old, "www.example.com");
+	a = find_address(name, "192.0.2.1");
+	CHECK_INT(select_record_result(a, 200, 1, 0.01, 0.04, 1), 1);
+	set_up(name, "192.0.2.2", 0.08);
+	select_update_all(name);
+	CHECK_STR(answer_text(name, AF_INET, 0), "192.0.2.1");
+
+	registry_take_over(fresh.registry, old.registry);
+	old.registry = NULL;
+	name = find_name(&fresh, "www.example.com");
+	moved = find_address(name, "192.0.2.1");
+	CHECK(moved == a);
+	CHECK_INT(moved->health, HEALTH_UP);
+	CHECK_DOUBLE(moved->srtt, 0.04);
+	CHECK_INT(moved->check_changed, 0);
+	CHECK_INT(moved->check_count, 1);
+	CHECK_INT(moved->store_dirty, 1);	/* its row shows the new state */
+	CHECK_INT(answers(name, AF_INET)->count, 1);
+	CHECK_STR(answer_text(name, AF_INET, 0), "192.0.2.2");
+
+	registry_take_over(third.registry, fresh.registry);
+	fresh.registry = NULL;
+	name = find_name(&third, "www.example.com");
+	CHECK_INT(find_address(name, "192.0.2.1")->check_changed, 1);
+	CHECK_INT(find_address(name, "192.0.2.1")->health, HEALTH_UP);
+	fixture_free(&old);
+	fixture_free(&fresh);
+	fixture_free(&third);
+}
+
 int
 main(void)
 {
@@ -991,5 +1269,11 @@ main(void)
 	RUN(test_shared_address);
 	RUN(test_take_over_changed_check);
 	RUN(test_changed_check_settings);
+	RUN(test_admin_state_config);
+	RUN(test_admin_tiers);
+	RUN(test_draining_tier_selection);
+	RUN(test_admin_up_and_max_rtt);
+	RUN(test_drain_status_results);
+	RUN(test_take_over_admin_state);
 	return UNIT_SUMMARY();
 }
