@@ -628,6 +628,13 @@ counters_take(void)
 	now.totals = totals;
 	now.nameserver_count = upstream_get_counters(now.nameservers,
 						     COUNTERS_MAX_NAMESERVERS);
+	/* None at all: upstream has stopped (a stop), and the last state of
+	 * the nameservers is the one to keep. */
+	if (now.nameserver_count == 0) {
+		memcpy(now.nameservers, counters_written.nameservers,
+		       sizeof(now.nameservers));
+		now.nameserver_count = counters_written.nameserver_count;
+	}
 	if (counters_handed && memcmp(&now, &counters_written, sizeof(now)) == 0)
 		return NULL;
 	copy = batch_array(1, sizeof(*copy));
