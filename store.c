@@ -637,9 +637,10 @@ counters_take(void)
 	}
 	if (counters_handed && memcmp(&now, &counters_written, sizeof(now)) == 0)
 		return NULL;
+	/* memcpy, not assignment: the padding compared above is copied too. */
 	copy = batch_array(1, sizeof(*copy));
-	*copy = now;
-	counters_written = now;
+	memcpy(copy, &now, sizeof(now));
+	memcpy(&counters_written, &now, sizeof(now));
 	counters_handed = 1;
 	return copy;
 }
