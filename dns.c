@@ -475,6 +475,30 @@ choose_sets(const struct query *q, struct name *name, struct answer_set *sets[2]
 }
 
 struct dns_last_query dns_last;
+struct totals totals;
+
+/* A few increments: the name's share of the monitoring counters. */
+static void
+count_name_outcome(struct name *name, enum dns_outcome outcome)
+{
+	struct name_counters *counters = &name->counters;
+
+	switch (outcome) {
+	case OUTCOME_ANSWERED: counters->answered++; break;
+	case OUTCOME_NODATA: counters->nodata++; break;
+	case OUTCOME_FAILURE_ALL:
+		counters->answered++;
+		counters->failure_all++;
+		break;
+	case OUTCOME_FAILURE_SERVFAIL:
+		counters->servfail++;
+		counters->failure_servfail++;
+		break;
+	case OUTCOME_FAILURE_FORWARD: counters->failure_none++; break;
+	case OUTCOME_ERROR: counters->servfail++; break;	/* ANY, no address */
+	default: break;
+	}
+}
 
 /* Says what a query's answer sets made of it: answer, NODATA or failure. */
 static enum dns_outcome
@@ -506,16 +530,20 @@ dns_answer(struct registry *registry, const uint8_t *packet, size_t len,
 
 	*response_len = 0;
 	*client_limit = 512;
+	totals.queries[over_tcp ? 1 : 0]++;
 	rcode = parse_query(packet, len, &q);
 	if (rcode < 0) {
 		dns_last.had_opt = 0;
 		dns_last.outcome = len < DNS_HEADER_SIZE ? OUTCOME_DROP_SHORT :
 		    OUTCOME_DROP_RESPONSE;
+		totals.dropped[len < DNS_HEADER_SIZE ? DROP_SHORT : DROP_RESPONSE]++;
 		return DNS_DROP;
 	}
 	dns_last.outcome = OUTCOME_ERROR;
 	dns_last.had_opt = q.has_opt;
 	if (rcode > 0) {
+		totals.malformed[rcode == RCODE_NOTIMP ? MALFORMED_NOTIMP :
+				 MALFORMED_FORMERR]++;
 		*response_len = write_bare(&q, 0, rcode, response, response_size);
 		return *response_len ? DNS_REPLY : DNS_DROP;
 	}
@@ -529,12 +557,14 @@ dns_answer(struct registry *registry, const uint8_t *packet, size_t len,
 		return DNS_FORWARD;
 	if (q.has_opt && q.edns_version != 0) {
 		dns_last.outcome = OUTCOME_ERROR;
+		totals.malformed[MALFORMED_BADVERS]++;
 		*response_len = write_bare(&q, 0, RCODE_BADVERS, response,
 					   response_size);
 		return *response_len ? DNS_REPLY : DNS_DROP;
 	}
 	kind = choose_sets(&q, name, sets);
 	dns_last.outcome = answered_outcome(kind, sets);
+	count_name_outcome(name, dns_last.outcome);
 	if (kind == ANSWER_FORWARD)
 		return DNS_FORWARD;
 	name->queries++;

@@ -268,12 +268,29 @@ struct answer_set {
 	int failure_mode;	/* chosen by failure_mode: none was available */
 };
 
+/*
+ * What hard did with a name's queries since it started, for monitoring
+ * (dns.c counts, store.c writes): a reply with addresses, NODATA or
+ * SERVFAIL, and which failure_mode was used when no address was
+ * available (none: the query was forwarded).
+ */
+struct name_counters {
+	uint64_t answered;	/* with addresses, failure_mode all included */
+	uint64_t nodata;
+	uint64_t servfail;	/* failure_mode servfail included */
+	uint64_t failure_all;
+	uint64_t failure_servfail;
+	uint64_t failure_none;
+};
+
 struct name {
 	const struct config_name *config;
 	struct candidate *candidates;
 	int candidate_count;
 	uint64_t queries;	/* A and AAAA answered by us */
 	uint64_t stored_queries;	/* as last written to the data file */
+	struct name_counters counters;
+	struct name_counters stored_counters;	/* as last written */
 	struct answer_set answers[2];	/* [0] A, [1] AAAA */
 	int stale;		/* RTTs moved since the answers were chosen */
 };
@@ -355,6 +372,43 @@ struct dns_last_query {
 extern struct dns_last_query dns_last;
 
 /*
+ * hard's totals since it started, for monitoring: plain increments where
+ * each thing happens (dns.c, server.c, store.c), copied into the data
+ * file with each flush.  Nothing on the answer path does more.
+ */
+enum drop_reason {
+	DROP_SHORT,		/* shorter than a header */
+	DROP_RESPONSE,		/* QR set */
+	DROP_OVERSIZE,		/* a UDP datagram over 4096 bytes */
+	DROP_TCP_LENGTH,	/* a TCP length under 12 or over 4096 */
+	DROP_REASON_COUNT
+};
+enum malformed_reason {
+	MALFORMED_FORMERR, MALFORMED_NOTIMP, MALFORMED_BADVERS,
+	MALFORMED_REASON_COUNT
+};
+enum tcp_close_reason {
+	TCP_CLOSED_LIMIT,	/* to make room at tcp_max_connections */
+	TCP_CLOSED_IDLE,	/* tcp_idle_timeout */
+	TCP_CLOSED_SHED,	/* the most unsent output over the total */
+	TCP_CLOSED_REASON_COUNT
+};
+struct totals {
+	uint64_t queries[2];	/* [0] UDP, [1] TCP: every message received */
+	uint64_t forwarded;
+	uint64_t forward_failures;	/* answered SERVFAIL for want of upstream */
+	uint64_t dropped[DROP_REASON_COUNT];
+	uint64_t malformed[MALFORMED_REASON_COUNT];
+	int64_t tcp_open;	/* a gauge: connections open now */
+	uint64_t tcp_accepted;
+	uint64_t tcp_refused;	/* accept failed: out of descriptors or memory */
+	uint64_t tcp_closed[TCP_CLOSED_REASON_COUNT];
+	uint64_t checks;
+	uint64_t checks_failed;
+};
+extern struct totals totals;
+
+/*
  * The answer path: query bytes in, response bytes out, with no I/O and
  * no allocation.  DNS_FORWARD leaves the query to upstream.c;
  * *client_limit is then the largest reply the client takes over UDP.
@@ -413,6 +467,18 @@ void upstream_stop(void);
 int upstream_descriptors_needed(const struct config *config);
 int upstream_forward(const uint8_t *query, size_t query_len, int over_tcp,
 		     upstream_reply_fn *done, void *context);
+/* One nameserver's counters since it was configured, for monitoring. */
+struct upstream_counters {
+	char nameserver[80];	/* as in struct endpoint */
+	int up;
+	uint64_t queries;	/* tries sent: forwarded, probes, lookups */
+	uint64_t replies[16];	/* by rcode */
+	uint64_t timeouts;	/* no reply within resolver_total_timeout */
+	uint64_t errors;	/* refused or failed at once */
+	double srtt;		/* smoothed reply time; NAN before a reply */
+};
+/* Fills out with up to max nameservers, in order; returns how many. */
+int upstream_get_counters(struct upstream_counters *out, int max);
 /* Resolves host's records of family (A or AAAA); done is called once. */
 void upstream_resolve(const char *host, int family, upstream_addresses_fn *done,
 		      void *context);

@@ -365,6 +365,7 @@ registry_take_over(struct registry *fresh, struct registry *old)
 		if (!previous)
 			continue;
 		name->queries = previous->queries;
+		name->counters = previous->counters;
 		for (int j = 0; j < name->candidate_count; j++) {
 			struct candidate *candidate = &name->candidates[j];
 			struct candidate *before =

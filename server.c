@@ -177,8 +177,11 @@ udp_batch(struct listener *listener)
 		size_t len = udp_in[i].msg_len, reply_len, limit;
 		enum dns_verdict verdict;
 
-		if (in->msg_flags & MSG_TRUNC)
-			continue;	/* larger than any sane query */
+		if (in->msg_flags & MSG_TRUNC) {	/* larger than any sane query */
+			totals.queries[0]++;
+			totals.dropped[DROP_OVERSIZE]++;
+			continue;
+		}
 		verdict = dns_answer(server_registry, udp_input[i], len, 0,
 				     udp_output[replies], DNS_MAX_UDP,
 				     &reply_len, &limit);
@@ -336,6 +339,7 @@ tcp_shed(struct dns_server *server)
 			log_warning("TCP output buffered for all clients is over %d MiB: "
 				    "closing the connections with the most unsent output",
 				    TCP_OUTPUT_TOTAL / 1024 / 1024);
+		totals.tcp_closed[TCP_CLOSED_SHED]++;
 		tcp_connection_abort(worst);
 	}
 	server->shedding = 0;
@@ -453,6 +457,8 @@ tcp_answer_input(struct tcp_connection *connection)
 		size_t len = tcp_message_length(connection->input + at);
 
 		if (len == 0) {
+			totals.queries[1]++;
+			totals.dropped[DROP_TCP_LENGTH]++;
 			tcp_connection_close(connection);
 			return;
 		}
@@ -584,6 +590,7 @@ tcp_idle(struct ev_loop *loop, ev_timer *timer, int revents)
 		tcp_touch(connection);
 		return;
 	}
+	totals.tcp_closed[TCP_CLOSED_IDLE]++;
 	if (tcp_unsent(connection))
 		tcp_connection_abort(connection);
 	else
@@ -611,6 +618,7 @@ tcp_connection_close(struct tcp_connection *connection)
 	if (connection->next)
 		connection->next->prev = connection->prev;
 	server->connection_count--;
+	totals.tcp_open--;
 	tcp_output_free(connection);
 	free(connection->input);
 	connection->input = NULL;
@@ -631,6 +639,7 @@ tcp_make_room(struct dns_server *server)
 	if (oldest) {
 		log_debug("TCP connection cap (%d) reached; closing the idlest",
 			  server->max_connections);
+		totals.tcp_closed[TCP_CLOSED_LIMIT]++;
 		tcp_connection_close(oldest);
 	}
 }
@@ -669,6 +678,7 @@ accept_failed(struct listener *listener, int error)
 	if (error == EAGAIN || error == EWOULDBLOCK || error == EINTR ||
 	    error == ECONNABORTED)
 		return;
+	totals.tcp_refused++;
 	if (log_streak_fail(&server->accept_streak))
 		log_warning("cannot accept TCP connections on %s: %s; trying again "
 			    "when a connection closes or every %.1f s",
@@ -717,9 +727,12 @@ tcp_accept(struct ev_loop *loop, ev_io *io, int revents)
 	connection = calloc(1, sizeof(*connection));
 	if (!connection) {
 		log_error("out of memory for a TCP connection");
+		totals.tcp_refused++;
 		close(fd);
 		return;
 	}
+	totals.tcp_accepted++;
+	totals.tcp_open++;
 	connection->fd = fd;
 	connection->peer = peer;
 	connection->server = server;
@@ -768,6 +781,7 @@ forward_reply(void *context, uint8_t *reply, size_t reply_len)
 	int upstream_failed = reply == NULL;
 
 	if (!reply) {
+		totals.forward_failures++;
 		reply_len = dns_error_reply(pending->query, pending->query_len, 2,
 					    servfail, sizeof(servfail));
 		reply = reply_len ? servfail : NULL;
@@ -808,6 +822,7 @@ forward_query(struct listener *listener,
 		log_error("out of memory forwarding a query");
 		return;
 	}
+	totals.forwarded++;
 	pending->listener = listener;
 	if (client)
 		memcpy(&pending->client, client, client_len);

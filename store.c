@@ -33,7 +33,10 @@
 
 #include "har.h"
 
-#define STORE_SCHEMA_VERSION 2
+/* 1: names, candidates, checks, ranking; 2: admin_state; 3: the
+ * monitoring counters (daemon, totals, nameservers, nameserver_replies,
+ * name_counters).  Each step only adds, so any older file upgrades. */
+#define STORE_SCHEMA_VERSION 3
 #define FLUSH_INTERVAL 0.5
 #define REOPEN_INTERVAL 5.0
 #define BUSY_TIMEOUT_MS 20
@@ -271,6 +274,8 @@ column_exists(struct store_file *file, const char *table, const char *column)
 	return found;
 }
 
+static int counters_schema_upgrade(struct store_file *file);
+
 static int
 schema_upgrade(struct store_file *file)
 {
@@ -289,6 +294,8 @@ schema_upgrade(struct store_file *file)
 	}
 	if (result == SQLITE_OK)
 		result = exec_sql(file, ranking_sql);
+	if (result == SQLITE_OK)
+		result = counters_schema_upgrade(file);
 	if (result == SQLITE_OK) {
 		snprintf(sql, sizeof(sql), "PRAGMA user_version = %d",
 			 STORE_SCHEMA_VERSION);
@@ -519,6 +526,9 @@ struct batch {
 	struct row_key *live;	/* NULL: no pruning this time */
 	int live_count;
 	int history_slots;	/* check_history when the batch was taken */
+	struct counters_snapshot *counters;	/* NULL: unchanged */
+	struct name_counters_row *name_counters;
+	int name_counters_count;
 	struct batch *next;	/* in a writer's queue */
 };
 
@@ -531,6 +541,8 @@ batch_free(struct batch *batch)
 	free(batch->names);
 	free(batch->history);
 	free(batch->live);
+	free(batch->counters);
+	free(batch->name_counters);
 	free(batch);
 }
 
@@ -596,12 +608,125 @@ batch_array(size_t count, size_t size)
 	return array;
 }
 
+/* -------------------------------------- counters for monitoring, taking */
+
+/*
+ * The counters hard keeps for monitoring (struct totals, each name's
+ * struct name_counters, each nameserver's struct upstream_counters) are
+ * copied into a batch when they moved since the last batch, like the
+ * rest of the state: the answer path only increments them in memory.
+ */
+#define COUNTERS_MAX_NAMESERVERS 32
+
+struct counters_snapshot {
+	char version[16];
+	long pid;
+	double start_time;
+	double config_load_time;
+	char config_file[4096];
+	struct totals totals;
+	struct upstream_counters nameservers[COUNTERS_MAX_NAMESERVERS];
+	int nameserver_count;
+};
+
+struct name_counters_row {
+	char name[DNS_MAX_NAME + 1];
+	struct name_counters counters;
+};
+
+static struct counters_snapshot counters_written;	/* as last handed over */
+static int counters_handed;	/* 0: the next batch writes them whatever */
+static double started_at;
+static double config_loaded_at;
+static char config_file[4096];
+
+/* The configuration (re)loaded: the file and the time, for the daemon table. */
+static void
+counters_note_config(const struct config *config)
+{
+	if (started_at == 0)
+		started_at = wall_now();
+	config_loaded_at = wall_now();
+	snprintf(config_file, sizeof(config_file), "%s",
+		 config->file ? config->file : "");
+	counters_handed = 0;
+}
+
+/* A copy of the process-wide counters; NULL if the last batch had these. */
+static struct counters_snapshot *
+counters_take(void)
+{
+	struct counters_snapshot now, *copy;
+
+	memset(&now, 0, sizeof(now));
+	snprintf(now.version, sizeof(now.version), "%s", HAR_VERSION);
+	now.pid = (long)getpid();
+	now.start_time = started_at;
+	now.config_load_time = config_loaded_at;
+	memcpy(now.config_file, config_file, sizeof(now.config_file));
+	now.totals = totals;
+	now.nameserver_count = upstream_get_counters(now.nameservers,
+						     COUNTERS_MAX_NAMESERVERS);
+	/* None at all: upstream has stopped (a stop), and the last state of
+	 * the nameservers is the one to keep. */
+	if (now.nameserver_count == 0) {
+		memcpy(now.nameservers, counters_written.nameservers,
+		       sizeof(now.nameservers));
+		now.nameserver_count = counters_written.nameserver_count;
+	}
+	if (counters_handed && memcmp(&now, &counters_written, sizeof(now)) == 0)
+		return NULL;
+	/* memcpy, not assignment: the padding compared above is copied too. */
+	copy = batch_array(1, sizeof(*copy));
+	memcpy(copy, &now, sizeof(now));
+	memcpy(&counters_written, &now, sizeof(now));
+	counters_handed = 1;
+	return copy;
+}
+
+static int
+name_counters_moved(const struct name *name)
+{
+	return addresses_changed || memcmp(&name->counters, &name->stored_counters,
+					   sizeof(name->counters)) != 0;
+}
+
+static int
+name_counters_count_moved(void)
+{
+	int moved = 0;
+
+	for (int i = 0; i < store_registry->name_count; i++)
+		moved += name_counters_moved(&store_registry->names[i]);
+	return moved;
+}
+
+/* Every name's counters after a reload or at start, else those that moved. */
+static void
+name_counters_take(struct batch *batch, int moved)
+{
+	batch->name_counters = batch_array((size_t)moved,
+					   sizeof(struct name_counters_row));
+	for (int i = 0; i < store_registry->name_count; i++) {
+		struct name *name = &store_registry->names[i];
+		struct name_counters_row *row;
+
+		if (!name_counters_moved(name))
+			continue;
+		row = &batch->name_counters[batch->name_counters_count++];
+		snprintf(row->name, sizeof(row->name), "%s", name->config->title);
+		row->counters = name->counters;
+		name->stored_counters = name->counters;
+	}
+}
+
 /* Takes everything dirty out of the live state; NULL if nothing is. */
 static struct batch *
 batch_take(void)
 {
 	struct batch *batch;
-	int addresses = 0, dirty = 0, names = 0;
+	struct counters_snapshot *counters;
+	int addresses = 0, dirty = 0, names = 0, counted;
 
 	for (int i = 0; i < store_registry->name_count; i++) {
 		const struct name *name = &store_registry->names[i];
@@ -613,9 +738,14 @@ batch_take(void)
 				dirty += name->candidates[j].addresses[k]->store_dirty;
 			}
 	}
-	if (!dirty && !names && pending_count == 0 && !addresses_changed)
+	counted = name_counters_count_moved();
+	counters = counters_take();
+	if (!dirty && !names && pending_count == 0 && !addresses_changed &&
+	    !counted && !counters)
 		return NULL;
 	batch = batch_array(1, sizeof(*batch));
+	batch->counters = counters;
+	name_counters_take(batch, counted);
 	batch->candidates = batch_array((size_t)dirty, sizeof(struct candidate_row));
 	batch->names = batch_array((size_t)names, sizeof(struct name_row));
 	if (addresses_changed)
@@ -799,6 +929,8 @@ delete_removed(struct store_file *file, const struct batch *batch)
 	return result;
 }
 
+static int write_counters(struct store_file *file, const struct batch *batch);
+
 static int
 write_rows(struct store_file *file, const struct batch *batch)
 {
@@ -812,6 +944,235 @@ write_rows(struct store_file *file, const struct batch *batch)
 		result = write_history(file, &batch->history[i]);
 	if (result == SQLITE_OK && batch->live)
 		result = delete_removed(file, batch);
+	if (result == SQLITE_OK)
+		result = write_counters(file, batch);
+	return result;
+}
+
+/* ------------------------------------- counters for monitoring, writing */
+
+static const char counters_schema_sql[] =
+    "CREATE TABLE IF NOT EXISTS daemon("
+    " version TEXT, pid INTEGER, start_time REAL, config_file TEXT,"
+    " config_load_time REAL);"
+    "CREATE TABLE IF NOT EXISTS totals("
+    " counter TEXT NOT NULL, kind TEXT NOT NULL DEFAULT '',"
+    " value INTEGER NOT NULL, PRIMARY KEY(counter, kind));"
+    "CREATE TABLE IF NOT EXISTS nameservers("
+    " nameserver TEXT PRIMARY KEY, position INTEGER, up INTEGER,"
+    " queries INTEGER, timeouts INTEGER, errors INTEGER, rtt REAL);"
+    "CREATE TABLE IF NOT EXISTS nameserver_replies("
+    " nameserver TEXT NOT NULL, rcode TEXT NOT NULL,"
+    " replies INTEGER NOT NULL, PRIMARY KEY(nameserver, rcode));"
+    "CREATE TABLE IF NOT EXISTS name_counters("
+    " name TEXT PRIMARY KEY, answered INTEGER, nodata INTEGER,"
+    " servfail INTEGER, failure_all INTEGER, failure_servfail INTEGER,"
+    " failure_none INTEGER);";
+
+/* The upgrade step of schema version 3: new tables only. */
+static int
+counters_schema_upgrade(struct store_file *file)
+{
+	return exec_sql(file, counters_schema_sql);
+}
+
+static const char *const rcode_names[16] = {
+	"NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED",
+	"YXDOMAIN", "YXRRSET", "NXRRSET", "NOTAUTH", "NOTZONE", "RCODE11",
+	"RCODE12", "RCODE13", "RCODE14", "RCODE15",
+};
+
+struct total_row {
+	const char *counter;
+	const char *kind;
+	int64_t value;
+};
+
+#define TOTAL_ROWS_MAX 32
+
+static int
+total_rows(const struct totals *t, struct total_row *rows)
+{
+	static const char *const drops[DROP_REASON_COUNT] = {
+		"short", "response", "oversize", "tcp_length" };
+	static const char *const malformed[MALFORMED_REASON_COUNT] = {
+		"formerr", "notimp", "badvers" };
+	static const char *const closes[TCP_CLOSED_REASON_COUNT] = {
+		"limit", "idle", "shed" };
+	int n = 0;
+
+	rows[n++] = (struct total_row){ "queries", "udp", (int64_t)t->queries[0] };
+	rows[n++] = (struct total_row){ "queries", "tcp", (int64_t)t->queries[1] };
+	rows[n++] = (struct total_row){ "forwarded", "", (int64_t)t->forwarded };
+	rows[n++] = (struct total_row){ "forward_failures", "",
+					(int64_t)t->forward_failures };
+	for (int i = 0; i < DROP_REASON_COUNT; i++)
+		rows[n++] = (struct total_row){ "dropped", drops[i],
+						(int64_t)t->dropped[i] };
+	for (int i = 0; i < MALFORMED_REASON_COUNT; i++)
+		rows[n++] = (struct total_row){ "malformed", malformed[i],
+						(int64_t)t->malformed[i] };
+	rows[n++] = (struct total_row){ "tcp_connections_open", "", t->tcp_open };
+	rows[n++] = (struct total_row){ "tcp_connections_accepted", "",
+					(int64_t)t->tcp_accepted };
+	rows[n++] = (struct total_row){ "tcp_connections_refused", "",
+					(int64_t)t->tcp_refused };
+	for (int i = 0; i < TCP_CLOSED_REASON_COUNT; i++)
+		rows[n++] = (struct total_row){ "tcp_connections_closed", closes[i],
+						(int64_t)t->tcp_closed[i] };
+	rows[n++] = (struct total_row){ "checks", "", (int64_t)t->checks };
+	rows[n++] = (struct total_row){ "checks_failed", "",
+					(int64_t)t->checks_failed };
+	return n;
+}
+
+/* Prepares sql, for a statement used within one batch. */
+static int
+prepare(struct store_file *file, const char *sql, sqlite3_stmt **statement)
+{
+	*statement = NULL;
+	return sqlite3_prepare_v2(file->db, sql, -1, statement, NULL);
+}
+
+static int
+write_daemon(struct store_file *file, const struct counters_snapshot *c)
+{
+	sqlite3_stmt *insert;
+	int result = exec_sql(file, "DELETE FROM daemon");
+
+	if (result == SQLITE_OK)
+		result = prepare(file, "INSERT INTO daemon(version, pid, start_time,"
+				 " config_file, config_load_time)"
+				 " VALUES(?1, ?2, ?3, ?4, ?5)", &insert);
+	if (result != SQLITE_OK)
+		return result;
+	sqlite3_bind_text(insert, 1, c->version, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(insert, 2, c->pid);
+	bind_real(insert, 3, c->start_time);
+	sqlite3_bind_text(insert, 4, c->config_file, -1, SQLITE_STATIC);
+	bind_real(insert, 5, c->config_load_time);
+	result = step(insert);
+	sqlite3_finalize(insert);
+	return result;
+}
+
+static int
+write_totals(struct store_file *file, const struct totals *t)
+{
+	struct total_row rows[TOTAL_ROWS_MAX];
+	int count = total_rows(t, rows);
+	sqlite3_stmt *upsert;
+	int result = prepare(file, "INSERT INTO totals(counter, kind, value)"
+			     " VALUES(?1, ?2, ?3) ON CONFLICT(counter, kind)"
+			     " DO UPDATE SET value = ?3", &upsert);
+
+	for (int i = 0; result == SQLITE_OK && i < count; i++) {
+		sqlite3_bind_text(upsert, 1, rows[i].counter, -1, SQLITE_STATIC);
+		sqlite3_bind_text(upsert, 2, rows[i].kind, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(upsert, 3, rows[i].value);
+		result = step(upsert);
+	}
+	sqlite3_finalize(upsert);
+	return result;
+}
+
+static int
+write_nameserver_replies(sqlite3_stmt *insert, const struct upstream_counters *ns)
+{
+	int result = SQLITE_OK;
+
+	for (int rcode = 0; result == SQLITE_OK && rcode < 16; rcode++) {
+		if (ns->replies[rcode] == 0)
+			continue;
+		sqlite3_bind_text(insert, 1, ns->nameserver, -1, SQLITE_STATIC);
+		sqlite3_bind_text(insert, 2, rcode_names[rcode], -1, SQLITE_STATIC);
+		sqlite3_bind_int64(insert, 3, (sqlite3_int64)ns->replies[rcode]);
+		result = step(insert);
+	}
+	return result;
+}
+
+/* The nameservers configured now, and only those. */
+static int
+write_nameservers(struct store_file *file, const struct counters_snapshot *c)
+{
+	sqlite3_stmt *server = NULL, *replies = NULL;
+	int result = exec_sql(file, "DELETE FROM nameservers;"
+			      "DELETE FROM nameserver_replies;");
+
+	if (result == SQLITE_OK)
+		result = prepare(file, "INSERT INTO nameservers(nameserver, position,"
+				 " up, queries, timeouts, errors, rtt)"
+				 " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)", &server);
+	if (result == SQLITE_OK)
+		result = prepare(file, "INSERT INTO nameserver_replies(nameserver,"
+				 " rcode, replies) VALUES(?1, ?2, ?3)", &replies);
+	for (int i = 0; result == SQLITE_OK && i < c->nameserver_count; i++) {
+		const struct upstream_counters *ns = &c->nameservers[i];
+
+		sqlite3_bind_text(server, 1, ns->nameserver, -1, SQLITE_STATIC);
+		sqlite3_bind_int(server, 2, i + 1);
+		sqlite3_bind_int(server, 3, ns->up);
+		sqlite3_bind_int64(server, 4, (sqlite3_int64)ns->queries);
+		sqlite3_bind_int64(server, 5, (sqlite3_int64)ns->timeouts);
+		sqlite3_bind_int64(server, 6, (sqlite3_int64)ns->errors);
+		bind_real(server, 7, ns->srtt);
+		result = step(server);
+		if (result == SQLITE_OK)
+			result = write_nameserver_replies(replies, ns);
+	}
+	sqlite3_finalize(server);
+	sqlite3_finalize(replies);
+	return result;
+}
+
+static int
+write_name_counters(struct store_file *file, const struct batch *batch)
+{
+	sqlite3_stmt *upsert;
+	int result;
+
+	if (batch->name_counters_count == 0)
+		return SQLITE_OK;
+	result = prepare(file, "INSERT INTO name_counters(name, answered, nodata,"
+			 " servfail, failure_all, failure_servfail, failure_none)"
+			 " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(name)"
+			 " DO UPDATE SET answered = ?2, nodata = ?3, servfail = ?4,"
+			 " failure_all = ?5, failure_servfail = ?6,"
+			 " failure_none = ?7", &upsert);
+	for (int i = 0; result == SQLITE_OK && i < batch->name_counters_count; i++) {
+		const struct name_counters_row *row = &batch->name_counters[i];
+		const struct name_counters *c = &row->counters;
+
+		sqlite3_bind_text(upsert, 1, row->name, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(upsert, 2, (sqlite3_int64)c->answered);
+		sqlite3_bind_int64(upsert, 3, (sqlite3_int64)c->nodata);
+		sqlite3_bind_int64(upsert, 4, (sqlite3_int64)c->servfail);
+		sqlite3_bind_int64(upsert, 5, (sqlite3_int64)c->failure_all);
+		sqlite3_bind_int64(upsert, 6, (sqlite3_int64)c->failure_servfail);
+		sqlite3_bind_int64(upsert, 7, (sqlite3_int64)c->failure_none);
+		result = step(upsert);
+	}
+	sqlite3_finalize(upsert);
+	return result;
+}
+
+/* After the other rows, so that a pruning batch has pruned names first. */
+static int
+write_counters(struct store_file *file, const struct batch *batch)
+{
+	int result = write_name_counters(file, batch);
+
+	if (result == SQLITE_OK && batch->live)
+		result = exec_sql(file, "DELETE FROM name_counters"
+				  " WHERE name NOT IN (SELECT name FROM names)");
+	if (result != SQLITE_OK || !batch->counters)
+		return result;
+	result = write_daemon(file, batch->counters);
+	if (result == SQLITE_OK)
+		result = write_totals(file, &batch->counters->totals);
+	if (result == SQLITE_OK)
+		result = write_nameservers(file, batch->counters);
 	return result;
 }
 
@@ -1153,6 +1514,7 @@ mark_everything_dirty(void)
 				name->candidates[j].addresses[k]->store_dirty = 1;
 	}
 	addresses_changed = 1;
+	counters_handed = 0;
 }
 
 /* --------------------------------------------------------- the loop side */
@@ -1190,6 +1552,8 @@ store_record_check(const struct address *address, int success)
 {
 	struct history_row *row;
 
+	totals.checks++;
+	totals.checks_failed += !success;
 	if (!current)
 		return;
 	((struct address *)address)->store_dirty = 1;
@@ -1470,6 +1834,7 @@ store_open(struct ev_loop *loop, const struct config *config, const char *user)
 {
 	store_loop = loop;
 	store_history = config->check_history;
+	counters_note_config(config);
 	ev_async_init(&file_closed, on_file_closed);
 	ev_async_start(loop, &file_closed);
 	ev_timer_init(&flush_timer, flush_tick, FLUSH_INTERVAL, FLUSH_INTERVAL);
@@ -1506,6 +1871,7 @@ store_reconfigure(const struct config *config, struct registry *registry)
 	store_registry = registry;
 	addresses_changed = 1;
 	store_history = config->check_history;
+	counters_note_config(config);
 	if (strcmp(current ? current->path : "", config->data_file) == 0)
 		return;
 	log_info("data file changes to \"%s\"", config->data_file);

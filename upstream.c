@@ -28,6 +28,7 @@
  * in flight.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -49,6 +50,9 @@
  * beyond it a client gets SERVFAIL at once, so a flood against a silent
  * upstream cannot grow memory without bound. */
 #define UPSTREAM_MAX_FORWARDS 4096
+/* The weight of a new reply time in a nameserver's smoothed RTT, as
+ * TCP's (RFC 6298). */
+#define UPSTREAM_RTT_WEIGHT 0.125
 
 struct socket_watch {
 	ev_io io;
@@ -63,6 +67,12 @@ struct upstream_server {
 	int pending;		/* tries in flight */
 	struct upstream_channel *channels[2];	/* [0] UDP, [1] TCP */
 	struct upstream_server *next_retired;
+	/* For monitoring (upstream_get_counters); kept across reloads. */
+	uint64_t queries;
+	uint64_t replies[16];	/* by rcode */
+	uint64_t timeouts;
+	uint64_t errors;
+	double srtt;		/* NAN until the first reply */
 };
 
 struct upstream_channel {
@@ -96,7 +106,7 @@ struct forward {
 struct try {
 	struct forward *forward;
 	struct upstream_channel *channel;
-	double sent;
+	double sent;		/* monotonic seconds, for the server's RTT */
 };
 
 struct lookup {
@@ -396,6 +406,29 @@ server_mark_down(struct upstream_server *server, const char *why)
 		    "until it answers again", server->endpoint.text, why);
 }
 
+/* A try's end, in the server's counters: plain increments and one clock read. */
+static void
+server_count_result(struct upstream_server *server, int status,
+		    const unsigned char *answer, int answer_len, double sent)
+{
+	double rtt;
+
+	if (status == ARES_EDESTRUCTION || status == ARES_ECANCELLED)
+		return;
+	if (status == ARES_ETIMEOUT) {
+		server->timeouts++;
+		return;
+	}
+	if (status != ARES_SUCCESS || !answer || answer_len < 12) {
+		server->errors++;
+		return;
+	}
+	server->replies[answer[3] & 0x0f]++;
+	rtt = monotonic_now() - sent;
+	server->srtt = isnan(server->srtt) ? rtt :
+	    server->srtt + UPSTREAM_RTT_WEIGHT * (rtt - server->srtt);
+}
+
 /*
  * The next server a forward should try: the first up server it has not
  * tried, else the first down one.  When every server has had it and
@@ -559,8 +592,8 @@ try_done(void *arg, int status, int timeouts, unsigned char *answer,
 	struct try *try = arg;
 	struct forward *forward = try->forward;
 	struct upstream_server *server = try->channel->server;
-
-	double waited = ev_now(upstream_loop) - try->sent;
+	double sent = try->sent;
+	double waited = monotonic_now() - sent;
 
 	(void)timeouts;
 	forward_hold(forward);
@@ -568,6 +601,7 @@ try_done(void *arg, int status, int timeouts, unsigned char *answer,
 	server->pending--;
 	forward->in_flight--;
 	free(try);
+	server_count_result(server, status, answer, answer_len, sent);
 	if (status == ARES_SUCCESS && answer && answer_len >= 12) {
 		/* A reply later than resolver_timeout is used, but a server
 		 * that is that slow stays behind the others. */
@@ -610,7 +644,8 @@ forward_send(struct forward *forward, int index, int probe)
 	}
 	try->forward = forward;
 	try->channel = channel;
-	try->sent = ev_now(upstream_loop);
+	try->sent = monotonic_now();
+	server->queries++;
 	forward->query[0] = (uint8_t)(id >> 8);
 	forward->query[1] = (uint8_t)id;
 	forward->in_flight++;
@@ -819,6 +854,7 @@ servers_configure(const struct config *config)
 		}
 		fresh[i]->endpoint = *wanted[i];
 		fresh[i]->up = 1;
+		fresh[i]->srtt = NAN;
 	}
 	for (int i = 0; i < count; i++)
 		if (!fresh[i])
@@ -873,6 +909,27 @@ upstream_stop(void)
 	}
 	reap_retired();
 	ares_library_cleanup();
+}
+
+int
+upstream_get_counters(struct upstream_counters *out, int max)
+{
+	int count = server_count < max ? server_count : max;
+
+	for (int i = 0; i < count; i++) {
+		const struct upstream_server *server = servers[i];
+
+		memset(&out[i], 0, sizeof(out[i]));
+		snprintf(out[i].nameserver, sizeof(out[i].nameserver), "%s",
+			 server->endpoint.text);
+		out[i].up = server->up;
+		out[i].queries = server->queries;
+		memcpy(out[i].replies, server->replies, sizeof(out[i].replies));
+		out[i].timeouts = server->timeouts;
+		out[i].errors = server->errors;
+		out[i].srtt = server->srtt;
+	}
+	return count;
 }
 
 /* ------------------------------------------------ candidate lookups */

@@ -44,11 +44,13 @@ PROGRAMS = {
     "make": "make",
     "systemd-analyze": "systemd",
     "dpkg-query": "dpkg",
+    "sh": "dash",
 }
 # The Python modules they import beyond the standard library, likewise.
 PYTHON_MODULES = {
     "dns": "python3-dnspython",
     "pytest": "python3-pytest",
+    "prometheus_client": "python3-prometheus-client",
 }
 
 

@@ -21,7 +21,7 @@ TESTS = os.path.join(harness.REPO, "tests", "system")
 INSTALL_DEPS = os.path.join(harness.REPO, "contrib", "install-deps")
 SUBPROCESS_CALLS = {"run", "Popen", "call", "check_call", "check_output"}
 # Names that hold programs of the repository itself, not of a package.
-OWN_PROGRAMS = {"HARD", "INSTALL_DEPS", "installed", "HAR_STATUS"}
+OWN_PROGRAMS = {"HARD", "INSTALL_DEPS", "HAR_STATUS", "installed"}
 
 
 def packages(kind):
