@@ -46,6 +46,10 @@
 #define TCP_PENDING_LIMIT 32
 /* Out of descriptors, accepting is tried again after this or a close. */
 #define ACCEPT_RETRY 0.1
+/* Accepting works again once it has for this long without a failure: as
+ * descriptors come back one by one, accept works and fails by turns, and
+ * that is one streak in the log, not one per connection. */
+#define ACCEPT_RECOVERED 1.0
 
 struct listener {
 	struct endpoint endpoint;
@@ -92,6 +96,7 @@ struct dns_server {
 	int accept_paused;	/* out of descriptors: waiting for one */
 	ev_timer accept_retry;
 	struct log_streak accept_streak;
+	ev_timer accept_recovered;	/* a quiet second ends the streak */
 };
 
 /* A forwarded query's way back to its client. */
@@ -679,6 +684,7 @@ accept_failed(struct listener *listener, int error)
 	    error == ECONNABORTED)
 		return;
 	totals.tcp_refused++;
+	ev_timer_stop(server->loop, &server->accept_recovered);
 	if (log_streak_fail(&server->accept_streak))
 		log_warning("cannot accept TCP connections on %s: %s; trying again "
 			    "when a connection closes or every %.1f s",
@@ -693,15 +699,28 @@ accept_failed(struct listener *listener, int error)
 }
 
 static void
-accept_succeeded(struct dns_server *server)
+accept_recovered(struct ev_loop *loop, ev_timer *timer, int revents)
 {
+	struct dns_server *server = timer->data;
 	unsigned long failures;
 
+	(void)loop;
+	(void)revents;
 	if (!server->accept_streak.active)
 		return;
 	failures = log_streak_ok(&server->accept_streak);
 	log_info("accepting TCP connections again after %lu failed attempt%s",
 		 failures, failures == 1 ? "" : "s");
+}
+
+static void
+accept_succeeded(struct dns_server *server)
+{
+	if (!server->accept_streak.active ||
+	    ev_is_active(&server->accept_recovered))
+		return;
+	ev_timer_set(&server->accept_recovered, ACCEPT_RECOVERED, 0.);
+	ev_timer_start(server->loop, &server->accept_recovered);
 }
 
 static void
@@ -1068,6 +1087,8 @@ dns_server_start(struct ev_loop *loop, const struct config *config,
 	server->idle_timeout = config->tcp_idle_timeout;
 	ev_init(&server->accept_retry, accept_retry);
 	server->accept_retry.data = server;
+	ev_init(&server->accept_recovered, accept_recovered);
+	server->accept_recovered.data = server;
 	if (!previous)
 		descriptors_check(config);
 	endpoints = calloc((size_t)count, sizeof(*endpoints));
@@ -1123,6 +1144,7 @@ dns_server_start(struct ev_loop *loop, const struct config *config,
 		previous->connections = NULL;
 		previous->connection_count = 0;
 		ev_timer_stop(loop, &previous->accept_retry);
+		ev_timer_stop(loop, &previous->accept_recovered);
 		server_close_listeners(previous);
 		free(previous);
 	}
@@ -1166,6 +1188,7 @@ dns_server_stop(struct dns_server *server)
 	if (!server)
 		return;
 	ev_timer_stop(server->loop, &server->accept_retry);
+	ev_timer_stop(server->loop, &server->accept_recovered);
 	server->accept_paused = 0;
 	while (server->connections)
 		tcp_connection_close(server->connections);
