@@ -169,9 +169,6 @@ struct config *config_load_string(const char *text, const char *resolv_conf,
 				  config_report_fn *report);
 void config_free(struct config *config);
 
-/* Drops nameservers that are our own listeners; 0 if none remain. */
-int config_drop_own_listeners(struct config *config, config_report_fn *report);
-
 /* Whether status is in the name's expect_status. */
 int config_status_expected(const struct config_name *config, int status);
 /* Whether a and b accept the same statuses, however written. */
@@ -181,10 +178,20 @@ int config_same_expect_status(const struct config_name *a,
 int config_same_http_request(const struct config_name *a,
 			     const struct config_name *b);
 
+/* ------------------------------------------------------------ address.c */
+
 int ip_address_parse(const char *text, struct ip_address *out);
 void ip_address_format(const struct ip_address *ip, char *out, size_t size);
 int endpoint_parse(const char *text, int default_port, struct endpoint *out);
 int dns_name_to_wire(const char *name, uint8_t *wire, int *wire_len);
+/* A port 1-65535 in decimal; -1 otherwise. */
+int parse_port(const char *text, int *port);
+/* "HOST:PORT", "[IPv6]:PORT", "[IPv6]" or "HOST"; port is left alone
+ * when the text has none. */
+int split_host_port(const char *text, char *host, size_t host_size, int *port);
+
+/* Drops nameservers that are our own listeners; 0 if none remain. */
+int config_drop_own_listeners(struct config *config, config_report_fn *report);
 
 /* ----------------------------------------------------------- registry.c */
 
