@@ -25,8 +25,8 @@ LDFLAGS += -fsanitize=address,undefined
 endif
 LIBS = $(PKG_LIBS) -lev -lm -lpthread
 
-MODULES = config.o address.o dns.o server.o upstream.o registry.o select.o check.o \
-	check_http.o check_tcp.o store.o log.o querylog.o
+MODULES = config.o address.o dns.o server.o upstream.o registry.o select.o \
+	check.o check_http.o check_tcp.o store.o store_writer.o log.o querylog.o
 OBJECTS = har.o notify.o $(MODULES)
 UNIT_TESTS = tests/unit/test_config tests/unit/test_dns tests/unit/test_select
 

@@ -13,6 +13,7 @@
 #define HAR_H
 
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -537,5 +538,145 @@ void store_note_addresses_changed(void);
 void store_reconfigure(const struct config *config, struct registry *registry);
 void store_flush(void);
 void store_close(void);
+
+/* ---------------------------------- store internals: store*.c only */
+
+/*
+ * What store.c (the loop side) and store_writer.c (the writer thread and
+ * its SQL) share: a file, its writer and the batches handed to it.  No
+ * other module uses these.
+ */
+struct sqlite3;
+struct sqlite3_stmt;
+
+#define FLUSH_INTERVAL 0.5
+#define REOPEN_INTERVAL 5.0
+/* How long a file being closed (SIGTERM, a new data_file) may stay
+ * unwritable before what it was still to write is given up. */
+#define CLOSE_PATIENCE 2.0
+
+enum statement {
+	UPSERT_NAME,
+	UPSERT_CANDIDATE,
+	INSERT_CHECK,
+	STATEMENT_COUNT
+};
+
+/*
+ * What one flush writes, copied out of the live state so the writer
+ * thread never touches it: the addresses that changed, the names whose
+ * counters moved, the check history, and (after a reload or a new
+ * resolution) every configured name and the keys of every address still
+ * checked.
+ */
+struct row_key {
+	char name[DNS_MAX_NAME + 1];
+	char candidate[DNS_MAX_NAME + 1];
+	char ip[46];
+};
+
+struct history_row {
+	struct row_key key;
+	long long slot;
+	double time;
+	int status;
+	int success;
+	double connect_time;
+	double response_time;
+};
+
+struct candidate_row {
+	struct row_key key;
+	int family;
+	int health;
+	int has_status;
+	int status;
+	double last_check_time, last_success_time, last_failure_time;
+	double connect_time, response_time, rtt, last_rtt;
+	uint64_t successes, timeouts, connect_errors, response_errors;
+	uint64_t other_errors, checks;
+	const char *admin_state;
+	int draining;
+};
+
+struct name_row {
+	char name[DNS_MAX_NAME + 1];
+	uint64_t queries;
+	const char *selection_method, *rtt_mode, *failure_mode;
+	double max_rtt, group_rtt_threshold;
+	uint32_t ttl;
+};
+
+struct batch {
+	struct candidate_row *candidates;
+	int candidate_count;
+	struct name_row *names;
+	int name_count;
+	struct history_row *history;
+	int history_count;
+	struct row_key *live;	/* NULL: no pruning this time */
+	int live_count;
+	int history_slots;	/* check_history when the batch was taken */
+	struct counters_snapshot *counters;	/* NULL: unchanged */
+	struct name_counters_row *name_counters;
+	int name_counters_count;
+	struct batch *next;	/* in a writer's queue */
+};
+
+#define COUNTERS_MAX_NAMESERVERS 32
+
+struct counters_snapshot {
+	char version[16];
+	long pid;
+	double start_time;
+	double config_load_time;
+	char config_file[4096];
+	struct totals totals;
+	struct upstream_counters nameservers[COUNTERS_MAX_NAMESERVERS];
+	int nameserver_count;
+};
+
+struct name_counters_row {
+	char name[DNS_MAX_NAME + 1];
+	struct name_counters counters;
+};
+
+/*
+ * One data file and the thread that writes it.  The loop hands it batches
+ * through the queue; everything else in it is the writer thread's once
+ * that thread runs (before, at start, the loop opens the file and reads
+ * the previous state from it).
+ */
+struct store_file {
+	char *path;
+	struct sqlite3 *db;
+	struct sqlite3_stmt *statements[STATEMENT_COUNT];
+	int system_error;	/* errno of the last failed open, or 0 */
+	struct log_streak write_streak;
+	struct log_streak open_streak;
+	pthread_t thread;
+	int thread_running;	/* the loop's own flag */
+	pthread_mutex_t lock;	/* guards the four fields below */
+	pthread_cond_t wake;
+	struct batch *queue;	/* handed over, not yet written, oldest first */
+	int closing;		/* write what is queued, then end */
+	double give_up_at;	/* monotonic time, once closing */
+	int finished;		/* the thread has ended and may be joined */
+	struct store_file *next;	/* in closing_files */
+};
+
+extern struct ev_loop *store_loop;
+extern ev_async file_closed;		/* a closing file's thread ended */
+
+/* store.c */
+void batch_free(struct batch *batch);
+void batches_free(struct batch *batch);
+void set_owner(const char *path);
+int make_directory(const char *path, char *failed, size_t size);
+
+/* store_writer.c */
+int open_database(struct store_file *file);
+void close_database(struct store_file *file);
+void *writer_main(void *argument);
 
 #endif

@@ -1,0 +1,905 @@
+/*
+ * store_writer.c - the data file's writer thread and the SQL it runs: the
+ * schema and its upgrades, opening the database, writing a batch's rows
+ * and counters in one transaction, and the thread that retries until
+ * they are in.  The loop side (store.c) hands it batches.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "har.h"
+
+/* 1: names, candidates, checks, ranking; 2: admin_state; 3: the
+ * monitoring counters (daemon, totals, nameservers, nameserver_replies,
+ * name_counters).  Each step only adds, so any older file upgrades. */
+#define STORE_SCHEMA_VERSION 3
+#define BUSY_TIMEOUT_MS 20
+
+static const char *const statement_sql[STATEMENT_COUNT] = {
+	[UPSERT_NAME] =
+	    "INSERT INTO names(name, queries, selection_method, rtt_mode,"
+	    " max_rtt, group_rtt_threshold, failure_mode, ttl)"
+	    " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+	    " ON CONFLICT(name) DO UPDATE SET queries = ?2,"
+	    " selection_method = ?3, rtt_mode = ?4, max_rtt = ?5,"
+	    " group_rtt_threshold = ?6, failure_mode = ?7, ttl = ?8",
+	/* Upserts update rows in place: cheaper than REPLACE's delete and
+	 * insert, which would rewrite the index entries every time. */
+	[UPSERT_CANDIDATE] =
+	    "INSERT INTO candidates(name, candidate_name, ip_address,"
+	    " family, healthy, last_check_time, last_success_time,"
+	    " last_failure_time, last_check_status, connect_time, response_time,"
+	    " rtt, last_rtt, successes, timeouts, connect_errors,"
+	    " response_errors, other_errors, checks, admin_state, draining)"
+	    " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,"
+	    " ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
+	    " ON CONFLICT(name, candidate_name, ip_address) DO UPDATE SET"
+	    " family = ?4, healthy = ?5, last_check_time = ?6,"
+	    " last_success_time = ?7, last_failure_time = ?8,"
+	    " last_check_status = ?9, connect_time = ?10, response_time = ?11,"
+	    " rtt = ?12, last_rtt = ?13, successes = ?14, timeouts = ?15,"
+	    " connect_errors = ?16, response_errors = ?17, other_errors = ?18,"
+	    " checks = ?19, admin_state = ?20, draining = ?21",
+	[INSERT_CHECK] =
+	    "INSERT INTO checks(name, candidate_name, ip_address, slot,"
+	    " time, status, success, connect_time, response_time)"
+	    " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+	    " ON CONFLICT(slot, name, candidate_name, ip_address) DO UPDATE SET"
+	    " time = ?5, status = ?6, success = ?7, connect_time = ?8,"
+	    " response_time = ?9",
+};
+
+/*
+ * checks is a ring of check_history slots per address, keyed slot first:
+ * addresses checked at the same pace are at about the same slot, so one
+ * batch's rows land on a few neighbouring pages instead of one page per
+ * address.  That keeps the write per check to a fraction of a page at
+ * thousands of checks a second (the rows are found by time, not key).
+ */
+static const char schema_sql[] =
+    "CREATE TABLE IF NOT EXISTS names("
+    " name TEXT PRIMARY KEY, queries INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TABLE IF NOT EXISTS candidates("
+    " name TEXT NOT NULL, candidate_name TEXT NOT NULL,"
+    " ip_address TEXT NOT NULL,"
+    " PRIMARY KEY(name, candidate_name, ip_address));"
+    "CREATE TABLE IF NOT EXISTS checks("
+    " name TEXT NOT NULL, candidate_name TEXT NOT NULL,"
+    " ip_address TEXT NOT NULL, slot INTEGER NOT NULL,"
+    " time REAL, status INTEGER, success INTEGER,"
+    " connect_time REAL, response_time REAL,"
+    " PRIMARY KEY(slot, name, candidate_name, ip_address)) WITHOUT ROWID;";
+
+/*
+ * Columns added to a table that lacks them: this is the upgrade path from
+ * an older file (the original har's, or version 0 of this schema).
+ */
+static const struct {
+	const char *table;
+	const char *column;
+	const char *type;
+} schema_columns[] = {
+	{ "names", "selection_method", "TEXT" },
+	{ "names", "rtt_mode", "TEXT" },
+	{ "names", "max_rtt", "REAL" },
+	{ "names", "group_rtt_threshold", "REAL" },
+	{ "names", "failure_mode", "TEXT" },
+	{ "names", "ttl", "INTEGER" },
+	{ "candidates", "family", "INTEGER" },
+	{ "candidates", "healthy", "INTEGER" },
+	{ "candidates", "last_check_time", "REAL" },
+	{ "candidates", "last_success_time", "REAL" },
+	{ "candidates", "last_failure_time", "REAL" },
+	{ "candidates", "last_check_status", "INTEGER" },
+	{ "candidates", "connect_time", "REAL" },
+	{ "candidates", "response_time", "REAL" },
+	{ "candidates", "rtt", "REAL" },
+	{ "candidates", "last_rtt", "REAL" },
+	{ "candidates", "successes", "INTEGER DEFAULT 0" },
+	{ "candidates", "timeouts", "INTEGER DEFAULT 0" },
+	{ "candidates", "connect_errors", "INTEGER DEFAULT 0" },
+	{ "candidates", "response_errors", "INTEGER DEFAULT 0" },
+	{ "candidates", "other_errors", "INTEGER DEFAULT 0" },
+	{ "candidates", "checks", "INTEGER DEFAULT 0" },
+	/* version 2 */
+	{ "candidates", "admin_state", "TEXT NOT NULL DEFAULT 'auto'" },
+	{ "candidates", "draining", "INTEGER NOT NULL DEFAULT 0" },
+};
+
+/*
+ * The order hard answers in, from the same recorded values, with why
+ * each address is or is not answered.  Tiers as in select.c: 1 healthy
+ * (or admin up), 2 draining, 3 unavailable, 4 admin down; the best tier
+ * present is answered per selection_method, and with none of 1 or 2
+ * failure_mode = all answers tier 3.  rank orders every address of a
+ * name and family by tier, then smoothed RTT, then address text.
+ */
+static const char ranking_sql[] =
+    "DROP VIEW IF EXISTS ranking;"
+    "CREATE VIEW ranking AS"
+    " WITH state AS ("
+    "  SELECT c.name, c.family, c.ip_address, c.candidate_name,"
+    "   c.admin_state, c.rtt, n.selection_method, n.group_rtt_threshold,"
+    "   n.failure_mode,"
+    "   c.healthy IS NOT 1 OR (n.max_rtt IS NOT NULL"
+    "    AND (c.rtt IS NULL OR c.rtt > n.max_rtt)) AS unavailable,"
+    "   CASE WHEN c.admin_state IN ('down', 'up') THEN 'admin ' || c.admin_state"
+    "    WHEN c.healthy IS NULL THEN 'unknown'"
+    "    WHEN c.healthy = 0 THEN 'down'"
+    "    WHEN n.max_rtt IS NOT NULL AND (c.rtt IS NULL OR c.rtt > n.max_rtt)"
+    "     THEN 'over max_rtt'"
+    "    WHEN c.admin_state = 'drain' THEN 'admin drain'"
+    "    WHEN c.draining THEN 'draining'"
+    "    ELSE 'healthy' END AS state"
+    "  FROM candidates c JOIN names n ON n.name = c.name),"
+    " tiered AS ("
+    "  SELECT *, CASE WHEN state = 'admin down' THEN 4"
+    "    WHEN state = 'admin up' THEN 1"
+    "    WHEN unavailable THEN 3"
+    "    WHEN state IN ('admin drain', 'draining') THEN 2"
+    "    ELSE 1 END AS tier"
+    "  FROM state),"
+    " ranked AS ("
+    "  SELECT *, ROW_NUMBER() OVER (PARTITION BY name, family"
+    "    ORDER BY tier, rtt IS NULL, rtt, ip_address) AS rank,"
+    "   ROW_NUMBER() OVER (PARTITION BY name, family, tier"
+    "    ORDER BY rtt IS NULL, rtt, ip_address) AS tier_rank,"
+    "   MIN(rtt) OVER (PARTITION BY name, family, tier) AS tier_best_rtt,"
+    "   MIN(tier) OVER (PARTITION BY name, family) AS best_tier"
+    "  FROM tiered),"
+    " decided AS ("
+    "  SELECT *, CASE WHEN best_tier <= 2 THEN tier = best_tier AND"
+    "    CASE selection_method WHEN 'best_rtt' THEN tier_rank = 1"
+    "     WHEN 'all' THEN 1"
+    "     ELSE tier_rank = 1 OR tier_best_rtt IS NULL OR (rtt IS NOT NULL"
+    "      AND (group_rtt_threshold IS NULL"
+    "       OR rtt - tier_best_rtt <= group_rtt_threshold)) END"
+    "   ELSE failure_mode = 'all' AND tier = 3 END AS answered"
+    "  FROM ranked)"
+    " SELECT name, family, ip_address, candidate_name, admin_state, rank,"
+    "  rtt, answered,"
+    "  CASE WHEN best_tier > 2 AND answered THEN 'failure_mode all'"
+    "   ELSE state END AS reason"
+    " FROM decided;";
+
+static int
+exec_sql(struct store_file *file, const char *sql)
+{
+	char *error = NULL;
+	int result = sqlite3_exec(file->db, sql, NULL, NULL, &error);
+
+	if (result != SQLITE_OK) {
+		log_debug("sqlite: %s", error ? error : sqlite3_errstr(result));
+		sqlite3_free(error);
+	}
+	return result;
+}
+
+static int
+column_exists(struct store_file *file, const char *table, const char *column)
+{
+	sqlite3_stmt *statement;
+	char sql[128];
+	int found = 0;
+
+	snprintf(sql, sizeof(sql), "PRAGMA table_info(%s)", table);
+	if (sqlite3_prepare_v2(file->db, sql, -1, &statement, NULL) != SQLITE_OK)
+		return 0;
+	while (sqlite3_step(statement) == SQLITE_ROW)
+		if (strcmp((const char *)sqlite3_column_text(statement, 1), column) == 0)
+			found = 1;
+	sqlite3_finalize(statement);
+	return found;
+}
+
+static int counters_schema_upgrade(struct store_file *file);
+
+static int
+schema_upgrade(struct store_file *file)
+{
+	char sql[256];
+	int result = exec_sql(file, schema_sql);
+
+	for (size_t i = 0; result == SQLITE_OK &&
+	     i < sizeof(schema_columns) / sizeof(schema_columns[0]); i++) {
+		if (column_exists(file, schema_columns[i].table,
+				  schema_columns[i].column))
+			continue;
+		snprintf(sql, sizeof(sql), "ALTER TABLE %s ADD COLUMN %s %s",
+			 schema_columns[i].table, schema_columns[i].column,
+			 schema_columns[i].type);
+		result = exec_sql(file, sql);
+	}
+	if (result == SQLITE_OK)
+		result = exec_sql(file, ranking_sql);
+	if (result == SQLITE_OK)
+		result = counters_schema_upgrade(file);
+	if (result == SQLITE_OK) {
+		snprintf(sql, sizeof(sql), "PRAGMA user_version = %d",
+			 STORE_SCHEMA_VERSION);
+		result = exec_sql(file, sql);
+	}
+	return result;
+}
+
+void
+close_database(struct store_file *file)
+{
+	for (int i = 0; i < STATEMENT_COUNT; i++) {
+		sqlite3_finalize(file->statements[i]);
+		file->statements[i] = NULL;
+	}
+	if (file->db)
+		sqlite3_close(file->db);
+	file->db = NULL;
+}
+
+/* A file that is not a database is moved aside, and a fresh one made. */
+static void
+set_aside_corrupt(struct store_file *file)
+{
+	char aside[4096];
+	const char *suffixes[] = { "-wal", "-shm" };
+
+	snprintf(aside, sizeof(aside), "%s.corrupt-%ld", file->path,
+		 (long)wall_now());
+	if (rename(file->path, aside) == 0)
+		log_error("data file %s is corrupt; moved it to %s and started "
+			  "a new one", file->path, aside);
+	else
+		log_error("data file %s is corrupt and cannot be moved aside: %s",
+			  file->path, strerror(errno));
+	for (int i = 0; i < 2; i++) {
+		char path[4096];
+
+		snprintf(path, sizeof(path), "%s%s", file->path, suffixes[i]);
+		unlink(path);
+	}
+}
+
+static int
+is_corruption(int result)
+{
+	result &= 0xff;
+	return result == SQLITE_CORRUPT || result == SQLITE_NOTADB;
+}
+
+/* The reason sqlite would give only as "unable to open database file". */
+static int
+open_system_error(const char *path)
+{
+	char failed[4096];
+	int fd;
+
+	if (make_directory(path, failed, sizeof(failed)) != 0)
+		return errno;
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return errno;
+	close(fd);
+	return 0;
+}
+
+static int
+open_database_once(struct store_file *file)
+{
+	int result;
+
+	file->system_error = open_system_error(file->path);
+	if (file->system_error)
+		return SQLITE_CANTOPEN;
+	result = sqlite3_open_v2(file->path, &file->db, SQLITE_OPEN_READWRITE |
+				 SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+	if (result == SQLITE_OK) {
+		sqlite3_busy_timeout(file->db, BUSY_TIMEOUT_MS);
+		result = exec_sql(file, "PRAGMA journal_mode = WAL");
+	}
+	if (result == SQLITE_OK)
+		result = exec_sql(file, "PRAGMA synchronous = NORMAL");
+	if (result == SQLITE_OK)
+		result = schema_upgrade(file);
+	for (int i = 0; result == SQLITE_OK && i < STATEMENT_COUNT; i++)
+		result = sqlite3_prepare_v3(file->db, statement_sql[i], -1,
+					    SQLITE_PREPARE_PERSISTENT,
+					    &file->statements[i], NULL);
+	if (result != SQLITE_OK) {
+		if (file->db && !is_corruption(result))
+			result = sqlite3_extended_errcode(file->db);
+		close_database(file);
+	}
+	return result;
+}
+
+int
+open_database(struct store_file *file)
+{
+	int result = open_database_once(file);
+
+	if (is_corruption(result)) {
+		set_aside_corrupt(file);
+		result = open_database_once(file);
+	}
+	if (result != SQLITE_OK) {
+		if (log_streak_fail(&file->open_streak))
+			log_error("cannot open data file %s: %s; keeping state in "
+				  "memory and retrying every %.0f s", file->path,
+				  file->system_error ? strerror(file->system_error) :
+				  sqlite3_errstr(result), REOPEN_INTERVAL);
+		return -1;
+	}
+	if (log_streak_ok(&file->open_streak))
+		log_info("data file %s is open again", file->path);
+	set_owner(file->path);
+	return 0;
+}
+
+/* ------------------------------------------------------------ writing */
+
+static void
+bind_real(sqlite3_stmt *statement, int index, double value)
+{
+	if (isnan(value) || isinf(value))
+		sqlite3_bind_null(statement, index);
+	else
+		sqlite3_bind_double(statement, index, value);
+}
+
+static int
+step(sqlite3_stmt *statement)
+{
+	int result = sqlite3_step(statement);
+
+	sqlite3_reset(statement);
+	return result == SQLITE_DONE ? SQLITE_OK : result;
+}
+
+static void
+bind_key(sqlite3_stmt *statement, const struct row_key *key)
+{
+	sqlite3_bind_text(statement, 1, key->name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(statement, 2, key->candidate, -1, SQLITE_STATIC);
+	sqlite3_bind_text(statement, 3, key->ip, -1, SQLITE_STATIC);
+}
+static int
+write_name(struct store_file *file, const struct name_row *row)
+{
+	sqlite3_stmt *statement = file->statements[UPSERT_NAME];
+
+	sqlite3_bind_text(statement, 1, row->name, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(statement, 2, (sqlite3_int64)row->queries);
+	sqlite3_bind_text(statement, 3, row->selection_method, -1, SQLITE_STATIC);
+	sqlite3_bind_text(statement, 4, row->rtt_mode, -1, SQLITE_STATIC);
+	bind_real(statement, 5, row->max_rtt);
+	bind_real(statement, 6, row->group_rtt_threshold);
+	sqlite3_bind_text(statement, 7, row->failure_mode, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(statement, 8, row->ttl);
+	return step(statement);
+}
+
+static int
+write_address(struct store_file *file, const struct candidate_row *row)
+{
+	sqlite3_stmt *statement = file->statements[UPSERT_CANDIDATE];
+
+	bind_key(statement, &row->key);
+	sqlite3_bind_int(statement, 4, row->family);
+	if (row->health == HEALTH_UNKNOWN)
+		sqlite3_bind_null(statement, 5);
+	else
+		sqlite3_bind_int(statement, 5, row->health);
+	bind_real(statement, 6, row->last_check_time);
+	bind_real(statement, 7, row->last_success_time);
+	bind_real(statement, 8, row->last_failure_time);
+	if (row->has_status)
+		sqlite3_bind_int(statement, 9, row->status);
+	else
+		sqlite3_bind_null(statement, 9);
+	bind_real(statement, 10, row->connect_time);
+	bind_real(statement, 11, row->response_time);
+	bind_real(statement, 12, row->rtt);
+	bind_real(statement, 13, row->last_rtt);
+	sqlite3_bind_int64(statement, 14, (sqlite3_int64)row->successes);
+	sqlite3_bind_int64(statement, 15, (sqlite3_int64)row->timeouts);
+	sqlite3_bind_int64(statement, 16, (sqlite3_int64)row->connect_errors);
+	sqlite3_bind_int64(statement, 17, (sqlite3_int64)row->response_errors);
+	sqlite3_bind_int64(statement, 18, (sqlite3_int64)row->other_errors);
+	sqlite3_bind_int64(statement, 19, (sqlite3_int64)row->checks);
+	sqlite3_bind_text(statement, 20, row->admin_state, -1, SQLITE_STATIC);
+	sqlite3_bind_int(statement, 21, row->draining);
+	return step(statement);
+}
+
+static int
+write_history(struct store_file *file, const struct history_row *row)
+{
+	sqlite3_stmt *statement = file->statements[INSERT_CHECK];
+
+	bind_key(statement, &row->key);
+	sqlite3_bind_int64(statement, 4, row->slot);
+	sqlite3_bind_double(statement, 5, row->time);
+	sqlite3_bind_int(statement, 6, row->status);
+	sqlite3_bind_int(statement, 7, row->success);
+	bind_real(statement, 8, row->connect_time);
+	bind_real(statement, 9, row->response_time);
+	return step(statement);
+}
+
+/* The live keys go into temporary tables, for one DELETE per table. */
+static int
+fill_live_tables(struct store_file *file, const struct batch *batch)
+{
+	sqlite3_stmt *insert = NULL;
+	int result = exec_sql(file,
+	    "CREATE TEMP TABLE IF NOT EXISTS live("
+	    "name TEXT, candidate_name TEXT, ip_address TEXT);"
+	    "CREATE TEMP TABLE IF NOT EXISTS live_names(name TEXT);"
+	    "DELETE FROM live; DELETE FROM live_names;");
+
+	if (result == SQLITE_OK)
+		result = sqlite3_prepare_v2(file->db, "INSERT INTO live VALUES(?1, ?2, ?3)",
+					    -1, &insert, NULL);
+	for (int i = 0; result == SQLITE_OK && i < batch->live_count; i++) {
+		bind_key(insert, &batch->live[i]);
+		result = step(insert);
+	}
+	sqlite3_finalize(insert);
+	insert = NULL;
+	if (result == SQLITE_OK)
+		result = sqlite3_prepare_v2(file->db, "INSERT INTO live_names VALUES(?1)",
+					    -1, &insert, NULL);
+	for (int i = 0; result == SQLITE_OK && i < batch->name_count; i++) {
+		sqlite3_bind_text(insert, 1, batch->names[i].name, -1, SQLITE_STATIC);
+		result = step(insert);
+	}
+	sqlite3_finalize(insert);
+	return result;
+}
+
+/*
+ * Rows of addresses no longer configured (or no longer resolved) go: the
+ * data file describes what hard checks now.  A name stays as long as it
+ * is configured, with or without addresses (its query counter is kept);
+ * a batch that prunes carries every configured name.  Slots beyond a
+ * check_history lowered by a reload go too (a range of the key).
+ */
+static int
+delete_removed(struct store_file *file, const struct batch *batch)
+{
+	int result = fill_live_tables(file, batch);
+
+	if (result == SQLITE_OK)
+		result = exec_sql(file,
+		    "DELETE FROM candidates WHERE (name, candidate_name, ip_address)"
+		    " NOT IN (SELECT name, candidate_name, ip_address FROM live);"
+		    "DELETE FROM checks WHERE (name, candidate_name, ip_address)"
+		    " NOT IN (SELECT name, candidate_name, ip_address FROM live);"
+		    "DELETE FROM names WHERE name NOT IN (SELECT name FROM live_names);");
+	if (result == SQLITE_OK) {
+		char sql[64];
+
+		snprintf(sql, sizeof(sql), "DELETE FROM checks WHERE slot >= %d",
+			 batch->history_slots);
+		result = exec_sql(file, sql);
+	}
+	return result;
+}
+
+static int write_counters(struct store_file *file, const struct batch *batch);
+
+static int
+write_rows(struct store_file *file, const struct batch *batch)
+{
+	int result = SQLITE_OK;
+
+	for (int i = 0; result == SQLITE_OK && i < batch->name_count; i++)
+		result = write_name(file, &batch->names[i]);
+	for (int i = 0; result == SQLITE_OK && i < batch->candidate_count; i++)
+		result = write_address(file, &batch->candidates[i]);
+	for (int i = 0; result == SQLITE_OK && i < batch->history_count; i++)
+		result = write_history(file, &batch->history[i]);
+	if (result == SQLITE_OK && batch->live)
+		result = delete_removed(file, batch);
+	if (result == SQLITE_OK)
+		result = write_counters(file, batch);
+	return result;
+}
+
+/* ------------------------------------- counters for monitoring, writing */
+
+static const char counters_schema_sql[] =
+    "CREATE TABLE IF NOT EXISTS daemon("
+    " version TEXT, pid INTEGER, start_time REAL, config_file TEXT,"
+    " config_load_time REAL);"
+    "CREATE TABLE IF NOT EXISTS totals("
+    " counter TEXT NOT NULL, kind TEXT NOT NULL DEFAULT '',"
+    " value INTEGER NOT NULL, PRIMARY KEY(counter, kind));"
+    "CREATE TABLE IF NOT EXISTS nameservers("
+    " nameserver TEXT PRIMARY KEY, position INTEGER, up INTEGER,"
+    " queries INTEGER, timeouts INTEGER, errors INTEGER, rtt REAL);"
+    "CREATE TABLE IF NOT EXISTS nameserver_replies("
+    " nameserver TEXT NOT NULL, rcode TEXT NOT NULL,"
+    " replies INTEGER NOT NULL, PRIMARY KEY(nameserver, rcode));"
+    "CREATE TABLE IF NOT EXISTS name_counters("
+    " name TEXT PRIMARY KEY, answered INTEGER, nodata INTEGER,"
+    " servfail INTEGER, failure_all INTEGER, failure_servfail INTEGER,"
+    " failure_none INTEGER);";
+
+/* The upgrade step of schema version 3: new tables only. */
+static int
+counters_schema_upgrade(struct store_file *file)
+{
+	return exec_sql(file, counters_schema_sql);
+}
+
+static const char *const rcode_names[16] = {
+	"NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED",
+	"YXDOMAIN", "YXRRSET", "NXRRSET", "NOTAUTH", "NOTZONE", "RCODE11",
+	"RCODE12", "RCODE13", "RCODE14", "RCODE15",
+};
+
+struct total_row {
+	const char *counter;
+	const char *kind;
+	int64_t value;
+};
+
+#define TOTAL_ROWS_MAX 32
+
+static int
+total_rows(const struct totals *t, struct total_row *rows)
+{
+	static const char *const drops[DROP_REASON_COUNT] = {
+		"short", "response", "oversize", "tcp_length" };
+	static const char *const malformed[MALFORMED_REASON_COUNT] = {
+		"formerr", "notimp", "badvers" };
+	static const char *const closes[TCP_CLOSED_REASON_COUNT] = {
+		"limit", "idle", "shed" };
+	int n = 0;
+
+	rows[n++] = (struct total_row){ "queries", "udp", (int64_t)t->queries[0] };
+	rows[n++] = (struct total_row){ "queries", "tcp", (int64_t)t->queries[1] };
+	rows[n++] = (struct total_row){ "forwarded", "", (int64_t)t->forwarded };
+	rows[n++] = (struct total_row){ "forward_failures", "",
+					(int64_t)t->forward_failures };
+	for (int i = 0; i < DROP_REASON_COUNT; i++)
+		rows[n++] = (struct total_row){ "dropped", drops[i],
+						(int64_t)t->dropped[i] };
+	for (int i = 0; i < MALFORMED_REASON_COUNT; i++)
+		rows[n++] = (struct total_row){ "malformed", malformed[i],
+						(int64_t)t->malformed[i] };
+	rows[n++] = (struct total_row){ "tcp_connections_open", "", t->tcp_open };
+	rows[n++] = (struct total_row){ "tcp_connections_accepted", "",
+					(int64_t)t->tcp_accepted };
+	rows[n++] = (struct total_row){ "tcp_connections_refused", "",
+					(int64_t)t->tcp_refused };
+	for (int i = 0; i < TCP_CLOSED_REASON_COUNT; i++)
+		rows[n++] = (struct total_row){ "tcp_connections_closed", closes[i],
+						(int64_t)t->tcp_closed[i] };
+	rows[n++] = (struct total_row){ "checks", "", (int64_t)t->checks };
+	rows[n++] = (struct total_row){ "checks_failed", "",
+					(int64_t)t->checks_failed };
+	return n;
+}
+
+/* Prepares sql, for a statement used within one batch. */
+static int
+prepare(struct store_file *file, const char *sql, sqlite3_stmt **statement)
+{
+	*statement = NULL;
+	return sqlite3_prepare_v2(file->db, sql, -1, statement, NULL);
+}
+
+static int
+write_daemon(struct store_file *file, const struct counters_snapshot *c)
+{
+	sqlite3_stmt *insert;
+	int result = exec_sql(file, "DELETE FROM daemon");
+
+	if (result == SQLITE_OK)
+		result = prepare(file, "INSERT INTO daemon(version, pid, start_time,"
+				 " config_file, config_load_time)"
+				 " VALUES(?1, ?2, ?3, ?4, ?5)", &insert);
+	if (result != SQLITE_OK)
+		return result;
+	sqlite3_bind_text(insert, 1, c->version, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(insert, 2, c->pid);
+	bind_real(insert, 3, c->start_time);
+	sqlite3_bind_text(insert, 4, c->config_file, -1, SQLITE_STATIC);
+	bind_real(insert, 5, c->config_load_time);
+	result = step(insert);
+	sqlite3_finalize(insert);
+	return result;
+}
+
+static int
+write_totals(struct store_file *file, const struct totals *t)
+{
+	struct total_row rows[TOTAL_ROWS_MAX];
+	int count = total_rows(t, rows);
+	sqlite3_stmt *upsert;
+	int result = prepare(file, "INSERT INTO totals(counter, kind, value)"
+			     " VALUES(?1, ?2, ?3) ON CONFLICT(counter, kind)"
+			     " DO UPDATE SET value = ?3", &upsert);
+
+	for (int i = 0; result == SQLITE_OK && i < count; i++) {
+		sqlite3_bind_text(upsert, 1, rows[i].counter, -1, SQLITE_STATIC);
+		sqlite3_bind_text(upsert, 2, rows[i].kind, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(upsert, 3, rows[i].value);
+		result = step(upsert);
+	}
+	sqlite3_finalize(upsert);
+	return result;
+}
+
+static int
+write_nameserver_replies(sqlite3_stmt *insert, const struct upstream_counters *ns)
+{
+	int result = SQLITE_OK;
+
+	for (int rcode = 0; result == SQLITE_OK && rcode < 16; rcode++) {
+		if (ns->replies[rcode] == 0)
+			continue;
+		sqlite3_bind_text(insert, 1, ns->nameserver, -1, SQLITE_STATIC);
+		sqlite3_bind_text(insert, 2, rcode_names[rcode], -1, SQLITE_STATIC);
+		sqlite3_bind_int64(insert, 3, (sqlite3_int64)ns->replies[rcode]);
+		result = step(insert);
+	}
+	return result;
+}
+
+/* The nameservers configured now, and only those. */
+static int
+write_nameservers(struct store_file *file, const struct counters_snapshot *c)
+{
+	sqlite3_stmt *server = NULL, *replies = NULL;
+	int result = exec_sql(file, "DELETE FROM nameservers;"
+			      "DELETE FROM nameserver_replies;");
+
+	if (result == SQLITE_OK)
+		result = prepare(file, "INSERT INTO nameservers(nameserver, position,"
+				 " up, queries, timeouts, errors, rtt)"
+				 " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)", &server);
+	if (result == SQLITE_OK)
+		result = prepare(file, "INSERT INTO nameserver_replies(nameserver,"
+				 " rcode, replies) VALUES(?1, ?2, ?3)", &replies);
+	for (int i = 0; result == SQLITE_OK && i < c->nameserver_count; i++) {
+		const struct upstream_counters *ns = &c->nameservers[i];
+
+		sqlite3_bind_text(server, 1, ns->nameserver, -1, SQLITE_STATIC);
+		sqlite3_bind_int(server, 2, i + 1);
+		sqlite3_bind_int(server, 3, ns->up);
+		sqlite3_bind_int64(server, 4, (sqlite3_int64)ns->queries);
+		sqlite3_bind_int64(server, 5, (sqlite3_int64)ns->timeouts);
+		sqlite3_bind_int64(server, 6, (sqlite3_int64)ns->errors);
+		bind_real(server, 7, ns->srtt);
+		result = step(server);
+		if (result == SQLITE_OK)
+			result = write_nameserver_replies(replies, ns);
+	}
+	sqlite3_finalize(server);
+	sqlite3_finalize(replies);
+	return result;
+}
+
+static int
+write_name_counters(struct store_file *file, const struct batch *batch)
+{
+	sqlite3_stmt *upsert;
+	int result;
+
+	if (batch->name_counters_count == 0)
+		return SQLITE_OK;
+	result = prepare(file, "INSERT INTO name_counters(name, answered, nodata,"
+			 " servfail, failure_all, failure_servfail, failure_none)"
+			 " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(name)"
+			 " DO UPDATE SET answered = ?2, nodata = ?3, servfail = ?4,"
+			 " failure_all = ?5, failure_servfail = ?6,"
+			 " failure_none = ?7", &upsert);
+	for (int i = 0; result == SQLITE_OK && i < batch->name_counters_count; i++) {
+		const struct name_counters_row *row = &batch->name_counters[i];
+		const struct name_counters *c = &row->counters;
+
+		sqlite3_bind_text(upsert, 1, row->name, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(upsert, 2, (sqlite3_int64)c->answered);
+		sqlite3_bind_int64(upsert, 3, (sqlite3_int64)c->nodata);
+		sqlite3_bind_int64(upsert, 4, (sqlite3_int64)c->servfail);
+		sqlite3_bind_int64(upsert, 5, (sqlite3_int64)c->failure_all);
+		sqlite3_bind_int64(upsert, 6, (sqlite3_int64)c->failure_servfail);
+		sqlite3_bind_int64(upsert, 7, (sqlite3_int64)c->failure_none);
+		result = step(upsert);
+	}
+	sqlite3_finalize(upsert);
+	return result;
+}
+
+/* After the other rows, so that a pruning batch has pruned names first. */
+static int
+write_counters(struct store_file *file, const struct batch *batch)
+{
+	int result = write_name_counters(file, batch);
+
+	if (result == SQLITE_OK && batch->live)
+		result = exec_sql(file, "DELETE FROM name_counters"
+				  " WHERE name NOT IN (SELECT name FROM names)");
+	if (result != SQLITE_OK || !batch->counters)
+		return result;
+	result = write_daemon(file, batch->counters);
+	if (result == SQLITE_OK)
+		result = write_totals(file, &batch->counters->totals);
+	if (result == SQLITE_OK)
+		result = write_nameservers(file, batch->counters);
+	return result;
+}
+
+static void
+note_write_failure(struct store_file *file, int result)
+{
+	if (log_streak_fail(&file->write_streak))
+		log_error("cannot write data file %s: %s; keeping state in memory "
+			  "and retrying", file->path, sqlite3_errstr(result));
+	if (is_corruption(result)) {
+		close_database(file);
+		set_aside_corrupt(file);
+	} else if ((result & 0xff) == SQLITE_IOERR ||
+		   (result & 0xff) == SQLITE_READONLY ||
+		   (result & 0xff) == SQLITE_CANTOPEN) {
+		/* The file may have been replaced or its directory made
+		 * read-only: start again from the path. */
+		close_database(file);
+	}
+}
+
+/* One transaction for the whole batch; SQLITE_OK when it is in the file. */
+static int
+write_batch(struct store_file *file, const struct batch *batch)
+{
+	int result;
+
+	if (!file->db && open_database(file) != 0)
+		return SQLITE_CANTOPEN;
+	result = exec_sql(file, "BEGIN IMMEDIATE");
+	if (result == SQLITE_OK)
+		result = write_rows(file, batch);
+	if (result == SQLITE_OK)
+		result = exec_sql(file, "COMMIT");
+	if (result == SQLITE_OK) {
+		if (log_streak_ok(&file->write_streak))
+			log_info("data file %s written again", file->path);
+		return SQLITE_OK;
+	}
+	result = sqlite3_extended_errcode(file->db);
+	if (!sqlite3_get_autocommit(file->db))	/* a transaction is open */
+		exec_sql(file, "ROLLBACK");
+	note_write_failure(file, result);
+	return result;
+}
+
+/* -------------------------------------------------------- writer thread */
+
+/*
+ * A writer thread owns its file's sqlite connection while hard runs, so
+ * that a commit's fsync, a locked file or a slow disk never holds up the
+ * loop.  The loop hands it one batch at a time; a batch that cannot be
+ * written stays with the writer, which tries it again until it can, while
+ * the loop keeps collecting the next one.  A closing file (SIGTERM, a new
+ * data_file) writes what it was handed and ends; if it cannot within
+ * CLOSE_PATIENCE seconds, it gives that up and ends all the same.
+ */
+static double
+time_left(struct store_file *file, double seconds)
+{
+	double now = monotonic_now();
+
+	if (file->closing && file->give_up_at - now < seconds)
+		seconds = file->give_up_at - now;
+	return seconds > 0 ? seconds : 0;
+}
+
+/* Sleeps before the next try; a file told to close wakes at once. */
+static void
+writer_wait(struct store_file *file, double seconds)
+{
+	struct timespec until;
+
+	pthread_mutex_lock(&file->lock);
+	seconds = time_left(file, seconds);
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += (time_t)seconds;
+	until.tv_nsec += (long)((seconds - (double)(time_t)seconds) * 1e9);
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	if (seconds > 0)
+		pthread_cond_timedwait(&file->wake, &file->lock, &until);
+	pthread_mutex_unlock(&file->lock);
+}
+
+/*
+ * The head of the queue when there is one; NULL when it is time to end.
+ * out_of_time: a closing file whose patience is spent gets this last try.
+ */
+static struct batch *
+writer_next(struct store_file *file, int *out_of_time)
+{
+	struct batch *batch;
+
+	pthread_mutex_lock(&file->lock);
+	while (!file->queue && !file->closing)
+		pthread_cond_wait(&file->wake, &file->lock);
+	batch = file->queue;
+	*out_of_time = file->closing && time_left(file, 1) == 0;
+	pthread_mutex_unlock(&file->lock);
+	return batch;
+}
+
+static void
+writer_done_with_head(struct store_file *file)
+{
+	struct batch *batch;
+
+	pthread_mutex_lock(&file->lock);
+	batch = file->queue;
+	file->queue = batch->next;
+	pthread_mutex_unlock(&file->lock);
+	batch->next = NULL;
+	batch_free(batch);
+}
+
+static void
+writer_give_up(struct store_file *file)
+{
+	struct batch *left;
+
+	pthread_mutex_lock(&file->lock);
+	left = file->queue;
+	file->queue = NULL;
+	pthread_mutex_unlock(&file->lock);
+	batches_free(left);
+	log_error("closing data file %s: still not writable after %.0f s; its "
+		  "last state is not in it", file->path, CLOSE_PATIENCE);
+}
+
+void *
+writer_main(void *argument)
+{
+	struct store_file *file = argument;
+	struct batch *batch;
+	int out_of_time;
+
+	/*
+	 * Lowest priority: on a busy core the writer takes the time answering
+	 * leaves over instead of preempting the loop for a whole commit.  A
+	 * late batch only grows; nothing is lost.
+	 */
+	if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19) != 0)
+		log_debug("cannot lower the data file writer's priority: %s",
+			  strerror(errno));
+	while ((batch = writer_next(file, &out_of_time)) != NULL) {
+		if (write_batch(file, batch) == SQLITE_OK) {
+			writer_done_with_head(file);
+			continue;
+		}
+		if (out_of_time) {
+			writer_give_up(file);
+			break;
+		}
+		writer_wait(file, file->db ? FLUSH_INTERVAL : REOPEN_INTERVAL);
+	}
+	close_database(file);
+	pthread_mutex_lock(&file->lock);
+	file->finished = 1;
+	pthread_mutex_unlock(&file->lock);
+	ev_async_send(store_loop, &file_closed);
+	return NULL;
+}
