@@ -278,7 +278,7 @@ struct answer_set {
 
 /*
  * What hard did with a name's queries since it started, for monitoring
- * (dns.c counts, store.c writes): a reply with addresses, NODATA or
+ * (dns.c counts, store_writer.c writes): a reply with addresses, NODATA or
  * SERVFAIL, and which failure_mode was used when no address was
  * available (none: the query was forwarded).
  */
