@@ -99,8 +99,24 @@ def free_port(*addrs):
 
 
 def dead_port(addr="127.0.0.1"):
-    """A port with nothing listening (TCP connect is refused)."""
-    return free_port(addr)
+    """A port with nothing listening (TCP connect is refused, a UDP query
+    gets ICMP port unreachable).  It is below the kernel's ephemeral range,
+    so no client socket of a test (nor of hard) can take it later and start
+    receiving what is sent there."""
+    import random
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    if low <= 10000:
+        return free_port(addr)
+    for _ in range(200):
+        port = random.randrange(low // 2, min(low, 30000))
+        try:
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                with socket.socket(_family(addr), kind) as s:
+                    s.bind((addr, port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def _fmt(addr, port):
