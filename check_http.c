@@ -183,7 +183,10 @@ judge_response(const struct check *check,
 	*success = 0;
 	if (!config_status_expected(config, (int)status))
 		return (int)status;
-	if (transfer->expected && transfer->verdict != BODY_FOUND)
+	/* A drain request is judged by its status alone: a server saying
+	 * "drain me" need not serve its usual body with it. */
+	if (transfer->expected && transfer->verdict != BODY_FOUND &&
+	    !select_drain_status(config, (int)status))
 		return STATUS_BODY_MISMATCH;
 	*success = 1;
 	return (int)status;

@@ -495,25 +495,45 @@ count_name_outcome(struct name *name, enum dns_outcome outcome)
 		counters->failure_servfail++;
 		break;
 	case OUTCOME_FAILURE_FORWARD: counters->failure_none++; break;
-	case OUTCOME_ERROR: counters->servfail++; break;	/* ANY, no address */
+	case OUTCOME_NO_ADDRESS: counters->servfail++; break;
 	default: break;
 	}
 }
 
-/* Says what a query's answer sets made of it: answer, NODATA or failure. */
+/*
+ * Says what a query's answer sets made of it.  An answer comes from
+ * failure_mode only when every set that gave it did (an ANY query may
+ * have healthy A records and fail-open AAAA ones: that is an answer), and
+ * a SERVFAIL is the name's failure_mode only when that mode is servfail.
+ */
 static enum dns_outcome
-answered_outcome(enum answer_kind kind, struct answer_set *sets[2])
+answered_outcome(const struct name *name, enum answer_kind kind,
+		 struct answer_set *sets[2])
 {
-	int failure = (sets[0] && sets[0]->failure_mode) ||
-	    (sets[1] && sets[1]->failure_mode);
+	int from_failure = 0, healthy = 0;
 
-	if (kind == ANSWER_FORWARD)
+	for (int i = 0; i < 2; i++) {
+		if (!sets[i] || sets[i]->kind != kind)
+			continue;
+		if (sets[i]->failure_mode)
+			from_failure = 1;
+		else
+			healthy = 1;
+	}
+	from_failure = from_failure && !healthy;
+	switch (kind) {
+	case ANSWER_FORWARD:
 		return OUTCOME_FAILURE_FORWARD;
-	if (kind == ANSWER_SERVFAIL)
-		return failure ? OUTCOME_FAILURE_SERVFAIL : OUTCOME_ERROR;
-	if (kind == ANSWER_NODATA)
+	case ANSWER_SERVFAIL:
+		return from_failure &&
+		    name->config->failure_mode == FAILURE_SERVFAIL ?
+		    OUTCOME_FAILURE_SERVFAIL : OUTCOME_NO_ADDRESS;
+	case ANSWER_NODATA:
 		return OUTCOME_NODATA;
-	return failure ? OUTCOME_FAILURE_ALL : OUTCOME_ANSWERED;
+	case ANSWER_ADDRESSES:
+		break;
+	}
+	return from_failure ? OUTCOME_FAILURE_ALL : OUTCOME_ANSWERED;
 }
 
 enum dns_verdict
@@ -563,12 +583,14 @@ dns_answer(struct registry *registry, const uint8_t *packet, size_t len,
 		return *response_len ? DNS_REPLY : DNS_DROP;
 	}
 	kind = choose_sets(&q, name, sets);
-	dns_last.outcome = answered_outcome(kind, sets);
-	count_name_outcome(name, dns_last.outcome);
-	if (kind == ANSWER_FORWARD)
+	dns_last.outcome = answered_outcome(name, kind, sets);
+	if (kind == ANSWER_FORWARD) {
+		count_name_outcome(name, dns_last.outcome);
 		return DNS_FORWARD;
+	}
 	name->queries++;
 	if (kind == ANSWER_SERVFAIL) {
+		count_name_outcome(name, dns_last.outcome);
 		*response_len = write_bare(&q, 0, RCODE_SERVFAIL, response,
 					   response_size);
 		return *response_len ? DNS_REPLY : DNS_DROP;
@@ -576,9 +598,13 @@ dns_answer(struct registry *registry, const uint8_t *packet, size_t len,
 	if (response_size > limit)
 		response_size = limit;
 	*response_len = write_answer(&q, name, sets, response, response_size);
-	if (*response_len == 0)	/* does not fit: the client retries on TCP */
+	/* Too big: cut, and the answer counted when the client asks again
+	 * over TCP, so that one answer is not counted twice. */
+	if (*response_len == 0)
 		*response_len = write_bare(&q, FLAG_AA | FLAG_TC, 0, response,
 					   response_size);
+	else
+		count_name_outcome(name, dns_last.outcome);
 	return *response_len ? DNS_REPLY : DNS_DROP;
 }
 

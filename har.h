@@ -363,6 +363,8 @@ enum dns_outcome {
 	OUTCOME_FAILURE_ALL,		/* failure_mode all: every address */
 	OUTCOME_FAILURE_SERVFAIL,
 	OUTCOME_FAILURE_FORWARD,	/* failure_mode none: forwarded */
+	OUTCOME_NO_ADDRESS,		/* SERVFAIL: ANY with nothing to give, or
+					 * every address set down */
 	OUTCOME_FORWARD,		/* not a name (or type) of ours */
 	OUTCOME_ERROR,			/* FORMERR, NOTIMP, BADVERS */
 	OUTCOME_DROP_SHORT,		/* shorter than a header */

@@ -207,6 +207,7 @@ outcome_text(enum dns_outcome outcome)
 	case OUTCOME_FAILURE_ALL: return "no address available, failure_mode all";
 	case OUTCOME_FAILURE_SERVFAIL: return "no address available, failure_mode servfail";
 	case OUTCOME_FAILURE_FORWARD: return "no address available, failure_mode none, forwarded";
+	case OUTCOME_NO_ADDRESS: return "no address available";
 	case OUTCOME_FORWARD: return "forwarded";
 	case OUTCOME_ERROR: return "refused as malformed or unsupported";
 	case OUTCOME_DROP_SHORT: return "dropped: shorter than a DNS header";

@@ -242,7 +242,8 @@ same_drain_status(const struct config_name *a, const struct config_name *b)
 	if (a->drain_status_count != b->drain_status_count)
 		return 0;
 	for (int i = 0; i < a->drain_status_count; i++)
-		if (!select_drain_status(b, a->drain_status[i]))
+		if (!select_drain_status(b, a->drain_status[i]) ||
+		    !select_drain_status(a, b->drain_status[i]))
 			return 0;
 	return 1;
 }

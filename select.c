@@ -330,6 +330,8 @@ static void
 apply_failure_mode(struct name *name, struct answer_set *set,
 		   struct address **all, int count)
 {
+	int known;
+
 	set->failure_mode = 1;
 	switch (name->config->failure_mode) {
 	case FAILURE_NONE:
@@ -344,8 +346,12 @@ apply_failure_mode(struct name *name, struct answer_set *set,
 		 * operator's word outranks the fail-open), or the upstream's
 		 * if none
 		 */
+		known = count;
 		count = drop_duplicates(all, drop_admin_down(all, count));
-		set->kind = count > 0 ? ANSWER_ADDRESSES : ANSWER_FORWARD;
+		/* Every known address set down: SERVFAIL, as forwarding
+		 * would bring back the upstream's records of them. */
+		set->kind = count > 0 ? ANSWER_ADDRESSES :
+		    known > 0 ? ANSWER_SERVFAIL : ANSWER_FORWARD;
 		for (int i = 0; i < count; i++)
 			set->ips[i] = all[i]->ip;
 		set->count = count;

@@ -275,3 +275,40 @@ def test_check_drain_status_and_admin_states(workdir):
                 "}\n")
     res = harness.run_hard("-t", "-c", path)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def test_every_address_down_is_servfail_not_forwarded(workdir, start_hard,
+                                                      start_http,
+                                                      start_upstream):
+    """failure_mode = all with every candidate set down: SERVFAIL, since
+    forwarding would hand back the upstream's records of those very
+    servers (here the upstream has one)."""
+    sa = start_http(A)
+    u = start_upstream("--host-record=www.test,%s" % A)
+    h = start_hard(name_block("www.test", [("a", sa.url(), "admin_state = down")],
+                              failure_mode="all"), upstream=u)
+    time.sleep(0.5)
+    for _ in range(3):
+        assert answer(h, "www.test") == "SERVFAIL"
+    assert u.query("www.test", "A").answer, "the upstream has the record"
+
+
+def test_drain_status_needs_no_body(workdir, start_hard, start_http, up):
+    """A drain status inside an expect_status range is a drain even when the
+    body lacks expect_body: a server asking to be drained need not serve
+    its usual page."""
+    sa, sb = start_http(A), start_http(B)
+    sa.set(body="OK"), sb.set(body="OK")
+    db = db_path(workdir)
+    h = start_hard(name_block("www.test", [("a", sa.url()), ("b", sb.url())],
+                              expect_status='{ "200-299" }', drain_status="{ 299 }",
+                              expect_body='"OK"', selection_method="all"),
+                   upstream=up, data_file=db)
+    wait_answer(h, "www.test", [A, B])
+    sa.set(status=299, body="draining")
+    wait_answer(h, "www.test", [B])
+    row = wait_sql(db, "SELECT healthy, draining FROM candidates WHERE candidate_name = 'a'",
+                   lambda r: r[0]["draining"] == 1, timeout=3)
+    assert row[0]["healthy"] == 1
+    sb.set(status=500)
+    wait_answer(h, "www.test", [A])     # the draining one, as the last resort
