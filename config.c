@@ -1090,6 +1090,30 @@ read_file(const char *file)
 }
 
 /*
+ * The quoting both scans below share: whether text[*at] is part of a
+ * quoted string (opening or closing it included), stepping over an
+ * escaped character.
+ */
+static int
+in_quotes(const char *text, size_t *at, char *quote)
+{
+	char c = text[*at];
+
+	if (*quote) {
+		if (c == '\\' && text[*at + 1])
+			(*at)++;
+		else if (c == *quote)
+			*quote = 0;
+		return 1;
+	}
+	if (c == '"' || c == '\'') {
+		*quote = c;
+		return 1;
+	}
+	return 0;
+}
+
+/*
  * Blanks out comments (#, // and slash-star blocks outside quotes), keeping
  * newline.  Debian's libconfuse 3.3 miscounts lines after a comment, and
  * the line numbers of our messages are only as good as its count.  As in
@@ -1103,21 +1127,15 @@ blank_comments(char *text)
 	char quote = 0;
 	int line = 1;
 
-	for (char *p = text; *p; p++) {
+	for (size_t at = 0; text[at]; at++) {
+		char *p = text + at;
+
 		if (*p == '\n')
 			line++;
-		if (quote) {
-			if (*p == '\\' && p[1])
-				p++;
-			else if (*p == quote)
-				quote = 0;
+		if (in_quotes(text, &at, &quote))
 			continue;
-		}
-		if (*p == '"' || *p == '\'') {
-			quote = *p;
-		} else if (*p == '#' ||
-			   (p[0] == '/' && p[1] == '/' &&
-			    (p == text || strchr(" \t\n{}=,()", p[-1])))) {
+		if (*p == '#' || (p[0] == '/' && p[1] == '/' &&
+				  (p == text || strchr(" \t\n{}=,()", p[-1])))) {
 			while (*p && *p != '\n')
 				*p++ = ' ';
 			if (!*p)
@@ -1138,6 +1156,7 @@ blank_comments(char *text)
 			p[0] = p[1] = ' ';
 			p++;
 		}
+		at = (size_t)(p - text);
 	}
 	return 0;
 }
@@ -1153,22 +1172,15 @@ unclosed_brace_line(const char *text)
 	char quote = 0;
 	int line = 1, depth = 0, outermost = 0;
 
-	for (const char *p = text; *p; p++) {
-		if (*p == '\n')
+	for (size_t at = 0; text[at]; at++) {
+		if (text[at] == '\n')
 			line++;
-		if (quote) {
-			if (*p == '\\' && p[1])
-				p++;
-			else if (*p == quote)
-				quote = 0;
+		if (in_quotes(text, &at, &quote))
 			continue;
-		}
-		if (*p == '"' || *p == '\'') {
-			quote = *p;
-		} else if (*p == '{') {
+		if (text[at] == '{') {
 			if (depth++ == 0)
 				outermost = line;
-		} else if (*p == '}' && depth > 0) {
+		} else if (text[at] == '}' && depth > 0) {
 			depth--;
 		}
 	}
