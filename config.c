@@ -112,6 +112,8 @@ static const struct number_range number_ranges[] = {
 	{ "name|drain_status", 100, 599, NULL },
 	{ "name|max_rtt", 0, 86400, "seconds" },
 	{ "name|group_rtt_threshold", 0, 86400, "seconds" },
+	/* 0 is off; load_overprovisioning refuses what lies between 0 and 1. */
+	{ "name|overprovisioning", 0, 100, NULL },
 	/* RFC 2181 section 8: a TTL is at most 2^31 - 1. */
 	{ "name|ttl", 0, 2147483647.0, "seconds" },
 };
@@ -460,6 +462,7 @@ static cfg_opt_t name_options[] = {
 	CFG_STR("rtt_mode", "total", CFGF_NONE),
 	CFG_FLOAT("max_rtt", 0, CFGF_NODEFAULT),
 	CFG_FLOAT("group_rtt_threshold", 0, CFGF_NODEFAULT),
+	CFG_FLOAT("overprovisioning", 0, CFGF_NONE),
 	CFG_STR("failure_mode", "none", CFGF_NONE),
 	CFG_INT("ttl", 0, CFGF_NONE),
 	CFG_STR("ca_file", NULL, CFGF_NODEFAULT),
@@ -858,6 +861,27 @@ load_drain_status(struct config_name *name, cfg_t *section)
 		    (int)cfg_getnint(section, "drain_status", (unsigned)i);
 }
 
+/*
+ * Below 1, a group with every address up would shed answers to a farther
+ * one; best_rtt answers one address, so it has no group to spill from.
+ */
+static void
+load_overprovisioning(struct config_name *name, cfg_t *section)
+{
+	double value = cfg_getfloat(section, "overprovisioning");
+	int line = option_line("overprovisioning", name->line);
+
+	name->overprovisioning = value;
+	if (value > 0 && value < 1)
+		report_at(current_parse->file, line,
+			  "overprovisioning must be 0 (off) or between 1 and "
+			  "100, not %g", value);
+	else if (value > 0 && name->selection_method == SELECT_BEST_RTT)
+		report_at(current_parse->file, line,
+			  "overprovisioning needs selection_method group_rtt_rr "
+			  "or all, not best_rtt");
+}
+
 static void
 load_name_options(struct config_name *name, cfg_t *section)
 {
@@ -897,6 +921,7 @@ load_name_options(struct config_name *name, cfg_t *section)
 	name->max_rtt = optional_float(section, "max_rtt", INFINITY);
 	name->group_rtt_threshold =
 	    optional_float(section, "group_rtt_threshold", INFINITY);
+	load_overprovisioning(name, section);
 	name->failure_mode = (enum failure_mode)
 	    choice_index(cfg_getstr(section, "failure_mode"), failure_modes);
 	name->ttl = (uint32_t)cfg_getint(section, "ttl");

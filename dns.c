@@ -375,25 +375,6 @@ udp_limit(const struct query *q, int over_tcp)
 	return 512;
 }
 
-/*
- * The records an answer set gives one query: none unless it holds
- * addresses; for group_rtt_rr one of them, the rotation moving on.
- */
-static int
-answer_slice(struct answer_set *set, int *first)
-{
-	int count = set->count;
-
-	*first = 0;
-	if (set->kind != ANSWER_ADDRESSES)
-		return 0;
-	if (set->rotate && count > 0) {
-		*first = (int)(set->next++ % (unsigned)count);
-		count = 1;
-	}
-	return count;
-}
-
 static void
 put_addresses(struct writer *w, const struct answer_set *set, int family,
 	      int first, int count, uint32_t ttl)
@@ -423,7 +404,7 @@ write_answer(const struct query *q, const struct name *name,
 
 	for (int i = 0; i < 2; i++)
 		if (sets[i])
-			count[i] = answer_slice(sets[i], &first[i]);
+			count[i] = select_answer(sets[i], &first[i]);
 	nodata = count[0] + count[1] == 0;
 	put_header(&w, q, response_flags(q, FLAG_AA, 0), 1, count[0] + count[1],
 		   nodata, q->has_opt);

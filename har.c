@@ -326,6 +326,7 @@ same_name(const struct config_name *a, const struct config_name *b)
 	    a->fall != b->fall || a->selection_method != b->selection_method ||
 	    a->rtt_mode != b->rtt_mode || a->max_rtt != b->max_rtt ||
 	    a->group_rtt_threshold != b->group_rtt_threshold ||
+	    a->overprovisioning != b->overprovisioning ||
 	    a->failure_mode != b->failure_mode || a->ttl != b->ttl ||
 	    a->drain_status_count != b->drain_status_count ||
 	    a->candidate_count != b->candidate_count ||

@@ -130,6 +130,7 @@ struct config_name {
 	enum rtt_mode rtt_mode;
 	double max_rtt;		/* INFINITY when unset */
 	double group_rtt_threshold;	/* INFINITY when unset */
+	double overprovisioning;	/* spill to the next latency group; 0: off */
 	enum failure_mode failure_mode;
 	uint32_t ttl;
 	char *ca_file;		/* NULL: the system's CAs */
@@ -240,6 +241,11 @@ struct address {
 	uint64_t check_count;	/* checks completed; history ring index */
 	int check_changed;	/* a reload changed the check: next result decides */
 	int draining;		/* the server answered with a drain_status */
+	/* select.c's placement, shown in the data file: the latency group
+	 * (1 the nearest; 0 when the name does not spill) and the fraction
+	 * of the family's answers that carry the address */
+	int latency_group;
+	double share;
 	int store_dirty;	/* changed since last written to the data file */
 	ev_timer timer;		/* the next check */
 	struct check *check;	/* in flight, or NULL */
@@ -266,13 +272,26 @@ struct candidate {
  */
 enum answer_kind { ANSWER_ADDRESSES, ANSWER_NODATA, ANSWER_FORWARD, ANSWER_SERVFAIL };
 
+/*
+ * The addresses of one latency group that take answers, as a slice of
+ * the set's ips, and the bound that chooses it: a query whose point
+ * (select_answer) is below it and above the previous group's bound.
+ */
+struct answer_group {
+	int first;
+	int count;
+	uint64_t below;		/* of 2^32, the whole of the answers */
+};
+
 struct answer_set {
 	enum answer_kind kind;
 	int count;
-	int capacity;
-	struct ip_address *ips;	/* in answer order */
+	int capacity;		/* of ips and of groups */
+	struct ip_address *ips;	/* in answer order, group after group */
+	struct answer_group *groups;	/* nearest first; one unless spilling */
+	int group_count;
 	int rotate;		/* group_rtt_rr: answer one, rotating */
-	unsigned next;		/* the rotation position */
+	unsigned next;		/* queries so far: the rotation position */
 	int failure_mode;	/* chosen by failure_mode: none was available */
 };
 
@@ -333,6 +352,14 @@ int family_index(int family);
 /* Recomputes name->answers[family_index] from its addresses. */
 void select_update(struct name *name, int family);
 void select_update_all(struct name *name);
+/*
+ * The answer path's part: which of set's ips one query gets, as *first
+ * and the returned count (0 unless the set holds addresses).  It picks
+ * a latency group by the set's shares and, for group_rtt_rr, the next
+ * address of that group in turn.  No allocation; a few instructions.
+ */
+int select_answer(struct answer_set *set, int *first);
+void select_free_answers(struct answer_set *set);
 /*
  * Health bookkeeping of one finished check: rise/fall, the smoothed RTT,
  * counters.  Returns 1 when the address changed health.
@@ -599,13 +626,15 @@ struct candidate_row {
 	uint64_t other_errors, checks;
 	const char *admin_state;
 	int draining;
+	int latency_group;	/* 0: NULL */
+	double share;
 };
 
 struct name_row {
 	char name[DNS_MAX_NAME + 1];
 	uint64_t queries;
 	const char *selection_method, *rtt_mode, *failure_mode;
-	double max_rtt, group_rtt_threshold;
+	double max_rtt, group_rtt_threshold, overprovisioning;
 	uint32_t ttl;
 };
 

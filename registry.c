@@ -399,8 +399,8 @@ registry_free(struct registry *registry)
 			free(candidate->addresses);
 		}
 		free(name->candidates);
-		free(name->answers[0].ips);
-		free(name->answers[1].ips);
+		select_free_answers(&name->answers[0]);
+		select_free_answers(&name->answers[1]);
 	}
 	free(registry->names);
 	free(registry->table);

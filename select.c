@@ -142,20 +142,39 @@ compare_rtt(const void *left, const void *right)
 	return strcmp(a->text, b->text);
 }
 
-static void
-answer_reserve(struct answer_set *set, int count)
+static void *
+reallocate(void *memory, int count, size_t size)
 {
-	struct ip_address *ips;
+	void *grown = realloc(memory, size * (size_t)count);
 
-	if (count <= set->capacity)
-		return;
-	ips = realloc(set->ips, sizeof(struct ip_address) * (size_t)count);
-	if (!ips) {
+	if (!grown) {
 		log_error("out of memory");
 		abort();
 	}
-	set->ips = ips;
+	return grown;
+}
+
+/* Room for count addresses, and as many groups (one address each at most). */
+static void
+answer_reserve(struct answer_set *set, int count)
+{
+	if (count < 1)
+		count = 1;
+	if (count <= set->capacity)
+		return;
+	set->ips = reallocate(set->ips, count, sizeof(struct ip_address));
+	set->groups = reallocate(set->groups, count, sizeof(struct answer_group));
 	set->capacity = count;
+}
+
+void
+select_free_answers(struct answer_set *set)
+{
+	free(set->ips);
+	free(set->groups);
+	set->ips = NULL;
+	set->groups = NULL;
+	set->capacity = 0;
 }
 
 /* Collects the name's addresses of one family; returns how many. */
@@ -325,6 +344,17 @@ drop_admin_down(struct address **all, int count)
 	return kept;
 }
 
+/* The whole of the answers, as a group bound. */
+#define ANSWERS_WHOLE (UINT64_C(1) << 32)
+
+/* The set answers from its first count ips, as one group. */
+static void
+one_group(struct answer_set *set)
+{
+	set->groups[0] = (struct answer_group){ 0, set->count, ANSWERS_WHOLE };
+	set->group_count = 1;
+}
+
 /* No address available: the name's failure_mode decides. */
 static void
 apply_failure_mode(struct name *name, struct answer_set *set,
@@ -352,11 +382,270 @@ apply_failure_mode(struct name *name, struct answer_set *set,
 		 * would bring back the upstream's records of them. */
 		set->kind = count > 0 ? ANSWER_ADDRESSES :
 		    known > 0 ? ANSWER_SERVFAIL : ANSWER_FORWARD;
-		for (int i = 0; i < count; i++)
+		for (int i = 0; i < count; i++) {
 			set->ips[i] = all[i]->ip;
+			all[i]->share = 1;
+		}
 		set->count = count;
+		one_group(set);
 		return;
 	}
+}
+
+/*
+ * Without spill: the best-ranked addresses of the answering tier, as
+ * one group.  group_rtt_rr gives each answer one of them in turn; best_rtt
+ * and all give every answer all of them.
+ */
+static void
+answer_ranked(const struct config_name *config, struct answer_set *set,
+	      struct address **ranked, int available)
+{
+	int answered = answered_count(config, ranked, available);
+
+	set->rotate = config->selection_method == SELECT_GROUP_RTT_RR;
+	for (int i = 0; i < answered; i++) {
+		set->ips[i] = ranked[i]->ip;
+		ranked[i]->share = set->rotate ? 1.0 / answered : 1;
+	}
+	set->count = answered;
+	set->kind = ANSWER_ADDRESSES;
+	one_group(set);
+}
+
+/* ------------------------------------------------------------ spill */
+
+/* One latency group while its share is worked out. */
+struct latency_group {
+	int start, end;		/* in the RTT-ordered addresses */
+	int available;		/* of them, in the answering tier */
+	double share;		/* of the family's answers */
+};
+
+/* By tier, then as compare_rtt: the best entry of a shared IP first. */
+static int
+compare_tier_rtt(const void *left, const void *right)
+{
+	enum address_tier a = address_tier(*(struct address *const *)left);
+	enum address_tier b = address_tier(*(struct address *const *)right);
+
+	if (a != b)
+		return a < b ? -1 : 1;
+	return compare_rtt(left, right);
+}
+
+/*
+ * Walking the addresses by smoothed RTT, each latency group is the first
+ * address not yet grouped and those within group_rtt_threshold of it.
+ * The RTT of a down address is its last known one (failures leave it
+ * alone), so a group keeps its members while they are down.  Addresses
+ * never measured, whose latency nobody knows, form the last group.
+ * Returns how many groups.
+ */
+static int
+form_groups(struct address **ranked, int count, double threshold,
+	    struct latency_group *groups)
+{
+	int group_count = 0;
+
+	for (int start = 0; start < count;) {
+		int end = start + 1;
+
+		if (isnan(ranked[start]->srtt))
+			end = count;
+		while (end < count && !isnan(ranked[end]->srtt) &&
+		       ranked[end]->srtt - ranked[start]->srtt <= threshold)
+			end++;
+		groups[group_count++] = (struct latency_group){ start, end, 0, 0 };
+		start = end;
+	}
+	return group_count;
+}
+
+/*
+ * The spill rule.  A group of which a fraction h is available keeps
+ * min(1, h * overprovisioning) of the answers that reach it and passes
+ * the rest to the next group.  The last group with an available address
+ * keeps all that reaches it, so the answers always add up to the whole.
+ */
+static void
+spill_shares(struct latency_group *groups, int group_count,
+	     double overprovisioning)
+{
+	double remaining = 1;
+	int last = -1;
+
+	for (int g = 0; g < group_count; g++)
+		if (groups[g].available > 0)
+			last = g;
+	for (int g = 0; g < group_count; g++) {
+		double size = groups[g].end - groups[g].start;
+		double keep = fmin(1, groups[g].available / size *
+				   overprovisioning);
+
+		if (groups[g].available == 0)
+			keep = 0;
+		else if (g == last)
+			keep = 1;
+		groups[g].share = remaining * keep;
+		remaining -= groups[g].share;
+	}
+}
+
+/* A cumulative share as a group bound, out of 2^32. */
+static uint64_t
+share_bound(double cumulative)
+{
+	double bound = nearbyint(cumulative * (double)ANSWERS_WHOLE);
+
+	return bound >= (double)ANSWERS_WHOLE ? ANSWERS_WHOLE : (uint64_t)bound;
+}
+
+/*
+ * Fills the set with the available addresses of each group that takes
+ * answers, nearest group first, and each group's bound; notes every
+ * address's group and share.
+ */
+static void
+answer_groups(struct answer_set *set, struct address **ranked,
+	      const struct latency_group *groups, int group_count,
+	      enum address_tier tier)
+{
+	double cumulative = 0;
+
+	set->count = 0;
+	set->group_count = 0;
+	for (int g = 0; g < group_count; g++) {
+		int first = set->count, taken;
+
+		for (int i = groups[g].start; i < groups[g].end; i++) {
+			ranked[i]->latency_group = g + 1;
+			ranked[i]->share = 0;
+		}
+		if (groups[g].share <= 0)
+			continue;
+		for (int i = groups[g].start; i < groups[g].end; i++)
+			if (address_tier(ranked[i]) == tier)
+				set->ips[set->count++] = ranked[i]->ip;
+		taken = set->count - first;
+		for (int i = groups[g].start; i < groups[g].end; i++)
+			if (address_tier(ranked[i]) == tier)
+				ranked[i]->share = set->rotate ?
+				    groups[g].share / taken : groups[g].share;
+		cumulative += groups[g].share;
+		set->groups[set->group_count++] = (struct answer_group){
+			first, taken, share_bound(cumulative) };
+	}
+	set->groups[set->group_count - 1].below = ANSWERS_WHOLE;
+}
+
+/*
+ * With spill: latency groups over every address of the family, down and
+ * set down included (a group that lost servers, whatever the reason, has
+ * lost capacity), each IP once at its best tier.  The addresses of the
+ * answering tier are the available ones: with healthy addresses about,
+ * a draining one counts as missing from its group.
+ */
+static void
+answer_spill(const struct config_name *config, struct answer_set *set,
+	     struct address **ranked, int count, enum address_tier tier)
+{
+	struct latency_group *groups;
+	int group_count;
+
+	qsort(ranked, (size_t)count, sizeof(ranked[0]), compare_tier_rtt);
+	count = drop_duplicates(ranked, count);
+	qsort(ranked, (size_t)count, sizeof(ranked[0]), compare_rtt);
+	groups = reallocate(NULL, count, sizeof(*groups));
+	group_count = form_groups(ranked, count, config->group_rtt_threshold,
+				  groups);
+	for (int g = 0; g < group_count; g++)
+		for (int i = groups[g].start; i < groups[g].end; i++)
+			groups[g].available += address_tier(ranked[i]) == tier;
+	spill_shares(groups, group_count, config->overprovisioning);
+	set->rotate = config->selection_method == SELECT_GROUP_RTT_RR;
+	set->kind = ANSWER_ADDRESSES;
+	answer_groups(set, ranked, groups, group_count, tier);
+	free(groups);
+}
+
+static int
+spills(const struct config_name *config)
+{
+	return config->overprovisioning > 0 &&
+	    config->selection_method != SELECT_BEST_RTT;
+}
+
+/* ------------------------------------------------------- placement */
+
+static void
+copy_addresses(struct address **to, struct address **from, int count)
+{
+	for (int i = 0; i < count; i++)
+		to[i] = from[i];
+}
+
+/* By IP: the entries of a shared address side by side. */
+static int
+compare_ip(const void *left, const void *right)
+{
+	const struct address *a = *(struct address *const *)left;
+	const struct address *b = *(struct address *const *)right;
+	struct ranked_ip x = { &a->ip, 0 }, y = { &b->ip, 0 };
+
+	return compare_ranked_ip(&x, &y);
+}
+
+/*
+ * Each entry of a shared IP shows what that IP was given: the placed
+ * entry's group and share (the others were dropped as duplicates).
+ * Entries never placed get share 0.
+ */
+static void
+place_duplicates(struct address **all, int count, struct address **scratch)
+{
+	copy_addresses(scratch, all, count);
+	qsort(scratch, (size_t)count, sizeof(scratch[0]), compare_ip);
+	for (int start = 0, end; start < count; start = end) {
+		struct address *placed = scratch[start];
+
+		for (end = start + 1; end < count &&
+		     same_ip(&scratch[end]->ip, &scratch[start]->ip); end++)
+			if (scratch[end]->latency_group > placed->latency_group ||
+			    scratch[end]->share > placed->share)
+				placed = scratch[end];
+		for (int i = start; i < end; i++) {
+			scratch[i]->latency_group = placed->latency_group;
+			scratch[i]->share = fmax(placed->share, 0);
+		}
+	}
+}
+
+/* What the last selection gave an address, to see whether it moved. */
+struct placement {
+	int latency_group;
+	double share;
+};
+
+static void
+unplace(struct address **all, int count, struct placement *before)
+{
+	for (int i = 0; i < count; i++) {
+		before[i] = (struct placement){ all[i]->latency_group,
+						all[i]->share };
+		all[i]->latency_group = 0;
+		all[i]->share = -1;	/* not placed yet */
+	}
+}
+
+/* A moved placement is written to the data file, like a check result. */
+static void
+note_moved(struct address **all, int count, const struct placement *before)
+{
+	for (int i = 0; i < count; i++)
+		if (all[i]->latency_group != before[i].latency_group ||
+		    all[i]->share != before[i].share)
+			all[i]->store_dirty = 1;
 }
 
 void
@@ -365,42 +654,76 @@ select_update(struct name *name, int family)
 	const struct config_name *config = name->config;
 	struct answer_set *set = &name->answers[family_index(family)];
 	int total = total_addresses(name);
-	struct address **all = malloc(sizeof(struct address *) *
-				      (size_t)(total ? total : 1));
-	struct address **ranked = malloc(sizeof(struct address *) *
-					 (size_t)(total ? total : 1));
-	int count, available = 0, answered;
+	struct address **all = reallocate(NULL, total ? total : 1,
+					  sizeof(struct address *));
+	struct address **ranked = reallocate(NULL, total ? total : 1,
+					     sizeof(struct address *));
+	struct placement *before = reallocate(NULL, total ? total : 1,
+					      sizeof(struct placement));
+	int count, available = 0;
 	enum address_tier tier;
 
-	if (!all || !ranked) {
-		log_error("out of memory");
-		abort();
-	}
 	count = gather(name, family, all, total);
+	unplace(all, count, before);
 	set->rotate = 0;
 	set->count = 0;
+	set->group_count = 0;
 	set->failure_mode = 0;
 	answer_reserve(set, count);
 	tier = best_tier(all, count);
-	for (int i = 0; i < count && tier < TIER_UNAVAILABLE; i++)
-		if (address_tier(all[i]) == tier)
-			ranked[available++] = all[i];
-	if (available > 0) {
+	if (tier < TIER_UNAVAILABLE && spills(config)) {
+		copy_addresses(ranked, all, count);
+		answer_spill(config, set, ranked, count, tier);
+	} else if (tier < TIER_UNAVAILABLE) {
+		for (int i = 0; i < count; i++)
+			if (address_tier(all[i]) == tier)
+				ranked[available++] = all[i];
 		qsort(ranked, (size_t)available, sizeof(ranked[0]), compare_rtt);
 		available = drop_duplicates(ranked, available);
-		answered = answered_count(config, ranked, available);
-		for (int i = 0; i < answered; i++)
-			set->ips[i] = ranked[i]->ip;
-		set->count = answered;
-		set->kind = ANSWER_ADDRESSES;
-		set->rotate = config->selection_method == SELECT_GROUP_RTT_RR;
+		answer_ranked(config, set, ranked, available);
 	} else if (count == 0 && family_known(name, family)) {
 		set->kind = ANSWER_NODATA;
 	} else {
-		apply_failure_mode(name, set, all, count);
+		copy_addresses(ranked, all, count);
+		apply_failure_mode(name, set, ranked, count);
 	}
+	place_duplicates(all, count, ranked);
+	note_moved(all, count, before);
+	free(before);
 	free(ranked);
 	free(all);
+}
+
+/*
+ * A Weyl sequence: query n's point is n times 2^32 divided by the golden
+ * ratio, modulo 2^32.  Any run of queries spreads its points evenly over
+ * [0, 2^32), so each group gets its share within a few answers of any
+ * count of queries, with no state but the set's query counter.
+ */
+static const uint32_t golden_step = UINT32_C(2654435769);
+
+int
+select_answer(struct answer_set *set, int *first)
+{
+	const struct answer_group *group = set->groups;
+	unsigned turn = set->next;
+
+	*first = 0;
+	if (set->kind != ANSWER_ADDRESSES || set->group_count == 0)
+		return 0;
+	if (set->group_count > 1) {
+		uint32_t point = (uint32_t)turn * golden_step;
+
+		while (point >= group->below)
+			group++;
+	}
+	if (set->rotate || set->group_count > 1)
+		set->next++;
+	*first = group->first;
+	if (!set->rotate)
+		return group->count;
+	*first += (int)(turn % (unsigned)group->count);
+	return 1;
 }
 
 void
