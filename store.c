@@ -171,6 +171,8 @@ copy_address(struct candidate_row *row, const struct address *address)
 	row->checks = address->check_count;
 	row->admin_state = admin_state_names[address->candidate->config->admin_state];
 	row->draining = address->draining;
+	row->latency_group = address->latency_group;
+	row->share = address->share;
 }
 
 static void
@@ -185,6 +187,7 @@ copy_name(struct name_row *row, const struct name *name)
 	row->failure_mode = failure_names[config->failure_mode];
 	row->max_rtt = config->max_rtt;
 	row->group_rtt_threshold = config->group_rtt_threshold;
+	row->overprovisioning = config->overprovisioning;
 	row->ttl = config->ttl;
 }
 

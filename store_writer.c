@@ -21,18 +21,20 @@
 
 /* 1: names, candidates, checks, ranking; 2: admin_state; 3: the
  * monitoring counters (daemon, totals, nameservers, nameserver_replies,
- * name_counters).  Each step only adds, so any older file upgrades. */
-#define STORE_SCHEMA_VERSION 3
+ * name_counters); 4: overprovisioning, each address's latency group and
+ * share.  Each step only adds, so any older file upgrades. */
+#define STORE_SCHEMA_VERSION 4
 #define BUSY_TIMEOUT_MS 20
 
 static const char *const statement_sql[STATEMENT_COUNT] = {
 	[UPSERT_NAME] =
 	    "INSERT INTO names(name, queries, selection_method, rtt_mode,"
-	    " max_rtt, group_rtt_threshold, failure_mode, ttl)"
-	    " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+	    " max_rtt, group_rtt_threshold, failure_mode, ttl, overprovisioning)"
+	    " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
 	    " ON CONFLICT(name) DO UPDATE SET queries = ?2,"
 	    " selection_method = ?3, rtt_mode = ?4, max_rtt = ?5,"
-	    " group_rtt_threshold = ?6, failure_mode = ?7, ttl = ?8",
+	    " group_rtt_threshold = ?6, failure_mode = ?7, ttl = ?8,"
+	    " overprovisioning = ?9",
 	/* Upserts update rows in place: cheaper than REPLACE's delete and
 	 * insert, which would rewrite the index entries every time. */
 	[UPSERT_CANDIDATE] =
@@ -40,16 +42,18 @@ static const char *const statement_sql[STATEMENT_COUNT] = {
 	    " family, healthy, last_check_time, last_success_time,"
 	    " last_failure_time, last_check_status, connect_time, response_time,"
 	    " rtt, last_rtt, successes, timeouts, connect_errors,"
-	    " response_errors, other_errors, checks, admin_state, draining)"
+	    " response_errors, other_errors, checks, admin_state, draining,"
+	    " latency_group, share)"
 	    " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,"
-	    " ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
+	    " ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
 	    " ON CONFLICT(name, candidate_name, ip_address) DO UPDATE SET"
 	    " family = ?4, healthy = ?5, last_check_time = ?6,"
 	    " last_success_time = ?7, last_failure_time = ?8,"
 	    " last_check_status = ?9, connect_time = ?10, response_time = ?11,"
 	    " rtt = ?12, last_rtt = ?13, successes = ?14, timeouts = ?15,"
 	    " connect_errors = ?16, response_errors = ?17, other_errors = ?18,"
-	    " checks = ?19, admin_state = ?20, draining = ?21",
+	    " checks = ?19, admin_state = ?20, draining = ?21,"
+	    " latency_group = ?22, share = ?23",
 	[INSERT_CHECK] =
 	    "INSERT INTO checks(name, candidate_name, ip_address, slot,"
 	    " time, status, success, connect_time, response_time)"
@@ -114,6 +118,10 @@ static const struct {
 	/* version 2 */
 	{ "candidates", "admin_state", "TEXT NOT NULL DEFAULT 'auto'" },
 	{ "candidates", "draining", "INTEGER NOT NULL DEFAULT 0" },
+	/* version 4 */
+	{ "names", "overprovisioning", "REAL NOT NULL DEFAULT 0" },
+	{ "candidates", "latency_group", "INTEGER" },
+	{ "candidates", "share", "REAL" },
 };
 
 /*
@@ -122,7 +130,9 @@ static const struct {
  * (or admin up), 2 draining, 3 unavailable, 4 admin down; the best tier
  * present is answered per selection_method, and with none of 1 or 2
  * failure_mode = all answers tier 3.  rank orders every address of a
- * name and family by tier, then smoothed RTT, then address text.
+ * name and family by tier, then smoothed RTT, then address text.  A name
+ * that spills (its addresses have a latency_group) is answered as select.c
+ * recorded it: every address with a share.
  */
 static const char ranking_sql[] =
     "DROP VIEW IF EXISTS ranking;"
@@ -130,7 +140,7 @@ static const char ranking_sql[] =
     " WITH state AS ("
     "  SELECT c.name, c.family, c.ip_address, c.candidate_name,"
     "   c.admin_state, c.rtt, n.selection_method, n.group_rtt_threshold,"
-    "   n.failure_mode,"
+    "   n.failure_mode, c.latency_group, c.share,"
     "   c.healthy IS NOT 1 OR (n.max_rtt IS NOT NULL"
     "    AND (c.rtt IS NULL OR c.rtt > n.max_rtt)) AS unavailable,"
     "   CASE WHEN c.admin_state IN ('down', 'up') THEN 'admin ' || c.admin_state"
@@ -158,7 +168,9 @@ static const char ranking_sql[] =
     "   MIN(tier) OVER (PARTITION BY name, family) AS best_tier"
     "  FROM tiered),"
     " decided AS ("
-    "  SELECT *, CASE WHEN best_tier <= 2 THEN tier = best_tier AND"
+    "  SELECT *, CASE WHEN best_tier <= 2 AND latency_group IS NOT NULL"
+    "    THEN share > 0"
+    "   WHEN best_tier <= 2 THEN tier = best_tier AND"
     "    CASE selection_method WHEN 'best_rtt' THEN tier_rank = 1"
     "     WHEN 'all' THEN 1"
     "     ELSE tier_rank = 1 OR tier_best_rtt IS NULL OR (rtt IS NOT NULL"
@@ -167,7 +179,7 @@ static const char ranking_sql[] =
     "   ELSE failure_mode = 'all' AND tier = 3 END AS answered"
     "  FROM ranked)"
     " SELECT name, family, ip_address, candidate_name, admin_state, rank,"
-    "  rtt, answered,"
+    "  rtt, answered, latency_group, share,"
     "  CASE WHEN best_tier > 2 AND answered THEN 'failure_mode all'"
     "   ELSE state END AS reason"
     " FROM decided;";
@@ -383,6 +395,7 @@ write_name(struct store_file *file, const struct name_row *row)
 	bind_real(statement, 6, row->group_rtt_threshold);
 	sqlite3_bind_text(statement, 7, row->failure_mode, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(statement, 8, row->ttl);
+	sqlite3_bind_double(statement, 9, row->overprovisioning);
 	return step(statement);
 }
 
@@ -416,6 +429,11 @@ write_address(struct store_file *file, const struct candidate_row *row)
 	sqlite3_bind_int64(statement, 19, (sqlite3_int64)row->checks);
 	sqlite3_bind_text(statement, 20, row->admin_state, -1, SQLITE_STATIC);
 	sqlite3_bind_int(statement, 21, row->draining);
+	if (row->latency_group > 0)
+		sqlite3_bind_int(statement, 22, row->latency_group);
+	else
+		sqlite3_bind_null(statement, 22);
+	sqlite3_bind_double(statement, 23, row->share);
 	return step(statement);
 }
 

@@ -202,6 +202,7 @@ test_defaults(void)
 	CHECK_INT(name->rtt_mode, RTT_TOTAL);
 	CHECK(isinf(name->max_rtt) && name->max_rtt > 0);
 	CHECK(isinf(name->group_rtt_threshold) && name->group_rtt_threshold > 0);
+	CHECK_DOUBLE(name->overprovisioning, 0);
 	CHECK_INT(name->failure_mode, FAILURE_NONE);
 	CHECK_INT(name->ttl, 0);
 	CHECK(name->ca_file == NULL);
@@ -1222,6 +1223,12 @@ test_error_ranges(void)
 		{ "expect_status = {}", "expect_status is empty" },
 		{ "drain_status = { 503, 600 }", "drain_status must be between 100 and 599, not 600" },
 		{ "drain_status = { 99 }", "drain_status" },
+		{ "overprovisioning = 101", "overprovisioning must be between 0 and 100, not 101" },
+		{ "overprovisioning = nan", "overprovisioning" },
+		{ "overprovisioning = -1", "overprovisioning" },
+		{ "overprovisioning = 0.5", "overprovisioning must be 0 (off) or between 1 and 100, not 0.5" },
+		/* best_rtt is the default selection_method */
+		{ "overprovisioning = 1.4", "overprovisioning needs selection_method group_rtt_rr or all, not best_rtt" },
 	};
 	static const struct {
 		const char *option;	/* global, line 2 */
@@ -1276,6 +1283,8 @@ test_range_limits_accepted(void)
 	    "    expect_status = { 100, 599 }\n"
 	    "    max_rtt = 86400\n"
 	    "    group_rtt_threshold = 86400\n"
+	    "    selection_method = all\n"
+	    "    overprovisioning = 100\n"
 	    "    ttl = 2147483647\n"
 	    "    candidate a {}\n"
 	    "}\n"
@@ -1284,6 +1293,8 @@ test_range_limits_accepted(void)
 	    "    check_timeout = 0.001\n"
 	    "    max_rtt = 0\n"
 	    "    group_rtt_threshold = 0\n"
+	    "    selection_method = group_rtt_rr\n"
+	    "    overprovisioning = 1\n"
 	    "    ttl = 0\n"
 	    "    candidate a {}\n"
 	    "}\n");
@@ -1297,10 +1308,13 @@ test_range_limits_accepted(void)
 	if (CHECK(name != NULL)) {
 		CHECK_INT(name->ttl, 2147483647);
 		CHECK_INT(name->rise, 1000);
+		CHECK_DOUBLE(name->overprovisioning, 100);
 	}
 	name = find_name(config, "min.example.com");
-	if (CHECK(name != NULL))
+	if (CHECK(name != NULL)) {
 		CHECK_DOUBLE(name->check_timeout, 0.001);
+		CHECK_DOUBLE(name->overprovisioning, 1);
+	}
 	config_free(config);
 }
 

@@ -1249,6 +1249,406 @@ test_take_over_admin_state(void)
 	fixture_free(&third);
 }
 
+/* ------------------------------------------------------------ spill */
+
+/*
+ * Ten candidates of one address each: n1-n4 near (1-4 ms), f1-f4 far
+ * (25-28 ms), t1-t2 farther still (60, 61 ms); a group_rtt_threshold of
+ * 10 ms makes three latency groups of them.
+ */
+static const char spill_name[] =
+	"nameservers = { 192.0.2.53 }\n"
+	"name www.example.com {\n"
+	"    selection_method = group_rtt_rr\n"
+	"    group_rtt_threshold = 0.010\n"
+	"    overprovisioning = 1.4\n"
+	"    candidate n1 { address = { 192.0.2.1, 2001:db8::1 } }\n"
+	"    candidate n2 { address = { 192.0.2.2, 2001:db8::2 } }\n"
+	"    candidate n3 { address = { 192.0.2.3 } }\n"
+	"    candidate n4 { address = { 192.0.2.4 } }\n"
+	"    candidate f1 { address = { 192.0.2.11, 2001:db8::11 } }\n"
+	"    candidate f2 { address = { 192.0.2.12 } }\n"
+	"    candidate f3 { address = { 192.0.2.13 } }\n"
+	"    candidate f4 { address = { 192.0.2.14 } }\n"
+	"    candidate t1 { address = { 192.0.2.21 } }\n"
+	"    candidate t2 { address = { 192.0.2.22 } }\n"
+	"}\n";
+
+static const char *const near_ips[] = {
+	"192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4" };
+static const char *const far_ips[] = {
+	"192.0.2.11", "192.0.2.12", "192.0.2.13", "192.0.2.14" };
+static const char *const farther_ips[] = { "192.0.2.21", "192.0.2.22" };
+
+/* Every address up at its RTT: near 1-4 ms, far 25-28, farther 60-61. */
+static struct name *
+spill_fixture(struct fixture *f)
+{
+	struct name *name;
+
+	if (!fixture_load(f, spill_name))
+		return NULL;
+	name = find_name(f, "www.example.com");
+	for (int i = 0; i < 4; i++) {
+		set_up(name, near_ips[i], 0.001 * (i + 1));
+		set_up(name, far_ips[i], 0.025 + 0.001 * i);
+	}
+	set_up(name, farther_ips[0], 0.060);
+	set_up(name, farther_ips[1], 0.061);
+	set_up(name, "2001:db8::1", 0.001);
+	set_up(name, "2001:db8::2", 0.002);
+	set_up(name, "2001:db8::11", 0.025);
+	return name;
+}
+
+static double
+share_of(struct name *name, const char *ip)
+{
+	return find_address(name, ip)->share;
+}
+
+static int
+group_of(struct name *name, const char *ip)
+{
+	return find_address(name, ip)->latency_group;
+}
+
+/* Queries answered with each address, over count queries of family. */
+static void
+tally_answers(struct name *name, int family, int count, const char *const *ips,
+	      int ip_count, int *tally)
+{
+	struct answer_set *set = answers(name, family);
+
+	for (int i = 0; i < ip_count; i++)
+		tally[i] = 0;
+	for (int q = 0; q < count; q++) {
+		int first, answered = select_answer(set, &first);
+
+		for (int k = first; k < first + answered; k++)
+			for (int i = 0; i < ip_count; i++)
+				if (strcmp(answer_text(name, family, k), ips[i]) == 0)
+					tally[i]++;
+	}
+}
+
+/* The worked example of har.conf.5: one near survivor of four keeps 35%. */
+static void
+test_spill_shares(void)
+{
+	static const char *const watched[] = {
+		"192.0.2.1", "192.0.2.11", "192.0.2.12", "192.0.2.13", "192.0.2.14" };
+	struct fixture f;
+	struct name *name = spill_fixture(&f);
+	struct answer_set *set;
+	int tally[5];
+
+	if (!CHECK(name))
+		return;
+	set = answers(name, AF_INET);
+	/* Every address up: the near group keeps every answer. */
+	select_update(name, AF_INET);
+	CHECK_INT(set->group_count, 1);
+	CHECK_INT(set->count, 4);
+	for (int i = 0; i < 4; i++) {
+		CHECK_INT(group_of(name, near_ips[i]), 1);
+		CHECK_DOUBLE(share_of(name, near_ips[i]), 0.25);
+		CHECK_INT(group_of(name, far_ips[i]), 2);
+		CHECK_DOUBLE(share_of(name, far_ips[i]), 0);
+	}
+	CHECK_INT(group_of(name, farther_ips[1]), 3);
+
+	/* Three near down: min(1, 1/4 x 1.4) = 35% near, 65% far. */
+	for (int i = 1; i < 4; i++)
+		set_health(name, near_ips[i], HEALTH_DOWN);
+	select_update(name, AF_INET);
+	CHECK_INT(set->kind, ANSWER_ADDRESSES);
+	CHECK_INT(set->rotate, 1);
+	CHECK_INT(set->group_count, 2);
+	CHECK_INT(set->groups[0].count, 1);
+	CHECK_INT(set->groups[1].count, 4);
+	CHECK_STR(answer_text(name, AF_INET, set->groups[0].first), "192.0.2.1");
+	CHECK_DOUBLE(share_of(name, "192.0.2.1"), 0.35);
+	CHECK_INT(group_of(name, "192.0.2.2"), 1);	/* down, still its group */
+	CHECK_DOUBLE(share_of(name, "192.0.2.2"), 0);
+	for (int i = 0; i < 4; i++)
+		CHECK_DOUBLE(share_of(name, far_ips[i]), 0.65 / 4);
+	CHECK_DOUBLE(share_of(name, farther_ips[0]), 0);
+	/*
+	 * Over 10000 queries each address gets its share within 0.1
+	 * points: 3500 near and 1625 for each far one, give or take 10.
+	 */
+	tally_answers(name, AF_INET, 10000, watched, 5, tally);
+	CHECK(abs(tally[0] - 3500) <= 10);
+	for (int i = 1; i < 5; i++)
+		CHECK(abs(tally[i] - 1625) <= 10);
+	/* Two near up: min(1, 2/4 x 1.4) = 70%; three: 1.05, no spill. */
+	set_health(name, near_ips[1], HEALTH_UP);
+	select_update(name, AF_INET);
+	CHECK_DOUBLE(share_of(name, "192.0.2.1"), 0.35);
+	CHECK_DOUBLE(share_of(name, "192.0.2.2"), 0.35);
+	CHECK_DOUBLE(share_of(name, "192.0.2.11"), 0.3 / 4);
+	set_health(name, near_ips[2], HEALTH_UP);
+	select_update(name, AF_INET);
+	CHECK_INT(set->group_count, 1);
+	CHECK_DOUBLE(share_of(name, "192.0.2.1"), 1.0 / 3);
+	CHECK_DOUBLE(share_of(name, "192.0.2.11"), 0);
+	fixture_free(&f);
+}
+
+/* Down the groups: each keeps its part of what reaches it. */
+static void
+test_spill_cascade(void)
+{
+	struct fixture f;
+	struct name *name = spill_fixture(&f);
+
+	if (!CHECK(name))
+		return;
+	for (int i = 1; i < 4; i++)
+		set_health(name, near_ips[i], HEALTH_DOWN);
+	set_health(name, far_ips[2], HEALTH_DOWN);
+	set_health(name, far_ips[3], HEALTH_DOWN);
+	select_update(name, AF_INET);
+	/* near 0.35; far min(1, 2/4 x 1.4) = 0.7 of 0.65; farther the rest */
+	CHECK_INT(answers(name, AF_INET)->group_count, 3);
+	CHECK_DOUBLE(share_of(name, "192.0.2.1"), 0.35);
+	CHECK_DOUBLE(share_of(name, far_ips[0]), 0.65 * 0.7 / 2);
+	CHECK_DOUBLE(share_of(name, far_ips[1]), 0.65 * 0.7 / 2);
+	CHECK_DOUBLE(share_of(name, farther_ips[0]), 0.65 * 0.3 / 2);
+	CHECK_DOUBLE(share_of(name, farther_ips[1]), 0.65 * 0.3 / 2);
+	CHECK_INT(answers(name, AF_INET)->groups[2].below, UINT64_C(1) << 32);
+
+	/* The last group partly down too: it keeps all that reaches it. */
+	set_health(name, farther_ips[0], HEALTH_DOWN);
+	set_health(name, farther_ips[1], HEALTH_DOWN);
+	select_update(name, AF_INET);
+	CHECK_INT(answers(name, AF_INET)->group_count, 2);
+	CHECK_DOUBLE(share_of(name, "192.0.2.1"), 0.35);
+	CHECK_DOUBLE(share_of(name, far_ips[0]), 0.65 / 2);
+
+	/* The nearest group all down: the next one as if it were first. */
+	set_health(name, near_ips[0], HEALTH_DOWN);
+	select_update(name, AF_INET);
+	CHECK_INT(answers(name, AF_INET)->group_count, 1);
+	CHECK_DOUBLE(share_of(name, far_ips[0]), 0.5);
+	CHECK_DOUBLE(share_of(name, "192.0.2.1"), 0);
+
+	/* Every group partly down and a larger overprovisioning: near keeps
+	 * min(1, 1/4 x 3) = 75%. */
+	set_health(name, near_ips[0], HEALTH_UP);
+	name_config(name)->overprovisioning = 3;
+	select_update(name, AF_INET);
+	CHECK_DOUBLE(share_of(name, "192.0.2.1"), 0.75);
+	CHECK_DOUBLE(share_of(name, far_ips[0]), 0.125);
+	fixture_free(&f);
+}
+
+/* overprovisioning 0 is the original rule: the near survivor alone. */
+static void
+test_spill_off(void)
+{
+	struct fixture f;
+	struct name *name = spill_fixture(&f);
+	struct answer_set *set;
+
+	if (!CHECK(name))
+		return;
+	set = answers(name, AF_INET);
+	name_config(name)->overprovisioning = 0;
+	for (int i = 1; i < 4; i++)
+		set_health(name, near_ips[i], HEALTH_DOWN);
+	select_update(name, AF_INET);
+	CHECK_INT(set->group_count, 1);
+	CHECK_INT(set->count, 1);
+	CHECK_STR(answer_text(name, AF_INET, 0), "192.0.2.1");
+	CHECK_DOUBLE(share_of(name, "192.0.2.1"), 1);
+	CHECK_INT(group_of(name, "192.0.2.1"), 0);
+	CHECK_DOUBLE(share_of(name, "192.0.2.11"), 0);
+	for (int q = 0; q < 5; q++) {
+		int first;
+
+		CHECK_INT(select_answer(set, &first), 1);
+		CHECK_INT(first, 0);
+	}
+	/* all without spill: every healthy address, share 1 each. */
+	name_config(name)->selection_method = SELECT_ALL;
+	select_update(name, AF_INET);
+	CHECK_INT(set->count, 7);
+	CHECK_DOUBLE(share_of(name, "192.0.2.1"), 1);
+	CHECK_DOUBLE(share_of(name, "192.0.2.22"), 1);
+	fixture_free(&f);
+}
+
+/* With `all`, an answer carries every available address of its group. */
+static void
+test_spill_all(void)
+{
+	struct fixture f;
+	struct name *name = spill_fixture(&f);
+	struct answer_set *set;
+	int near = 0, far = 0;
+
+	if (!CHECK(name))
+		return;
+	set = answers(name, AF_INET);
+	name_config(name)->selection_method = SELECT_ALL;
+	for (int i = 1; i < 4; i++)
+		set_health(name, near_ips[i], HEALTH_DOWN);
+	select_update(name, AF_INET);
+	CHECK_INT(set->rotate, 0);
+	CHECK_DOUBLE(share_of(name, "192.0.2.1"), 0.35);
+	CHECK_DOUBLE(share_of(name, "192.0.2.11"), 0.65);
+	for (int q = 0; q < 1000; q++) {
+		int first, count = select_answer(set, &first);
+
+		if (count == 1 && strcmp(answer_text(name, AF_INET, first),
+					 "192.0.2.1") == 0)
+			near++;
+		else if (count == 4 && strcmp(answer_text(name, AF_INET, first),
+					      "192.0.2.11") == 0)
+			far++;	/* the far group, lowest RTT first */
+	}
+	CHECK_INT(near + far, 1000);
+	CHECK(abs(near - 350) <= 5);
+	fixture_free(&f);
+}
+
+/*
+ * Draining and set-down addresses are capacity their group lacks; with
+ * no healthy address at all, the draining ones are the available ones.
+ */
+static void
+test_spill_tiers(void)
+{
+	struct fixture f;
+	struct name *name = spill_fixture(&f);
+
+	if (!CHECK(name))
+		return;
+	find_address(name, "192.0.2.2")->draining = 1;
+	((struct config_candidate *)find_address(name, "192.0.2.3")->candidate->config)
+	    ->admin_state = ADMIN_DOWN;
+	set_health(name, "192.0.2.4", HEALTH_DOWN);
+	select_update(name, AF_INET);
+	CHECK_DOUBLE(share_of(name, "192.0.2.1"), 0.35);
+	CHECK_DOUBLE(share_of(name, "192.0.2.2"), 0);
+	CHECK_DOUBLE(share_of(name, "192.0.2.3"), 0);
+	CHECK_INT(group_of(name, "192.0.2.3"), 1);
+	CHECK_DOUBLE(share_of(name, "192.0.2.11"), 0.65 / 4);
+
+	/* Only draining addresses left: 192.0.2.2 and 192.0.2.12. */
+	for (int i = 0; i < 4; i++)
+		set_health(name, far_ips[i], HEALTH_DOWN);
+	set_health(name, "192.0.2.1", HEALTH_DOWN);
+	set_health(name, farther_ips[0], HEALTH_DOWN);
+	set_health(name, farther_ips[1], HEALTH_DOWN);
+	set_health(name, "192.0.2.12", HEALTH_UP);
+	find_address(name, "192.0.2.12")->draining = 1;
+	select_update(name, AF_INET);
+	CHECK_DOUBLE(share_of(name, "192.0.2.2"), 0.35);
+	CHECK_DOUBLE(share_of(name, "192.0.2.12"), 0.65);
+
+	/* Nothing available: failure_mode (none: forward), no groups. */
+	set_health(name, "192.0.2.2", HEALTH_DOWN);
+	set_health(name, "192.0.2.12", HEALTH_DOWN);
+	select_update(name, AF_INET);
+	CHECK_INT(answers(name, AF_INET)->kind, ANSWER_FORWARD);
+	CHECK_DOUBLE(share_of(name, "192.0.2.1"), 0);
+	CHECK_INT(group_of(name, "192.0.2.1"), 0);
+	fixture_free(&f);
+}
+
+/*
+ * An address never measured has no latency to group by: it is in a last
+ * group of its own, and does not count against the near group.
+ */
+static void
+test_spill_unmeasured(void)
+{
+	struct fixture f;
+	struct name *name = spill_fixture(&f);
+	struct address *never;
+
+	if (!CHECK(name))
+		return;
+	never = find_address(name, "192.0.2.4");
+	never->health = HEALTH_DOWN;
+	never->srtt = NAN;
+	set_health(name, "192.0.2.3", HEALTH_DOWN);
+	set_health(name, "192.0.2.2", HEALTH_DOWN);
+	select_update(name, AF_INET);
+	CHECK_INT(group_of(name, "192.0.2.4"), 4);
+	/* near is 1 of 3: min(1, 1/3 x 1.4) */
+	CHECK_DOUBLE(share_of(name, "192.0.2.1"), 1.4 / 3);
+
+	/* Up but never measured (admin_state up): takes what reaches it;
+	 * the near group is still the three measured ones. */
+	((struct config_candidate *)never->candidate->config)->admin_state =
+	    ADMIN_UP;
+	for (int i = 0; i < 4; i++)
+		set_health(name, far_ips[i], HEALTH_DOWN);
+	set_health(name, farther_ips[0], HEALTH_DOWN);
+	set_health(name, farther_ips[1], HEALTH_DOWN);
+	select_update(name, AF_INET);
+	CHECK_DOUBLE(share_of(name, "192.0.2.1"), 1.4 / 3);
+	CHECK_DOUBLE(share_of(name, "192.0.2.4"), 1 - 1.4 / 3);
+	fixture_free(&f);
+}
+
+/*
+ * Each family separately; an IP two candidates share counts once in its
+ * group, and both its entries show its share; a moved share is written.
+ */
+static void
+test_spill_families_and_shared(void)
+{
+	struct fixture f;
+	struct name *name;
+
+	if (!CHECK(fixture_load(&f,
+	    "nameservers = { 192.0.2.53 }\n"
+	    "name www.example.com {\n"
+	    "    selection_method = group_rtt_rr\n"
+	    "    group_rtt_threshold = 0.010\n"
+	    "    overprovisioning = 1.4\n"
+	    "    candidate a { address = { 192.0.2.1, 2001:db8::1 } }\n"
+	    "    candidate b { address = { 192.0.2.2, 2001:db8::2 } }\n"
+	    "    candidate c { address = { 192.0.2.1 } check_address = \"http://x/\" }\n"
+	    "    candidate d { address = { 192.0.2.11, 2001:db8::11 } }\n"
+	    "}\n")))
+		return;
+	name = find_name(&f, "www.example.com");
+	set_up(name, "192.0.2.1", 0.001);
+	set_up(name, "192.0.2.2", 0.002);
+	set_up(name, "192.0.2.11", 0.030);
+	set_up(name, "2001:db8::1", 0.001);
+	set_up(name, "2001:db8::2", 0.002);
+	set_up(name, "2001:db8::11", 0.030);
+	name->candidates[2].addresses[0]->health = HEALTH_UP;
+	name->candidates[2].addresses[0]->srtt = 0.001;
+	select_update_all(name);
+	set_health(name, "2001:db8::2", HEALTH_DOWN);
+	for (int i = 0; i < 4; i++)
+		name->candidates[i].addresses[0]->store_dirty = 0;
+	select_update_all(name);
+	/* A: near is 192.0.2.1 (twice) and .2, both up: no spill */
+	CHECK_DOUBLE(name->candidates[0].addresses[0]->share, 0.5);
+	CHECK_DOUBLE(name->candidates[2].addresses[0]->share, 0.5);
+	CHECK_INT(name->candidates[2].addresses[0]->latency_group, 1);
+	CHECK_INT(name->candidates[0].addresses[0]->store_dirty, 0);
+	/* AAAA: 1 of 2 near up: min(1, 0.5 x 1.4) = 70% */
+	CHECK_DOUBLE(share_of(name, "2001:db8::1"), 0.7);
+	CHECK_DOUBLE(share_of(name, "2001:db8::11"), 0.3);
+	CHECK_INT(find_address(name, "2001:db8::1")->store_dirty, 1);
+	/* the shared IP down by one candidate only: still available */
+	name->candidates[2].addresses[0]->health = HEALTH_DOWN;
+	select_update(name, AF_INET);
+	CHECK_DOUBLE(name->candidates[0].addresses[0]->share, 0.5);
+	CHECK_DOUBLE(name->candidates[2].addresses[0]->share, 0.5);
+	fixture_free(&f);
+}
+
 int
 main(void)
 {
@@ -1276,5 +1676,12 @@ main(void)
 	RUN(test_admin_up_and_max_rtt);
 	RUN(test_drain_status_results);
 	RUN(test_take_over_admin_state);
+	RUN(test_spill_shares);
+	RUN(test_spill_cascade);
+	RUN(test_spill_off);
+	RUN(test_spill_all);
+	RUN(test_spill_tiers);
+	RUN(test_spill_unmeasured);
+	RUN(test_spill_families_and_shared);
 	return UNIT_SUMMARY();
 }
