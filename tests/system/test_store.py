@@ -34,9 +34,10 @@ REQUIRED_COLUMNS = {
                    "last_check_time", "last_success_time", "last_failure_time",
                    "last_check_status", "connect_time", "response_time", "rtt",
                    "successes", "timeouts", "connect_errors", "response_errors",
-                   "other_errors", "admin_state", "draining"},
+                   "other_errors", "admin_state", "draining", "latency_group",
+                   "share"},
     "ranking": {"name", "family", "ip_address", "rank", "admin_state",
-                "answered", "reason"},
+                "answered", "reason", "latency_group", "share"},
 }
 
 
@@ -96,7 +97,7 @@ def history_complete(db):
 
 def test_schema_wal_and_missing_directory(workdir, start_hard, start_http, up):
     """The data file's directory is made when missing; the schema has every
-    required table, column and view; user_version 3; WAL mode."""
+    required table, column and view; user_version 4; WAL mode."""
     s = start_http(A)
     db = db_path(workdir, "not", "yet", "there")
     h = start_hard(name_block("www.test", [("a", s.url())]), upstream=up,
@@ -110,7 +111,7 @@ def test_schema_wal_and_missing_directory(workdir, start_hard, start_http, up):
     kinds = {r["name"]: r["type"] for r in
              sql(db, "SELECT name, type FROM sqlite_master WHERE type IN ('table','view')")}
     assert kinds.get("ranking") == "view", kinds
-    assert sql_value(db, "PRAGMA user_version") == 3
+    assert sql_value(db, "PRAGMA user_version") == 4
     assert sql_value(db, "PRAGMA journal_mode") == "wal"
     assert os.path.exists(db + "-wal"), "no write-ahead log next to the data file"
     # names are stored as configured: lower case, no trailing dot
@@ -141,7 +142,7 @@ def test_rows_statuses_counters_and_history(workdir, start_hard, start_http,
             ("www.test", "slow", D), ("tcp.test", "t", A)}
 
     # hard creates the file (WAL mode, schema) right after it listens
-    wait_sql(db, "PRAGMA user_version", lambda r: r == [{"user_version": 3}],
+    wait_sql(db, "PRAGMA user_version", lambda r: r == [{"user_version": 4}],
              timeout=2)
     # rows appear within a second of the first check of each address
     first_seen = {}
@@ -417,8 +418,9 @@ def test_older_file_upgraded_and_unknown_health(workdir, start_hard, start_http,
                               check_timeout=5, failure_mode="servfail"),
                    upstream=up, data_file=db)
     assert answer(h, "old.test") == "SERVFAIL"  # unknown: not available
-    assert sql_value(db, "PRAGMA user_version") == 3
+    assert sql_value(db, "PRAGMA user_version") == 4
     assert REQUIRED_COLUMNS["candidates"] <= columns(db, "candidates")
+    assert "overprovisioning" in columns(db, "names")
     row = sql(db, "SELECT healthy, last_check_status, successes FROM candidates")
     assert len(row) == 1 and row[0]["healthy"] is None, row
     wait_answer(h, "old.test", [A], timeout=4)
@@ -427,6 +429,11 @@ def test_older_file_upgraded_and_unknown_health(workdir, start_hard, start_http,
              timeout=2)
     # the old query count is kept and goes on
     wait_sql(db, "SELECT queries FROM names", lambda r: r[0]["queries"] >= 43, timeout=2)
+    # version 4: the address's share (its name does not spill: no group)
+    assert sql(db, "SELECT overprovisioning FROM names") == [{"overprovisioning": 0}]
+    wait_sql(db, "SELECT latency_group, share, answered FROM ranking",
+             lambda r: r == [{"latency_group": None, "share": 1, "answered": 1}],
+             timeout=2)
 
 
 # ------------------------------------------------------------ faults
