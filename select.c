@@ -416,7 +416,7 @@ answer_ranked(const struct config_name *config, struct answer_set *set,
 /* ------------------------------------------------------------ spill */
 
 /* One latency group while its share is worked out. */
-struct latency_group {
+struct spill_group {
 	int start, end;		/* in the RTT-ordered addresses */
 	int available;		/* of them, in the answering tier */
 	double share;		/* of the family's answers */
@@ -444,7 +444,7 @@ compare_tier_rtt(const void *left, const void *right)
  */
 static int
 form_groups(struct address **ranked, int count, double threshold,
-	    struct latency_group *groups)
+	    struct spill_group *groups)
 {
 	int group_count = 0;
 
@@ -456,7 +456,7 @@ form_groups(struct address **ranked, int count, double threshold,
 		while (end < count && !isnan(ranked[end]->srtt) &&
 		       ranked[end]->srtt - ranked[start]->srtt <= threshold)
 			end++;
-		groups[group_count++] = (struct latency_group){ start, end, 0, 0 };
+		groups[group_count++] = (struct spill_group){ start, end, 0, 0 };
 		start = end;
 	}
 	return group_count;
@@ -469,7 +469,7 @@ form_groups(struct address **ranked, int count, double threshold,
  * keeps all that reaches it, so the answers always add up to the whole.
  */
 static void
-spill_shares(struct latency_group *groups, int group_count,
+spill_shares(struct spill_group *groups, int group_count,
 	     double overprovisioning)
 {
 	double remaining = 1;
@@ -508,7 +508,7 @@ share_bound(double cumulative)
  */
 static void
 answer_groups(struct answer_set *set, struct address **ranked,
-	      const struct latency_group *groups, int group_count,
+	      const struct spill_group *groups, int group_count,
 	      enum address_tier tier)
 {
 	double cumulative = 0;
@@ -550,7 +550,7 @@ static void
 answer_spill(const struct config_name *config, struct answer_set *set,
 	     struct address **ranked, int count, enum address_tier tier)
 {
-	struct latency_group *groups;
+	struct spill_group *groups;
 	int group_count;
 
 	qsort(ranked, (size_t)count, sizeof(ranked[0]), compare_tier_rtt);
