@@ -21,7 +21,8 @@ import pytest
 
 import harness
 from harness import addresses
-from statehelpers import name_block, sql, wait_sql
+from statehelpers import name_block, sql, wait_log, wait_sql
+from test_reload import reload
 
 NEAR = ["127.0.0.%d" % i for i in range(11, 15)]
 FAR = ["127.0.0.%d" % i for i in range(21, 25)]
@@ -139,7 +140,8 @@ def test_spill_shares_and_ranking(workdir, start_hard, start_http, up):
 def test_spill_off_keeps_every_answer_near(workdir, start_hard, start_http, up):
     """overprovisioning 0 (the default, and the original rule): with 3 of 4
     near dead the survivor gets every answer; the ranking shows no group
-    and a share of 1 for it."""
+    and a share of 1 for it.  A reload that turns spill on moves 65% of the
+    answers to the far group at once, without a check."""
     near, far = start_servers(start_http)
     db = workdir + "/har.db"
     h = start_hard(spill_config(near, far, 0), upstream=up, data_file=db)
@@ -151,6 +153,11 @@ def test_spill_off_keeps_every_answer_near(workdir, start_hard, start_http, up):
                     " AND share > 0", lambda r: len(r) == 1, timeout=3)
     assert (view[0]["ip_address"], view[0]["share"], view[0]["latency_group"],
             view[0]["answered"]) == (NEAR[0], 1, None, 1), view
+
+    reload(h, spill_config(near, far, 1.4), up, data_file=db)
+    wait_log(h, r"reloaded .*: 1 names \(0 added, 0 removed, 1 changed\)")
+    seen = answer_counts(h, QUERIES // 2)
+    assert abs(percent(seen, NEAR[:1]) - 35) <= TOLERANCE, seen
     h.assert_alive()
 
 
