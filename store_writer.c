@@ -21,18 +21,21 @@
 
 /* 1: names, candidates, checks, ranking; 2: admin_state; 3: the
  * monitoring counters (daemon, totals, nameservers, nameserver_replies,
- * name_counters).  Each step only adds, so any older file upgrades. */
-#define STORE_SCHEMA_VERSION 3
+ * name_counters); 4: names' last_query_time and idle.  Each step only
+ * adds, so any older file upgrades. */
+#define STORE_SCHEMA_VERSION 4
 #define BUSY_TIMEOUT_MS 20
 
 static const char *const statement_sql[STATEMENT_COUNT] = {
 	[UPSERT_NAME] =
 	    "INSERT INTO names(name, queries, selection_method, rtt_mode,"
-	    " max_rtt, group_rtt_threshold, failure_mode, ttl)"
-	    " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+	    " max_rtt, group_rtt_threshold, failure_mode, ttl,"
+	    " last_query_time, idle)"
+	    " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
 	    " ON CONFLICT(name) DO UPDATE SET queries = ?2,"
 	    " selection_method = ?3, rtt_mode = ?4, max_rtt = ?5,"
-	    " group_rtt_threshold = ?6, failure_mode = ?7, ttl = ?8",
+	    " group_rtt_threshold = ?6, failure_mode = ?7, ttl = ?8,"
+	    " last_query_time = ?9, idle = ?10",
 	/* Upserts update rows in place: cheaper than REPLACE's delete and
 	 * insert, which would rewrite the index entries every time. */
 	[UPSERT_CANDIDATE] =
@@ -114,6 +117,9 @@ static const struct {
 	/* version 2 */
 	{ "candidates", "admin_state", "TEXT NOT NULL DEFAULT 'auto'" },
 	{ "candidates", "draining", "INTEGER NOT NULL DEFAULT 0" },
+	/* version 4 */
+	{ "names", "last_query_time", "REAL" },
+	{ "names", "idle", "INTEGER NOT NULL DEFAULT 0" },
 };
 
 /*
@@ -383,6 +389,8 @@ write_name(struct store_file *file, const struct name_row *row)
 	bind_real(statement, 6, row->group_rtt_threshold);
 	sqlite3_bind_text(statement, 7, row->failure_mode, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(statement, 8, row->ttl);
+	bind_real(statement, 9, row->last_query_time);
+	sqlite3_bind_int(statement, 10, row->idle);
 	return step(statement);
 }
 
