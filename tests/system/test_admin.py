@@ -217,7 +217,7 @@ def test_draining_server_that_fails_stays_drained(workdir, start_hard,
 
 def test_data_file_of_schema_1_upgraded(workdir, start_hard, start_http, up):
     """A data file of schema version 1 (before admin_state) is upgraded in
-    place: the new columns are added, its rows kept, user_version 3."""
+    place: the new columns are added, its rows kept, user_version 4."""
     db = db_path(workdir)
     os.makedirs(os.path.dirname(db))
     subprocess.run([SQLITE3, db,
@@ -234,7 +234,7 @@ def test_data_file_of_schema_1_upgraded(workdir, start_hard, start_http, up):
     h = start_hard(name_block("www.test", [("a", s.url(), "admin_state = drain")],
                               check_frequency=30, check_timeout=5),
                    upstream=up, data_file=db)
-    assert sql_value(db, "PRAGMA user_version") == 3
+    assert sql_value(db, "PRAGMA user_version") == 4
     # restored healthy and drained: the last address, so answered
     assert answer(h, "www.test") == [A]
     row = wait_sql(db, "SELECT * FROM candidates",

@@ -319,8 +319,11 @@ def test_reload_to_shorter_check_frequency_applies_now(workdir, start_hard,
     """A reload from check_frequency 60 to 1 moves each pending check onto
     the new schedule: checked within a second or so, not after a minute."""
     server = start_arrivals([A])
+    # check_timeout set: its default follows check_frequency, and a changed
+    # check_timeout restarts the check by itself
     h = start_hard(name_block("reload.test", [A], server.url("reload.test"),
-                              check_frequency=60), upstream=up)
+                              check_frequency=60, check_timeout=0.5),
+                   upstream=up)
     harness.wait_until(lambda: server.times(), 3, what="the first check")
     time.sleep(1)
     with open(h.conf + ".new", "w") as f:

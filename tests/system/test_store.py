@@ -29,7 +29,7 @@ from test_reload import reload
 A, B, C, D = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"
 
 REQUIRED_COLUMNS = {
-    "names": {"name", "queries"},
+    "names": {"name", "queries", "last_query_time", "idle"},
     "candidates": {"name", "candidate_name", "ip_address", "family", "healthy",
                    "last_check_time", "last_success_time", "last_failure_time",
                    "last_check_status", "connect_time", "response_time", "rtt",
@@ -96,7 +96,7 @@ def history_complete(db):
 
 def test_schema_wal_and_missing_directory(workdir, start_hard, start_http, up):
     """The data file's directory is made when missing; the schema has every
-    required table, column and view; user_version 3; WAL mode."""
+    required table, column and view; user_version 4; WAL mode."""
     s = start_http(A)
     db = db_path(workdir, "not", "yet", "there")
     h = start_hard(name_block("www.test", [("a", s.url())]), upstream=up,
@@ -110,7 +110,7 @@ def test_schema_wal_and_missing_directory(workdir, start_hard, start_http, up):
     kinds = {r["name"]: r["type"] for r in
              sql(db, "SELECT name, type FROM sqlite_master WHERE type IN ('table','view')")}
     assert kinds.get("ranking") == "view", kinds
-    assert sql_value(db, "PRAGMA user_version") == 3
+    assert sql_value(db, "PRAGMA user_version") == 4
     assert sql_value(db, "PRAGMA journal_mode") == "wal"
     assert os.path.exists(db + "-wal"), "no write-ahead log next to the data file"
     # names are stored as configured: lower case, no trailing dot
@@ -141,7 +141,7 @@ def test_rows_statuses_counters_and_history(workdir, start_hard, start_http,
             ("www.test", "slow", D), ("tcp.test", "t", A)}
 
     # hard creates the file (WAL mode, schema) right after it listens
-    wait_sql(db, "PRAGMA user_version", lambda r: r == [{"user_version": 3}],
+    wait_sql(db, "PRAGMA user_version", lambda r: r == [{"user_version": 4}],
              timeout=2)
     # rows appear within a second of the first check of each address
     first_seen = {}
@@ -402,7 +402,8 @@ def test_warm_start(workdir, start_hard, start_http, up):
 def test_older_file_upgraded_and_unknown_health(workdir, start_hard, start_http, up):
     """A file of an older schema (no version, fewer columns) is upgraded in
     place; a row without health stays unknown (NULL) and is not answered
-    until a check completes."""
+    until a check completes.  The names table gains last_query_time (NULL
+    until a query) and idle (version 4)."""
     db = db_path(workdir)
     os.makedirs(os.path.dirname(db))
     subprocess.run([SQLITE3, db,
@@ -417,7 +418,7 @@ def test_older_file_upgraded_and_unknown_health(workdir, start_hard, start_http,
                               check_timeout=5, failure_mode="servfail"),
                    upstream=up, data_file=db)
     assert answer(h, "old.test") == "SERVFAIL"  # unknown: not available
-    assert sql_value(db, "PRAGMA user_version") == 3
+    assert sql_value(db, "PRAGMA user_version") == 4
     assert REQUIRED_COLUMNS["candidates"] <= columns(db, "candidates")
     row = sql(db, "SELECT healthy, last_check_status, successes FROM candidates")
     assert len(row) == 1 and row[0]["healthy"] is None, row
@@ -427,6 +428,10 @@ def test_older_file_upgraded_and_unknown_health(workdir, start_hard, start_http,
              timeout=2)
     # the old query count is kept and goes on
     wait_sql(db, "SELECT queries FROM names", lambda r: r[0]["queries"] >= 43, timeout=2)
+    assert REQUIRED_COLUMNS["names"] <= columns(db, "names")
+    row = wait_sql(db, "SELECT last_query_time, idle FROM names",
+                   lambda r: r[0]["last_query_time"] is not None, timeout=2)[0]
+    assert abs(row["last_query_time"] - time.time()) < 10 and row["idle"] == 0, row
 
 
 # ------------------------------------------------------------ faults
