@@ -333,3 +333,25 @@ def test_reload_to_shorter_check_frequency_applies_now(workdir, start_hard,
     h.signal(signal.SIGHUP)
     harness.wait_until(lambda: len(server.times(since=reloaded)) >= 3, 5,
                        what="checks at the new frequency")
+
+
+def test_idle_state_kept_over_a_restart(workdir, start_hard, start_arrivals,
+                                        up):
+    """The last query time is kept in the data file: a name idle when hard
+    stopped is idle again as soon as it starts, not idle_after later."""
+    server = start_arrivals([A])
+    data = os.path.join(workdir, "state.db")
+    body = name_block("idle.test", [A], server.url("idle.test"),
+                      check_frequency=1, idle_after=2, idle_check_frequency=5)
+    h = start_hard(body, upstream=up, data_file=data)
+    wait_answer(h, "idle.test", [A])
+    wait_log(h, r"idle\.test is idle", timeout=5)
+    row = harness.wait_until(
+        lambda: sql(data, "SELECT last_query_time, idle FROM names"
+                    " WHERE idle = 1"), 3, what="idle in the names table")[0]
+    assert row["last_query_time"] is not None
+    h.stop()
+    h = start_hard(body, upstream=up, data_file=data)
+    wait_log(h, r"idle\.test is idle", timeout=1)
+    assert sql(data, "SELECT last_query_time FROM names") == [
+        {"last_query_time": row["last_query_time"]}]
