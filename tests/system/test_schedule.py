@@ -182,7 +182,7 @@ def test_jitter_varies_intervals_within_bounds(start_hard, start_arrivals, up):
         # the first interval joins the grid: half an interval to one and a half
         steady = intervals(times[1:])
         for interval in steady:
-            assert 0.75 - 0.1 <= interval <= 1.25 + 0.1, (addr, steady)
+            assert 0.75 - 0.15 <= interval <= 1.25 + 0.15, (addr, steady)
         all_intervals += steady
     spread = max(all_intervals) - min(all_intervals)
     assert spread > 0.2, "intervals do not vary: %s" % all_intervals
@@ -303,7 +303,7 @@ def test_idle_name_checked_slowly_and_woken(workdir, start_hard,
         time.sleep(0.5)
     awake = server.times(since=queried)
     assert len(awake) >= 4, intervals(awake)
-    assert max(intervals(awake)) < 1.5, intervals(awake)
+    assert max(intervals(awake)) < 1.9, intervals(awake)  # idle: 5 s
     harness.wait_until(lambda: sql(data, "SELECT idle FROM names WHERE"
                                    " name = 'idle.test'") == [{"idle": 0}], 3,
                        what="awake in the names table")
