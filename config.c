@@ -871,30 +871,17 @@ load_drain_status(struct config_name *name, cfg_t *section)
 /*
  * The pace of checks besides check_frequency (check.c has the rules).
  * A recheck slower than the normal pace, or an idle pace faster than it,
- * would turn the option's meaning around, so both are refused.
+ * would turn the option's meaning around, so check_frequency bounds both.
  */
 static void
 load_schedule_options(struct config_name *name, cfg_t *section)
 {
 	name->check_jitter = cfg_getfloat(section, "check_jitter");
-	name->recheck_frequency = optional_float(section, "recheck_frequency",
-	    fmin(name->check_frequency, 1.0));
+	name->recheck_frequency = fmin(name->check_frequency,
+	    optional_float(section, "recheck_frequency", 1.0));
 	name->idle_after = cfg_getfloat(section, "idle_after");
-	name->idle_check_frequency = optional_float(section,
-	    "idle_check_frequency", fmax(name->check_frequency, 60.0));
-	if (name->recheck_frequency > name->check_frequency)
-		report_at(current_parse->file,
-			  option_line("recheck_frequency", name->line),
-			  "recheck_frequency %g is longer than check_frequency "
-			  "%g: a recheck would come later than a normal check",
-			  name->recheck_frequency, name->check_frequency);
-	if (name->idle_check_frequency < name->check_frequency)
-		report_at(current_parse->file,
-			  option_line("idle_check_frequency", name->line),
-			  "idle_check_frequency %g is shorter than "
-			  "check_frequency %g: an idle name would be checked "
-			  "more often than a used one",
-			  name->idle_check_frequency, name->check_frequency);
+	name->idle_check_frequency = fmax(name->check_frequency,
+	    optional_float(section, "idle_check_frequency", 60.0));
 }
 
 static void

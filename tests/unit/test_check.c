@@ -432,7 +432,7 @@ test_idle_after_changed(void)
 	fixture_free(&f);
 }
 
-/* Ranges and the two orderings the options must keep. */
+/* Ranges, defaults, and check_frequency bounding the two paces. */
 static void
 test_schedule_options(void)
 {
@@ -440,8 +440,6 @@ test_schedule_options(void)
 	    "check_jitter = 1.5", "check_jitter = -0.1",
 	    "recheck_frequency = 0", "idle_after = -1",
 	    "idle_check_frequency = 0.001",
-	    "check_frequency = 5\n recheck_frequency = 6",
-	    "check_frequency = 120\n idle_check_frequency = 60",
 	};
 	char text[256];
 
@@ -467,6 +465,26 @@ test_schedule_options(void)
 			CHECK_DOUBLE(config->names[0].idle_check_frequency, 120);
 			CHECK_DOUBLE(config->names[0].check_jitter, 0);
 			CHECK_DOUBLE(config->names[0].idle_after, 0);
+		}
+		config_free(config);
+	}
+	/* check_frequency bounds both paces: a recheck is never slower than
+	 * a normal check, an idle name never checked more often. */
+	{
+		struct config *config = config_load_string(
+		    "name a.example.com {\n check_frequency = 5\n"
+		    " recheck_frequency = 6\n idle_check_frequency = 2\n"
+		    " candidate a { address = 127.0.0.2 }\n}\n"
+		    "name b.example.com {\n check_frequency = 5\n"
+		    " recheck_frequency = 0.5\n idle_check_frequency = 20\n"
+		    " candidate a { address = 127.0.0.2 }\n}\n",
+		    "/dev/null", report);
+
+		if (CHECK(config != NULL)) {
+			CHECK_DOUBLE(config->names[0].recheck_frequency, 5);
+			CHECK_DOUBLE(config->names[0].idle_check_frequency, 5);
+			CHECK_DOUBLE(config->names[1].recheck_frequency, 0.5);
+			CHECK_DOUBLE(config->names[1].idle_check_frequency, 20);
 		}
 		config_free(config);
 	}
