@@ -1,27 +1,56 @@
 /*
  * check.c - when each address is checked and what happens with the
- * result; and when each candidate's host name is resolved again.
+ * result; which names are idle; and when each candidate's host name is
+ * resolved again.
  *
  * Every address has its own libev timer.  A check starts when it fires;
- * when the check ends the next one is set for check_frequency after this
- * one's start, so a check never overlaps the one before it.  The HTTP and
- * TCP mechanics are in check_http.c and check_tcp.c.
+ * when the check ends the next one is set, so a check never overlaps the
+ * one before it.  The HTTP and TCP mechanics are in check_http.c and
+ * check_tcp.c.
+ *
+ * The schedule.  Each address gets a phase, a fraction of the interval,
+ * when it is first scheduled: the n-th address ever scheduled gets
+ * frac(rotation + n / golden ratio), a sequence of which any run of
+ * consecutive members is spread evenly, and rotation is random per
+ * process.  So one hard's checks are spread evenly over every interval
+ * (a name's addresses are consecutive, and so is the whole registry),
+ * and two hards with the same configuration are not in step.  Checks are
+ * due on a grid: origin + (phase + k) * interval.  After a check that
+ * started at s the next is at the first grid time at least half an
+ * interval after s, moved by a random offset of up to a quarter of
+ * check_jitter's share of the interval either way.  The offsets average
+ * out and never add up, so the spread stays even for good, while every
+ * interval differs; the grid, not the previous check, anchors each one.
+ * An address with unknown health is checked at once (spread over at most
+ * a second by its phase) and joins the grid after that; one restored
+ * from the data file is first checked at its grid time.  A check that
+ * disagrees with the address's health (see schedule_disagrees) is
+ * followed by a recheck after recheck_frequency instead.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "har.h"
 
 #define RESOLVE_RETRY 5.0
 #define RESOLVE_MIN_TTL 1.0
 #define RESOLVE_MAX_TTL 3600.0
-#define STALE_INTERVAL 0.1
+#define SWEEP_INTERVAL 0.1
+
+/* 1 / golden ratio: the step of the phase sequence. */
+#define PHASE_STEP 0.6180339887498949
 
 static struct ev_loop *check_loop;
 static struct registry *check_registry;
-static ev_timer stale_timer;
+static ev_timer sweep_timer;
+static double check_origin;	/* monotonic: where every grid starts */
+static double check_rotation;	/* this process's turn of the phases */
+static unsigned long phase_sequence;	/* addresses given a phase so far */
+static uint64_t random_state;
 
 double
 monotonic_now(void)
@@ -105,23 +134,204 @@ log_drain_change(const struct address *address)
 			 address->last_status);
 }
 
+/* ------------------------------------------------------ randomness */
+
+/*
+ * Seeded once from the kernel, not from the clock: a fleet started by one
+ * command in the same second must not share its phases or its jitter.
+ */
+static void
+random_seed(void)
+{
+	if (getrandom(&random_state, sizeof(random_state), GRND_NONBLOCK) ==
+	    (ssize_t)sizeof(random_state))
+		return;
+	/* No entropy yet (early boot): the pid and the clocks still differ
+	 * from one process and host to the next. */
+	log_debug("getrandom failed; seeding the check schedule from the clock");
+	random_state = (uint64_t)getpid() * 0x9e3779b97f4a7c15u ^
+	    (uint64_t)(wall_now() * 1e9) ^ (uint64_t)(monotonic_now() * 1e9);
+}
+
+/* Uniform in [0, 1): splitmix64, plenty for spreading checks. */
+static double
+random_unit(void)
+{
+	uint64_t z = (random_state += 0x9e3779b97f4a7c15u);
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
+	z ^= z >> 31;
+	return (double)(z >> 11) * 0x1.0p-53;
+}
+
+/* ------------------------------------------------ the schedule's rules */
+
+double
+schedule_phase_of(unsigned long sequence, double rotation)
+{
+	double phase = fmod(rotation + (double)sequence * PHASE_STEP, 1.0);
+
+	return phase < 0 ? phase + 1 : phase;
+}
+
+double
+schedule_first_delay(double phase, double frequency, int restored)
+{
+	return phase * (restored ? frequency : fmin(frequency, 1.0));
+}
+
+double
+schedule_grid_start(double origin, double phase, double period,
+		    double not_before, double jitter, double u)
+{
+	double k = ceil((not_before - origin) / period - phase);
+	double slot = origin + (phase + k) * period;
+
+	if (slot < not_before)	/* rounding */
+		slot += period;
+	return slot + jitter * period * (u - 0.5) / 2;
+}
+
+double
+schedule_period(const struct name *name)
+{
+	return name->idle ? name->config->idle_check_frequency :
+	    name->config->check_frequency;
+}
+
+/*
+ * A failure of an up address or a success of a down one: rise or fall
+ * is under way, and the next check should confirm it soon.  Unknown
+ * health never disagrees: the first result decides it by itself.
+ */
+int
+schedule_disagrees(const struct address *address, int success)
+{
+	return (address->health == HEALTH_UP && !success) ||
+	    (address->health == HEALTH_DOWN && success);
+}
+
+double
+schedule_next_start(struct address *address, int success, double started,
+		    double origin, double u)
+{
+	const struct name *name = address->candidate->name;
+	double period = schedule_period(name);
+
+	address->scheduled_period = period;
+	address->rechecking = schedule_disagrees(address, success);
+	if (address->rechecking)
+		return started + name->config->recheck_frequency;
+	return schedule_grid_start(origin, address->phase, period,
+				   started + period / 2,
+				   name->config->check_jitter, u);
+}
+
+/*
+ * A name is idle once no query has come for idle_after seconds since its
+ * last query or, when none is known, since hard first looked.  A query
+ * wakes it; so does a reload that makes it no longer quiet enough.
+ */
+enum activity_change
+check_name_activity(struct name *name, double now)
+{
+	double idle_after = name->config->idle_after;
+	int quiet;
+
+	if (name->queried) {
+		name->queried = 0;
+		name->last_query_time = now;
+		name->quiet_since = now;
+		name->store_dirty = 1;
+	}
+	if (isnan(name->quiet_since))
+		name->quiet_since = isnan(name->last_query_time) ? now :
+		    name->last_query_time;
+	quiet = idle_after > 0 && now - name->quiet_since >= idle_after;
+	if (quiet == name->idle)
+		return ACTIVITY_SAME;
+	name->idle = quiet;
+	name->store_dirty = 1;
+	return quiet ? ACTIVITY_IDLED : ACTIVITY_WOKEN;
+}
+
+/* ------------------------------------------------------ the sweep */
+
+static void check_schedule_address(struct address *address, double delay);
+
+/* At once, spread over at most a second, then at check_frequency. */
+static void
+wake_name(struct name *name, const char *why)
+{
+	const struct config_name *config = name->config;
+	int count = 0;
+
+	for (int i = 0; i < name->candidate_count; i++)
+		for (int j = 0; j < name->candidates[i].address_count; j++) {
+			struct address *address = name->candidates[i].addresses[j];
+
+			count++;
+			if (address->check || !address->has_phase)
+				continue;	/* its end or its first check comes */
+			address->rechecking = 0;
+			address->scheduled_period = config->check_frequency;
+			check_schedule_address(address,
+			    schedule_first_delay(address->phase,
+						 config->check_frequency, 0));
+		}
+	log_info("%s is no longer idle (%s): checking its %d addresses now "
+		 "and every %g s", config->title, why, count,
+		 config->check_frequency);
+}
+
+static void
+sweep_activity(struct name *name, double now)
+{
+	const struct config_name *config = name->config;
+
+	switch (check_name_activity(name, now)) {
+	case ACTIVITY_SAME:
+		return;
+	case ACTIVITY_IDLED:
+		log_info("%s is idle: no query for %.0f s; checking its "
+			 "addresses every %g s until it is queried",
+			 config->title, now - name->quiet_since,
+			 config->idle_check_frequency);
+		return;
+	case ACTIVITY_WOKEN:
+		wake_name(name, name->last_query_time == now ? "queried" :
+			  "idle_after changed");
+		return;
+	}
+}
+
 /*
  * A new RTT alone rarely changes an answer, and re-ranking a big name
  * after every check would cost more than the checks, so such names are
  * marked stale and re-ranked together a few times a second.  A change
- * of health re-ranks at once: that is failover.
+ * of health re-ranks at once: that is failover.  The same sweep turns
+ * the answer path's query marks into activity, so the answer path only
+ * stores a flag.
  */
 static void
-stale_names(struct ev_loop *loop, ev_timer *timer, int revents)
+sweep_names(struct ev_loop *loop, ev_timer *timer, int revents)
 {
+	double now;
+
 	(void)loop;
 	(void)timer;
 	(void)revents;
 	if (!check_registry)
 		return;
-	for (int i = 0; i < check_registry->name_count; i++)
-		if (check_registry->names[i].stale)
-			select_update_all(&check_registry->names[i]);
+	now = wall_now();
+	for (int i = 0; i < check_registry->name_count; i++) {
+		struct name *name = &check_registry->names[i];
+
+		if (name->stale)
+			select_update_all(name);
+		sweep_activity(name, now);
+	}
 }
 
 static void check_fire(struct ev_loop *loop, ev_timer *timer, int revents);
@@ -141,8 +351,8 @@ check_done(struct check *check, int status, int success,
 {
 	struct address *address = check->address;
 	const struct config_name *config = address_config(address);
-	double elapsed = monotonic_now() - check->started;
-	double delay = config->check_frequency - elapsed;
+	double started = check->started;
+	double next;
 	int was_draining = address->draining;
 	int health_changed;
 
@@ -166,7 +376,16 @@ check_done(struct check *check, int status, int success,
 	else
 		address->candidate->name->stale = 1;
 	store_record_check(address, success);
-	check_schedule_address(address, delay);
+	address->last_started = started;
+	next = schedule_next_start(address, success, started, check_origin,
+				   random_unit());
+	if (address->rechecking)
+		log_debug("recheck of %s %s in %g s: %s but %s",
+			  address->candidate->config->title, address->text,
+			  config->recheck_frequency,
+			  success ? "success" : "failure",
+			  address->health == HEALTH_UP ? "up" : "down");
+	check_schedule_address(address, next - monotonic_now());
 }
 
 static void
@@ -217,37 +436,75 @@ void
 check_restart(struct address *address)
 {
 	check_cancel(address);
+	address->rechecking = 0;
+	address->scheduled_period = schedule_period(address->candidate->name);
 	if (check_loop)
 		check_schedule_address(address, 0);
 }
 
-/* The first round is spread evenly over up to a second. */
 static void
-schedule_new_addresses(struct candidate *candidate, int *index, int total)
+assign_phase(struct address *address)
 {
-	double window = candidate->name->config->check_frequency;
+	if (address->has_phase)
+		return;
+	address->phase = schedule_phase_of(phase_sequence++, check_rotation);
+	address->has_phase = 1;
+}
 
-	if (window > 1.0)
-		window = 1.0;
+/* Unknown: at once; restored from the data file: at its grid time. */
+static void
+schedule_first_check(struct address *address)
+{
+	const struct name *name = address->candidate->name;
+	double period = schedule_period(name);
+	int restored = address->health != HEALTH_UNKNOWN;
+
+	assign_phase(address);
+	address->rechecking = 0;
+	address->scheduled_period = period;
+	check_schedule_address(address,
+	    schedule_first_delay(address->phase, restored ? period :
+				 name->config->check_frequency, restored));
+}
+
+/*
+ * A reload that changed an address's interval (check_frequency, or
+ * idle_check_frequency of an idle name) moves its pending check onto
+ * the new grid: at least half a new interval after the last check, and
+ * not before now.  A recheck, or a first check not yet made, stays.
+ */
+static void
+reschedule_changed_period(struct address *address)
+{
+	const struct config_name *config = address_config(address);
+	double period = schedule_period(address->candidate->name);
+	double now = monotonic_now();
+	double next;
+
+	if (address->rechecking || address->last_started == 0 ||
+	    address->scheduled_period == period)
+		return;
+	next = schedule_grid_start(check_origin, address->phase, period,
+				   fmax(address->last_started + period / 2, now),
+				   config->check_jitter, random_unit());
+	address->scheduled_period = period;
+	check_schedule_address(address, next - now);
+}
+
+/* Addresses scheduled already (carried over a reload) keep their place. */
+static void
+schedule_addresses(struct candidate *candidate)
+{
 	for (int i = 0; i < candidate->address_count; i++) {
 		struct address *address = candidate->addresses[i];
 
-		if (ev_is_active(&address->timer) || address->check)
+		if (address->check)	/* its end schedules the next */
 			continue;
-		check_schedule_address(address,
-		    total > 0 ? window * (*index)++ / total : 0);
+		if (ev_is_active(&address->timer))
+			reschedule_changed_period(address);
+		else
+			schedule_first_check(address);
 	}
-}
-
-static int
-registry_address_count(const struct registry *registry)
-{
-	int total = 0;
-
-	for (int i = 0; i < registry->name_count; i++)
-		for (int j = 0; j < registry->names[i].candidate_count; j++)
-			total += registry->names[i].candidates[j].address_count;
-	return total;
 }
 
 /*
@@ -258,13 +515,14 @@ registry_address_count(const struct registry *registry)
 int
 check_start_all(struct ev_loop *loop, struct registry *registry)
 {
-	int index = 0, total = registry_address_count(registry);
-
 	if (!check_loop) {
 		check_loop = loop;
-		ev_timer_init(&stale_timer, stale_names, STALE_INTERVAL,
-			      STALE_INTERVAL);
-		ev_timer_start(loop, &stale_timer);
+		check_origin = monotonic_now();
+		random_seed();
+		check_rotation = random_unit();
+		ev_timer_init(&sweep_timer, sweep_names, SWEEP_INTERVAL,
+			      SWEEP_INTERVAL);
+		ev_timer_start(loop, &sweep_timer);
 		if (check_http_init(loop) != 0)
 			return -1;
 	}
@@ -275,7 +533,7 @@ check_start_all(struct ev_loop *loop, struct registry *registry)
 		for (int j = 0; j < name->candidate_count; j++) {
 			struct candidate *candidate = &name->candidates[j];
 
-			schedule_new_addresses(candidate, &index, total);
+			schedule_addresses(candidate);
 			if (candidate->config->address_count == 0)
 				resolve_start(candidate, 0);
 		}
@@ -288,7 +546,7 @@ check_stop(void)
 {
 	if (!check_loop)
 		return;
-	ev_timer_stop(check_loop, &stale_timer);
+	ev_timer_stop(check_loop, &sweep_timer);
 	check_registry = NULL;
 	check_http_cleanup();
 }
@@ -338,7 +596,6 @@ resolution_finish(struct resolution *resolution)
 	int both_failed = resolution->failed[0] && resolution->failed[1];
 	double next;
 	unsigned long failures;
-	int index = 0;
 
 	candidate->resolution = NULL;
 	for (int i = 0; i < 2; i++)
@@ -366,7 +623,7 @@ resolution_finish(struct resolution *resolution)
 	if (resolution->failed[1])
 		keep_previous(resolution, AF_INET6);
 	candidate_set_addresses(candidate, resolution->ips, resolution->count);
-	schedule_new_addresses(candidate, &index, candidate->address_count);
+	schedule_addresses(candidate);
 	select_update_all(candidate->name);
 	store_note_addresses_changed();
 	next = resolution->ttl;

@@ -106,6 +106,12 @@ static const struct number_range number_ranges[] = {
 	{ "tcp_max_connections", 1, 1000000, NULL },
 	{ "name|check_frequency", 0.01, 86400, "seconds" },
 	{ "name|check_timeout", 0.001, 86400, "seconds" },
+	/* A fraction of check_frequency: 1 lets intervals vary by half of it. */
+	{ "name|check_jitter", 0, 1, NULL },
+	{ "name|recheck_frequency", 0.01, 86400, "seconds" },
+	/* Up to a year; 0 never idles. */
+	{ "name|idle_after", 0, 31536000, "seconds" },
+	{ "name|idle_check_frequency", 0.01, 86400, "seconds" },
 	{ "name|rise", 1, 1000, NULL },
 	{ "name|fall", 1, 1000, NULL },
 	{ "name|expect_status", 100, 599, NULL },
@@ -450,6 +456,10 @@ static cfg_opt_t name_options[] = {
 	CFG_STR("check_method", "http", CFGF_NONE),
 	CFG_FLOAT("check_frequency", 60, CFGF_NONE),
 	CFG_FLOAT("check_timeout", 0, CFGF_NODEFAULT),
+	CFG_FLOAT("check_jitter", 0.1, CFGF_NONE),
+	CFG_FLOAT("recheck_frequency", 0, CFGF_NODEFAULT),
+	CFG_FLOAT("idle_after", 3600, CFGF_NONE),
+	CFG_FLOAT("idle_check_frequency", 0, CFGF_NODEFAULT),
 	CFG_INT("rise", 1, CFGF_NONE),
 	CFG_INT("fall", 1, CFGF_NONE),
 	/* Strings, so that "200-299" can stand beside 200. */
@@ -882,6 +892,22 @@ load_overprovisioning(struct config_name *name, cfg_t *section)
 			  "or all, not best_rtt");
 }
 
+/*
+ * The pace of checks besides check_frequency (check.c has the rules).
+ * A recheck slower than the normal pace, or an idle pace faster than it,
+ * would turn the option's meaning around, so check_frequency bounds both.
+ */
+static void
+load_schedule_options(struct config_name *name, cfg_t *section)
+{
+	name->check_jitter = cfg_getfloat(section, "check_jitter");
+	name->recheck_frequency = fmin(name->check_frequency,
+	    optional_float(section, "recheck_frequency", 1.0));
+	name->idle_after = cfg_getfloat(section, "idle_after");
+	name->idle_check_frequency = fmax(name->check_frequency,
+	    optional_float(section, "idle_check_frequency", 60.0));
+}
+
 static void
 load_name_options(struct config_name *name, cfg_t *section)
 {
@@ -890,6 +916,7 @@ load_name_options(struct config_name *name, cfg_t *section)
 	name->check_frequency = cfg_getfloat(section, "check_frequency");
 	name->check_timeout = optional_float(section, "check_timeout",
 	    fmin(name->check_frequency, 10.0));
+	load_schedule_options(name, section);
 	name->rise = (int)cfg_getint(section, "rise");
 	name->fall = (int)cfg_getint(section, "fall");
 	name->expect_status_count = (int)cfg_size(section, "expect_status");

@@ -556,6 +556,9 @@ dns_answer(struct registry *registry, const uint8_t *packet, size_t len,
 	name = registry ? registry_lookup(registry, q.lower_name, q.name_len) : NULL;
 	if (!name)
 		return DNS_FORWARD;
+	/* A store, no clock: check.c's sweep turns it into a time and
+	 * wakes an idle name. */
+	name->queried = 1;
 	if (q.has_opt && q.edns_version != 0) {
 		dns_last.outcome = OUTCOME_ERROR;
 		totals.malformed[MALFORMED_BADVERS]++;

@@ -116,6 +116,10 @@ struct config_name {
 	enum check_method check_method;
 	double check_frequency;
 	double check_timeout;
+	double check_jitter;	/* a fraction of check_frequency; 0: none */
+	double recheck_frequency;	/* while a check disagrees with health */
+	double idle_after;	/* unqueried this long: idle; 0: never */
+	double idle_check_frequency;	/* the pace of an idle name */
 	int rise;
 	int fall;
 	struct status_range *expect_status;	/* a lone status: low == high */
@@ -249,6 +253,13 @@ struct address {
 	int store_dirty;	/* changed since last written to the data file */
 	ev_timer timer;		/* the next check */
 	struct check *check;	/* in flight, or NULL */
+	/* The schedule (check.c): where in each interval this address is
+	 * checked, as a fraction of it, given when it is first scheduled. */
+	double phase;
+	int has_phase;
+	double last_started;	/* monotonic start of the last check; 0: none */
+	double scheduled_period;	/* the interval the timer was set for */
+	int rechecking;		/* the timer is a recheck_frequency one */
 };
 
 struct candidate {
@@ -320,6 +331,15 @@ struct name {
 	struct name_counters stored_counters;	/* as last written */
 	struct answer_set answers[2];	/* [0] A, [1] AAAA */
 	int stale;		/* RTTs moved since the answers were chosen */
+	/*
+	 * Activity (check.c): dns.c sets queried on the answer path, and
+	 * check.c's sweep turns it into last_query_time and decides idle.
+	 */
+	int queried;
+	double last_query_time;	/* wall clock; NAN: none known */
+	double quiet_since;	/* unqueried since (wall clock); NAN: not yet */
+	int idle;		/* checked at idle_check_frequency */
+	int store_dirty;	/* last_query_time or idle not yet written */
 };
 
 struct registry {
@@ -523,6 +543,33 @@ void upstream_resolve(const char *host, int family, upstream_addresses_fn *done,
 /* -------------------------------------------------------------- check.c */
 
 int check_start_all(struct ev_loop *loop, struct registry *registry);
+/*
+ * The schedule's arithmetic, without timers, for check.c and its tests.
+ * Times are monotonic seconds; origin is where every address's grid of
+ * check times starts.  phase_of(n) is the phase of the n-th address
+ * ever scheduled: a low-discrepancy sequence turned by rotation, so any
+ * run of consecutive addresses is spread evenly over the interval.
+ */
+double schedule_phase_of(unsigned long sequence, double rotation);
+/* The delay of an address's first check: at once, spread over at most a
+ * second when its health is unknown; at its phase of the interval when
+ * restored from the data file. */
+double schedule_first_delay(double phase, double frequency, int restored);
+/* The first grid time (origin + (phase + k) * period) at or after
+ * not_before, moved by jitter * period * (u - 0.5) / 2, u in [0, 1). */
+double schedule_grid_start(double origin, double phase, double period,
+			   double not_before, double jitter, double u);
+/* The interval the name's addresses are checked at now. */
+double schedule_period(const struct name *name);
+/* Whether the check just recorded disagrees with the address's health. */
+int schedule_disagrees(const struct address *address, int success);
+/* When the next check of address starts after one that started at
+ * started; sets address->rechecking. */
+double schedule_next_start(struct address *address, int success,
+			   double started, double origin, double u);
+/* One sweep of a name's activity at wall time now: what changed. */
+enum activity_change { ACTIVITY_SAME, ACTIVITY_IDLED, ACTIVITY_WOKEN };
+enum activity_change check_name_activity(struct name *name, double now);
 void check_cancel(struct address *address);
 /* Cancels a check in flight and starts a new one at once. */
 void check_restart(struct address *address);
@@ -633,6 +680,8 @@ struct candidate_row {
 struct name_row {
 	char name[DNS_MAX_NAME + 1];
 	uint64_t queries;
+	double last_query_time;	/* NAN: none known */
+	int idle;
 	const char *selection_method, *rtt_mode, *failure_mode;
 	double max_rtt, group_rtt_threshold, overprovisioning;
 	uint32_t ttl;

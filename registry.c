@@ -199,6 +199,8 @@ registry_create(struct config *config)
 		struct name *name = &registry->names[i];
 
 		name->config = &config->names[i];
+		name->last_query_time = NAN;
+		name->quiet_since = NAN;
 		name->candidate_count = name->config->candidate_count;
 		name->candidates = registry_calloc((size_t)name->candidate_count,
 						   sizeof(struct candidate));
@@ -367,6 +369,13 @@ registry_take_over(struct registry *fresh, struct registry *old)
 			continue;
 		name->queries = previous->queries;
 		name->counters = previous->counters;
+		/* Before the addresses: a restarted check is scheduled
+		 * at the pace of the name's idleness. */
+		name->queried = previous->queried;
+		name->last_query_time = previous->last_query_time;
+		name->quiet_since = previous->quiet_since;
+		name->idle = previous->idle;
+		name->store_dirty = previous->store_dirty;
 		for (int j = 0; j < name->candidate_count; j++) {
 			struct candidate *candidate = &name->candidates[j];
 			struct candidate *before =

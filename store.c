@@ -182,6 +182,8 @@ copy_name(struct name_row *row, const struct name *name)
 
 	snprintf(row->name, sizeof(row->name), "%s", config->title);
 	row->queries = name->queries;
+	row->last_query_time = name->last_query_time;
+	row->idle = name->idle;
 	row->selection_method = selection_names[config->selection_method];
 	row->rtt_mode = rtt_mode_names[config->rtt_mode];
 	row->failure_mode = failure_names[config->failure_mode];
@@ -298,6 +300,13 @@ name_counters_take(struct batch *batch, int moved)
 	}
 }
 
+static int
+name_dirty(const struct name *name)
+{
+	return name->queries != name->stored_queries || name->store_dirty ||
+	    addresses_changed;
+}
+
 /* Takes everything dirty out of the live state; NULL if nothing is. */
 static struct batch *
 batch_take(void)
@@ -309,7 +318,7 @@ batch_take(void)
 	for (int i = 0; i < store_registry->name_count; i++) {
 		const struct name *name = &store_registry->names[i];
 
-		names += name->queries != name->stored_queries || addresses_changed;
+		names += name_dirty(name);
 		for (int j = 0; j < name->candidate_count; j++)
 			for (int k = 0; k < name->candidates[j].address_count; k++) {
 				addresses++;
@@ -332,9 +341,10 @@ batch_take(void)
 	for (int i = 0; i < store_registry->name_count; i++) {
 		struct name *name = &store_registry->names[i];
 
-		if (name->queries != name->stored_queries || addresses_changed)
+		if (name_dirty(name))
 			copy_name(&batch->names[batch->name_count++], name);
 		name->stored_queries = name->queries;
+		name->store_dirty = 0;
 		for (int j = 0; j < name->candidate_count; j++)
 			for (int k = 0; k < name->candidates[j].address_count; k++) {
 				struct address *address = name->candidates[j].addresses[k];
@@ -667,15 +677,19 @@ restore_queries(struct registry *registry)
 {
 	sqlite3_stmt *statement;
 
-	if (sqlite3_prepare_v2(current->db, "SELECT name, queries FROM names", -1,
+	if (sqlite3_prepare_v2(current->db, "SELECT name, queries,"
+			       " last_query_time FROM names", -1,
 			       &statement, NULL) != SQLITE_OK)
 		return;
 	while (sqlite3_step(statement) == SQLITE_ROW) {
 		struct name *name = registry_find_name(registry,
 		    (const char *)sqlite3_column_text(statement, 0));
 
-		if (name)
-			name->queries = (uint64_t)sqlite3_column_int64(statement, 1);
+		if (!name)
+			continue;
+		name->queries = (uint64_t)sqlite3_column_int64(statement, 1);
+		/* A name idle when hard stopped is idle again at once. */
+		name->last_query_time = column_real(statement, 2);
 	}
 	sqlite3_finalize(statement);
 }

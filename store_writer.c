@@ -22,19 +22,21 @@
 /* 1: names, candidates, checks, ranking; 2: admin_state; 3: the
  * monitoring counters (daemon, totals, nameservers, nameserver_replies,
  * name_counters); 4: overprovisioning, each address's latency group and
- * share.  Each step only adds, so any older file upgrades. */
+ * share, names' last_query_time and idle.  Each step only adds, so any
+ * older file upgrades. */
 #define STORE_SCHEMA_VERSION 4
 #define BUSY_TIMEOUT_MS 20
 
 static const char *const statement_sql[STATEMENT_COUNT] = {
 	[UPSERT_NAME] =
 	    "INSERT INTO names(name, queries, selection_method, rtt_mode,"
-	    " max_rtt, group_rtt_threshold, failure_mode, ttl, overprovisioning)"
-	    " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+	    " max_rtt, group_rtt_threshold, failure_mode, ttl, overprovisioning,"
+	    " last_query_time, idle)"
+	    " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
 	    " ON CONFLICT(name) DO UPDATE SET queries = ?2,"
 	    " selection_method = ?3, rtt_mode = ?4, max_rtt = ?5,"
 	    " group_rtt_threshold = ?6, failure_mode = ?7, ttl = ?8,"
-	    " overprovisioning = ?9",
+	    " overprovisioning = ?9, last_query_time = ?10, idle = ?11",
 	/* Upserts update rows in place: cheaper than REPLACE's delete and
 	 * insert, which would rewrite the index entries every time. */
 	[UPSERT_CANDIDATE] =
@@ -122,6 +124,8 @@ static const struct {
 	{ "names", "overprovisioning", "REAL NOT NULL DEFAULT 0" },
 	{ "candidates", "latency_group", "INTEGER" },
 	{ "candidates", "share", "REAL" },
+	{ "names", "last_query_time", "REAL" },
+	{ "names", "idle", "INTEGER NOT NULL DEFAULT 0" },
 };
 
 /*
@@ -396,6 +400,8 @@ write_name(struct store_file *file, const struct name_row *row)
 	sqlite3_bind_text(statement, 7, row->failure_mode, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(statement, 8, row->ttl);
 	sqlite3_bind_double(statement, 9, row->overprovisioning);
+	bind_real(statement, 10, row->last_query_time);
+	sqlite3_bind_int(statement, 11, row->idle);
 	return step(statement);
 }
 

@@ -1,0 +1,358 @@
+"""The check schedule (issue 11 items 1-3, issue 12's even spread), seen
+where it matters: at real HTTP servers.  A check's arrival time is recorded
+by the server as it accepts the connection.  Jitter makes every interval
+differ within its bounds; one hard's checks are spread over the whole
+interval, not bunched into its first second; restored addresses start
+spread over a whole interval, unknown ones at once; a check that disagrees
+with health is confirmed after recheck_frequency; an idle name is checked
+at idle_check_frequency and woken by a query; the names table shows the
+last query time and idleness."""
+
+import math
+import os
+import selectors
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+import harness
+from harness import answer, wait_answer
+from statehelpers import log_lines, sql, wait_log
+
+A, B = "127.0.0.2", "127.0.0.3"
+RESPONSE = (b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n"
+            b"Connection: close\r\n\r\nok\n")
+
+
+class ArrivalServer:
+    """One thread answering HTTP 200 on one port of many loopback addresses,
+    recording when each connection is accepted (time.monotonic) and at
+    which address."""
+
+    def __init__(self, addrs):
+        self.addrs = list(addrs)
+        self.lock = threading.Lock()
+        self.arrivals = []  # (monotonic time, address)
+        self.selector = selectors.DefaultSelector()
+        self.listeners = self._bind()
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _bind(self):
+        for _ in range(50):
+            port = harness.free_port(self.addrs[0])
+            listeners = []
+            try:
+                for addr in self.addrs:
+                    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    listeners.append(s)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    s.bind((addr, port))
+                    s.listen(256)
+                    s.setblocking(False)
+            except OSError:
+                for s in listeners:
+                    s.close()
+                continue
+            self.port = port
+            for s in listeners:
+                self.selector.register(s, selectors.EVENT_READ, ("listen", s))
+            return listeners
+        raise RuntimeError("no port free on every address")
+
+    def url(self, addr=None):
+        return "http://%s:%d/" % (addr or self.addrs[0], self.port)
+
+    def _serve(self):
+        buffers = {}
+        while not self.stopping:
+            for key, _ in self.selector.select(0.05):
+                kind, sock = key.data
+                if kind == "listen":
+                    self._accept(sock, buffers)
+                else:
+                    self._read(sock, buffers)
+
+    def _accept(self, listener, buffers):
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, OSError):
+                return
+            at = time.monotonic()
+            with self.lock:
+                self.arrivals.append((at, listener.getsockname()[0]))
+            conn.setblocking(False)
+            buffers[conn] = b""
+            self.selector.register(conn, selectors.EVENT_READ, ("conn", conn))
+
+    def _read(self, conn, buffers):
+        try:
+            data = conn.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        buffers[conn] += data
+        if data and b"\r\n\r\n" not in buffers[conn]:
+            return
+        if data:
+            try:
+                conn.sendall(RESPONSE)
+            except OSError:
+                pass
+        self.selector.unregister(conn)
+        del buffers[conn]
+        conn.close()
+
+    def times(self, addr=None, since=0.0):
+        with self.lock:
+            return [t for t, a in self.arrivals
+                    if t >= since and (addr is None or a == addr)]
+
+    def stop(self):
+        self.stopping = True
+        self.thread.join(2)
+        for key in list(self.selector.get_map().values()):
+            key.data[1].close()
+        self.selector.close()
+
+
+@pytest.fixture
+def start_arrivals():
+    started = []
+
+    def start(addrs):
+        s = ArrivalServer(addrs)
+        started.append(s)
+        return s
+    yield start
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture
+def up(start_upstream):
+    return start_upstream()
+
+
+def name_block(title, addrs, url, **opts):
+    """One candidate checking url at every address of addrs."""
+    lines = ["name %s {" % title]
+    lines += ["    %s = %s" % kv for kv in opts.items()]
+    lines.append('    candidate c {')
+    lines.append('        check_address = "%s"' % url)
+    lines.append('        address = { %s }' % ", ".join(addrs))
+    lines.append("    }")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def intervals(times):
+    return [b - a for a, b in zip(times, times[1:])]
+
+
+def per_second(times, start, seconds):
+    counts = [0] * seconds
+    for t in times:
+        second = math.floor(t - start)
+        if 0 <= second < seconds:
+            counts[second] += 1
+    return counts
+
+
+def test_jitter_varies_intervals_within_bounds(start_hard, start_arrivals, up):
+    """check_frequency 1, check_jitter 0.5: after the first check every
+    interval lies within f(1 - j/2) .. f(1 + j/2) (loose by the machine's
+    delays), they differ from each other, and they average f."""
+    addrs = ["127.0.0.%d" % i for i in range(2, 6)]
+    server = start_arrivals(addrs)
+    start_hard(name_block("jitter.test", addrs, server.url("jitter.test"),
+                          check_frequency=1, check_jitter=0.5,
+                          check_timeout=0.5), upstream=up)
+    time.sleep(9)
+    all_intervals = []
+    for addr in addrs:
+        times = server.times(addr)
+        assert len(times) >= 7, (addr, times)
+        # the first interval joins the grid: half an interval to one and a half
+        steady = intervals(times[1:])
+        for interval in steady:
+            assert 0.75 - 0.15 <= interval <= 1.25 + 0.15, (addr, steady)
+        all_intervals += steady
+    spread = max(all_intervals) - min(all_intervals)
+    assert spread > 0.2, "intervals do not vary: %s" % all_intervals
+    mean = sum(all_intervals) / len(all_intervals)
+    assert 0.9 <= mean <= 1.1, all_intervals
+
+
+ADDRESSES = ["127.0.1.%d" % i for i in range(1, 201)]
+
+
+def test_checks_spread_over_the_interval(start_hard, start_arrivals, up):
+    """200 addresses at check_frequency 4: the first round comes at once
+    (within about a second); after it, every second of the interval gets
+    about a quarter of the checks, not the first second all of them."""
+    server = start_arrivals(ADDRESSES)
+    began = time.monotonic()
+    start_hard(name_block("spread.test", ADDRESSES, server.url("spread.test"),
+                          check_frequency=4, check_timeout=2), upstream=up)
+    time.sleep(14)
+    times = server.times()
+    first = sorted(times)[:200]
+    assert first[-1] - first[0] < 1.5, "first round not at once: %.2f s" % (
+        first[-1] - first[0])
+    # steady state: two whole intervals after the first one and a half
+    steady_from = first[0] + 6
+    counts = per_second(times, steady_from, 8)
+    mean = 200 / 4
+    print("checks per second:", per_second(times, first[0], 14))
+    for count in counts:
+        assert mean * 0.7 <= count <= mean * 1.3, counts
+
+
+def test_restored_addresses_spread_unknown_at_once(workdir, start_hard,
+                                                   start_arrivals, up):
+    """Warm start: addresses whose state the data file restores are first
+    checked spread over a whole check_frequency; without a data file (or
+    unknown state) they are all checked within the first second."""
+    server = start_arrivals(ADDRESSES)
+    data = os.path.join(workdir, "state.db")
+    body = name_block("warm.test", ADDRESSES, server.url("warm.test"),
+                      check_frequency=4, check_timeout=2)
+    h = start_hard(body, upstream=up, data_file=data)
+    harness.wait_until(lambda: len(server.times()) >= 200, 10,
+                       what="the first round")
+    wait_log(h, r"warm\.test candidate c address 127\.0\.1\.200 is up")
+    time.sleep(1.5)  # the data file is written every half second
+    h.stop()
+    restarted = time.monotonic()
+    start_hard(body, upstream=up, data_file=data)
+    harness.wait_until(lambda: len(server.times(since=restarted)) >= 200, 10,
+                       what="the first round after the restart")
+    first = sorted(server.times(since=restarted))[:200]
+    counts = per_second(first, restarted, 5)
+    print("first checks per second after a warm start:", counts)
+    assert first[-1] - first[0] > 3, counts
+    assert max(counts) <= 80, counts
+
+
+def test_recheck_shortens_failover(start_hard, start_http, up):
+    """check_frequency 3, fall 3: a server killed right after a check is
+    found failing about 3 s later and rechecked every second, so it leaves
+    the answers after about 5 s, not 9."""
+    sa, sb = start_http(A), start_http(B)
+    h = start_hard("""
+name fail.test {
+    check_frequency = 3
+    check_timeout = 1
+    fall = 3
+    selection_method = all
+    candidate a { check_address = "%s" }
+    candidate b { check_address = "%s" }
+}
+""" % (sa.url(), sb.url()), upstream=up)
+    wait_answer(h, "fail.test", [A, B])
+    seen = sa.requests_seen()
+    harness.wait_until(lambda: sa.requests_seen() > seen, 5, 0.005,
+                       what="a check of a")
+    killed = time.monotonic()
+    sa.stop()
+    wait_answer(h, "fail.test", [B], timeout=12)
+    took = time.monotonic() - killed
+    print("left the answers %.2f s after the kill" % took)
+    assert 4 <= took <= 7, "left after %.1f s" % took
+
+
+def test_idle_name_checked_slowly_and_woken(workdir, start_hard,
+                                            start_arrivals, up):
+    """idle_after 2, idle_check_frequency 5: unqueried, the name goes idle
+    (logged once) and is checked every 5 s instead of every second; a
+    query is answered at once and wakes it (logged once), its address
+    checked at once and every second again; the names table shows the
+    last query time and idle."""
+    server = start_arrivals([A])
+    data = os.path.join(workdir, "state.db")
+    h = start_hard(name_block("idle.test", [A], server.url("idle.test"),
+                              check_frequency=1, check_jitter=0,
+                              idle_after=2, idle_check_frequency=5)
+                   + name_block("busy.test", [B], "http://%s:1/" % B),
+                   upstream=up, data_file=data)
+    wait_log(h, r"idle\.test is idle", timeout=5)
+    harness.wait_until(lambda: sql(data, "SELECT idle FROM names WHERE"
+                                   " name = 'idle.test'") == [{"idle": 1}], 3,
+                       what="idle in the names table")
+    row = sql(data, "SELECT last_query_time FROM names WHERE name = 'idle.test'")
+    assert row == [{"last_query_time": None}]
+    idle_from = time.monotonic()
+    time.sleep(7)
+    idle_checks = server.times(since=idle_from)
+    assert 1 <= len(idle_checks) <= 2, intervals(idle_checks)
+    queried = time.monotonic()
+    queried_wall = time.time()
+    assert answer(h, "idle.test") == [A]
+    harness.wait_until(lambda: server.times(since=queried), 1.5, 0.01,
+                       what="the check a query triggers")
+    wait_log(h, r"idle\.test is no longer idle \(queried\)")
+    # kept awake by queries: checked every second again
+    for _ in range(8):
+        answer(h, "idle.test")
+        time.sleep(0.5)
+    awake = server.times(since=queried)
+    assert len(awake) >= 4, intervals(awake)
+    assert max(intervals(awake)) < 1.9, intervals(awake)  # idle: 5 s
+    harness.wait_until(lambda: sql(data, "SELECT idle FROM names WHERE"
+                                   " name = 'idle.test'") == [{"idle": 0}], 3,
+                       what="awake in the names table")
+    last = sql(data, "SELECT last_query_time FROM names"
+               " WHERE name = 'idle.test'")[0]["last_query_time"]
+    assert queried_wall - 0.5 <= last <= time.time() + 0.5
+    assert len(log_lines(h, r"idle\.test is idle")) == 1
+    assert len(log_lines(h, r"idle\.test is no longer idle")) == 1
+
+
+def test_reload_to_shorter_check_frequency_applies_now(workdir, start_hard,
+                                                       start_arrivals, up):
+    """A reload from check_frequency 60 to 1 moves each pending check onto
+    the new schedule: checked within a second or so, not after a minute."""
+    server = start_arrivals([A])
+    # check_timeout set: its default follows check_frequency, and a changed
+    # check_timeout restarts the check by itself
+    h = start_hard(name_block("reload.test", [A], server.url("reload.test"),
+                              check_frequency=60, check_timeout=0.5),
+                   upstream=up)
+    harness.wait_until(lambda: server.times(), 3, what="the first check")
+    time.sleep(1)
+    with open(h.conf + ".new", "w") as f:
+        f.write(h.config.replace("check_frequency = 60", "check_frequency = 1"))
+    os.replace(h.conf + ".new", h.conf)
+    reloaded = time.monotonic()
+    h.signal(signal.SIGHUP)
+    harness.wait_until(lambda: len(server.times(since=reloaded)) >= 3, 5,
+                       what="checks at the new frequency")
+
+
+def test_idle_state_kept_over_a_restart(workdir, start_hard, start_arrivals,
+                                        up):
+    """The last query time is kept in the data file: a name idle when hard
+    stopped is idle again as soon as it starts, not idle_after later."""
+    server = start_arrivals([A])
+    data = os.path.join(workdir, "state.db")
+    body = name_block("idle.test", [A], server.url("idle.test"),
+                      check_frequency=1, idle_after=2, idle_check_frequency=5)
+    h = start_hard(body, upstream=up, data_file=data)
+    wait_answer(h, "idle.test", [A])
+    wait_log(h, r"idle\.test is idle", timeout=5)
+    row = harness.wait_until(
+        lambda: sql(data, "SELECT last_query_time, idle FROM names"
+                    " WHERE idle = 1"), 3, what="idle in the names table")[0]
+    assert row["last_query_time"] is not None
+    h.stop()
+    h = start_hard(body, upstream=up, data_file=data)
+    wait_log(h, r"idle\.test is idle", timeout=1)
+    assert sql(data, "SELECT last_query_time FROM names") == [
+        {"last_query_time": row["last_query_time"]}]
