@@ -1,5 +1,6 @@
-"""Helpers for bench/run: processes started and stopped by PID, loopback ports,
-a raw DNS client, /proc readings and the dnsperf driver.
+"""Helpers for bench/run and bench/fleet: processes started and stopped by
+PID, loopback ports, a raw DNS client (one query or a fleet's worth at once),
+/proc readings, figures and the dnsperf driver.
 
 Debian's python3 standard library only.
 """
