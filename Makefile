@@ -31,7 +31,7 @@ OBJECTS = har.o notify.o $(MODULES)
 UNIT_TESTS = tests/unit/test_config tests/unit/test_dns tests/unit/test_select \
 	tests/unit/test_check
 
-.PHONY: all deps run test unit system bench fuzz install uninstall clean lint print-modules
+.PHONY: all deps run test unit system bench fleet fuzz install uninstall clean lint print-modules
 
 all: hard
 
@@ -67,6 +67,12 @@ bench:
 	@contrib/install-deps bench
 	@$(MAKE) --no-print-directory hard
 	bench/run
+
+# A fleet of hards on this machine (bench/fleet); FLEET_* knobs in bench/README.md.
+fleet:
+	@contrib/install-deps run
+	@$(MAKE) --no-print-directory hard
+	bench/fleet
 
 fuzz:
 	@contrib/install-deps fuzz

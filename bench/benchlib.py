@@ -1,5 +1,6 @@
-"""Helpers for bench/run: processes started and stopped by PID, loopback ports,
-a raw DNS client, /proc readings and the dnsperf driver.
+"""Helpers for bench/run and bench/fleet: processes started and stopped by
+PID, loopback ports, a raw DNS client (one query or a fleet's worth at once),
+/proc readings, figures and the dnsperf driver.
 
 Debian's python3 standard library only.
 """
@@ -57,7 +58,7 @@ class Proc:
     """A child process started by the bench, stopped by its PID only."""
 
     def __init__(self, name, argv, cpu=None, log=None, wait_ready_line=False,
-                 cwd=None):
+                 cwd=None, stdin=subprocess.DEVNULL):
         self.name = name
         self.cpu = cpu
         self.argv = list(argv)
@@ -66,7 +67,7 @@ class Proc:
         self.log = log
         logf = open(log, "w") if log else subprocess.DEVNULL
         self.proc = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL,
+            self.argv, stdin=stdin,
             stdout=subprocess.PIPE if wait_ready_line else logf,
             stderr=logf, cwd=cwd, start_new_session=True)
         if log:
@@ -109,6 +110,19 @@ class Proc:
         if self in _procs:
             _procs.remove(self)
         return self.proc.returncode
+
+
+def stop_many(procs, timeout=5.0):
+    """Stops many processes at once: SIGTERM to each, then waits for each
+    (a SIGKILL for one that is still there after timeout)."""
+    for p in procs:
+        if p.alive():
+            try:
+                os.kill(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    for p in procs:
+        p.stop(timeout=timeout)
 
 
 def stop_all():
@@ -313,6 +327,40 @@ def query_a(port, name, addr="127.0.0.1", timeout=0.5):
                     return None, []
 
 
+def query_many(targets, timeout=1.0, addr="127.0.0.1"):
+    """One A query to each (port, name) of targets, all sent from one UDP
+    socket before any answer is read (a fleet of servers asked at once):
+    [(rcode, [addresses]) or (None, []) on timeout], in targets' order."""
+    results = [(None, [])] * len(targets)
+    pending = {}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        for i, (port, name) in enumerate(targets):
+            qid, wire = build_query(name, qid=i & 0xFFFF)
+            pending[(port, qid)] = i
+            s.sendto(wire, (addr, port))
+        deadline = time.monotonic() + timeout
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            s.settimeout(left)
+            try:
+                data, (_, port) = s.recvfrom(4096)
+            except socket.timeout:
+                break
+            if len(data) < 2:
+                continue
+            key = (port, struct.unpack("!H", data[:2])[0])
+            if key not in pending:
+                continue
+            try:
+                results[pending.pop(key)] = parse_response(data, key[1])
+            except (ValueError, IndexError, struct.error):
+                pass
+    return results
+
+
 def wait_answer(port, name, want, timeout=10.0, proc=None, what=None):
     """Polls until the A answer for name satisfies want(rcode, addrs)."""
     deadline = time.monotonic() + timeout
@@ -326,6 +374,57 @@ def wait_answer(port, name, want, timeout=10.0, proc=None, what=None):
         time.sleep(0.05)
     raise BenchError("timed out waiting for %s (last answer for %s: %r)" % (
         what or "an answer", name, last))
+
+
+# ------------------------------------------------------------------ figures
+
+
+def median(values):
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    n = len(values)
+    return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+
+
+def ratio(a, b):
+    return None if a is None or not b else a / b
+
+
+def fmt(v, spec="%.2f", none="n/a"):
+    return none if v is None else spec % v
+
+
+# ------------------------------------------------------------------ this machine
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
+def first_line(argv):
+    """The first line a program prints (a version, say), or "?"."""
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        return (p.stdout + p.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return "?"
+
+
+def git_describe(path=REPO):
+    """`git describe --always --dirty` of the tree at path, or "?"."""
+    try:
+        return subprocess.run(["git", "-C", path, "describe", "--always", "--dirty"],
+                              capture_output=True, text=True, timeout=10).stdout.strip() or "?"
+    except (OSError, subprocess.SubprocessError):
+        return "?"
 
 
 # ------------------------------------------------------------------ dnsperf
