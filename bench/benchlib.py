@@ -203,6 +203,22 @@ def wait_quiet(pids=(), max_wait=10.0, budget=120.0, threshold=0.05, sample=0.5)
             return share
 
 
+def sample_counter(read, seconds, period=1.0):
+    """Reads a counter (read()) every `period` seconds for `seconds`, on a
+    fixed schedule: [(time, value)], each time the middle of its reading, so
+    that counts per period can be divided by the true time between readings."""
+    samples = []
+    start = time.monotonic()
+    for k in range(int(round(seconds / period)) + 1):
+        pause = start + k * period - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        t0 = time.monotonic()
+        value = read()
+        samples.append(((t0 + time.monotonic()) / 2, value))
+    return samples
+
+
 def peak_rss_mb(pid):
     kb = status_kb(pid, "VmHWM")
     return None if kb is None else kb / 1024.0
