@@ -146,6 +146,42 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def run_seconds(pid):
+    """Time on a CPU of the live threads of the process, in nanosecond
+    precision (/proc/PID/task/*/schedstat: the kernel's sum_exec_runtime,
+    of which utime+stime are the tick-rounded split), or None."""
+    total = 0
+    try:
+        tasks = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return None
+    for tid in tasks:
+        try:
+            with open("/proc/%d/task/%s/schedstat" % (pid, tid)) as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # the thread ended meanwhile
+    return total / 1e9
+
+
+class CpuMeter:
+    """A process's CPU time over an interval: utime+stime, read finely from
+    schedstat unless threads ended within it (their time is then only in
+    /proc/PID/stat, whose 10 ms ticks would blur a short window)."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.ticks0, self.fine0 = cpu_seconds(pid), run_seconds(pid)
+
+    def seconds(self):
+        ticks = cpu_seconds(self.pid) - self.ticks0
+        fine1 = run_seconds(self.pid)
+        if self.fine0 is None or fine1 is None:
+            return ticks
+        fine = fine1 - self.fine0
+        return fine if ticks - fine < 2.5 / CLK_TCK else ticks
+
+
 def status_kb(pid, key):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
@@ -215,6 +251,22 @@ def wait_quiet(pids=(), max_wait=10.0, budget=120.0, threshold=0.05, sample=0.5)
                 say("   core %s is busy with other programs (%.0f%% of it); measuring anyway"
                     % (SERVER_CPU, 100 * share))
             return share
+
+
+def sample_counter(read, seconds, period=1.0):
+    """Reads a counter (read()) every `period` seconds for `seconds`, on a
+    fixed schedule: [(time, value)], each time the middle of its reading, so
+    that counts per period can be divided by the true time between readings."""
+    samples = []
+    start = time.monotonic()
+    for k in range(int(round(seconds / period)) + 1):
+        pause = start + k * period - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        t0 = time.monotonic()
+        value = read()
+        samples.append(((t0 + time.monotonic()) / 2, value))
+    return samples
 
 
 def peak_rss_mb(pid):
