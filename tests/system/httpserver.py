@@ -60,7 +60,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                        self.headers.get("User-Agent", ""), self.path))
         with log_lock, open(request_log + ".json", "a") as f:
             f.write(json.dumps({"method": self.command, "path": self.path,
-                                "headers": list(self.headers.items())}) + "\n")
+                                "headers": list(self.headers.items()),
+                                "resumed": getattr(self.connection, "session_reused", None),
+                                "peer": self.client_address[1]}) + "\n")
 
     def answer(self, send_body):
         values = state()
