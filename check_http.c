@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 
 #include <curl/curl.h>
@@ -813,6 +814,22 @@ add_headers(struct http_transfer *transfer, const struct config_name *config)
 }
 
 /*
+ * When curl closes a check's connection the check is over, whatever was
+ * left unsent or unread: a reset instead of the FIN exchange leaves
+ * neither side a TIME_WAIT socket nor the packets of a graceful close.
+ */
+static int
+reset_on_close(void *context, curl_socket_t fd, curlsocktype purpose)
+{
+	struct linger linger = { .l_onoff = 1, .l_linger = 0 };
+
+	(void)context;
+	if (purpose == CURLSOCKTYPE_IPCXN)
+		setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, sizeof(linger));
+	return CURL_SOCKOPT_OK;
+}
+
+/*
  * The options a check needs on a reset handle.  A new connection for
  * every check, closed after it: a check that rode on an old connection
  * would prove nothing.  No proxy, whatever the environment says;
@@ -832,8 +849,12 @@ set_request(CURL *easy, const struct config_name *config,
 	curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(easy, CURLOPT_FORBID_REUSE, 1L);
 	curl_easy_setopt(easy, CURLOPT_FRESH_CONNECT, 1L);
+	curl_easy_setopt(easy, CURLOPT_SOCKOPTFUNCTION, reset_on_close);
 	curl_easy_setopt(easy, CURLOPT_PROXY, "");
 	curl_easy_setopt(easy, CURLOPT_USERAGENT, "har/" HAR_VERSION);
+	/* The address is a literal: a cache of it would only grow with
+	 * the address count, and curl prunes it on every lookup. */
+	curl_easy_setopt(easy, CURLOPT_DNS_CACHE_TIMEOUT, 0L);
 	if (config->http_method == HTTP_HEAD)
 		curl_easy_setopt(easy, CURLOPT_NOBODY, 1L);
 }
