@@ -6,8 +6,13 @@
  * Each check connects to one address while the URL keeps its host name,
  * so the Host header, SNI and certificate verification are those of the
  * URL (CURLOPT_CONNECT_TO); a Host line of http_headers changes the
- * header alone.  Nothing is reused from one check to the
- * next: a check that rode on an old connection would prove nothing.
+ * header alone.  Every check makes a new connection, closed when it ends:
+ * a check that rode on an old connection would prove nothing.
+ *
+ * What a check costs is paid on every host, all the time, so what can
+ * outlive a check does: curl handles (reset between checks), the parsed
+ * CAs of each ca_file, and for HTTPS the TLS sessions that spare most
+ * checks a full handshake, within the bounds set out at struct tls_target.
  */
 #include <errno.h>
 #include <stdio.h>
