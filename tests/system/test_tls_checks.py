@@ -96,9 +96,11 @@ def test_certificate_change_found_within_full_handshake_interval(
     wait_resumed(s)
     s.set(cert="%s,%s" % certs[change])
     t0 = time.monotonic()
-    wait_answer(h, "secure.test", "SERVFAIL", timeout=6)
-    # at most one interval, one check period and a check's time, with margin
-    assert time.monotonic() - t0 < 1.5 + 0.2 + 1 + 1.5
+    wait_answer(h, "secure.test", "SERVFAIL", timeout=8)
+    # at most one interval, one check period and a check's time, with a
+    # margin for a loaded machine (without the forced full handshake the
+    # sessions would resume for good)
+    assert time.monotonic() - t0 < 1.5 + 0.2 + 1 + 2.5
 
 
 def wait_requests(server, count, timeout=5.0):
