@@ -12,7 +12,7 @@ UNITDIR = $(PREFIX)/lib/systemd/system
 PYTHON = /usr/bin/python3
 
 CC ?= cc
-PKGS = libcares libcurl sqlite3 libconfuse liburiparser ldns
+PKGS = libcares libcurl sqlite3 libconfuse liburiparser ldns libssl libcrypto
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

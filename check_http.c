@@ -6,14 +6,24 @@
  * Each check connects to one address while the URL keeps its host name,
  * so the Host header, SNI and certificate verification are those of the
  * URL (CURLOPT_CONNECT_TO); a Host line of http_headers changes the
- * header alone.  Nothing is reused from one check to the
- * next: a check that rode on an old connection would prove nothing.
+ * header alone.  Every check makes a new connection, closed when it ends:
+ * a check that rode on an old connection would prove nothing.
+ *
+ * What a check costs is paid on every host, all the time, so what can
+ * outlive a check does: curl handles (reset between checks), the parsed
+ * CAs of each ca_file, and for HTTPS the TLS sessions that spare most
+ * checks a full handshake, within the bounds set out at struct tls_target.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <curl/curl.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include "har.h"
 
@@ -23,6 +33,8 @@ struct curl_socket_watch {
 };
 
 enum body_verdict { BODY_UNJUDGED, BODY_FOUND, BODY_MISSING };
+
+struct tls_target;
 
 /*
  * One check in flight: the curl handle and what curl reads from us for
@@ -38,6 +50,8 @@ struct http_transfer {
 	struct check *check;
 	struct curl_slist *connect_to;
 	struct curl_slist *headers;
+	struct tls_target *target;	/* HTTPS: whose sessions it may use */
+	int full_handshake;	/* HTTPS: no session was offered */
 	enum body_verdict verdict;
 	size_t body_seen;
 	size_t matched;
@@ -127,12 +141,438 @@ transfer_new(const char *expected)
 	return transfer;
 }
 
+/* ------------------------------------------------------- easy handles */
+
+/*
+ * Finished transfers' handles, reset and kept for the next checks: a
+ * handle costs more to make than to reset.  Reset clears every option,
+ * so nothing set for one check (headers, HEAD, the body reader) reaches
+ * the next; connections are not the handle's but the multi's, and
+ * CURLOPT_FORBID_REUSE closes each one when its check ends.
+ */
+#define IDLE_HANDLES_KEPT 256
+
+static CURL *idle_handles[IDLE_HANDLES_KEPT];
+static int idle_handle_count;
+
+static CURL *
+handle_take(void)
+{
+	if (idle_handle_count > 0)
+		return idle_handles[--idle_handle_count];
+	return curl_easy_init();
+}
+
+static void
+handle_give_back(CURL *easy)
+{
+	if (idle_handle_count == IDLE_HANDLES_KEPT) {
+		curl_easy_cleanup(easy);
+		return;
+	}
+	curl_easy_setopt(easy, CURLOPT_SHARE, NULL);
+	curl_easy_reset(easy);
+	idle_handles[idle_handle_count++] = easy;
+}
+
+static void
+handles_free(void)
+{
+	while (idle_handle_count > 0)
+		curl_easy_cleanup(idle_handles[--idle_handle_count]);
+}
+
+/* ----------------------------------------------------------- CA stores */
+
+/*
+ * The CAs of each ca_file (path NULL: curl's own default bundle and
+ * directory), parsed once and handed to each HTTPS check's TLS context
+ * instead of curl parsing the file for every check.  A file is looked at
+ * (stat) at every check and parsed again when it is another file or was
+ * written; each parse has its own generation, which ends the TLS sessions
+ * verified with the one before.
+ */
+struct ca_store {
+	char *path;
+	X509_STORE *store;	/* NULL until loaded */
+	dev_t device;
+	ino_t inode;
+	off_t size;
+	struct timespec modified;
+	struct timespec changed;
+	unsigned long generation;
+	struct ca_store *next;
+};
+
+static struct ca_store *ca_stores;
+static char *default_ca_file;	/* curl's built-in defaults, or NULL */
+static char *default_ca_directory;
+static unsigned long ca_generations;
+
+static int
+same_file(const struct ca_store *ca, const struct stat *info)
+{
+	return ca->device == info->st_dev && ca->inode == info->st_ino &&
+	    ca->size == info->st_size &&
+	    ca->modified.tv_sec == info->st_mtim.tv_sec &&
+	    ca->modified.tv_nsec == info->st_mtim.tv_nsec &&
+	    ca->changed.tv_sec == info->st_ctim.tv_sec &&
+	    ca->changed.tv_nsec == info->st_ctim.tv_nsec;
+}
+
+static X509_STORE *
+ca_store_load(const char *path)
+{
+	const char *file = path ? path : default_ca_file;
+	X509_STORE *store = X509_STORE_new();
+
+	if (!store)
+		return NULL;
+	if (file && X509_STORE_load_file(store, file) != 1) {
+		X509_STORE_free(store);
+		return NULL;
+	}
+	/* Certificates in the directory are read when a chain needs them,
+	 * as curl would. */
+	if (!path && default_ca_directory)
+		X509_STORE_load_path(store, default_ca_directory);
+	return store;
+}
+
+static struct ca_store *
+ca_store_find(const char *path)
+{
+	struct ca_store *ca;
+
+	for (ca = ca_stores; ca; ca = ca->next)
+		if (path ? ca->path && strcmp(ca->path, path) == 0 : !ca->path)
+			return ca;
+	ca = calloc(1, sizeof(*ca));
+	if (!ca)
+		return NULL;
+	if (path && !(ca->path = strdup(path))) {
+		free(ca);
+		return NULL;
+	}
+	ca->next = ca_stores;
+	ca_stores = ca;
+	return ca;
+}
+
+/* The store for a check of this ca_file, up to date, or NULL. */
+static struct ca_store *
+ca_store_get(const char *path)
+{
+	struct ca_store *ca = ca_store_find(path);
+	const char *file = path ? path : default_ca_file;
+	struct stat info;
+	X509_STORE *store;
+
+	if (!ca)
+		return NULL;
+	if (file && stat(file, &info) != 0) {
+		log_debug("ca_file %s: %s", file, strerror(errno));
+		return NULL;
+	}
+	if (ca->store && (!file || same_file(ca, &info)))
+		return ca;
+	store = ca_store_load(path);
+	if (!store) {
+		log_debug("cannot read the CAs of %s", file);
+		return NULL;
+	}
+	X509_STORE_free(ca->store);
+	ca->store = store;
+	ca->generation = ++ca_generations;
+	if (file) {
+		ca->device = info.st_dev;
+		ca->inode = info.st_ino;
+		ca->size = info.st_size;
+		ca->modified = info.st_mtim;
+		ca->changed = info.st_ctim;
+	}
+	return ca;
+}
+
+static void
+ca_stores_free(void)
+{
+	while (ca_stores) {
+		struct ca_store *ca = ca_stores;
+
+		ca_stores = ca->next;
+		X509_STORE_free(ca->store);
+		free(ca->path);
+		free(ca);
+	}
+	free(default_ca_file);
+	free(default_ca_directory);
+	default_ca_file = default_ca_directory = NULL;
+}
+
+/* curl's built-in CA bundle and directory, which a check without ca_file uses. */
+static void
+find_default_cas(void)
+{
+	CURL *easy = curl_easy_init();
+	char *file = NULL, *directory = NULL;
+
+	if (!easy)
+		return;
+	curl_easy_getinfo(easy, CURLINFO_CAINFO, &file);
+	curl_easy_getinfo(easy, CURLINFO_CAPATH, &directory);
+	if (file)
+		default_ca_file = strdup(file);
+	if (directory)
+		default_ca_directory = strdup(directory);
+	curl_easy_cleanup(easy);
+}
+
+/*
+ * curl's hook into each new TLS context: verification uses the parsed
+ * store.  curl checks the verification's result itself after the
+ * handshake, as with a store it had loaded.
+ */
+static CURLcode
+use_ca_store(CURL *easy, void *ssl_context, void *context)
+{
+	struct ca_store *ca = context;
+
+	(void)easy;
+	if (!ca->store || X509_STORE_up_ref(ca->store) != 1)
+		return CURLE_SSL_CACERT_BADFILE;
+	SSL_CTX_set_cert_store(ssl_context, ca->store);
+	return CURLE_OK;
+}
+
+/* --------------------------------------------------------- TLS sessions */
+
+/*
+ * What is needed to resume TLS sessions safely, per checked target: one
+ * address checked through one URL with one ca_file parse (a reload or a
+ * new CA file that changes any of these is another target, which starts
+ * with a full handshake).  The sessions live in a share handle of the
+ * target's own, so no two targets ever offer each other's sessions (and
+ * curl keys them by host, port and connect-to address as well).
+ *
+ * A full handshake, which verifies the certificate, is made on the first
+ * check, after any failed check, and once the last full one is
+ * tls_full_handshake_interval old; in between the server's session
+ * ticket vouches for the certificate it verified.  A full handshake
+ * starts from a new share handle, so the sessions it stores are the only
+ * ones offered until the next.
+ */
+struct tls_target {
+	char *key;
+	unsigned hash;
+	CURLSH *share;		/* NULL: none yet */
+	double verified;	/* monotonic start of the last good full handshake */
+	double used;		/* monotonic start of the last check */
+	double interval;	/* tls_full_handshake_interval at the last check */
+	int must_verify;
+	int in_use;		/* transfers using share */
+	struct tls_target *next;	/* in its hash bucket */
+};
+
+#define TARGET_SWEEP_INTERVAL 60.0
+
+static struct tls_target **target_buckets;
+static unsigned target_bucket_count;
+static unsigned target_count;
+static double target_swept;
+
+static unsigned
+text_hash(const char *text)
+{
+	unsigned hash = 2166136261u;	/* FNV-1a */
+
+	for (; *text; text++)
+		hash = (hash ^ (unsigned char)*text) * 16777619u;
+	return hash;
+}
+
+static void
+target_free(struct tls_target *target)
+{
+	if (target->share)
+		curl_share_cleanup(target->share);
+	free(target->key);
+	free(target);
+}
+
+static int
+targets_grow(void)
+{
+	unsigned count = target_bucket_count ? target_bucket_count * 2 : 256;
+	struct tls_target **buckets = calloc(count, sizeof(*buckets));
+
+	if (!buckets)
+		return -1;
+	for (unsigned i = 0; i < target_bucket_count; i++)
+		while (target_buckets[i]) {
+			struct tls_target *target = target_buckets[i];
+
+			target_buckets[i] = target->next;
+			target->next = buckets[target->hash % count];
+			buckets[target->hash % count] = target;
+		}
+	free(target_buckets);
+	target_buckets = buckets;
+	target_bucket_count = count;
+	return 0;
+}
+
+/*
+ * Targets not checked for longer than their interval could only start
+ * again with a full handshake: removed addresses and old configurations
+ * end here.
+ */
+static void
+targets_sweep(double now)
+{
+	if (now - target_swept < TARGET_SWEEP_INTERVAL)
+		return;
+	target_swept = now;
+	for (unsigned i = 0; i < target_bucket_count; i++) {
+		struct tls_target **link = &target_buckets[i];
+
+		while (*link) {
+			struct tls_target *target = *link;
+
+			if (target->in_use == 0 &&
+			    now - target->used > target->interval + TARGET_SWEEP_INTERVAL) {
+				*link = target->next;
+				target_free(target);
+				target_count--;
+			} else {
+				link = &target->next;
+			}
+		}
+	}
+}
+
+static struct tls_target *
+target_get(const char *key)
+{
+	unsigned hash = text_hash(key);
+	struct tls_target *target;
+
+	if (target_bucket_count > 0)
+		for (target = target_buckets[hash % target_bucket_count];
+		     target; target = target->next)
+			if (target->hash == hash && strcmp(target->key, key) == 0)
+				return target;
+	if (target_count >= target_bucket_count && targets_grow() != 0)
+		return NULL;
+	target = calloc(1, sizeof(*target));
+	if (!target || !(target->key = strdup(key))) {
+		free(target);
+		return NULL;
+	}
+	target->hash = hash;
+	target->must_verify = 1;
+	target->next = target_buckets[hash % target_bucket_count];
+	target_buckets[hash % target_bucket_count] = target;
+	target_count++;
+	return target;
+}
+
+static void
+targets_free(void)
+{
+	for (unsigned i = 0; i < target_bucket_count; i++)
+		while (target_buckets[i]) {
+			struct tls_target *target = target_buckets[i];
+
+			target_buckets[i] = target->next;
+			target_free(target);
+		}
+	free(target_buckets);
+	target_buckets = NULL;
+	target_bucket_count = target_count = 0;
+}
+
+/* A share handle holding TLS sessions only. */
+static CURLSH *
+session_share_new(void)
+{
+	CURLSH *share = curl_share_init();
+
+	if (share &&
+	    curl_share_setopt(share, CURLSHOPT_SHARE,
+			      CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK) {
+		curl_share_cleanup(share);
+		return NULL;
+	}
+	return share;
+}
+
+/*
+ * Decides whether this check may resume a session of its target, and
+ * gives its handle the share handle that holds them.  0, or -1 when out
+ * of memory.
+ */
+static int
+use_sessions(struct http_transfer *transfer, struct tls_target *target,
+	     double interval, double now)
+{
+	int full = target->must_verify || interval <= 0 ||
+	    now - target->verified >= interval;
+
+	target->used = now;
+	target->interval = interval;
+	transfer->full_handshake = full;
+	if (full && target->in_use > 0) {
+		/* Another check holds the sessions: this one neither offers
+		 * nor stores any (it cannot happen while checks of one address
+		 * never overlap, but then it stays safe). */
+		curl_easy_setopt(transfer->easy, CURLOPT_SSL_SESSIONID_CACHE, 0L);
+		return 0;
+	}
+	if (full) {
+		CURLSH *share = session_share_new();
+
+		if (!share)
+			return -1;
+		if (target->share)
+			curl_share_cleanup(target->share);
+		target->share = share;
+	}
+	curl_easy_setopt(transfer->easy, CURLOPT_SHARE, target->share);
+	transfer->target = target;
+	target->in_use++;
+	return 0;
+}
+
+/* After the check: what its result means for its target's sessions. */
+static void
+sessions_after(struct http_transfer *transfer, int success)
+{
+	struct tls_target *target = transfer->target;
+
+	if (!target)
+		return;
+	target->in_use--;
+	transfer->target = NULL;
+	if (!success) {
+		target->must_verify = 1;
+		return;
+	}
+	if (transfer->full_handshake) {
+		target->verified = transfer->check->started;
+		target->must_verify = 0;
+	}
+}
+
+/* ------------------------------------------------------------ transfers */
+
 static void
 transfer_free(struct http_transfer *transfer)
 {
+	sessions_after(transfer, 0);
 	if (transfer->easy) {
 		curl_multi_remove_handle(multi, transfer->easy);
-		curl_easy_cleanup(transfer->easy);
+		handle_give_back(transfer->easy);
 	}
 	curl_slist_free_all(transfer->connect_to);
 	curl_slist_free_all(transfer->headers);
@@ -211,6 +651,7 @@ finish_transfer(CURL *easy, CURLcode result)
 	if (result == CURLE_WRITE_ERROR && transfer->verdict != BODY_UNJUDGED)
 		result = CURLE_OK;
 	if (result != CURLE_OK) {
+		sessions_after(transfer, 0);
 		transfer_free(transfer);
 		log_debug("check of %s: %s", check->address->text,
 			  curl_easy_strerror(result));
@@ -218,6 +659,7 @@ finish_transfer(CURL *easy, CURLcode result)
 		return;
 	}
 	status = judge_response(check, transfer, status, &success);
+	sessions_after(transfer, success);
 	transfer_free(transfer);
 	check_done(check, (int)status, success, (double)connect_us / 1e6,
 		   (double)total_us / 1e6);
@@ -319,6 +761,7 @@ check_http_init(struct ev_loop *loop)
 		return -1;
 	}
 	http_loop = loop;
+	find_default_cas();
 	ev_timer_init(&multi_timer, timer_expired, 0, 0);
 	curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, socket_changed);
 	curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, timer_changed);
@@ -333,6 +776,9 @@ check_http_cleanup(void)
 	ev_timer_stop(http_loop, &multi_timer);
 	curl_multi_cleanup(multi);
 	multi = NULL;
+	handles_free();
+	targets_free();
+	ca_stores_free();
 	curl_global_cleanup();
 }
 
@@ -372,6 +818,28 @@ add_headers(struct http_transfer *transfer, const struct config_name *config)
 	return 0;
 }
 
+/*
+ * When curl closes a check's connection the check is over, whatever was
+ * left unsent or unread: a reset instead of the FIN exchange leaves
+ * neither side a TIME_WAIT socket nor the packets of a graceful close.
+ */
+static int
+reset_on_close(void *context, curl_socket_t fd, curlsocktype purpose)
+{
+	struct linger linger = { .l_onoff = 1, .l_linger = 0 };
+
+	(void)context;
+	if (purpose == CURLSOCKTYPE_IPCXN)
+		setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, sizeof(linger));
+	return CURL_SOCKOPT_OK;
+}
+
+/*
+ * The options a check needs on a reset handle.  A new connection for
+ * every check, closed after it: a check that rode on an old connection
+ * would prove nothing.  No proxy, whatever the environment says;
+ * redirects are not followed (the reset's default).
+ */
 static void
 set_request(CURL *easy, const struct config_name *config,
 	    const struct config_candidate *candidate)
@@ -386,14 +854,54 @@ set_request(CURL *easy, const struct config_name *config,
 	curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(easy, CURLOPT_FORBID_REUSE, 1L);
 	curl_easy_setopt(easy, CURLOPT_FRESH_CONNECT, 1L);
+	curl_easy_setopt(easy, CURLOPT_SOCKOPTFUNCTION, reset_on_close);
 	curl_easy_setopt(easy, CURLOPT_PROXY, "");
-	curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
-	curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(easy, CURLOPT_USERAGENT, "har/" HAR_VERSION);
+	/* The address is a literal: a cache of it would only grow with
+	 * the address count, and curl prunes it on every lookup. */
+	curl_easy_setopt(easy, CURLOPT_DNS_CACHE_TIMEOUT, 0L);
 	if (config->http_method == HTTP_HEAD)
 		curl_easy_setopt(easy, CURLOPT_NOBODY, 1L);
-	if (config->ca_file)
-		curl_easy_setopt(easy, CURLOPT_CAINFO, config->ca_file);
+}
+
+/*
+ * HTTPS: the parsed CAs and, where allowed, a session to resume.  The
+ * target key holds all that makes a session valid to offer: the address,
+ * the URL (host, port), the CA parse.  0, or the STATUS_* of a check that
+ * cannot start.
+ */
+static int
+set_tls(struct http_transfer *transfer, const struct check *check)
+{
+	const struct config_name *config = check->address->candidate->name->config;
+	const struct config_candidate *candidate = check->address->candidate->config;
+	struct ca_store *ca = ca_store_get(config->ca_file);
+	struct tls_target *target;
+	char *key;
+
+	if (!ca) {
+		log_debug("check of %s: no CAs to verify with", check->address->text);
+		return STATUS_TLS_ERROR;
+	}
+	/* Not curl's own cache of one store per multi handle, keyed by
+	 * the file name alone: without a file name it would hand the first
+	 * store to every check. */
+	curl_easy_setopt(transfer->easy, CURLOPT_CA_CACHE_TIMEOUT, 0L);
+	curl_easy_setopt(transfer->easy, CURLOPT_CAINFO, NULL);
+	curl_easy_setopt(transfer->easy, CURLOPT_CAPATH, NULL);
+	curl_easy_setopt(transfer->easy, CURLOPT_SSL_CTX_FUNCTION, use_ca_store);
+	curl_easy_setopt(transfer->easy, CURLOPT_SSL_CTX_DATA, ca);
+	targets_sweep(check->started);
+	if (asprintf(&key, "%s %s %lu", check->address->text, candidate->url,
+		     ca->generation) < 0)
+		return STATUS_OTHER_ERROR;
+	target = target_get(key);
+	free(key);
+	if (!target || use_sessions(transfer, target,
+				    config->tls_full_handshake_interval,
+				    check->started) != 0)
+		return STATUS_OTHER_ERROR;
+	return 0;
 }
 
 static void
@@ -419,7 +927,7 @@ check_http_start(struct check *check)
 	if (!transfer)
 		return STATUS_OTHER_ERROR;
 	transfer->check = check;
-	transfer->easy = curl_easy_init();
+	transfer->easy = handle_take();
 	connect_to_spec(check, spec, sizeof(spec));
 	if (transfer->easy)
 		transfer->connect_to = curl_slist_append(NULL, spec);
@@ -429,11 +937,20 @@ check_http_start(struct check *check)
 		return STATUS_OTHER_ERROR;
 	}
 	set_request(transfer->easy, config, check->address->candidate->config);
+	if (strcmp(check->address->candidate->config->scheme, "https") == 0) {
+		int status = set_tls(transfer, check);
+
+		if (status != 0) {
+			transfer_free(transfer);
+			return status;
+		}
+	}
 	set_body_reader(transfer);
 	curl_easy_setopt(transfer->easy, CURLOPT_CONNECT_TO, transfer->connect_to);
 	curl_easy_setopt(transfer->easy, CURLOPT_PRIVATE, transfer);
 	if (curl_multi_add_handle(multi, transfer->easy) != CURLM_OK) {
-		curl_easy_cleanup(transfer->easy);
+		sessions_after(transfer, 0);
+		handle_give_back(transfer->easy);
 		transfer->easy = NULL;
 		transfer_free(transfer);
 		return STATUS_OTHER_ERROR;

@@ -39,6 +39,19 @@ probe_finish(struct tcp_probe *probe, int status, int success)
 	check_done(check, status, success, elapsed, elapsed);
 }
 
+/*
+ * The connection proved what it had to: close it with a reset rather
+ * than the FIN exchange, which leaves neither side a TIME_WAIT socket nor
+ * the packets of a graceful close to process.
+ */
+static void
+reset_on_close(int fd)
+{
+	struct linger linger = { .l_onoff = 1, .l_linger = 0 };
+
+	setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, sizeof(linger));
+}
+
 static void
 probe_writable(struct ev_loop *loop, ev_io *io, int revents)
 {
@@ -51,6 +64,7 @@ probe_writable(struct ev_loop *loop, ev_io *io, int revents)
 	if (getsockopt(probe->fd, SOL_SOCKET, SO_ERROR, &error, &length) != 0)
 		error = errno;
 	if (error == 0) {
+		reset_on_close(probe->fd);
 		probe_finish(probe, 0, 1);
 		return;
 	}

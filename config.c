@@ -120,6 +120,7 @@ static const struct number_range number_ranges[] = {
 	{ "name|group_rtt_threshold", 0, 86400, "seconds" },
 	/* 0 is off; load_overprovisioning refuses what lies between 0 and 1. */
 	{ "name|overprovisioning", 0, 100, NULL },
+	{ "name|tls_full_handshake_interval", 0, 86400, "seconds" },
 	/* RFC 2181 section 8: a TTL is at most 2^31 - 1. */
 	{ "name|ttl", 0, 2147483647.0, "seconds" },
 };
@@ -476,6 +477,7 @@ static cfg_opt_t name_options[] = {
 	CFG_STR("failure_mode", "none", CFGF_NONE),
 	CFG_INT("ttl", 0, CFGF_NONE),
 	CFG_STR("ca_file", NULL, CFGF_NODEFAULT),
+	CFG_FLOAT("tls_full_handshake_interval", 300, CFGF_NONE),
 	CFG_SEC("candidate", candidate_options, CFGF_MULTI | CFGF_TITLE | CFGF_NO_TITLE_DUPES),
 	CFG_END()
 };
@@ -954,6 +956,8 @@ load_name_options(struct config_name *name, cfg_t *section)
 	name->ttl = (uint32_t)cfg_getint(section, "ttl");
 	if (cfg_getstr(section, "ca_file"))
 		name->ca_file = xstrdup(cfg_getstr(section, "ca_file"));
+	name->tls_full_handshake_interval =
+	    cfg_getfloat(section, "tls_full_handshake_interval");
 	load_http_options(name, section);
 }
 

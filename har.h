@@ -138,6 +138,9 @@ struct config_name {
 	enum failure_mode failure_mode;
 	uint32_t ttl;
 	char *ca_file;		/* NULL: the system's CAs */
+	/* HTTPS: the longest time a TLS session is resumed without a full
+	 * handshake that verifies the certificate; 0: always a full one */
+	double tls_full_handshake_interval;
 	struct config_candidate *candidates;
 	int candidate_count;
 	int line;

@@ -460,7 +460,7 @@ class HTTPServer:
     stop() and start() kill and restart it on the same address and port."""
 
     def __init__(self, workdir, addr, port=None, status=200, delay=0.0,
-                 cert=None, key=None):
+                 cert=None, key=None, sni_certs=None):
         self.addr = addr
         self.port = port or free_port(addr)
         self.workdir = workdir
@@ -469,6 +469,7 @@ class HTTPServer:
         self.requests = os.path.join(workdir, "http-%s.requests" % tag)
         self.logfile = os.path.join(workdir, "http-%s.log" % tag)
         self.cert, self.key = cert, key
+        self.sni_certs = sni_certs or {}  # host: (cert, key), chosen by SNI
         self.proc = None
         self.set(status=status, delay=delay)
         self.start()
@@ -482,7 +483,8 @@ class HTTPServer:
         return "%s://%s:%d/" % (scheme, host or self.url_host, self.port)
 
     def set(self, status=None, delay=None, **body):
-        """body: body, pad, tail, split, pause (see httpserver.py)."""
+        """body: body, pad, tail, split, pause, cert, keepalive (see
+        httpserver.py)."""
         state = {}
         if os.path.exists(self.control):
             with open(self.control) as f:
@@ -492,7 +494,8 @@ class HTTPServer:
         if delay is not None:
             state["delay"] = str(delay)
         for key, value in body.items():
-            assert key in ("body", "pad", "tail", "split", "pause"), key
+            assert key in ("body", "pad", "tail", "split", "pause", "cert",
+                           "keepalive"), key
             assert "\n" not in str(value), "one line per key"
             state[key] = str(value)
         tmp = self.control + ".tmp"
@@ -506,6 +509,8 @@ class HTTPServer:
                 str(self.port), self.control, self.requests]
         if self.cert:
             args += [self.cert, self.key]
+            for host, (cert, key) in self.sni_certs.items():
+                args += [host, cert, key]
         with open(self.logfile, "a") as err:
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.PIPE, stderr=err)

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """A controllable HTTP(S) server for har's system tests.
 
-usage: httpserver.py ADDR PORT CONTROL_FILE REQUEST_LOG [CERT KEY]
+usage: httpserver.py ADDR PORT CONTROL_FILE REQUEST_LOG [CERT KEY [HOST CERT KEY]...]
 
 Each request reads CONTROL_FILE (lines key=value: status, delay, body, pad,
 tail, split, pause), sleeps `delay` seconds, answers `status`, and appends
@@ -12,6 +12,15 @@ filler; with `split`, the first `split` bytes are sent, then the server
 waits `pause` seconds before the rest (a body in two reads, or one that
 stalls).  HEAD gets the same headers and no body.  Prints "ready" on stdout
 once listening.
+
+With CERT and KEY it serves HTTPS; each HOST CERT KEY after them is served
+to clients whose SNI names HOST (one address, several certificates).  The
+control key `cert` ("CERT,KEY") replaces the first certificate in place:
+the TLS context and its session ticket keys stay, so sessions made before
+still resume (only a full handshake sees the new certificate).  With
+`keepalive=1` the server speaks HTTP/1.1 and keeps the connection open
+for more requests.  Each JSON line also says whether the TLS session was
+resumed and the client's port (one port per connection).
 """
 
 import http.server
@@ -27,13 +36,17 @@ addr, port, control, request_log = sys.argv[1], int(sys.argv[2]), sys.argv[3], s
 cert = key = None
 if len(sys.argv) > 6:
     cert, key = sys.argv[5], sys.argv[6]
+sni_certs = {}  # HOST: (CERT, KEY)
+for i in range(7, len(sys.argv) - 2, 3):
+    sni_certs[sys.argv[i]] = (sys.argv[i + 1], sys.argv[i + 2])
 
 log_lock = threading.Lock()
 
 
 def state():
     values = {"status": "200", "delay": "0", "body": "har test server\n",
-              "pad": "0", "tail": "0", "split": "", "pause": "0"}
+              "pad": "0", "tail": "0", "split": "", "pause": "0", "cert": "",
+              "keepalive": "0"}
     try:
         with open(control) as f:
             for line in f.read().splitlines():
@@ -53,6 +66,12 @@ def make_body(values):
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
 
+    def setup(self):
+        super().setup()
+        self.keepalive = state()["keepalive"] == "1"
+        if self.keepalive:
+            self.protocol_version = "HTTP/1.1"
+
     def record(self):
         sni = getattr(self.connection, "har_sni", "") or ""
         with log_lock, open(request_log, "a") as f:
@@ -60,7 +79,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                        self.headers.get("User-Agent", ""), self.path))
         with log_lock, open(request_log + ".json", "a") as f:
             f.write(json.dumps({"method": self.command, "path": self.path,
-                                "headers": list(self.headers.items())}) + "\n")
+                                "headers": list(self.headers.items()),
+                                "resumed": getattr(self.connection, "session_reused", None),
+                                "peer": self.client_address[1]}) + "\n")
 
     def answer(self, send_body):
         values = state()
@@ -74,7 +95,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Location", "http://redirect.invalid/")
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
+        if not self.keepalive:
+            self.send_header("Connection", "close")
         self.end_headers()
         if not send_body:
             return
@@ -103,6 +125,7 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
     def finish_request(self, request, client_address):
         if context is not None:
+            use_cert(state()["cert"])
             try:
                 request.settimeout(5)
                 request = context.wrap_socket(request, server_side=True)
@@ -116,12 +139,31 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 
 context = None
+loaded_cert = ""
+cert_lock = threading.Lock()
+
+
+def use_cert(wanted):
+    """Loads the control file's certificate into the running context."""
+    global loaded_cert
+    with cert_lock:
+        if wanted and wanted != loaded_cert:
+            context.load_cert_chain(*wanted.split(","))
+            loaded_cert = wanted
+
+
 if cert:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
+    sni_contexts = {}
+    for host, (c, k) in sni_certs.items():
+        sni_contexts[host] = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        sni_contexts[host].load_cert_chain(c, k)
 
     def sni_callback(sslobj, server_name, ctx):
         sslobj.har_sni = server_name  # SSLObject; copied to the socket below
+        if server_name in sni_contexts:
+            sslobj.context = sni_contexts[server_name]
         with log_lock, open(request_log + ".sni", "a") as f:
             f.write("%s\n" % server_name)
     context.sni_callback = sni_callback

@@ -452,3 +452,37 @@ def test_shared_address_answered_once(start_hard, start_http, up):
         assert addresses(dns.message.from_wire(raw)) == [A]
     seen = [tuple(answer(h, "duprr.test")) for _ in range(40)]
     assert seen.count((A,)) == seen.count((B,)) == 20, seen
+
+
+# --------------------------------------- closing with a reset (issue 12)
+
+
+def time_wait_sockets(port):
+    """Sockets in TIME_WAIT with `port` at either end (/proc/net/tcp)."""
+    found = []
+    with open("/proc/net/tcp") as f:
+        for line in f.read().splitlines()[1:]:
+            fields = line.split()
+            local, remote, state = fields[1], fields[2], fields[3]
+            ports = {int(local.split(":")[1], 16), int(remote.split(":")[1], 16)}
+            if state == "06" and port in ports:
+                found.append(line)
+    return found
+
+
+@pytest.mark.parametrize("method", ["tcp", "http"])
+def test_checks_close_with_a_reset(start_hard, start_listener, start_http, up, method):
+    """A decided check's connection is reset, not closed with FINs: neither
+    hard nor the server keeps a TIME_WAIT socket per check."""
+    if method == "tcp":
+        server = start_listener(A)
+        url = "tcp://%s:%d" % (A, server.port)
+    else:
+        server = start_http(A)
+        url = server.url()
+    h = start_hard(name_block("reset.test", [("a", url)], check_method=method,
+                              check_frequency=0.1, failure_mode="servfail"), upstream=up)
+    wait_answer(h, "reset.test", [A])
+    time.sleep(1.0)  # about ten checks
+    assert answer(h, "reset.test") == [A]
+    assert time_wait_sockets(server.port) == []

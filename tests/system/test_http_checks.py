@@ -5,6 +5,7 @@ reload that changes them re-checks at once."""
 
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -277,3 +278,56 @@ def test_bad_http_options_rejected(workdir, case):
         config[3] = text
     path, res = check_t(workdir, "\n".join(config))
     assert_error_at(path, res, lines, reason)
+
+
+# ------------------------------------------- reused handles (issue 12)
+
+
+def test_reused_handles_carry_nothing_between_checks(start_hard, start_http, up):
+    """curl handles are kept and reset between checks, and the checks of
+    different names take turns on them: each request has exactly its own
+    name's method and headers, and an expect_body match of one name never
+    counts for another."""
+    s = start_http(A)
+    body = "".join(name_block(title, [("a", s.url() + path)], check_frequency=0.1,
+                              check_timeout=1, failure_mode="servfail", **opts)
+                   for title, path, opts in [
+                       ("headers.test", "one", {"http_headers": '{ "X-Har-Test: one" }'}),
+                       ("plain.test", "two", {}),
+                       ("head.test", "three", {"http_method": "HEAD"}),
+                       ("found.test", "four", {"expect_body": '"har test server"'}),
+                       ("missing.test", "five", {"expect_body": '"not in the body"'}),
+                   ])
+    h = start_hard(body, upstream=up)
+    for name in ("headers.test", "plain.test", "head.test", "found.test"):
+        wait_answer(h, name, [A])
+    assert answer(h, "missing.test") == "SERVFAIL"
+    time.sleep(1.0)
+    assert answer(h, "missing.test") == "SERVFAIL"
+    seen = s.requests_seen()
+    by_path = {}
+    for r in seen:
+        by_path.setdefault(r["path"], []).append(r)
+    assert set(by_path) == {"/one", "/two", "/three", "/four", "/five"}, set(by_path)
+    for path, requests in by_path.items():
+        assert len(requests) >= 3, (path, len(requests))
+        for r in requests:
+            headers = headers_of(r)
+            assert r["method"] == ("HEAD" if path == "/three" else "GET"), r
+            assert ("x-har-test" in headers) == (path == "/one"), r
+            assert set(headers) == {"host", "user-agent", "accept"} | (
+                {"x-har-test"} if path == "/one" else set()), r
+
+
+def test_every_check_is_a_new_connection(start_hard, start_http, up):
+    """A server that keeps connections open (HTTP/1.1 keep-alive) still sees
+    each check on a new connection: one that rode on an old one would
+    prove nothing of the server's accepting new ones."""
+    s = start_http(A)
+    s.set(keepalive=1)
+    h = start_hard(name_block("keep.test", [("a", s.url())], check_frequency=0.1,
+                              check_timeout=1, failure_mode="servfail"), upstream=up)
+    wait_answer(h, "keep.test", [A])
+    harness.wait_until(lambda: len(s.requests_seen()) >= 8, 5, what="8 checks")
+    ports = [r["peer"] for r in s.requests_seen()]
+    assert len(set(ports)) == len(ports), ports
