@@ -260,28 +260,60 @@ check_name_activity(struct name *name, double now)
 
 static void check_schedule_address(struct address *address, double delay);
 
-/* At once, spread over at most a second, then at check_frequency. */
+/*
+ * The first place on the address's grid of period that is at least half
+ * a period after its last check and not before now.
+ */
+static double
+grid_after_last(const struct address *address, double period, double now)
+{
+	return schedule_grid_start(check_origin, address->phase, period,
+				   fmax(address->last_started + period / 2, now),
+				   address_config(address)->check_jitter,
+				   random_unit());
+}
+
+/*
+ * Where an address's next check goes when its name wakes: at once
+ * (spread over at most a second) if it has not been checked in the last
+ * check_frequency, else its place on the awake grid.  Checking the
+ * recently checked ones again would turn every query of a name that
+ * idles quickly into a round of checks.  Returns 1 if checked at once.
+ */
+static int
+wake_address(struct address *address, double frequency, double now)
+{
+	if (address->check || !address->has_phase || address->rechecking)
+		return 0;	/* its end, its first check or its recheck comes */
+	address->scheduled_period = frequency;
+	if (address->last_started == 0 ||
+	    now - address->last_started > frequency) {
+		check_schedule_address(address,
+		    schedule_first_delay(address->phase, frequency, 0));
+		return 1;
+	}
+	check_schedule_address(address,
+	    grid_after_last(address, frequency, now) - now);
+	return 0;
+}
+
 static void
 wake_name(struct name *name, const char *why)
 {
 	const struct config_name *config = name->config;
-	int count = 0;
+	int count = 0, now_count = 0;
+	double now;
 
+	ev_now_update(check_loop);
+	now = monotonic_now();
 	for (int i = 0; i < name->candidate_count; i++)
 		for (int j = 0; j < name->candidates[i].address_count; j++) {
-			struct address *address = name->candidates[i].addresses[j];
-
 			count++;
-			if (address->check || !address->has_phase)
-				continue;	/* its end or its first check comes */
-			address->rechecking = 0;
-			address->scheduled_period = config->check_frequency;
-			check_schedule_address(address,
-			    schedule_first_delay(address->phase,
-						 config->check_frequency, 0));
+			now_count += wake_address(name->candidates[i].addresses[j],
+						  config->check_frequency, now);
 		}
-	log_info("%s is no longer idle (%s): checking its %d addresses now "
-		 "and every %g s", config->title, why, count,
+	log_info("%s is no longer idle (%s): checking %d of its %d addresses "
+		 "now and all every %g s", config->title, why, now_count, count,
 		 config->check_frequency);
 }
 
@@ -385,6 +417,10 @@ check_done(struct check *check, int status, int success,
 			  config->recheck_frequency,
 			  success ? "success" : "failure",
 			  address->health == HEALTH_UP ? "up" : "down");
+	/* Timers count from the loop's cached time, which lags the clock by
+	 * as long as this iteration has run so far: catch it up, or the
+	 * check comes that much before its grid time. */
+	ev_now_update(check_loop);
 	check_schedule_address(address, next - monotonic_now());
 }
 
@@ -471,23 +507,31 @@ schedule_first_check(struct address *address)
  * A reload that changed an address's interval (check_frequency, or
  * idle_check_frequency of an idle name) moves its pending check onto
  * the new grid: at least half a new interval after the last check, and
- * not before now.  A recheck, or a first check not yet made, stays.
+ * not before now.  A first check of an address restored from the data
+ * file (there is no last check) moves to its first place on the new grid
+ * if that is sooner.  A recheck, or the first check of an unknown
+ * address (within a second), stays.
  */
 static void
 reschedule_changed_period(struct address *address)
 {
-	const struct config_name *config = address_config(address);
 	double period = schedule_period(address->candidate->name);
-	double now = monotonic_now();
-	double next;
+	double now, next;
 
-	if (address->rechecking || address->last_started == 0 ||
-	    address->scheduled_period == period)
+	if (address->rechecking || address->scheduled_period == period)
 		return;
-	next = schedule_grid_start(check_origin, address->phase, period,
-				   fmax(address->last_started + period / 2, now),
-				   config->check_jitter, random_unit());
 	address->scheduled_period = period;
+	if (address->last_started == 0 && address->health == HEALTH_UNKNOWN)
+		return;
+	ev_now_update(check_loop);
+	now = monotonic_now();
+	if (address->last_started == 0)
+		next = fmin(now + ev_timer_remaining(check_loop, &address->timer),
+			    schedule_grid_start(check_origin, address->phase,
+				period, now, address_config(address)->check_jitter,
+				random_unit()));
+	else
+		next = grid_after_last(address, period, now);
 	check_schedule_address(address, next - now);
 }
 

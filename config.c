@@ -898,6 +898,9 @@ load_overprovisioning(struct config_name *name, cfg_t *section)
  * The pace of checks besides check_frequency (check.c has the rules).
  * A recheck slower than the normal pace, or an idle pace faster than it,
  * would turn the option's meaning around, so check_frequency bounds both.
+ * It bounds idle_after from below too: a name that idles between two
+ * checks would go idle and wake again with every query.  Each stays
+ * checked against its own documented range.
  */
 static void
 load_schedule_options(struct config_name *name, cfg_t *section)
@@ -906,6 +909,8 @@ load_schedule_options(struct config_name *name, cfg_t *section)
 	name->recheck_frequency = fmin(name->check_frequency,
 	    optional_float(section, "recheck_frequency", 1.0));
 	name->idle_after = cfg_getfloat(section, "idle_after");
+	if (name->idle_after > 0)	/* 0: never idle */
+		name->idle_after = fmax(name->check_frequency, name->idle_after);
 	name->idle_check_frequency = fmax(name->check_frequency,
 	    optional_float(section, "idle_check_frequency", 60.0));
 }

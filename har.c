@@ -327,6 +327,10 @@ same_name(const struct config_name *a, const struct config_name *b)
 	    a->rtt_mode != b->rtt_mode || a->max_rtt != b->max_rtt ||
 	    a->group_rtt_threshold != b->group_rtt_threshold ||
 	    a->overprovisioning != b->overprovisioning ||
+	    a->check_jitter != b->check_jitter ||
+	    a->recheck_frequency != b->recheck_frequency ||
+	    a->idle_after != b->idle_after ||
+	    a->idle_check_frequency != b->idle_check_frequency ||
 	    a->failure_mode != b->failure_mode || a->ttl != b->ttl ||
 	    a->drain_status_count != b->drain_status_count ||
 	    a->candidate_count != b->candidate_count ||

@@ -356,3 +356,137 @@ def test_idle_state_kept_over_a_restart(workdir, start_hard, start_arrivals,
     wait_log(h, r"idle\.test is idle", timeout=1)
     assert sql(data, "SELECT last_query_time FROM names") == [
         {"last_query_time": row["last_query_time"]}]
+
+
+def rewrite(h, old, new):
+    """Replaces old by new in hard's configuration and sends SIGHUP;
+    returns the monotonic time of the signal."""
+    assert old in h.config, (old, h.config)
+    h.config = h.config.replace(old, new)
+    with open(h.conf + ".new", "w") as f:
+        f.write(h.config)
+    os.replace(h.conf + ".new", h.conf)
+    at = time.monotonic()
+    h.signal(signal.SIGHUP)
+    return at
+
+
+def test_reload_moves_a_restored_first_check(workdir, start_hard,
+                                             start_arrivals, up):
+    """Warm start at check_frequency 3600: the restored address's first
+    check is somewhere in the next hour.  A reload to check_frequency 1 a
+    second later brings it to the new grid at once: checked within about
+    a second, not an hour later."""
+    server = start_arrivals([A])
+    data = os.path.join(workdir, "state.db")
+    body = name_block("warm.test", [A], server.url("warm.test"),
+                      check_frequency=3600, check_timeout=0.5)
+    h = start_hard(body, upstream=up, data_file=data)
+    wait_log(h, r"warm\.test candidate c address 127\.0\.0\.2 is up")
+    time.sleep(1.5)  # the data file is written every half second
+    h.stop()
+    h = start_hard(body, upstream=up, data_file=data)
+    time.sleep(1)
+    reloaded = rewrite(h, "check_frequency = 3600", "check_frequency = 1")
+    wait_log(h, r"reloaded .*1 changed")
+    harness.wait_until(lambda: len(server.times(since=reloaded)) >= 2, 3.5,
+                       what="checks at the new frequency")
+
+
+def test_reload_to_longer_check_frequency(workdir, start_hard, start_arrivals,
+                                          up):
+    """A reload from check_frequency 1 to 6 right after a check moves the
+    next one no sooner than half a new interval (3 s) after that check, to
+    its place on the new grid: within one and a half new intervals of it;
+    and the one after that comes one new interval later."""
+    server = start_arrivals([A])
+    h = start_hard(name_block("longer.test", [A], server.url("longer.test"),
+                              check_frequency=1, check_jitter=0,
+                              check_timeout=0.5), upstream=up)
+    harness.wait_until(lambda: len(server.times()) >= 2, 3,
+                       what="two checks")
+    count = len(server.times())
+    harness.wait_until(lambda: len(server.times()) > count, 2, 0.005,
+                       what="a check")
+    last = server.times()[-1]
+    rewrite(h, "check_frequency = 1", "check_frequency = 6")
+    wait_log(h, r"reloaded .*1 changed")
+    after = harness.wait_until(lambda: server.times(since=last + 0.01), 10,
+                               what="the check after the reload")
+    assert last + 3 - 0.05 <= after[0] <= last + 9 + 0.7, after[0] - last
+    following = harness.wait_until(
+        lambda: server.times(since=after[0] + 0.01), 8,
+        what="the next check on the new grid")
+    assert 6 - 0.5 <= following[0] - after[0] <= 6 + 0.7, \
+        following[0] - after[0]
+
+
+def test_short_idle_after_acts_as_check_frequency(start_hard, start_arrivals,
+                                                  up):
+    """idle_after 1 with check_frequency 10 acts as 10: a query every
+    1.5 s keeps the name awake, checked every 10 s, not idling between
+    two queries and woken (and checked at once) by each."""
+    server = start_arrivals([A])
+    h = start_hard(name_block("short.test", [A], server.url("short.test"),
+                              check_frequency=10, idle_after=1,
+                              check_timeout=0.5), upstream=up)
+    wait_answer(h, "short.test", [A])
+    began = time.monotonic()
+    for _ in range(9):
+        assert answer(h, "short.test") == [A]
+        time.sleep(1.5)
+    checks = server.times(since=began - 1)
+    print("checks after the start:", [t - began for t in checks])
+    assert 1 <= len(checks) <= 3, len(checks)
+    assert log_lines(h, r"short\.test is (no longer )?idle") == []
+
+
+def test_wake_keeps_a_recent_check(start_hard, start_arrivals, up):
+    """A query that wakes an idle name right after one of its checks does
+    not check it again at once: its next check is at its place on the
+    awake grid, at least half a check_frequency (2 s) after that one; the
+    wake is logged as checking 0 of its 1 addresses now."""
+    server = start_arrivals([A])
+    h = start_hard(name_block("wake.test", [A], server.url("wake.test"),
+                              check_frequency=4, check_jitter=0,
+                              idle_after=4, idle_check_frequency=8,
+                              check_timeout=0.5), upstream=up)
+    wait_log(h, r"wake\.test is idle", timeout=8)
+    idle_from = time.monotonic()
+    harness.wait_until(lambda: server.times(since=idle_from), 10, 0.005,
+                       what="a check of the idle name")
+    last = server.times(since=idle_from)[0]
+    queried = time.monotonic()
+    assert answer(h, "wake.test") == [A]
+    wait_log(h, r"wake\.test is no longer idle \(queried\): checking 0 of "
+             r"its 1 addresses now")
+    for _ in range(7):  # kept awake
+        answer(h, "wake.test")
+        time.sleep(1)
+    checks = server.times(since=last + 0.01)
+    print("query %.2f s after the check; checks after it at %s" % (
+        queried - last, [t - last for t in checks]))
+    assert checks, "no check after the wake"
+    assert last + 2 - 0.05 <= checks[0] <= last + 6 + 0.7, checks[0] - last
+    assert len(log_lines(h, r"wake\.test is idle")) == 1
+
+
+SCHEDULE_OPTIONS = [("check_jitter", "0.1", "0.3"),
+                    ("recheck_frequency", "1", "0.5"),
+                    ("idle_after", "3600", "7200"),
+                    ("idle_check_frequency", "60", "120")]
+
+
+def test_reload_counts_a_changed_schedule_option(start_hard, up):
+    """A reload that changes only check_jitter, recheck_frequency,
+    idle_after or idle_check_frequency counts the name as changed in its
+    summary."""
+    h = start_hard(name_block("opts.test", [A], "http://%s:1/" % A,
+                              check_frequency=5, **{
+                                  option: value for option, value, _
+                                  in SCHEDULE_OPTIONS}), upstream=up)
+    for count, (option, old, new) in enumerate(SCHEDULE_OPTIONS, 1):
+        rewrite(h, "%s = %s\n" % (option, old), "%s = %s\n" % (option, new))
+        lines = wait_log(h, r"reloaded .*: 1 names \(", count=count)
+        assert lines[-1].endswith("(0 added, 0 removed, 1 changed)"), \
+            (option, lines[-1])

@@ -469,14 +469,17 @@ test_schedule_options(void)
 		config_free(config);
 	}
 	/* check_frequency bounds both paces: a recheck is never slower than
-	 * a normal check, an idle name never checked more often. */
+	 * a normal check, an idle name never checked more often; nor does
+	 * a name idle sooner than one check_frequency (0 still never). */
 	{
 		struct config *config = config_load_string(
 		    "name a.example.com {\n check_frequency = 5\n"
 		    " recheck_frequency = 6\n idle_check_frequency = 2\n"
+		    " idle_after = 1\n"
 		    " candidate a { address = 127.0.0.2 }\n}\n"
 		    "name b.example.com {\n check_frequency = 5\n"
 		    " recheck_frequency = 0.5\n idle_check_frequency = 20\n"
+		    " idle_after = 7\n"
 		    " candidate a { address = 127.0.0.2 }\n}\n",
 		    "/dev/null", report);
 
@@ -485,6 +488,8 @@ test_schedule_options(void)
 			CHECK_DOUBLE(config->names[0].idle_check_frequency, 5);
 			CHECK_DOUBLE(config->names[1].recheck_frequency, 0.5);
 			CHECK_DOUBLE(config->names[1].idle_check_frequency, 20);
+			CHECK_DOUBLE(config->names[0].idle_after, 5);
+			CHECK_DOUBLE(config->names[1].idle_after, 7);
 		}
 		config_free(config);
 	}
