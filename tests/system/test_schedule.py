@@ -5,8 +5,12 @@ differ within its bounds; one hard's checks are spread over the whole
 interval, not bunched into its first second; restored addresses start
 spread over a whole interval, unknown ones at once; a check that disagrees
 with health is confirmed after recheck_frequency; an idle name is checked
-at idle_check_frequency and woken by a query; the names table shows the
-last query time and idleness."""
+at idle_check_frequency and woken by a query (checked again at once only
+if not checked in the last check_frequency); idle_after is at least
+check_frequency; a reload of the interval moves pending checks (a restored
+first check too) as har.conf(5) says, and a changed schedule option counts
+as a changed name; the names table shows the last query time and
+idleness."""
 
 import math
 import os
@@ -179,7 +183,10 @@ def test_jitter_varies_intervals_within_bounds(start_hard, start_arrivals, up):
     for addr in addrs:
         times = server.times(addr)
         assert len(times) >= 7, (addr, times)
-        # the first interval joins the grid: half an interval to one and a half
+        # the first interval joins the grid: half an interval to one and a
+        # half, widened by the jitter's j/4 either way
+        first = times[1] - times[0]
+        assert 0.375 - 0.1 <= first <= 1.625 + 0.15, (addr, first)
         steady = intervals(times[1:])
         for interval in steady:
             assert 0.75 - 0.15 <= interval <= 1.25 + 0.15, (addr, steady)
