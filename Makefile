@@ -31,7 +31,7 @@ OBJECTS = har.o notify.o $(MODULES)
 UNIT_TESTS = tests/unit/test_config tests/unit/test_dns tests/unit/test_select \
 	tests/unit/test_check
 
-.PHONY: all deps run test unit system bench fleet fuzz install uninstall clean lint print-modules
+.PHONY: all deps run test unit system bench fleet fuzz install uninstall clean lint print-modules print-packages
 
 all: hard
 
@@ -80,6 +80,9 @@ fuzz:
 
 print-modules:
 	@echo $(MODULES:.o=)
+
+print-packages:
+	@echo $(PKGS)
 
 lint:
 	mandoc -T lint -W warning hard.8 har.conf.5
