@@ -569,6 +569,8 @@ check_start_all(struct ev_loop *loop, struct registry *registry)
 		ev_timer_start(loop, &sweep_timer);
 		if (check_http_init(loop) != 0)
 			return -1;
+	} else {
+		check_http_reloaded();
 	}
 	check_registry = registry;
 	for (int i = 0; i < registry->name_count; i++) {

@@ -22,6 +22,8 @@
 #include <sys/stat.h>
 
 #include <curl/curl.h>
+#include <openssl/err.h>
+#include <openssl/opensslv.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
@@ -52,6 +54,9 @@ struct http_transfer {
 	struct curl_slist *headers;
 	struct tls_target *target;	/* HTTPS: whose sessions it may use */
 	int full_handshake;	/* HTTPS: no session was offered */
+	int holds_share;	/* HTTPS: counted in target->in_use */
+	unsigned long reload_generation;	/* HTTPS: at its start */
+	unsigned long ca_generation;
 	enum body_verdict verdict;
 	size_t body_seen;
 	size_t matched;
@@ -190,17 +195,24 @@ handles_free(void)
  * instead of curl parsing the file for every check.  A file is looked at
  * (stat) at every check and parsed again when it is another file or was
  * written; each parse has its own generation, which ends the TLS sessions
- * verified with the one before.
+ * verified with the one before.  A file that cannot be read or parsed
+ * fails its checks, is warned about once (until its state changes) and
+ * is not parsed again until it changes.  Stores are kept for the life of
+ * hard, one per ca_file path ever configured: few, and small.
  */
+enum ca_problem { CA_FINE, CA_MISSING, CA_UNPARSABLE };
+
 struct ca_store {
 	char *path;
-	X509_STORE *store;	/* NULL until loaded */
-	dev_t device;
+	X509_STORE *store;	/* NULL until loaded, or when the file is bad */
+	dev_t device;		/* the file last parsed, good or bad */
 	ino_t inode;
 	off_t size;
 	struct timespec modified;
 	struct timespec changed;
 	unsigned long generation;
+	enum ca_problem problem;
+	int missing_errno;	/* CA_MISSING: why */
 	struct ca_store *next;
 };
 
@@ -220,22 +232,40 @@ same_file(const struct ca_store *ca, const struct stat *info)
 	    ca->changed.tv_nsec == info->st_ctim.tv_nsec;
 }
 
+static void
+remember_file(struct ca_store *ca, const struct stat *info)
+{
+	ca->device = info->st_dev;
+	ca->inode = info->st_ino;
+	ca->size = info->st_size;
+	ca->modified = info->st_mtim;
+	ca->changed = info->st_ctim;
+}
+
 static X509_STORE *
 ca_store_load(const char *path)
 {
 	const char *file = path ? path : default_ca_file;
 	X509_STORE *store = X509_STORE_new();
 
-	if (!store)
+	if (!store) {
+		log_error("out of memory reading the CAs of %s", file ? file : "curl");
 		return NULL;
+	}
+	/* As curl sets on the store it would load: a ca_file may hold an
+	 * intermediate or the server's own certificate as its anchor. */
+	X509_STORE_set_flags(store, X509_V_FLAG_PARTIAL_CHAIN |
+			     X509_V_FLAG_TRUSTED_FIRST);
 	if (file && X509_STORE_load_file(store, file) != 1) {
+		ERR_clear_error();
 		X509_STORE_free(store);
 		return NULL;
 	}
 	/* Certificates in the directory are read when a chain needs them,
 	 * as curl would. */
-	if (!path && default_ca_directory)
-		X509_STORE_load_path(store, default_ca_directory);
+	if (!path && default_ca_directory &&
+	    X509_STORE_load_path(store, default_ca_directory) != 1)
+		ERR_clear_error();
 	return store;
 }
 
@@ -248,15 +278,37 @@ ca_store_find(const char *path)
 		if (path ? ca->path && strcmp(ca->path, path) == 0 : !ca->path)
 			return ca;
 	ca = calloc(1, sizeof(*ca));
-	if (!ca)
-		return NULL;
-	if (path && !(ca->path = strdup(path))) {
+	if (ca && path && !(ca->path = strdup(path))) {
 		free(ca);
+		ca = NULL;
+	}
+	if (!ca) {
+		log_error("out of memory keeping the CAs of %s", path ? path : "curl");
 		return NULL;
 	}
 	ca->next = ca_stores;
 	ca_stores = ca;
 	return ca;
+}
+
+/* The file is bad: its checks fail, with one warning per change of why. */
+static void
+ca_store_fail(struct ca_store *ca, const char *file, enum ca_problem problem,
+	      int error)
+{
+	X509_STORE_free(ca->store);
+	ca->store = NULL;
+	if (ca->problem == problem &&
+	    (problem != CA_MISSING || ca->missing_errno == error))
+		return;
+	ca->problem = problem;
+	ca->missing_errno = error;
+	if (problem == CA_MISSING)
+		log_warning("ca_file %s: %s; its HTTPS checks fail", file,
+			    strerror(error));
+	else
+		log_warning("ca_file %s: no certificate could be read from it; "
+			    "its HTTPS checks fail", file);
 }
 
 /* The store for a check of this ca_file, up to date, or NULL. */
@@ -271,26 +323,25 @@ ca_store_get(const char *path)
 	if (!ca)
 		return NULL;
 	if (file && stat(file, &info) != 0) {
-		log_debug("ca_file %s: %s", file, strerror(errno));
+		ca_store_fail(ca, file, CA_MISSING, errno);
+		ca->generation = 0;	/* whatever comes back is parsed */
 		return NULL;
 	}
-	if (ca->store && (!file || same_file(ca, &info)))
-		return ca;
+	if (ca->generation > 0 && (!file || same_file(ca, &info)))
+		return ca->store ? ca : NULL;	/* parsed already, good or bad */
+	if (file)
+		remember_file(ca, &info);
+	ca->generation = ++ca_generations;
 	store = ca_store_load(path);
 	if (!store) {
-		log_debug("cannot read the CAs of %s", file);
+		ca_store_fail(ca, file, CA_UNPARSABLE, 0);
 		return NULL;
 	}
+	if (ca->problem != CA_FINE)
+		log_info("ca_file %s: read again", file);
+	ca->problem = CA_FINE;
 	X509_STORE_free(ca->store);
 	ca->store = store;
-	ca->generation = ++ca_generations;
-	if (file) {
-		ca->device = info.st_dev;
-		ca->inode = info.st_ino;
-		ca->size = info.st_size;
-		ca->modified = info.st_mtim;
-		ca->changed = info.st_ctim;
-	}
 	return ca;
 }
 
@@ -349,9 +400,11 @@ use_ca_store(CURL *easy, void *ssl_context, void *context)
 
 /*
  * What is needed to resume TLS sessions safely, per checked target: one
- * address checked through one URL with one ca_file parse (a reload or a
- * new CA file that changes any of these is another target, which starts
- * with a full handshake).  The sessions live in a share handle of the
+ * address of one candidate of one name, checked through one URL.  Every
+ * reload, and every new parse of the target's ca_file, makes the next
+ * check of every target a full handshake, so a session verified under
+ * one configuration is never offered under another (even one that went
+ * away and came back).  The sessions live in a share handle of the
  * target's own, so no two targets ever offer each other's sessions (and
  * curl keys them by host, port and connect-to address as well).
  *
@@ -370,6 +423,8 @@ struct tls_target {
 	double used;		/* monotonic start of the last check */
 	double interval;	/* tls_full_handshake_interval at the last check */
 	int must_verify;
+	unsigned long reload_generation;	/* of the last check */
+	unsigned long ca_generation;
 	int in_use;		/* transfers using share */
 	struct tls_target *next;	/* in its hash bucket */
 };
@@ -380,6 +435,7 @@ static struct tls_target **target_buckets;
 static unsigned target_bucket_count;
 static unsigned target_count;
 static double target_swept;
+static unsigned long reload_generation;
 
 static unsigned
 text_hash(const char *text)
@@ -452,20 +508,34 @@ targets_sweep(double now)
 }
 
 static struct tls_target *
+target_find(const char *key, unsigned hash)
+{
+	struct tls_target *target;
+
+	if (target_bucket_count == 0)
+		return NULL;
+	for (target = target_buckets[hash % target_bucket_count]; target;
+	     target = target->next)
+		if (target->hash == hash && strcmp(target->key, key) == 0)
+			return target;
+	return NULL;
+}
+
+static struct tls_target *
 target_get(const char *key)
 {
 	unsigned hash = text_hash(key);
-	struct tls_target *target;
+	struct tls_target *target = target_find(key, hash);
 
-	if (target_bucket_count > 0)
-		for (target = target_buckets[hash % target_bucket_count];
-		     target; target = target->next)
-			if (target->hash == hash && strcmp(target->key, key) == 0)
-				return target;
-	if (target_count >= target_bucket_count && targets_grow() != 0)
+	if (target)
+		return target;
+	if (target_count >= target_bucket_count && targets_grow() != 0) {
+		log_error("out of memory keeping TLS sessions");
 		return NULL;
+	}
 	target = calloc(1, sizeof(*target));
 	if (!target || !(target->key = strdup(key))) {
+		log_error("out of memory keeping TLS sessions");
 		free(target);
 		return NULL;
 	}
@@ -502,8 +572,10 @@ session_share_new(void)
 	    curl_share_setopt(share, CURLSHOPT_SHARE,
 			      CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK) {
 		curl_share_cleanup(share);
-		return NULL;
+		share = NULL;
 	}
+	if (!share)
+		log_error("cannot create a libcurl share handle for TLS sessions");
 	return share;
 }
 
@@ -516,16 +588,22 @@ static int
 use_sessions(struct http_transfer *transfer, struct tls_target *target,
 	     double interval, double now)
 {
-	int full = target->must_verify || interval <= 0 ||
-	    now - target->verified >= interval;
+	int full;
 
+	if (target->reload_generation != transfer->reload_generation ||
+	    target->ca_generation != transfer->ca_generation)
+		target->must_verify = 1;
+	target->reload_generation = transfer->reload_generation;
+	target->ca_generation = transfer->ca_generation;
+	full = target->must_verify || now - target->verified >= interval;
 	target->used = now;
 	target->interval = interval;
+	transfer->target = target;
 	transfer->full_handshake = full;
 	if (full && target->in_use > 0) {
-		/* Another check holds the sessions: this one neither offers
-		 * nor stores any (it cannot happen while checks of one address
-		 * never overlap, but then it stays safe). */
+		/* Another check holds the sessions (a check of a candidate
+		 * that a reload removed and added again can overlap the new
+		 * one's): this one neither offers nor stores any. */
 		curl_easy_setopt(transfer->easy, CURLOPT_SSL_SESSIONID_CACHE, 0L);
 		return 0;
 	}
@@ -539,12 +617,16 @@ use_sessions(struct http_transfer *transfer, struct tls_target *target,
 		target->share = share;
 	}
 	curl_easy_setopt(transfer->easy, CURLOPT_SHARE, target->share);
-	transfer->target = target;
+	transfer->holds_share = 1;
 	target->in_use++;
 	return 0;
 }
 
-/* After the check: what its result means for its target's sessions. */
+/*
+ * After the check: what its result means for its target's sessions.  A
+ * full handshake verifies the target only if no reload or new CA parse
+ * came while it ran.
+ */
 static void
 sessions_after(struct http_transfer *transfer, int success)
 {
@@ -552,16 +634,60 @@ sessions_after(struct http_transfer *transfer, int success)
 
 	if (!target)
 		return;
-	target->in_use--;
+	if (transfer->holds_share)
+		target->in_use--;
+	transfer->holds_share = 0;
 	transfer->target = NULL;
 	if (!success) {
 		target->must_verify = 1;
 		return;
 	}
-	if (transfer->full_handshake) {
+	if (transfer->full_handshake &&
+	    target->reload_generation == transfer->reload_generation &&
+	    target->ca_generation == transfer->ca_generation) {
 		target->verified = transfer->check->started;
 		target->must_verify = 0;
 	}
+}
+
+/*
+ * The key of a check's target: the name, the candidate, the address and
+ * the URL (host, port).  NULL when out of memory.
+ */
+static char *
+target_key(const struct check *check)
+{
+	const struct candidate *candidate = check->address->candidate;
+	char *key;
+
+	if (asprintf(&key, "%s %s %s %s", candidate->name->config->title,
+		     candidate->config->title, check->address->text,
+		     candidate->config->url) < 0) {
+		log_error("out of memory keeping TLS sessions");
+		return NULL;
+	}
+	return key;
+}
+
+/* A check that failed before its handshake: the next one is full. */
+static void
+sessions_forget(const struct check *check)
+{
+	char *key = target_key(check);
+	struct tls_target *target;
+
+	if (!key)
+		return;
+	target = target_find(key, text_hash(key));
+	if (target)
+		target->must_verify = 1;
+	free(key);
+}
+
+void
+check_http_reloaded(void)
+{
+	reload_generation++;
 }
 
 /* ------------------------------------------------------------ transfers */
@@ -748,6 +874,28 @@ timer_changed(CURLM *handle, long timeout_ms, void *context)
 	return 0;
 }
 
+/*
+ * The CA stores and TLS sessions are OpenSSL objects handed to curl's TLS
+ * context: a libcurl built on another TLS library (or another OpenSSL
+ * major version than hard's) would ignore or misread them.
+ */
+static int
+curl_uses_our_openssl(void)
+{
+	const curl_version_info_data *version = curl_version_info(CURLVERSION_NOW);
+	char expected[32];
+
+	snprintf(expected, sizeof(expected), "OpenSSL/%d.", OPENSSL_VERSION_MAJOR);
+	if (version && version->ssl_version &&
+	    strncmp(version->ssl_version, expected, strlen(expected)) == 0)
+		return 1;
+	log_error("libcurl uses %s for TLS; hard needs one built with %s "
+		  "(OpenSSL %d) for its HTTPS checks",
+		  version && version->ssl_version ? version->ssl_version : "no library",
+		  OPENSSL_VERSION_TEXT, OPENSSL_VERSION_MAJOR);
+	return 0;
+}
+
 int
 check_http_init(struct ev_loop *loop)
 {
@@ -755,6 +903,8 @@ check_http_init(struct ev_loop *loop)
 		log_error("cannot initialise libcurl");
 		return -1;
 	}
+	if (!curl_uses_our_openssl())
+		return -1;
 	multi = curl_multi_init();
 	if (!multi) {
 		log_error("cannot create the libcurl multi handle");
@@ -865,16 +1015,13 @@ set_request(CURL *easy, const struct config_name *config,
 }
 
 /*
- * HTTPS: the parsed CAs and, where allowed, a session to resume.  The
- * target key holds all that makes a session valid to offer: the address,
- * the URL (host, port), the CA parse.  0, or the STATUS_* of a check that
- * cannot start.
+ * HTTPS: the parsed CAs and, where allowed, a session to resume.  0, or
+ * the STATUS_* of a check that cannot start.
  */
 static int
 set_tls(struct http_transfer *transfer, const struct check *check)
 {
 	const struct config_name *config = check->address->candidate->name->config;
-	const struct config_candidate *candidate = check->address->candidate->config;
 	struct ca_store *ca = ca_store_get(config->ca_file);
 	struct tls_target *target;
 	char *key;
@@ -892,8 +1039,16 @@ set_tls(struct http_transfer *transfer, const struct check *check)
 	curl_easy_setopt(transfer->easy, CURLOPT_SSL_CTX_FUNCTION, use_ca_store);
 	curl_easy_setopt(transfer->easy, CURLOPT_SSL_CTX_DATA, ca);
 	targets_sweep(check->started);
-	if (asprintf(&key, "%s %s %lu", check->address->text, candidate->url,
-		     ca->generation) < 0)
+	if (config->tls_full_handshake_interval <= 0) {
+		/* Every check a full handshake: no session kept or offered
+		 * (a reset handle would otherwise keep its own). */
+		curl_easy_setopt(transfer->easy, CURLOPT_SSL_SESSIONID_CACHE, 0L);
+		return 0;
+	}
+	transfer->reload_generation = reload_generation;
+	transfer->ca_generation = ca->generation;
+	key = target_key(check);
+	if (!key)
 		return STATUS_OTHER_ERROR;
 	target = target_get(key);
 	free(key);
@@ -917,6 +1072,18 @@ set_body_reader(struct http_transfer *transfer)
 	}
 }
 
+/* A check that cannot start: the next of its target is a full handshake. */
+static int
+start_failed(struct http_transfer *transfer, const struct check *check,
+	     int status)
+{
+	if (transfer)
+		transfer_free(transfer);
+	if (strcmp(check->address->candidate->config->scheme, "https") == 0)
+		sessions_forget(check);
+	return status;
+}
+
 int
 check_http_start(struct check *check)
 {
@@ -924,8 +1091,11 @@ check_http_start(struct check *check)
 	struct http_transfer *transfer = transfer_new(config->expect_body);
 	char spec[DNS_MAX_NAME + 80];
 
-	if (!transfer)
-		return STATUS_OTHER_ERROR;
+	if (!transfer) {
+		log_error("out of memory starting a check of %s",
+			  check->address->text);
+		return start_failed(NULL, check, STATUS_OTHER_ERROR);
+	}
 	transfer->check = check;
 	transfer->easy = handle_take();
 	connect_to_spec(check, spec, sizeof(spec));
@@ -933,27 +1103,26 @@ check_http_start(struct check *check)
 		transfer->connect_to = curl_slist_append(NULL, spec);
 	if (!transfer->easy || !transfer->connect_to ||
 	    add_headers(transfer, config) != 0) {
-		transfer_free(transfer);
-		return STATUS_OTHER_ERROR;
+		log_error("out of memory starting a check of %s",
+			  check->address->text);
+		return start_failed(transfer, check, STATUS_OTHER_ERROR);
 	}
 	set_request(transfer->easy, config, check->address->candidate->config);
 	if (strcmp(check->address->candidate->config->scheme, "https") == 0) {
 		int status = set_tls(transfer, check);
 
-		if (status != 0) {
-			transfer_free(transfer);
-			return status;
-		}
+		if (status != 0)
+			return start_failed(transfer, check, status);
 	}
 	set_body_reader(transfer);
 	curl_easy_setopt(transfer->easy, CURLOPT_CONNECT_TO, transfer->connect_to);
 	curl_easy_setopt(transfer->easy, CURLOPT_PRIVATE, transfer);
 	if (curl_multi_add_handle(multi, transfer->easy) != CURLM_OK) {
+		log_error("cannot start a check of %s", check->address->text);
 		sessions_after(transfer, 0);
 		handle_give_back(transfer->easy);
 		transfer->easy = NULL;
-		transfer_free(transfer);
-		return STATUS_OTHER_ERROR;
+		return start_failed(transfer, check, STATUS_OTHER_ERROR);
 	}
 	check->transport_kind = CHECK_HTTP;
 	check->transport = transfer;

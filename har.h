@@ -589,6 +589,8 @@ struct check {
 };
 int check_http_init(struct ev_loop *loop);
 void check_http_cleanup(void);
+/* A reload: every HTTPS check's next handshake is a full one. */
+void check_http_reloaded(void);
 /* 0 when started, or the STATUS_* of a check that failed at once. */
 int check_http_start(struct check *check);
 void check_http_cancel(struct check *check);
