@@ -175,6 +175,139 @@ def test_reload_changing_ca_file_or_host_does_full_handshake(
     assert after[0]["resumed"] is False, [r["resumed"] for r in after]
     assert after[0]["headers"][0] == ["Host", "other.test:%d" % s.port], after[0]
     wait_resumed(s, before)
+    # and back to the first configuration: its old sessions, verified
+    # before two reloads, must not be offered again
+    before = len(s.requests_seen())
+    reload(h, https_block("secure.test", s, "secure.test", other_ca), up)
+    after = wait_requests(s, before)
+    assert after[0]["resumed"] is False, [r["resumed"] for r in after]
+    assert after[0]["headers"][0] == ["Host", "secure.test:%d" % s.port], after[0]
+    wait_resumed(s, before)
+    before = len(s.requests_seen())
+    reload(h, https_block("secure.test", s, "secure.test", certs["ca"]), up)
+    after = wait_requests(s, before)
+    assert after[0]["resumed"] is False, [r["resumed"] for r in after]
+    wait_resumed(s, before)
+
+
+def test_reload_to_plain_tcp_and_back_does_full_handshake(
+        start_hard, start_http, up, certs):
+    """A check method that goes away and comes back by reloads starts
+    again with a full handshake."""
+    cert, key = certs["secure.test"]
+    s = start_http(A, cert=cert, key=key)
+    h = start_hard(https_block("secure.test", s, "secure.test", certs["ca"]), upstream=up)
+    wait_answer(h, "secure.test", [A])
+    wait_resumed(s)
+    reload(h, name_block("secure.test", [("c", "tcp://%s:%d" % (s.addr, s.port))],
+                         check_method="tcp", check_frequency=0.2,
+                         failure_mode="servfail"), up)
+    time.sleep(1.0)
+    before = len(s.requests_seen())
+    time.sleep(0.6)
+    assert len(s.requests_seen()) == before, "still checked by HTTPS"
+    reload(h, https_block("secure.test", s, "secure.test", certs["ca"]), up)
+    after = wait_requests(s, before)
+    assert after[0]["resumed"] is False, [r["resumed"] for r in after]
+    wait_resumed(s, before)
+
+
+def tagged_https_block(title, server, ca, tag, **opts):
+    """A name checking https://secure.test/ on the server, its requests
+    told apart by an X-Har-Name header."""
+    return https_block(title, server, "secure.test", ca,
+                       http_headers='{ "X-Har-Name: %s" }' % tag, **opts)
+
+
+def requests_of(server, tag):
+    return [r for r in server.requests_seen()
+            if ["X-Har-Name", tag] in r["headers"]]
+
+
+def test_names_with_one_url_and_address_keep_their_own_sessions(
+        start_hard, start_http, up, certs):
+    """Two names checking the same URL on the same address with the same
+    ca_file: each makes its own first full handshake rather than resuming
+    the other's session."""
+    cert, key = certs["secure.test"]
+    s = start_http(A, cert=cert, key=key)
+    h = start_hard(tagged_https_block("one.test", s, certs["ca"], "one",
+                                      check_frequency=0.2) +
+                   tagged_https_block("two.test", s, certs["ca"], "two",
+                                      check_frequency=2.5), upstream=up)
+    wait_answer(h, "one.test", [A])
+    wait_answer(h, "two.test", [A], timeout=8)
+    end = time.monotonic() + 8
+    while len(requests_of(s, "two")) < 2:
+        assert time.monotonic() < end, requests_of(s, "two")
+        time.sleep(0.1)
+    two = [r["resumed"] for r in requests_of(s, "two")]
+    assert two[0] is False and two[1] is True, two
+    assert requests_of(s, "one")[0]["resumed"] is False
+
+
+def test_names_with_one_url_trusting_different_cas(start_hard, start_http, up, certs):
+    """Two names check the same URL on the same address; only one trusts
+    the server's CA.  The other stays down however often the first
+    resumes its sessions."""
+    cert, key = certs["secure.test"]
+    s = start_http(A, cert=cert, key=key)
+    h = start_hard(https_block("trusting.test", s, "secure.test", certs["ca"]) +
+                   https_block("distrusting.test", s, "secure.test",
+                               certs["untrusted"][0]), upstream=up)
+    wait_answer(h, "trusting.test", [A])
+    wait_resumed(s)
+    assert_stays(h, "distrusting.test", "SERVFAIL", 2.0)
+    assert answer(h, "trusting.test") == [A]
+    wait_resumed(s, len(s.requests_seen()))
+
+
+def test_ca_file_of_the_server_certificate_alone(start_hard, start_http, up, certs):
+    """A ca_file holding only the server's own certificate (or an
+    intermediate) is a trust anchor, as with curl's own store."""
+    cert, key = certs["secure.test"]
+    s = start_http(A, cert=cert, key=key)
+    h = start_hard(https_block("secure.test", s, "secure.test", cert), upstream=up)
+    wait_answer(h, "secure.test", [A])
+    wait_resumed(s)
+
+
+def ca_warnings(h):
+    return [line for line in h.log().splitlines()
+            if "ca_file" in line and "HTTPS checks fail" in line]
+
+
+def test_bad_ca_file_warned_once_and_read_again(start_hard, start_http, up,
+                                                certs, workdir):
+    """A ca_file that goes missing, then holds no certificate, fails its
+    checks with one warning each time it changes, not one per check;
+    written good again, it is read again and the name comes back."""
+    cert, key = certs["secure.test"]
+    s = start_http(A, cert=cert, key=key)
+    ca = os.path.join(workdir, "ca-live.pem")
+    shutil.copy(certs["ca"], ca)
+    h = start_hard(https_block("secure.test", s, "secure.test", ca), upstream=up)
+    wait_answer(h, "secure.test", [A])
+    wait_resumed(s)
+    os.remove(ca)
+    wait_answer(h, "secure.test", "SERVFAIL", timeout=3)
+    time.sleep(1.0)  # five checks
+    warnings = ca_warnings(h)
+    assert len(warnings) == 1 and "No such file" in warnings[0], warnings
+    with open(ca + ".new", "w") as f:
+        f.write("not a certificate\n")
+    os.replace(ca + ".new", ca)
+    time.sleep(1.5)
+    assert answer(h, "secure.test") == "SERVFAIL"
+    warnings = ca_warnings(h)
+    assert len(warnings) == 2 and "no certificate" in warnings[1], warnings
+    before = len(s.requests_seen())
+    shutil.copy(certs["ca"], ca + ".new")
+    os.replace(ca + ".new", ca)
+    wait_answer(h, "secure.test", [A], timeout=4)
+    after = requests_since(s, before)
+    assert after and after[0]["resumed"] is False, after
+    assert len(ca_warnings(h)) == 2, ca_warnings(h)
 
 
 def test_full_handshake_interval_zero_never_resumes(start_hard, start_http, up, certs):
