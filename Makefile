@@ -25,7 +25,7 @@ LDFLAGS += -fsanitize=address,undefined
 endif
 LIBS = $(PKG_LIBS) -lev -lm -lpthread
 
-MODULES = config.o address.o dns.o server.o upstream.o registry.o select.o \
+MODULES = config.o config_values.o address.o dns.o server.o upstream.o registry.o select.o \
 	check.o check_http.o check_tcp.o store.o store_writer.o log.o querylog.o
 OBJECTS = har.o notify.o $(MODULES)
 UNIT_TESTS = tests/unit/test_config tests/unit/test_dns tests/unit/test_select \

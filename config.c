@@ -2,13 +2,13 @@
  * config.c - reads har.conf with libconfuse and turns it into a struct
  * config: every option defaulted, every value checked, and every mistake
  * reported as "FILE:LINE: reason" so that `hard -t` and a rejected SIGHUP
- * tell the operator exactly what to fix.  Addresses, endpoints and host
- * names are parsed in address.c.
+ * tell the operator exactly what to fix.  What each value may be (ranges,
+ * keywords, the validators) is in config_values.c; addresses, endpoints
+ * and host names are parsed in address.c.
  */
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
-#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +58,18 @@ report_at(const char *file, int line, const char *fmt, ...)
 	current_parse->report(message);
 }
 
+void
+config_report(int line, const char *fmt, ...)
+{
+	char reason[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(reason, sizeof(reason), fmt, ap);
+	va_end(ap);
+	report_at(current_parse->file, line, "%s", reason);
+}
+
 /* libconfuse's own syntax errors (unknown option, missing brace, ...). */
 static void
 config_syntax_error(cfg_t *cfg, const char *fmt, va_list ap)
@@ -67,384 +79,6 @@ config_syntax_error(cfg_t *cfg, const char *fmt, va_list ap)
 	vsnprintf(reason, sizeof(reason), fmt, ap);
 	report_at(current_parse->file, cfg ? cfg->line : 0, "%s", reason);
 }
-
-/*
- * Value checks run as libconfuse finishes reading an option, so cfg->line
- * is the option's line.  They record the error and let parsing go on, so
- * one run of `hard -t` lists every mistake.
- */
-typedef void value_check_fn(cfg_t *cfg, cfg_opt_t *opt, unsigned index);
-
-static int
-validate_each(cfg_t *cfg, cfg_opt_t *opt, value_check_fn *check)
-{
-	for (unsigned i = 0; i < cfg_opt_size(opt); i++)
-		check(cfg, opt, i);
-	return 0;
-}
-
-/*
- * The allowed range of every number in har.conf, in one place: the
- * validator reads it and har.conf.5 documents it.  A value outside its
- * range would overflow or make hard useless (a timeout of 1e300 seconds
- * fails every check at once; an empty expect_status passes none), so it
- * is refused where it is written, NaN and infinity included.  A new
- * numeric option needs one line here.
- */
-struct number_range {
-	const char *option;	/* as libconfuse spells it: "name|ttl" */
-	double low, high;
-	const char *unit;	/* "seconds", or NULL for a plain count */
-};
-
-static const struct number_range number_ranges[] = {
-	{ "dns_listen_port", 1, 65535, NULL },
-	{ "resolver_timeout", 0.001, 60, "seconds" },
-	{ "resolver_total_timeout", 0.001, 60, "seconds" },
-	{ "check_history", 1, 1000000, NULL },
-	{ "tcp_idle_timeout", 0.001, 86400, "seconds" },
-	{ "tcp_max_connections", 1, 1000000, NULL },
-	{ "name|check_frequency", 0.01, 86400, "seconds" },
-	{ "name|check_timeout", 0.001, 86400, "seconds" },
-	/* A fraction of check_frequency: 1 lets intervals vary by half of it. */
-	{ "name|check_jitter", 0, 1, NULL },
-	{ "name|recheck_frequency", 0.01, 86400, "seconds" },
-	/* Up to a year; 0 never idles. */
-	{ "name|idle_after", 0, 31536000, "seconds" },
-	{ "name|idle_check_frequency", 0.01, 86400, "seconds" },
-	{ "name|rise", 1, 1000, NULL },
-	{ "name|fall", 1, 1000, NULL },
-	{ "name|expect_status", 100, 599, NULL },
-	{ "name|drain_status", 100, 599, NULL },
-	{ "name|max_rtt", 0, 86400, "seconds" },
-	{ "name|group_rtt_threshold", 0, 86400, "seconds" },
-	/* 0 is off; load_overprovisioning refuses what lies between 0 and 1. */
-	{ "name|overprovisioning", 0, 100, NULL },
-	{ "name|tls_full_handshake_interval", 0, 86400, "seconds" },
-	/* RFC 2181 section 8: a TTL is at most 2^31 - 1. */
-	{ "name|ttl", 0, 2147483647.0, "seconds" },
-};
-
-/* The table's line for an option: its name is the path's last part. */
-static const struct number_range *
-find_number_range(const char *name)
-{
-	for (size_t i = 0; i < sizeof(number_ranges) / sizeof(number_ranges[0]);
-	     i++) {
-		const char *bar = strrchr(number_ranges[i].option, '|');
-		const char *last = bar ? bar + 1 : number_ranges[i].option;
-
-		if (strcmp(last, name) == 0)
-			return &number_ranges[i];
-	}
-	return NULL;
-}
-
-/* Whole numbers in full (a TTL bound reads 2147483647, not 2.14748e+09). */
-static void
-format_number(double number, char *out, size_t size)
-{
-	if (isfinite(number) && fabs(number) < 1e15 && number == floor(number))
-		snprintf(out, size, "%.0f", number);
-	else
-		snprintf(out, size, "%g", number);
-}
-
-/*
- * An expect_status item: "200" or "200-299" (digits only).  A number too
- * big for a long comes back as LONG_MAX, so that it reads as out of range.
- */
-static int
-parse_status_range(const char *text, long *low, long *high)
-{
-	char *end;
-
-	if (!isdigit((unsigned char)text[0]))
-		return -1;
-	*low = strtol(text, &end, 10);
-	*high = *low;
-	if (*end == '-') {
-		if (!isdigit((unsigned char)end[1]))
-			return -1;
-		*high = strtol(end + 1, &end, 10);
-	}
-	return *end == '\0' ? 0 : -1;
-}
-
-static void
-report_out_of_range(cfg_t *cfg, const char *option,
-		    const struct number_range *range, const char *value)
-{
-	char low[32], high[32];
-
-	format_number(range->low, low, sizeof(low));
-	format_number(range->high, high, sizeof(high));
-	report_at(current_parse->file, cfg->line,
-		  "%s must be between %s and %s%s%s, not %s", option, low,
-		  high, range->unit ? " " : "", range->unit ? range->unit : "",
-		  value);
-}
-
-/* A list of statuses and ranges is a string list; its bounds are the table's. */
-static void
-check_status_range(cfg_t *cfg, cfg_opt_t *opt, unsigned index,
-		   const struct number_range *range)
-{
-	const char *value = cfg_opt_getnstr(opt, index);
-	long low, high;
-
-	if (parse_status_range(value, &low, &high) != 0)
-		report_at(current_parse->file, cfg->line,
-			  "%s: \"%s\" is not an HTTP status or a range such as 200-299",
-			  opt->name, value);
-	else if (low < range->low || high > range->high ||
-		 low > range->high || high < range->low)
-		report_out_of_range(cfg, opt->name, range, value);
-	else if (low > high)
-		report_at(current_parse->file, cfg->line,
-			  "%s: range %s runs backwards; write it low-high",
-			  opt->name, value);
-}
-
-static void
-check_range(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
-{
-	const struct number_range *range = find_number_range(opt->name);
-	double number;
-	char value[32];
-
-	if (!range)
-		return;
-	if (opt->type == CFGT_STR) {
-		check_status_range(cfg, opt, index, range);
-		return;
-	}
-	if (opt->type == CFGT_INT)
-		number = (double)cfg_opt_getnint(opt, index);
-	else
-		number = cfg_opt_getnfloat(opt, index);
-	if (number >= range->low && number <= range->high)
-		return;		/* false for NaN too */
-	format_number(number, value, sizeof(value));
-	report_out_of_range(cfg, opt->name, range, value);
-}
-
-static void
-check_one_of(cfg_t *cfg, cfg_opt_t *opt, unsigned index,
-	     const char *const *choices)
-{
-	const char *value = cfg_opt_getnstr(opt, index);
-	char list[256] = "";
-
-	for (int i = 0; choices[i]; i++) {
-		if (strcmp(value, choices[i]) == 0)
-			return;
-		if (i > 0)
-			strncat(list, ", ", sizeof(list) - strlen(list) - 1);
-		strncat(list, choices[i], sizeof(list) - strlen(list) - 1);
-	}
-	report_at(current_parse->file, cfg->line,
-		  "%s: unknown value \"%s\" (expected %s)", opt->name, value, list);
-}
-
-static const char *const check_methods[] = { "http", "tcp", NULL };
-static const char *const selection_methods[] = {
-	"best_rtt", "group_rtt_rr", "all", NULL
-};
-static const char *const rtt_modes[] = { "total", "connect", NULL };
-static const char *const failure_modes[] = { "none", "all", "servfail", NULL };
-static const char *const http_methods[] = { "GET", "HEAD", NULL };
-const char *const admin_state_names[] = { "auto", "drain", "down", "up", NULL };
-
-static void
-check_check_method(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
-{
-	check_one_of(cfg, opt, index, check_methods);
-}
-
-static void
-check_selection_method(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
-{
-	check_one_of(cfg, opt, index, selection_methods);
-}
-
-static void
-check_rtt_mode(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
-{
-	check_one_of(cfg, opt, index, rtt_modes);
-}
-
-static void
-check_failure_mode(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
-{
-	check_one_of(cfg, opt, index, failure_modes);
-}
-
-static void
-check_http_method(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
-{
-	check_one_of(cfg, opt, index, http_methods);
-}
-
-/* RFC 9110 section 5.6.2: the characters of a header's name. */
-static int
-is_token_char(char c)
-{
-	return isalnum((unsigned char)c) || (c && strchr("!#$%&'*+-.^_`|~", c));
-}
-
-/*
- * A header goes into the request as written, so one with a line break
- * would smuggle a second header (or a second request) past -t.
- */
-static void
-check_http_header(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
-{
-	const char *value = cfg_opt_getnstr(opt, index);
-	size_t name_length = 0;
-
-	while (is_token_char(value[name_length]))
-		name_length++;
-	if (strpbrk(value, "\r\n"))
-		report_at(current_parse->file, cfg->line,
-			  "http_headers: a header must be one line, without CR or LF");
-	else if (name_length == 0 || value[name_length] != ':')
-		report_at(current_parse->file, cfg->line,
-			  "http_headers: \"%s\" is not \"Name: value\"", value);
-	else if (value[name_length + 1 + strspn(value + name_length + 1, " \t")] == '\0')
-		report_at(current_parse->file, cfg->line,
-			  "http_headers: \"%s\" has no value", value);
-}
-
-static void
-check_expect_body(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
-{
-	const char *value = cfg_opt_getnstr(opt, index);
-
-	if (value[0] == '\0')
-		report_at(current_parse->file, cfg->line,
-			  "expect_body is empty: every body would match");
-	else if (strlen(value) > EXPECT_BODY_WINDOW)
-		report_at(current_parse->file, cfg->line,
-			  "expect_body is longer than the %d bytes of body it is looked for in",
-			  EXPECT_BODY_WINDOW);
-}
-
-static void
-check_admin_state(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
-{
-	check_one_of(cfg, opt, index, admin_state_names);
-}
-
-static void
-check_ip(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
-{
-	struct ip_address ip;
-	const char *value = cfg_opt_getnstr(opt, index);
-
-	if (ip_address_parse(value, &ip) != 0)
-		report_at(current_parse->file, cfg->line,
-			  "%s: \"%s\" is not an IPv4 or IPv6 address",
-			  opt->name, value);
-}
-
-static void
-check_endpoint(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
-{
-	struct endpoint endpoint;
-	const char *value = cfg_opt_getnstr(opt, index);
-
-	if (endpoint_parse(value, 53, &endpoint) != 0)
-		report_at(current_parse->file, cfg->line,
-			  "%s: \"%s\" is not IP, IP:PORT or [IPv6]:PORT",
-			  opt->name, value);
-}
-
-/*
- * What a start would trip over outside this file, checked here so that
- * `hard -t` and a reload refuse it too.  Nothing is created: a missing
- * data_file directory is fine (hard creates it), one that cannot be a
- * directory is not.  Permissions are not judged, as -t may run as
- * another user than the daemon.
- */
-static void
-check_user(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
-{
-	const char *value = cfg_opt_getnstr(opt, index);
-
-	if (!getpwnam(value))
-		report_at(current_parse->file, cfg->line,
-			  "user \"%s\": no such user", value);
-}
-
-static void
-check_data_file(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
-{
-	const char *value = cfg_opt_getnstr(opt, index);
-	char ancestor[4096];
-	struct stat status;
-
-	if (value[0] == '\0')
-		return;		/* state kept in memory only */
-	if (stat(value, &status) == 0) {
-		if (S_ISDIR(status.st_mode))
-			report_at(current_parse->file, cfg->line,
-				  "data_file \"%s\" is a directory, not a file",
-				  value);
-		return;
-	}
-	/* The nearest part of the path that exists must be a directory. */
-	snprintf(ancestor, sizeof(ancestor), "%s", value);
-	for (;;) {
-		char *slash = strrchr(ancestor, '/');
-
-		if (!slash)
-			return;		/* relative: the working directory */
-		*slash = '\0';
-		if (ancestor[0] == '\0')
-			return;		/* "/" */
-		if (stat(ancestor, &status) != 0)
-			continue;
-		if (!S_ISDIR(status.st_mode))
-			report_at(current_parse->file, cfg->line,
-				  "data_file \"%s\" cannot be created: %s is not a directory",
-				  value, ancestor);
-		return;
-	}
-}
-
-static void
-check_readable_file(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
-{
-	const char *value = cfg_opt_getnstr(opt, index);
-	struct stat status;
-
-	if (stat(value, &status) != 0 || access(value, R_OK) != 0)
-		report_at(current_parse->file, cfg->line, "%s \"%s\": %s",
-			  opt->name, value, strerror(errno));
-	else if (S_ISDIR(status.st_mode))
-		report_at(current_parse->file, cfg->line,
-			  "%s \"%s\" is a directory, not a file", opt->name, value);
-}
-
-#define VALIDATOR(function, check) \
-	static int function(cfg_t *cfg, cfg_opt_t *opt) \
-	{ return validate_each(cfg, opt, check); }
-
-VALIDATOR(validate_check_method, check_check_method)
-VALIDATOR(validate_selection_method, check_selection_method)
-VALIDATOR(validate_rtt_mode, check_rtt_mode)
-VALIDATOR(validate_failure_mode, check_failure_mode)
-VALIDATOR(validate_http_method, check_http_method)
-VALIDATOR(validate_http_header, check_http_header)
-VALIDATOR(validate_expect_body, check_expect_body)
-VALIDATOR(validate_admin_state, check_admin_state)
-VALIDATOR(validate_ip, check_ip)
-VALIDATOR(validate_endpoint, check_endpoint)
-VALIDATOR(validate_range, check_range)
-VALIDATOR(validate_user, check_user)
-VALIDATOR(validate_data_file, check_data_file)
-VALIDATOR(validate_readable_file, check_readable_file)
 
 static cfg_opt_t candidate_options[] = {
 	CFG_STR("check_address", NULL, CFGF_NODEFAULT),
@@ -497,38 +131,6 @@ static cfg_opt_t global_options[] = {
 	CFG_SEC("name", name_options, CFGF_MULTI | CFGF_TITLE | CFGF_NO_TITLE_DUPES),
 	CFG_END()
 };
-
-static void
-install_validators(cfg_t *cfg)
-{
-	static const struct {
-		const char *option;
-		cfg_validate_callback_t check;
-	} validators[] = {
-		{ "nameservers", validate_endpoint },
-		{ "dns_bind_interfaces", validate_ip },
-		{ "user", validate_user },
-		{ "data_file", validate_data_file },
-		{ "name|check_method", validate_check_method },
-		{ "name|selection_method", validate_selection_method },
-		{ "name|rtt_mode", validate_rtt_mode },
-		{ "name|failure_mode", validate_failure_mode },
-		{ "name|http_method", validate_http_method },
-		{ "name|http_headers", validate_http_header },
-		{ "name|expect_body", validate_expect_body },
-		{ "name|ca_file", validate_readable_file },
-		{ "name|candidate|address", validate_ip },
-		{ "name|candidate|admin_state", validate_admin_state },
-	};
-
-	for (size_t i = 0; i < sizeof(validators) / sizeof(validators[0]); i++)
-		cfg_set_validate_func(cfg, validators[i].option,
-				       validators[i].check);
-	for (size_t i = 0; i < sizeof(number_ranges) / sizeof(number_ranges[0]);
-	     i++)
-		cfg_set_validate_func(cfg, number_ranges[i].option,
-				       validate_range);
-}
 
 /* ------------------------------------------------------------ helpers */
 
@@ -1277,7 +879,7 @@ config_parse(const char *file, const char *text, const char *resolv_conf,
 		return NULL;
 	}
 	cfg_set_error_function(cfg, config_syntax_error);
-	install_validators(cfg);
+	config_install_validators(cfg);
 	result = cfg_parse_buf(cfg, parse.text);
 	if (result != CFG_SUCCESS && parse.errors == 0)
 		report_at(file, 0, "cannot parse");

@@ -620,6 +620,35 @@ void store_reconfigure(const struct config *config, struct registry *registry);
 void store_flush(void);
 void store_close(void);
 
+/* -------------------------------- config internals: config*.c only */
+
+/*
+ * The allowed range of a number in har.conf (config_values.c has the
+ * table, har.conf.5 documents it).
+ */
+struct number_range {
+	const char *option;	/* as libconfuse spells it: "name|ttl" */
+	double low, high;
+	const char *unit;	/* "seconds", or NULL for a plain count */
+};
+
+/* The keywords each choice option takes, in the order of its enum. */
+extern const char *const check_methods[];
+extern const char *const selection_methods[];
+extern const char *const rtt_modes[];
+extern const char *const failure_modes[];
+extern const char *const http_methods[];
+
+const struct number_range *find_number_range(const char *name);
+/* "200" or "200-299"; 0 when it is one of them. */
+int parse_status_range(const char *text, long *low, long *high);
+/* Records a mistake at LINE of the file being parsed (0: no line). */
+void config_report(int line, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Sets a validator on every option that has one. */
+struct cfg_t;
+void config_install_validators(struct cfg_t *cfg);
+
 /* ---------------------------------- store internals: store*.c only */
 
 /*
