@@ -41,6 +41,18 @@
 #define RESOLVE_MAX_TTL 3600.0
 #define SWEEP_INTERVAL 0.1
 
+/*
+ * An even schedule wakes hard for every check alone, and on a virtual
+ * machine a wake-up from idle costs more than a plain check: spread
+ * evenly, 250 checks a second cost 1.3 to 1.7 times the CPU of the same
+ * checks sent in one burst.  So libev may let the loop sleep up to this
+ * long while timers fall due, and the checks due in that time start (and
+ * their connections complete) together.  Every second still gets its
+ * even share.  It applies to all of the loop's timers, which fire at
+ * most this late; sockets, and so queries, are not delayed at all.
+ */
+#define TIMER_BATCH 0.025
+
 /* 1 / golden ratio: the step of the phase sequence. */
 #define PHASE_STEP 0.6180339887498949
 
@@ -567,6 +579,7 @@ check_start_all(struct ev_loop *loop, struct registry *registry)
 		ev_timer_init(&sweep_timer, sweep_names, SWEEP_INTERVAL,
 			      SWEEP_INTERVAL);
 		ev_timer_start(loop, &sweep_timer);
+		ev_set_timeout_collect_interval(loop, TIMER_BATCH);
 		if (check_http_init(loop) != 0)
 			return -1;
 	} else {
