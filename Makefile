@@ -44,7 +44,7 @@ hard: $(OBJECTS)
 %.o: %.c har.h
 	$(CC) $(CPPFLAGS) $(WARNINGS) $(CFLAGS) $(PKG_CFLAGS) -c -o $@ $<
 
-tests/unit/%: tests/unit/%.c tests/unit/unit.h $(MODULES)
+tests/unit/%: tests/unit/%.c tests/unit/unit.h tests/unit/fixture.h $(MODULES)
 	$(CC) $(CPPFLAGS) $(WARNINGS) $(CFLAGS) $(PKG_CFLAGS) -I. -o $@ $< $(MODULES) $(LDFLAGS) $(LIBS)
 
 run:

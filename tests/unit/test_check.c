@@ -10,37 +10,12 @@
 
 #include "har.h"
 #include "unit.h"
-
-static void
-report(const char *message)
-{
-	fprintf(stderr, "config: %s\n", message);
-}
+#include "fixture.h"
 
 static void
 quiet(const char *message)
 {
 	(void)message;
-}
-
-struct fixture {
-	struct config *config;
-	struct registry *registry;
-};
-
-static int
-fixture_load(struct fixture *f, const char *text)
-{
-	f->config = config_load_string(text, "/dev/null", report);
-	f->registry = f->config ? registry_create(f->config) : NULL;
-	return f->registry != NULL;
-}
-
-static void
-fixture_free(struct fixture *f)
-{
-	registry_free(f->registry);
-	config_free(f->config);
 }
 
 static struct address *

@@ -11,35 +11,7 @@
 
 #include "har.h"
 #include "unit.h"
-
-static void
-report(const char *message)
-{
-	fprintf(stderr, "config: %s\n", message);
-}
-
-/* A registry over a config string; the config is freed with it. */
-struct fixture {
-	struct config *config;
-	struct registry *registry;
-};
-
-static int
-fixture_load(struct fixture *f, const char *text)
-{
-	f->config = config_load_string(text, "/dev/null", report);
-	f->registry = f->config ? registry_create(f->config) : NULL;
-	return f->registry != NULL;
-}
-
-static void
-fixture_free(struct fixture *f)
-{
-	registry_free(f->registry);
-	config_free(f->config);
-	f->registry = NULL;
-	f->config = NULL;
-}
+#include "fixture.h"
 
 static struct name *
 find_name(struct fixture *f, const char *title)
