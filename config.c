@@ -364,6 +364,15 @@ candidate_addresses(struct config_candidate *candidate, cfg_t *section,
 static int choice_index(const char *value, const char *const *choices);
 
 static int
+title_has_control_character(const char *title)
+{
+	for (const unsigned char *c = (const unsigned char *)title; *c; c++)
+		if (*c < 0x20 || *c == 0x7f)
+			return 1;
+	return 0;
+}
+
+static int
 load_candidate(struct config_name *name, struct config_candidate *candidate,
 	       cfg_t *section, int occurrence, const char *file)
 {
@@ -383,6 +392,15 @@ load_candidate(struct config_name *name, struct config_candidate *candidate,
 		check_address = default_address;
 	}
 	candidate->check_address = xstrdup(check_address);
+	if (title_has_control_character(candidate->title)) {
+		/* Log lines, the data file's rows and har-status's output are
+		 * one line per candidate: a newline or tab in a title would
+		 * split or shift them. */
+		report_at(file, candidate->line,
+			  "a candidate title has a control character "
+			  "(newline, tab, ...)");
+		return -1;
+	}
 	candidate->admin_state = (enum admin_state)
 	    choice_index(cfg_getstr(section, "admin_state"), admin_state_names);
 	if (name->check_method == CHECK_TCP)

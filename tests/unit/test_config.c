@@ -920,6 +920,20 @@ test_error_no_candidate(void)
 }
 
 static void
+test_error_control_character_in_title(void)
+{
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "name www.example.com {\n"
+		       "    candidate \"a\\nb\" { address = 192.0.2.1 }\n"
+		       "}\n", 3, "control character");
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "name www.example.com {\n"
+		       "    candidate ok { address = 192.0.2.1 }\n"
+		       "    candidate \"tab\\there\" { address = 192.0.2.2 }\n"
+		       "}\n", 4, "control character");
+}
+
+static void
 test_error_bad_urls(void)
 {
 	/* A URL error may point at the candidate or at its check_address. */
@@ -1597,6 +1611,7 @@ main(void)
 	RUN(test_error_unknown_method);
 	RUN(test_error_bad_numbers);
 	RUN(test_error_no_candidate);
+	RUN(test_error_control_character_in_title);
 	RUN(test_error_bad_urls);
 	RUN(test_error_duplicate_names);
 	RUN(test_error_duplicate_candidates);
