@@ -87,7 +87,8 @@ def test_rise_and_fall(start_hard, start_http, up):
 
 
 def test_best_rtt_picks_fastest(start_hard, start_http, up):
-    sa, sb = start_http(A, delay=0.1), start_http(B)
+    # delays far above a loaded machine's jitter in a check's RTT
+    sa, sb = start_http(A, delay=0.3), start_http(B)
     h = start_hard(name_block("www.test", [("a", sa.url()), ("b", sb.url())],
                               check_timeout=1, failure_mode="servfail"), upstream=up)
     wait_answer(h, "www.test", [B])
@@ -95,7 +96,7 @@ def test_best_rtt_picks_fastest(start_hard, start_http, up):
     r = h.query("www.test", "A")
     assert r.flags & dns.flags.AA and len(r.answer[0]) == 1
     sa.set(delay=0)
-    sb.set(delay=0.15)
+    sb.set(delay=0.4)
     wait_answer(h, "www.test", [A], timeout=5)
 
 
@@ -122,9 +123,11 @@ def test_group_rtt_rr_rotation(start_hard, start_http, up):
 
 
 def test_max_rtt_excludes_slow(start_hard, start_http, up):
-    sa, sb = start_http(A, delay=0.15), start_http(B)
+    # b's smoothed RTT stays below max_rtt unless a check of it is slowed
+    # by a whole second, which a loaded machine does not do
+    sa, sb = start_http(A, delay=0.6), start_http(B)
     h = start_hard(name_block("www.test", [("a", sa.url()), ("b", sb.url())],
-                              check_timeout=1, max_rtt=0.1, selection_method="all",
+                              check_timeout=1, max_rtt=0.3, selection_method="all",
                               failure_mode="servfail"), upstream=up)
     wait_answer(h, "www.test", [B])
     assert_stays(h, "www.test", [B], 0.8)
