@@ -2,6 +2,7 @@
 and 5), driven through DNS answers while the test changes real HTTP/TCP
 servers on 127.0.0.2, 127.0.0.3, ... and ::1."""
 
+import socket
 import struct
 import time
 
@@ -478,15 +479,18 @@ def test_shared_address_answered_once(start_hard, start_http, up):
 # --------------------------------------- closing with a reset (issue 12)
 
 
-def time_wait_sockets(port):
-    """Sockets in TIME_WAIT with `port` at either end (/proc/net/tcp)."""
+def time_wait_sockets(addr, port):
+    """Sockets in TIME_WAIT with addr:port (IPv4) at either end
+    (/proc/net/tcp).  The address too, not the port alone: another test's
+    connection may have the same port number on another address."""
+    # /proc/net/tcp prints the address as the 32-bit number read in host order
+    endpoint = "%08X:%04X" % (struct.unpack("=I", socket.inet_aton(addr))[0], port)
     found = []
     with open("/proc/net/tcp") as f:
         for line in f.read().splitlines()[1:]:
             fields = line.split()
             local, remote, state = fields[1], fields[2], fields[3]
-            ports = {int(local.split(":")[1], 16), int(remote.split(":")[1], 16)}
-            if state == "06" and port in ports:
+            if state == "06" and endpoint in (local, remote):
                 found.append(line)
     return found
 
@@ -506,4 +510,4 @@ def test_checks_close_with_a_reset(start_hard, start_listener, start_http, up, m
     wait_answer(h, "reset.test", [A])
     time.sleep(1.0)  # about ten checks
     assert answer(h, "reset.test") == [A]
-    assert time_wait_sockets(server.port) == []
+    assert time_wait_sockets(A, server.port) == []
