@@ -245,7 +245,10 @@ def test_data_file_of_schema_1_upgraded(workdir, start_hard, start_http, up):
     h = start_hard(name_block("www.test", [("a", s.url(), "admin_state = drain")],
                               check_frequency=30, check_timeout=15),
                    upstream=up, data_file=db)
-    assert sql_value(db, "PRAGMA user_version") == 4
+    # Upgraded before the first answer; waited for all the same, since
+    # wait_ready may return (after its 2 s) before a slow start is done.
+    wait_sql(db, "PRAGMA user_version", lambda r: r[0]["user_version"] == 4,
+             timeout=10)
     # restored healthy and drained: the last address, so answered
     assert answer(h, "www.test") == [A]
     row = wait_sql(db, "SELECT * FROM candidates",
