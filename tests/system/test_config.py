@@ -459,7 +459,7 @@ def test_positional_config_starts(workdir, upstream):
     try:
         r = harness.wait_until(
             lambda: harness.query_at("127.0.0.1", port, "other.example.com", timeout=0.3),
-            5, what="hard started with a positional FILE")
+            10, what="hard started with a positional FILE")
         assert addresses(r) == ["127.0.1.9"]
     finally:
         harness._kill(proc)

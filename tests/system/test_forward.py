@@ -148,7 +148,9 @@ def test_silent_upstream_servfail(start_hard, silent_upstream, tcp):
     assert harness.rcode_text(r) == "SERVFAIL"
     assert r.id == 777
     assert r.question[0].name.to_text() == "fwd.test."
-    assert elapsed < 4, "SERVFAIL took %.1fs with resolver_timeout 0.3" % elapsed
+    # within resolver_total_timeout (3 s by default), with room for a loaded
+    # machine; silence would be the query's own timeout, 6 s
+    assert elapsed < 5, "SERVFAIL took %.1fs with resolver_timeout 0.3" % elapsed
     # configured names are still answered while the upstream is down
     r = h.query("www.test", "A", tcp=tcp)
     assert addresses(r) == ["127.0.1.1"]
@@ -186,7 +188,7 @@ def test_refused_upstream_servfail(start_hard, tcp):
     t0 = time.monotonic()
     r = h.query("fwd.test", "A", tcp=tcp, timeout=6)
     assert harness.rcode_text(r) == "SERVFAIL"
-    assert time.monotonic() - t0 < 4
+    assert time.monotonic() - t0 < 5
 
 
 def test_second_nameserver_used(start_hard, upstream, silent_upstream):
