@@ -175,17 +175,29 @@ def test_source_port_changes(start_hard, start_scripted_upstream):
     try:
         for i in range(400):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.settimeout(15)
-            s.sendto(harness.make_query("burst%d.test" % i, "A").to_wire(),
-                     (h.addr, h.port))
-            socks.append(s)
-        for s in socks:
-            assert dns.message.from_wire(s.recvfrom(65535)[0]).answer
+            s.settimeout(3)
+            wire = harness.make_query("burst%d.test" % i, "A").to_wire()
+            s.sendto(wire, (h.addr, h.port))
+            socks.append((s, wire))
+        for s, wire in socks:
+            # A burst this size can overflow hard's own receive buffer on a
+            # loaded machine (the kernel drops the query): asked again, as
+            # a stub resolver would.
+            for attempt in range(3):
+                try:
+                    reply = s.recvfrom(65535)[0]
+                    break
+                except socket.timeout:
+                    if attempt == 2:
+                        raise
+                    s.sendto(wire, (h.addr, h.port))
+            assert dns.message.from_wire(reply).answer
     finally:
-        for s in socks:
+        for s, _ in socks:
             s.close()
-    burst = collections.Counter(q[1] for q in up.queries() if q[2].startswith("burst"))
-    assert sum(burst.values()) == 400
+    forwarded = [q for q in up.queries() if q[2].startswith("burst")]
+    assert len({q[2] for q in forwarded}) == 400, len({q[2] for q in forwarded})
+    burst = collections.Counter(q[1] for q in forwarded)
     assert max(burst.values()) <= 32, "a source port carried %d queries" % max(burst.values())
 
 
