@@ -80,12 +80,23 @@ def start_hard(workdir):
             raise ValueError("hard must always be given a loopback upstream")
         if hasattr(upstream, "endpoint"):
             upstream = upstream.endpoint
-        port = port or harness.free_port(*listen)
-        config = harness.hard_config(body, upstream, port, listen, data_file, extra)
-        h = harness.Hard(workdir, config, listen, port, args, nofile, env)
-        started.append(h)
-        if wait:
-            h.wait_ready()
+        # A port free_port found may be taken before hard binds it (by any
+        # process's client socket): then another, unless one was given.
+        for attempt in range(3 if port is None and wait else 1):
+            chosen = port or harness.free_port(*listen)
+            config = harness.hard_config(body, upstream, chosen, listen,
+                                         data_file, extra)
+            h = harness.Hard(workdir, config, listen, chosen, args, nofile, env)
+            started.append(h)
+            if not wait:
+                return h
+            try:
+                return h.wait_ready()
+            except AssertionError:
+                if attempt == 2 or h.alive() or \
+                        "Address already in use" not in h.log():
+                    raise
+                h.expect_exit = True
         return h
     yield start
     crashed = []

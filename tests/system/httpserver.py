@@ -6,7 +6,8 @@ usage: httpserver.py ADDR PORT CONTROL_FILE REQUEST_LOG [CERT KEY [HOST CERT KEY
 Each request reads CONTROL_FILE (lines key=value: status, delay, body, pad,
 tail, split, pause), sleeps `delay` seconds, answers `status`, and appends
 "HOST|SNI|USER-AGENT|PATH" to REQUEST_LOG and the method, path and every
-header as one JSON line to REQUEST_LOG.json.  The body is `pad` bytes of
+header as one JSON line to REQUEST_LOG.json, and once the whole response
+is sent, its path as one line to REQUEST_LOG.sent.  The body is `pad` bytes of
 filler, then `body` (default "har test server\n"), then `tail` bytes of
 filler; with `split`, the first `split` bytes are sent, then the server
 waits `pause` seconds before the rest (a body in two reads, or one that
@@ -83,6 +84,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                 "resumed": getattr(self.connection, "session_reused", None),
                                 "peer": self.client_address[1]}) + "\n")
 
+    def sent(self):
+        """The response is in the kernel's hands: a test that kills the
+        server after this line knows the client can read all of it."""
+        with log_lock, open(request_log + ".sent", "a") as f:
+            f.write("%s\n" % self.path)
+
     def answer(self, send_body):
         values = state()
         status, delay = int(values["status"]), float(values["delay"])
@@ -99,6 +106,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         self.end_headers()
         if not send_body:
+            self.sent()
             return
         split = int(values["split"]) if values["split"] else len(body)
         self.wfile.write(body[:split])
@@ -106,6 +114,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if split < len(body):
             time.sleep(float(values["pause"]))
             self.wfile.write(body[split:])
+        self.sent()
 
     def do_GET(self):
         self.answer(True)

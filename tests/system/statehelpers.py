@@ -85,9 +85,11 @@ def wait_sql(db, query, predicate, timeout=5.0, what=None, interval=0.05):
         raise AssertionError("%s; last rows: %s" % (e, last[0])) from None
 
 
-def stable_value(db, query, quiet=0.7, timeout=5.0):
+def stable_value(db, query, quiet=1.5, timeout=10.0):
     """The value of query once it has not changed for `quiet` seconds
-    (write-behind has settled)."""
+    (write-behind has settled).  The writer flushes every half second, but
+    on a loaded machine a flush can come late: three periods of quiet, so
+    that a late flush is not taken for the end of the writes."""
     deadline = time.monotonic() + timeout
     value, since = sql_value(db, query), time.monotonic()
     while time.monotonic() < deadline:

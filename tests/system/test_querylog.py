@@ -38,7 +38,7 @@ def query_lines(h):
     return [l for l in h.log().splitlines() if l.startswith("hard: query ")]
 
 
-def wait_line(h, pattern, timeout=3.0):
+def wait_line(h, pattern, timeout=8.0):
     rx = re.compile(pattern)
     return harness.wait_until(
         lambda: [l for l in query_lines(h) if rx.search(l)], timeout,

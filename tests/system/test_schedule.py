@@ -235,7 +235,10 @@ def test_restored_addresses_spread_unknown_at_once(workdir, start_hard,
     harness.wait_until(lambda: len(server.times()) >= 200, 10,
                        what="the first round")
     wait_log(h, r"warm\.test candidate c address 127\.0\.1\.200 is up")
-    time.sleep(1.5)  # the data file is written every half second
+    # every address's state in the file, or it is unknown after the restart
+    harness.wait_until(lambda: sql(data, "SELECT count(*) AS n FROM candidates"
+                                   " WHERE healthy = 1") == [{"n": 200}], 10,
+                       what="the 200 addresses up in the data file")
     h.stop()
     restarted = time.monotonic()
     start_hard(body, upstream=up, data_file=data)
@@ -264,15 +267,18 @@ name fail.test {
 }
 """ % (sa.url(), sb.url()), upstream=up)
     wait_answer(h, "fail.test", [A, B])
-    seen = sa.requests_seen()
-    harness.wait_until(lambda: sa.requests_seen() > seen, 5, 0.005,
+    # Killed once a check's whole response is sent, not once its request
+    # is seen: a server killed between the two fails that check at once
+    # (the failover then takes 2 s, not 5).
+    sent = sa.responses_sent()
+    harness.wait_until(lambda: sa.responses_sent() > sent, 5, 0.005,
                        what="a check of a")
     killed = time.monotonic()
     sa.stop()
     wait_answer(h, "fail.test", [B], timeout=12)
     took = time.monotonic() - killed
     print("left the answers %.2f s after the kill" % took)
-    assert 4 <= took <= 7, "left after %.1f s" % took
+    assert 4 <= took <= 7.5, "left after %.1f s" % took
 
 
 def test_idle_name_checked_slowly_and_woken(workdir, start_hard,
@@ -339,7 +345,7 @@ def test_reload_to_shorter_check_frequency_applies_now(workdir, start_hard,
     os.replace(h.conf + ".new", h.conf)
     reloaded = time.monotonic()
     h.signal(signal.SIGHUP)
-    harness.wait_until(lambda: len(server.times(since=reloaded)) >= 3, 5,
+    harness.wait_until(lambda: len(server.times(since=reloaded)) >= 3, 8,
                        what="checks at the new frequency")
 
 
@@ -359,8 +365,13 @@ def test_idle_state_kept_over_a_restart(workdir, start_hard, start_arrivals,
                     " WHERE idle = 1"), 3, what="idle in the names table")[0]
     assert row["last_query_time"] is not None
     h.stop()
+    # Idle within the first sweeps after the start; not restored, it would
+    # be idle_after (2 s) after it.  Counted from before the start, which
+    # a loaded machine may make slow.
+    started = time.monotonic()
     h = start_hard(body, upstream=up, data_file=data)
-    wait_log(h, r"idle\.test is idle", timeout=1)
+    wait_log(h, r"idle\.test is idle",
+             timeout=max(0.1, started + 1.6 - time.monotonic()))
     assert sql(data, "SELECT last_query_time FROM names") == [
         {"last_query_time": row["last_query_time"]}]
 
@@ -390,13 +401,15 @@ def test_reload_moves_a_restored_first_check(workdir, start_hard,
                       check_frequency=3600, check_timeout=0.5)
     h = start_hard(body, upstream=up, data_file=data)
     wait_log(h, r"warm\.test candidate c address 127\.0\.0\.2 is up")
-    time.sleep(1.5)  # the data file is written every half second
+    harness.wait_until(lambda: sql(data, "SELECT healthy FROM candidates")
+                       == [{"healthy": 1}], 10,
+                       what="the address up in the data file")
     h.stop()
     h = start_hard(body, upstream=up, data_file=data)
     time.sleep(1)
     reloaded = rewrite(h, "check_frequency = 3600", "check_frequency = 1")
     wait_log(h, r"reloaded .*1 changed")
-    harness.wait_until(lambda: len(server.times(since=reloaded)) >= 2, 3.5,
+    harness.wait_until(lambda: len(server.times(since=reloaded)) >= 2, 6,
                        what="checks at the new frequency")
 
 
@@ -420,11 +433,13 @@ def test_reload_to_longer_check_frequency(workdir, start_hard, start_arrivals,
     wait_log(h, r"reloaded .*1 changed")
     after = harness.wait_until(lambda: server.times(since=last + 0.01), 10,
                                what="the check after the reload")
-    assert last + 3 - 0.05 <= after[0] <= last + 9 + 0.7, after[0] - last
+    # (the server's arrival times carry its own scheduling delays: 0.15 s
+    # either way on a loaded machine)
+    assert last + 3 - 0.15 <= after[0] <= last + 9 + 0.7, after[0] - last
     following = harness.wait_until(
         lambda: server.times(since=after[0] + 0.01), 8,
         what="the next check on the new grid")
-    assert 6 - 0.5 <= following[0] - after[0] <= 6 + 0.7, \
+    assert 6 - 1 <= following[0] - after[0] <= 6 + 1, \
         following[0] - after[0]
 
 
@@ -474,7 +489,7 @@ def test_wake_keeps_a_recent_check(start_hard, start_arrivals, up):
     print("query %.2f s after the check; checks after it at %s" % (
         queried - last, [t - last for t in checks]))
     assert checks, "no check after the wake"
-    assert last + 2 - 0.05 <= checks[0] <= last + 6 + 0.7, checks[0] - last
+    assert last + 2 - 0.15 <= checks[0] <= last + 6 + 0.7, checks[0] - last
     assert len(log_lines(h, r"wake\.test is idle")) == 1
 
 

@@ -157,14 +157,16 @@ def test_rows_statuses_counters_and_history(workdir, start_hard, start_http,
                 first_seen[k] = seen_at - r["first"]
         time.sleep(0.05)
     assert set(first_seen) == keys, "rows: %s" % sorted(first_seen)
-    late = {k: round(d, 3) for k, d in first_seen.items() if d > 1.1}
+    # written within a second (hard.8); seen_at also counts the poll's own
+    # sqlite3 run and pause, which a loaded machine stretches
+    late = {k: round(d, 3) for k, d in first_seen.items() if d > 1.5}
     assert not late, "checks written later than 1 s after they completed: %s" % late
 
     assert sql(db, "SELECT name FROM names ORDER BY name") == \
         [{"name": "tcp.test"}, {"name": "www.test"}]
     # enough checks for the history ring (5) to have wrapped
     wait_sql(db, "SELECT min(checks) AS n FROM candidates",
-             lambda r: r[0]["n"] and r[0]["n"] >= 7, timeout=6)
+             lambda r: r[0]["n"] and r[0]["n"] >= 7, timeout=12)
     rows = {(r["name"], r["candidate_name"], r["ip_address"]): r
             for r in sql(db, "SELECT * FROM candidates")}
     assert set(rows) == keys
@@ -198,14 +200,17 @@ def test_rows_statuses_counters_and_history(workdir, start_hard, start_http,
             assert r["last_success_time"] is None, r
 
     # history: at most check_history = 5 rows per address, the latest ones
-    hist = sql(db, "SELECT name, candidate_name, ip_address, count(*) AS n,"
-               " max(time) AS last, count(DISTINCT time) AS distinct_times,"
-               " group_concat(DISTINCT status) AS statuses,"
-               " min(success) AS smin, max(success) AS smax,"
-               " min(response_time) AS rmin FROM checks GROUP BY 1, 2, 3")
+    # (one query, so the history and the candidates rows are of one write)
+    hist = sql(db, "SELECT k.name, k.candidate_name, k.ip_address, count(*) AS n,"
+               " max(k.time) AS last, count(DISTINCT k.time) AS distinct_times,"
+               " group_concat(DISTINCT k.status) AS statuses,"
+               " min(k.success) AS smin, max(k.success) AS smax,"
+               " min(k.response_time) AS rmin,"
+               " c.last_check_time AS last_check_time"
+               " FROM checks k JOIN candidates c"
+               " USING (name, candidate_name, ip_address) GROUP BY 1, 2, 3")
     assert len(hist) == len(keys)
-    rows = {(r["name"], r["candidate_name"], r["ip_address"]): r
-            for r in sql(db, "SELECT * FROM candidates")}
+    rows = {(r["name"], r["candidate_name"], r["ip_address"]): r for r in hist}
     for hrow in hist:
         k = (hrow["name"], hrow["candidate_name"], hrow["ip_address"])
         healthy, status, _ = expect[k]
@@ -218,10 +223,14 @@ def test_rows_statuses_counters_and_history(workdir, start_hard, start_http,
         assert abs(hrow["last"] - rows[k]["last_check_time"]) < 1.0, (hrow, rows[k])
 
     # the counters keep growing with the checks
-    before = rows
-    time.sleep(1.0)
-    after = {(r["name"], r["candidate_name"], r["ip_address"]): r
-             for r in sql(db, "SELECT * FROM candidates")}
+    def candidate_rows():
+        return {(r["name"], r["candidate_name"], r["ip_address"]): r
+                for r in sql(db, "SELECT * FROM candidates")}
+    before = candidate_rows()
+    after = harness.wait_until(
+        lambda: (lambda now: now if all(now[k]["checks"] > before[k]["checks"]
+                                        for k in keys) else None)(candidate_rows()),
+        5, what="a new check of every address in the data file")
     for k, (_, _, counter) in expect.items():
         grew = after[k]["checks"] - before[k]["checks"]
         assert grew >= 1, (before[k], after[k])
@@ -274,21 +283,23 @@ def test_ranking_equals_answers(workdir, start_hard, start_http, up):
     answer, `all` answers in rank order, `answered` marks the group of
     group_rtt_rr, max_rtt and down addresses are ranked after the
     available ones, not answered, with their reason."""
-    sa, sb, sc = start_http(A), start_http(B, delay=0.06), start_http(C, delay=0.12)
+    # RTTs about 0, 80 and 240 ms, split by a threshold (and max_rtt) of
+    # 160 ms: 80 ms of room either way for a loaded machine's delays
+    sa, sb, sc = start_http(A), start_http(B, delay=0.08), start_http(C, delay=0.24)
     sd = start_http(D, status=503)
     cands = [("a", sa.url()), ("b", sb.url()), ("c", sc.url()), ("d", sd.url())]
     common = dict(check_frequency=0.3, check_timeout=1, failure_mode="servfail")
     body = (name_block("best.test", cands, selection_method="best_rtt", **common)
             + name_block("all.test", cands, selection_method="all", **common)
             + name_block("rr.test", cands, selection_method="group_rtt_rr",
-                         group_rtt_threshold=0.09, **common)
-            + name_block("cap.test", cands, selection_method="all", max_rtt=0.09,
+                         group_rtt_threshold=0.16, **common)
+            + name_block("cap.test", cands, selection_method="all", max_rtt=0.16,
                          **common))
     db = db_path(workdir)
     h = start_hard(body, upstream=up, data_file=db)
     wait_answer(h, "all.test", [A, B, C])
     wait_sql(db, "SELECT count(*) AS n FROM candidates WHERE healthy IS NOT NULL",
-             lambda r: r[0]["n"] == 16, timeout=3)
+             lambda r: r[0]["n"] == 16, timeout=6)
     time.sleep(0.6)  # a couple more samples for the smoothed RTTs
 
     ranking, left_out = {}, {}
@@ -312,7 +323,7 @@ def test_ranking_equals_answers(workdir, start_hard, start_http, up):
     order = lambda name: [r["ip_address"] for r in ranking[name]]  # noqa: E731
     answered = lambda name: [r["ip_address"] for r in ranking[name] if r["answered"]]  # noqa: E731
     assert order("all.test") == [A, B, C]
-    assert order("cap.test") == [A, B], "max_rtt 0.09 should leave out c"
+    assert order("cap.test") == [A, B], "max_rtt 0.16 should leave out c"
 
     # best_rtt: rank 1 is the answer
     r = h.query("best.test")
@@ -368,10 +379,10 @@ def test_warm_start(workdir, start_hard, start_http, up):
     assert before[("a", A)]["healthy"] == 1 and before[("b", B)]["healthy"] == 0
     assert queries >= 5
 
-    # now every check takes 3 s, and b would pass: only the state can answer
+    # now every check takes 5 s, and b would pass: only the state can answer
     # (restored addresses are first checked spread over check_frequency)
-    sa.set(delay=3)
-    sb.set(status=200, delay=3)
+    sa.set(delay=5)
+    sb.set(status=200, delay=5)
     body = name_block("warm.test", cands, check_frequency=4, check_timeout=10,
                       selection_method="all", failure_mode="servfail")
     t0 = time.monotonic()
@@ -379,22 +390,22 @@ def test_warm_start(workdir, start_hard, start_http, up):
     got = answer(h2, "warm.test")
     took = time.monotonic() - t0
     assert got == [A], "restarted hard answered %s, not the recorded [%s]" % (got, A)
-    assert took < 2.5, "first answer %.2fs after start: a check had completed" % took
+    assert took < 4, "first answer %.2fs after start: a check had completed" % took
     assert_answers(h2, {"warm.test": [A]}, duration=0.5)
     assert len(log_lines(h2, r"restored the state of 2 addresses")) == 1, h2.log()
     # no check has completed yet: the rows are as recorded
     assert candidates(db, "warm.test") == before
     # the query counter goes on from the recorded value (7 more queries)
     wait_sql(db, "SELECT queries FROM names WHERE name = 'warm.test'",
-             lambda r: r and r[0]["queries"] >= queries + 7, timeout=2)
+             lambda r: r and r[0]["queries"] >= queries + 7, timeout=5)
     # after the first checks, counters continue from the restored values
     wait_sql(db, "SELECT checks FROM candidates WHERE candidate_name = 'a'",
              lambda r: r and r[0]["checks"] > before[("a", A)]["checks"],
-             timeout=9)
-    wait_answer(h2, "warm.test", [A, B], timeout=9)
+             timeout=15)
+    wait_answer(h2, "warm.test", [A, B], timeout=15)
     wait_sql(db, "SELECT checks FROM candidates WHERE candidate_name = 'b'",
              lambda r: r and r[0]["checks"] > before[("b", B)]["checks"],
-             timeout=2)
+             timeout=5)
     after = candidates(db, "warm.test")
     new_a = after[("a", A)]["checks"] - before[("a", A)]["checks"]
     new_b = after[("b", B)]["checks"] - before[("b", B)]["checks"]
@@ -417,9 +428,9 @@ def test_older_file_upgraded_and_unknown_health(workdir, start_hard, start_http,
                     "INSERT INTO names VALUES('old.test', 41);"
                     "INSERT INTO candidates VALUES('old.test', 'a', '%s');" % A],
                    check=True)
-    s = start_http(A, delay=1.0)
+    s = start_http(A, delay=3.0)  # longer than a loaded start-up
     h = start_hard(name_block("old.test", [("a", s.url())], check_frequency=30,
-                              check_timeout=5, failure_mode="servfail"),
+                              check_timeout=8, failure_mode="servfail"),
                    upstream=up, data_file=db)
     assert answer(h, "old.test") == "SERVFAIL"  # unknown: not available
     assert sql_value(db, "PRAGMA user_version") == 4
@@ -427,20 +438,20 @@ def test_older_file_upgraded_and_unknown_health(workdir, start_hard, start_http,
     assert "overprovisioning" in columns(db, "names")
     row = sql(db, "SELECT healthy, last_check_status, successes FROM candidates")
     assert len(row) == 1 and row[0]["healthy"] is None, row
-    wait_answer(h, "old.test", [A], timeout=4)
+    wait_answer(h, "old.test", [A], timeout=8)
     wait_sql(db, "SELECT healthy, last_check_status, checks FROM candidates",
              lambda r: r == [{"healthy": 1, "last_check_status": 200, "checks": 1}],
-             timeout=2)
+             timeout=5)
     # the old query count is kept and goes on
-    wait_sql(db, "SELECT queries FROM names", lambda r: r[0]["queries"] >= 43, timeout=2)
+    wait_sql(db, "SELECT queries FROM names", lambda r: r[0]["queries"] >= 43, timeout=5)
     # version 4: the address's share (its name does not spill: no group)
     assert sql(db, "SELECT overprovisioning FROM names") == [{"overprovisioning": 0}]
     wait_sql(db, "SELECT latency_group, share, answered FROM ranking",
              lambda r: r == [{"latency_group": None, "share": 1, "answered": 1}],
-             timeout=2)
+             timeout=5)
     assert REQUIRED_COLUMNS["names"] <= columns(db, "names")
     row = wait_sql(db, "SELECT last_query_time, idle FROM names",
-                   lambda r: r[0]["last_query_time"] is not None, timeout=2)[0]
+                   lambda r: r[0]["last_query_time"] is not None, timeout=5)[0]
     assert abs(row["last_query_time"] - time.time()) < 10 and row["idle"] == 0, row
 
 
@@ -478,13 +489,13 @@ def test_reload_to_read_only_file_system(workdir, tmpfs, start_hard, start_http,
     # idle.test was checked once, long before: it is in the new file all the same
     rows = wait_sql(db2, "SELECT candidate_name, healthy, checks FROM candidates",
                     lambda r: len(r) == 3 and all(x["healthy"] == 1 for x in r),
-                    timeout=8, what="the whole state in the new file")
+                    timeout=12, what="the whole state in the new file")
     assert {r["candidate_name"]: r["checks"] for r in rows}["i"] == 1, rows
     # the 4 queries before the reload are in the new file; the queries of
     # the read-only stretch may be in the same write or a later one
     wait_sql(db2, "SELECT name, queries FROM names ORDER BY name",
              lambda r: [x["name"] for x in r] == ["idle.test", "ro.test"] and
-             r[0]["queries"] == 0 and r[1]["queries"] >= 4, timeout=2)
+             r[0]["queries"] == 0 and r[1]["queries"] >= 4, timeout=4)
     wait_log(h, r"data file .*ro/har\.db is open again")
     assert_answers(h, {"ro.test": [A]})
     assert len(log_lines(h, r"cannot open data file")) == 1
@@ -515,7 +526,7 @@ def test_disk_full(workdir, tmpfs, start_hard, start_http, up):
     fs.free()
     # everything checked meanwhile is written: the history is complete
     wait_sql(db, "SELECT sum(checks) AS n FROM candidates",
-             lambda r: r[0]["n"] >= frozen + 4 * 10, timeout=2,
+             lambda r: r[0]["n"] >= frozen + 4 * 10, timeout=5,
              what="catching up after space was freed")
     time.sleep(0.3)
     h.signal(signal.SIGTERM)
@@ -546,7 +557,7 @@ def test_exclusive_lock(workdir, start_hard, start_http, up):
         assert len(log_lines(h, r"cannot write data file")) == 1, \
             "the lock should be logged once, not per write:\n%s" % h.log()[-3000:]
     wait_sql(db, "SELECT sum(checks) AS n FROM candidates",
-             lambda r: r[0]["n"] >= frozen + 3 * 10, timeout=2,
+             lambda r: r[0]["n"] >= frozen + 3 * 10, timeout=5,
              what="catching up after the lock was released")
     wait_log(h, r"written again")
     h.signal(signal.SIGTERM)
@@ -591,6 +602,10 @@ def test_kill_9_under_load(workdir, start_hard, start_http, up):
     for cycle in range(3):
         h = start_hard(body, upstream=up, data_file=db)
         loop = QueryLoop(h.addr, h.port, ["load.test", "fwd.test"], pause=0).start()
+        if not cycle:
+            # the next start is warm only if this one wrote its state
+            wait_sql(db, "SELECT count(*) AS n FROM candidates WHERE healthy = 1",
+                     lambda r: r[0]["n"] == 20, timeout=10)
         time.sleep(0.8 + rng.random() * 0.5)
         t_kill = time.monotonic()
         os.kill(h.pid, signal.SIGKILL)
@@ -620,7 +635,7 @@ def test_kill_9_under_load(workdir, start_hard, start_http, up):
     assert len(log_lines(h, r"restored the state of 20 addresses")) == 1
     wait_sql(db, "SELECT count(*) AS n FROM candidates WHERE last_check_status = 200"
              " AND last_check_time > %f" % max(r["last_check_time"] for r in before.values()),
-             lambda r: r[0]["n"] == 20, timeout=5)
+             lambda r: r[0]["n"] == 20, timeout=10)
     after = candidates(db, "load.test")
     for k, r in after.items():
         new = r["checks"] - before[k]["checks"]
@@ -662,16 +677,16 @@ def test_reload_new_data_file_while_old_is_locked(workdir, start_hard,
         during = [r for r in queries.results if r[1] >= t_reload - 0.1]
         assert during, "no query during the reload"
         slowest = max(queries.results, key=lambda r: r[1] - r[0])
-        assert slowest[1] - slowest[0] < 0.5, \
+        assert slowest[1] - slowest[0] < 1.0, \
             "a query waited %.2f s (at %.2f s from the reload): %s" % (
                 slowest[1] - slowest[0], slowest[0] - t_reload, slowest)
         assert {r[4] for r in queries.results} == {(A,)}
         # the new file has every address at once, the old one is untouched
         wait_sql(db2, "SELECT count(*) AS n FROM candidates WHERE checks > 0"
-                 " AND healthy = 1", lambda r: r[0]["n"] == 3, timeout=2)
+                 " AND healthy = 1", lambda r: r[0]["n"] == 3, timeout=3)
         wait_sql(db2, "SELECT queries FROM names WHERE name = 'lock.test'",
                  lambda r: r and r[0]["queries"] >= len(queries.results),
-                 timeout=2)
+                 timeout=3)
         # the old writer gives up within its 2 s, with the lock still held
         wait_log(h, r"closing data file .*one/har\.db: still not writable",
                  timeout=4)
@@ -680,7 +695,7 @@ def test_reload_new_data_file_while_old_is_locked(workdir, start_hard,
                        what="the old writer thread to end and be joined")
     checks = sql_value(db2, "SELECT sum(checks) FROM candidates")
     wait_sql(db2, "SELECT sum(checks) AS n FROM candidates",
-             lambda r: r[0]["n"] >= checks + 6, timeout=3)
+             lambda r: r[0]["n"] >= checks + 6, timeout=6)
     h.signal(signal.SIGTERM)
     assert h.proc.wait(5) == 0
     h.expect_exit = True
@@ -707,7 +722,7 @@ def test_stop_with_locked_file(workdir, start_hard, start_http, up):
     with exclusive_lock(db):
         wait_log(h, r"cannot write data file .*lock", timeout=3)
         frozen = sql_value(db, "SELECT sum(checks) FROM candidates")
-        time.sleep(1)
+        time.sleep(1.5)  # 3 x 7 checks, of which 3 x 4 are asserted
         h.signal(signal.SIGTERM)
         time.sleep(0.5)
         assert h.alive(), "hard did not wait for the locked file"

@@ -153,41 +153,51 @@ def test_several_hosts_with_their_own_certificates_on_one_address(
                      ("other.test:%d" % s.port, "other.test")}, hosts
 
 
+def reload_after_a_check(h, server, body, up):
+    """Reloads right after a check's request, so that no check of the old
+    configuration (a resumed one) is under way and logged after it: the
+    next scheduled check is a check_frequency away, the reload's own one
+    at once.  Returns the count of requests before the reload."""
+    count = len(server.requests_seen())
+    wait_requests(server, count)
+    before = len(server.requests_seen())
+    reload(h, body, up)
+    return before
+
+
 def test_reload_changing_ca_file_or_host_does_full_handshake(
         start_hard, start_http, up, certs, workdir):
     cert, key = certs["secure.test"]
     s = start_http(A, cert=cert, key=key, sni_certs={"other.test": certs["other.test"]})
-    h = start_hard(https_block("secure.test", s, "secure.test", certs["ca"]), upstream=up)
+    block = lambda host, ca: https_block(  # noqa: E731
+        "secure.test", s, host, ca, check_frequency=1.5)
+    h = start_hard(block("secure.test", certs["ca"]), upstream=up)
     wait_answer(h, "secure.test", [A])
-    wait_resumed(s)
+    wait_resumed(s, timeout=8)
     # the same CAs under another file name
     other_ca = os.path.join(workdir, "ca-copy.pem")
     shutil.copy(certs["ca"], other_ca)
-    before = len(s.requests_seen())
-    reload(h, https_block("secure.test", s, "secure.test", other_ca), up)
+    before = reload_after_a_check(h, s, block("secure.test", other_ca), up)
     after = wait_requests(s, before)
     assert after[0]["resumed"] is False, [r["resumed"] for r in after]
-    wait_resumed(s, before)
+    wait_resumed(s, before, timeout=8)
     # another host name on the same address
-    before = len(s.requests_seen())
-    reload(h, https_block("secure.test", s, "other.test", other_ca), up)
+    before = reload_after_a_check(h, s, block("other.test", other_ca), up)
     after = wait_requests(s, before)
     assert after[0]["resumed"] is False, [r["resumed"] for r in after]
     assert after[0]["headers"][0] == ["Host", "other.test:%d" % s.port], after[0]
-    wait_resumed(s, before)
+    wait_resumed(s, before, timeout=8)
     # and back to the first configuration: its old sessions, verified
     # before two reloads, must not be offered again
-    before = len(s.requests_seen())
-    reload(h, https_block("secure.test", s, "secure.test", other_ca), up)
+    before = reload_after_a_check(h, s, block("secure.test", other_ca), up)
     after = wait_requests(s, before)
     assert after[0]["resumed"] is False, [r["resumed"] for r in after]
     assert after[0]["headers"][0] == ["Host", "secure.test:%d" % s.port], after[0]
-    wait_resumed(s, before)
-    before = len(s.requests_seen())
-    reload(h, https_block("secure.test", s, "secure.test", certs["ca"]), up)
+    wait_resumed(s, before, timeout=8)
+    before = reload_after_a_check(h, s, block("secure.test", certs["ca"]), up)
     after = wait_requests(s, before)
     assert after[0]["resumed"] is False, [r["resumed"] for r in after]
-    wait_resumed(s, before)
+    wait_resumed(s, before, timeout=8)
 
 
 def test_reload_to_plain_tcp_and_back_does_full_handshake(
@@ -297,7 +307,9 @@ def test_bad_ca_file_warned_once_and_read_again(start_hard, start_http, up,
     with open(ca + ".new", "w") as f:
         f.write("not a certificate\n")
     os.replace(ca + ".new", ca)
-    time.sleep(1.5)
+    harness.wait_until(lambda: len(ca_warnings(h)) >= 2, 5,
+                       what="the new ca_file to be read")
+    time.sleep(1.0)  # five checks more
     assert answer(h, "secure.test") == "SERVFAIL"
     warnings = ca_warnings(h)
     assert len(warnings) == 2 and "no certificate" in warnings[1], warnings
@@ -316,7 +328,8 @@ def test_full_handshake_interval_zero_never_resumes(start_hard, start_http, up, 
     h = start_hard(https_block("secure.test", s, "secure.test", certs["ca"],
                                tls_full_handshake_interval=0), upstream=up)
     wait_answer(h, "secure.test", [A])
-    time.sleep(1.5)
+    harness.wait_until(lambda: len(s.requests_seen()) >= 4, 8,
+                       what="four checks")
     seen = [r["resumed"] for r in s.requests_seen()]
     assert len(seen) >= 4 and not any(seen), seen
 

@@ -8,6 +8,7 @@ import collections
 import socket
 import time
 
+import dns.exception
 import dns.message
 import pytest
 
@@ -40,7 +41,7 @@ def test_dead_first_nameserver_costs_one_timeout(start_hard, upstream,
     for i in range(20):
         r, elapsed = timed_query(h, "fwd.test", qid=i)
         assert addresses(r) == ["192.0.2.1"]
-        if elapsed > 0.4:
+        if elapsed > 0.6:   # resolver_timeout 0.8 when waiting for it
             slow.append(elapsed)
     assert not slow, "queries still wait for the dead nameserver: %s" % slow
     down = [l for l in h.log().splitlines()
@@ -143,7 +144,10 @@ def test_late_reply_of_first_server_still_used(start_hard, start_scripted_upstre
 
 def test_query_ids_are_hards_own(start_hard, start_scripted_upstream):
     up = start_scripted_upstream()
-    h = start_hard(CONFIGURED % harness.dead_port(), upstream=up.endpoint)
+    # a long resolver_timeout: a reply that a loaded machine delays is not
+    # a lost one, resent (and counted twice)
+    h = start_hard(CONFIGURED % harness.dead_port(), upstream=up.endpoint,
+                   extra="resolver_timeout = 10\nresolver_total_timeout = 20\n")
     for i in range(100):
         r = h.query("id%d.test" % i, "A", qid=4242)
         assert r.id == 4242 and addresses(r) == ["192.0.2.77"]
@@ -157,7 +161,11 @@ def test_source_port_changes(start_hard, start_scripted_upstream):
     """One query at a time: a new source port for each.  Many at once: no
     port carries more than 32 queries."""
     up = start_scripted_upstream()
-    h = start_hard(CONFIGURED % harness.dead_port(), upstream=up.endpoint)
+    # a long resolver_timeout: the upstream, a thread of this test, answers
+    # 400 queries one by one, and on a loaded machine the last ones more
+    # than the default second late: not to be resent (and counted twice)
+    h = start_hard(CONFIGURED % harness.dead_port(), upstream=up.endpoint,
+                   extra="resolver_timeout = 10\nresolver_total_timeout = 20\n")
     for i in range(40):
         h.query("seq%d.test" % i, "A")
     ports = [q[1] for q in up.queries()]
@@ -167,17 +175,29 @@ def test_source_port_changes(start_hard, start_scripted_upstream):
     try:
         for i in range(400):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.settimeout(5)
-            s.sendto(harness.make_query("burst%d.test" % i, "A").to_wire(),
-                     (h.addr, h.port))
-            socks.append(s)
-        for s in socks:
-            assert dns.message.from_wire(s.recvfrom(65535)[0]).answer
+            s.settimeout(3)
+            wire = harness.make_query("burst%d.test" % i, "A").to_wire()
+            s.sendto(wire, (h.addr, h.port))
+            socks.append((s, wire))
+        for s, wire in socks:
+            # A burst this size can overflow hard's own receive buffer on a
+            # loaded machine (the kernel drops the query): asked again, as
+            # a stub resolver would.
+            for attempt in range(3):
+                try:
+                    reply = s.recvfrom(65535)[0]
+                    break
+                except socket.timeout:
+                    if attempt == 2:
+                        raise
+                    s.sendto(wire, (h.addr, h.port))
+            assert dns.message.from_wire(reply).answer
     finally:
-        for s in socks:
+        for s, _ in socks:
             s.close()
-    burst = collections.Counter(q[1] for q in up.queries() if q[2].startswith("burst"))
-    assert sum(burst.values()) == 400
+    forwarded = [q for q in up.queries() if q[2].startswith("burst")]
+    assert len({q[2] for q in forwarded}) == 400, len({q[2] for q in forwarded})
+    burst = collections.Counter(q[1] for q in forwarded)
     assert max(burst.values()) <= 32, "a source port carried %d queries" % max(burst.values())
 
 
@@ -213,15 +233,20 @@ def test_reload_keeps_nameserver_health(start_hard, upstream, silent_upstream):
     h.signal(signal.SIGHUP)
     harness.wait_until(lambda: "reloaded" in h.log(), what="the reload")
     r, elapsed = timed_query(h, "fwd.test")
-    assert addresses(r) == ["192.0.2.1"] and elapsed < 0.4
+    assert addresses(r) == ["192.0.2.1"] and elapsed < 0.6  # not 0.8
 
 
 def test_forward_flood_is_bounded(start_hard, silent_upstream):
     """At most 4096 forwarded queries are held at once; the rest get
     SERVFAIL at once, logged once, and forwarding resumes afterwards."""
     import select
+    # The held queries end with SERVFAIL after HELD seconds: the replies
+    # counted below, all before that, are the ones refused at once.  Long
+    # enough for a loaded machine to send the 6000 queries well before.
+    HELD = 8
     h = start_hard(CONFIGURED % harness.dead_port(), upstream=silent_upstream,
-                   extra="resolver_timeout = 2\nresolver_total_timeout = 4\n")
+                   extra="resolver_timeout = %d\nresolver_total_timeout = %d\n"
+                   % (HELD / 2, HELD))
     rss_before = h.rss_kib()
     socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(8)]
     for s in socks:
@@ -237,7 +262,7 @@ def test_forward_flood_is_bounded(start_hard, silent_upstream):
             sent += 1
             if i % 200 == 199:
                 time.sleep(0.01)   # let hard read: the test is about holding
-        deadline = time.monotonic() + 1.5
+        deadline = min(time.monotonic() + 1.5, t0 + HELD - 0.5)
         while time.monotonic() < deadline:
             ready, _, _ = select.select(socks, [], [], 0.1)
             for s in ready:
@@ -247,7 +272,7 @@ def test_forward_flood_is_bounded(start_hard, silent_upstream):
     finally:
         for s in socks:
             s.close()
-    assert time.monotonic() - t0 < 3.5
+    assert time.monotonic() - t0 < HELD - 0.3
     # hard holds 4096 and refuses the rest at once (some may be lost in
     # the socket buffers, never more than a few hundred)
     assert servfail_fast >= 6000 - 4096 - 500, servfail_fast
@@ -255,10 +280,19 @@ def test_forward_flood_is_bounded(start_hard, silent_upstream):
     assert grown < 40 * 1024, "RSS grew %d KiB" % grown
     lines = [l for l in h.log().splitlines() if "forwarded queries in flight" in l]
     assert len(lines) == 1, lines
-    # once the held ones have timed out, forwarding works again
-    time.sleep(4.5)
-    r = h.query("after.test", "A", timeout=6)
-    assert harness.rcode_text(r) == "SERVFAIL"
+    # once the held ones have timed out (HELD seconds after hard read
+    # each, which a loaded machine may do well after the sending ended),
+    # forwarding works again: a query is held for the silent upstream
+    # instead of refused at once
+    def forwarded_again():
+        try:
+            r = h.query("after.test", "A", timeout=1.0)
+        except dns.exception.Timeout:
+            return True
+        assert harness.rcode_text(r) == "SERVFAIL"
+        return False
+    harness.wait_until(forwarded_again, HELD + 15, 0.2,
+                       what="a query forwarded again")
     assert "forwarding again after" in h.log()
     h.assert_alive()
 

@@ -21,7 +21,7 @@ def config_body(http, listener, ttl):
 resolver_timeout = 0.5
 name web.test {
     check_frequency = 0.25
-    check_timeout = 1
+    check_timeout = 3
     selection_method = group_rtt_rr
     ttl = %d
     candidate web { check_address = "%s" }
@@ -30,7 +30,7 @@ name web.test {
 name port.test {
     check_method = tcp
     check_frequency = 0.25
-    check_timeout = 1
+    check_timeout = 3
     failure_mode = servfail
     candidate tcp { check_address = "127.0.0.3:%d" }
 }
@@ -63,10 +63,11 @@ def test_no_leak_or_invalid_access(workdir, upstream, start_http,
             30, what="hard under valgrind to answer web.test")
         deadline = time.monotonic() + 4
         while time.monotonic() < deadline:
+            # valgrind runs hard many times slower: generous timeouts
             assert addresses(harness.query_at("127.0.0.1", port, "web.test",
-                                              timeout=2)) == ["127.0.0.2"]
-            harness.query_at("127.0.0.1", port, "fwd.test", tcp=True, timeout=3)
-            harness.query_at("127.0.0.1", port, "port.test", "AAAA", timeout=2)
+                                              timeout=8)) == ["127.0.0.2"]
+            harness.query_at("127.0.0.1", port, "fwd.test", tcp=True, timeout=8)
+            harness.query_at("127.0.0.1", port, "port.test", "AAAA", timeout=8)
             harness.udp_exchange("127.0.0.1", port, b"\x00\x01garbage", 0.3)
         with open(conf, "w") as f:
             f.write(harness.hard_config(config_body(http, listener, 9),
@@ -75,8 +76,8 @@ def test_no_leak_or_invalid_access(workdir, upstream, start_http,
         os.kill(proc.pid, signal.SIGHUP)
         harness.wait_until(
             lambda: harness.query_at("127.0.0.1", port, "web.test",
-                                     timeout=2).answer[0].ttl == 9,
-            15, what="the reload to take effect")
+                                     timeout=5).answer[0].ttl == 9,
+            30, what="the reload to take effect")
         os.kill(proc.pid, signal.SIGTERM)
         status = proc.wait(60)
     finally:
