@@ -5,7 +5,6 @@ import glob
 import os
 import random
 import re
-import shutil
 import signal
 import socket
 import struct

@@ -10,7 +10,7 @@ import pytest
 
 import harness
 from harness import answer, wait_answer
-from statehelpers import candidates, name_block, wait_log, wait_sql
+from statehelpers import name_block, wait_log, wait_sql
 from test_config import assert_error_at, check_t
 from test_reload import reload
 

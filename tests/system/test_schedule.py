@@ -205,7 +205,6 @@ def test_checks_spread_over_the_interval(start_hard, start_arrivals, up):
     (within about a second); after it, every second of the interval gets
     about a quarter of the checks, not the first second all of them."""
     server = start_arrivals(ADDRESSES)
-    began = time.monotonic()
     start_hard(name_block("spread.test", ADDRESSES, server.url("spread.test"),
                           check_frequency=4, check_timeout=2), upstream=up)
     time.sleep(14)
