@@ -201,34 +201,32 @@ const char *const failure_modes[] = { "none", "all", "servfail", NULL };
 const char *const http_methods[] = { "GET", "HEAD", NULL };
 const char *const admin_state_names[] = { "auto", "drain", "down", "up", NULL };
 
-static void
-check_check_method(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
-{
-	check_one_of(cfg, opt, index, check_methods);
-}
+/* Every keyword option and its words; the last part of the path is the
+ * option's name, which the validator looks its list up by. */
+static const struct {
+	const char *path;
+	const char *const *choices;
+} keyword_options[] = {
+	{ "name|check_method", check_methods },
+	{ "name|selection_method", selection_methods },
+	{ "name|rtt_mode", rtt_modes },
+	{ "name|failure_mode", failure_modes },
+	{ "name|http_method", http_methods },
+	{ "name|candidate|admin_state", admin_state_names },
+};
 
 static void
-check_selection_method(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
+check_keyword(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
 {
-	check_one_of(cfg, opt, index, selection_methods);
-}
+	for (size_t i = 0; i < sizeof(keyword_options) / sizeof(keyword_options[0]);
+	     i++) {
+		const char *name = strrchr(keyword_options[i].path, '|') + 1;
 
-static void
-check_rtt_mode(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
-{
-	check_one_of(cfg, opt, index, rtt_modes);
-}
-
-static void
-check_failure_mode(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
-{
-	check_one_of(cfg, opt, index, failure_modes);
-}
-
-static void
-check_http_method(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
-{
-	check_one_of(cfg, opt, index, http_methods);
+		if (strcmp(name, opt->name) == 0) {
+			check_one_of(cfg, opt, index, keyword_options[i].choices);
+			return;
+		}
+	}
 }
 
 /* RFC 9110 section 5.6.2: the characters of a header's name. */
@@ -273,12 +271,6 @@ check_expect_body(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
 		config_report(cfg->line,
 			  "expect_body is longer than the %d bytes of body it is looked for in",
 			  EXPECT_BODY_WINDOW);
-}
-
-static void
-check_admin_state(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
-{
-	check_one_of(cfg, opt, index, admin_state_names);
 }
 
 static void
@@ -376,14 +368,9 @@ check_readable_file(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
 	static int function(cfg_t *cfg, cfg_opt_t *opt) \
 	{ return validate_each(cfg, opt, check); }
 
-VALIDATOR(validate_check_method, check_check_method)
-VALIDATOR(validate_selection_method, check_selection_method)
-VALIDATOR(validate_rtt_mode, check_rtt_mode)
-VALIDATOR(validate_failure_mode, check_failure_mode)
-VALIDATOR(validate_http_method, check_http_method)
 VALIDATOR(validate_http_header, check_http_header)
 VALIDATOR(validate_expect_body, check_expect_body)
-VALIDATOR(validate_admin_state, check_admin_state)
+VALIDATOR(validate_keyword, check_keyword)
 VALIDATOR(validate_ip, check_ip)
 VALIDATOR(validate_endpoint, check_endpoint)
 VALIDATOR(validate_range, check_range)
@@ -402,21 +389,23 @@ config_install_validators(cfg_t *cfg)
 		{ "dns_bind_interfaces", validate_ip },
 		{ "user", validate_user },
 		{ "data_file", validate_data_file },
-		{ "name|check_method", validate_check_method },
-		{ "name|selection_method", validate_selection_method },
-		{ "name|rtt_mode", validate_rtt_mode },
-		{ "name|failure_mode", validate_failure_mode },
-		{ "name|http_method", validate_http_method },
 		{ "name|http_headers", validate_http_header },
 		{ "name|expect_body", validate_expect_body },
 		{ "name|ca_file", validate_readable_file },
 		{ "name|candidate|address", validate_ip },
-		{ "name|candidate|admin_state", validate_admin_state },
 	};
 
 	for (size_t i = 0; i < sizeof(validators) / sizeof(validators[0]); i++)
 		cfg_set_validate_func(cfg, validators[i].option,
 				       validators[i].check);
+	for (size_t i = 0; i < sizeof(keyword_options) / sizeof(keyword_options[0]);
+	     i++)
+		cfg_set_validate_func(cfg, keyword_options[i].path,
+				       validate_keyword);
+	for (size_t i = 0; i < sizeof(keyword_options) / sizeof(keyword_options[0]);
+	     i++)
+		cfg_set_validate_func(cfg, keyword_options[i].path,
+				       validate_keyword);
 	for (size_t i = 0; i < sizeof(number_ranges) / sizeof(number_ranges[0]);
 	     i++)
 		cfg_set_validate_func(cfg, number_ranges[i].option,
