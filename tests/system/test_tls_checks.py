@@ -287,11 +287,9 @@ def ca_warnings(h):
             if "ca_file" in line and "HTTPS checks fail" in line]
 
 
-def test_bad_ca_file_warned_once_and_read_again(start_hard, start_http, up,
-                                                certs, workdir):
-    """A ca_file that goes missing, then holds no certificate, fails its
-    checks with one warning each time it changes, not one per check;
-    written good again, it is read again and the name comes back."""
+def start_with_live_ca(start_hard, start_http, up, certs, workdir):
+    """hard checking secure.test with a ca_file the test rewrites, once a
+    check has resumed its session; returns the server, hard and the file."""
     cert, key = certs["secure.test"]
     s = start_http(A, cert=cert, key=key)
     ca = os.path.join(workdir, "ca-live.pem")
@@ -299,6 +297,15 @@ def test_bad_ca_file_warned_once_and_read_again(start_hard, start_http, up,
     h = start_hard(https_block("secure.test", s, "secure.test", ca), upstream=up)
     wait_answer(h, "secure.test", [A])
     wait_resumed(s)
+    return s, h, ca
+
+
+def test_bad_ca_file_warned_once_and_read_again(start_hard, start_http, up,
+                                                certs, workdir):
+    """A ca_file that goes missing, then holds no certificate, fails its
+    checks with one warning each time it changes, not one per check;
+    written good again, it is read again and the name comes back."""
+    s, h, ca = start_with_live_ca(start_hard, start_http, up, certs, workdir)
     os.remove(ca)
     wait_answer(h, "secure.test", "SERVFAIL", timeout=3)
     time.sleep(1.0)  # five checks
@@ -338,13 +345,7 @@ def test_ca_file_rewritten_is_read_again(start_hard, start_http, up, certs, work
     """The CAs are parsed once, not per check, but a ca_file written anew
     (without a reload) is read again and ends the sessions verified with
     the old one: here it no longer holds the server's CA."""
-    cert, key = certs["secure.test"]
-    s = start_http(A, cert=cert, key=key)
-    ca = os.path.join(workdir, "ca-live.pem")
-    shutil.copy(certs["ca"], ca)
-    h = start_hard(https_block("secure.test", s, "secure.test", ca), upstream=up)
-    wait_answer(h, "secure.test", [A])
-    wait_resumed(s)
+    s, h, ca = start_with_live_ca(start_hard, start_http, up, certs, workdir)
     shutil.copy(certs["untrusted"][0], ca + ".new")
     os.replace(ca + ".new", ca)
     wait_answer(h, "secure.test", "SERVFAIL", timeout=3)
