@@ -80,10 +80,8 @@ def start_hard(workdir):
             raise ValueError("hard must always be given a loopback upstream")
         if hasattr(upstream, "endpoint"):
             upstream = upstream.endpoint
-        # A port free_port found may be taken before hard binds it (by any
-        # process's client socket): then another, unless one was given.
-        for attempt in range(3 if port is None and wait else 1):
-            chosen = port or harness.free_port(*listen)
+
+        def start_on(chosen):
             config = harness.hard_config(body, upstream, chosen, listen,
                                          data_file, extra)
             h = harness.Hard(workdir, config, listen, chosen, args, nofile, env)
@@ -93,11 +91,15 @@ def start_hard(workdir):
             try:
                 return h.wait_ready()
             except AssertionError:
-                if attempt == 2 or h.alive() or \
-                        "Address already in use" not in h.log():
-                    raise
-                h.expect_exit = True
-        return h
+                if port_taken(h):
+                    h.expect_exit = True
+                raise
+
+        def port_taken(h):
+            return not h.alive() and "Address already in use" in h.log()
+
+        return harness.on_free_port(port, listen, start_on,
+                                    lambda e: port_taken(started[-1]))
     yield start
     crashed = []
     for h in started:

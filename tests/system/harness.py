@@ -124,6 +124,19 @@ def _fmt(addr, port):
     return "[%s]:%d" % (addr, port) if ":" in addr else "%s:%d" % (addr, port)
 
 
+def on_free_port(given, addr, start, taken):
+    """start(port) on the given port, or on one free_port finds.  A port
+    free_port found may be taken before the process binds it (by any
+    process's client socket): then up to two more, when taken(error) says
+    that is why start failed."""
+    for attempt in range(1 if given else 3):
+        try:
+            return start(given or free_port(*addr))
+        except AssertionError as e:
+            if given or attempt == 2 or not taken(e):
+                raise
+
+
 def _kill(proc, sig=signal.SIGTERM, timeout=5.0):
     if proc is None or proc.poll() is not None:
         return
@@ -411,27 +424,27 @@ class Upstream:
 
     def __init__(self, workdir, records=(), addr="127.0.0.1", ttl=77, port=None):
         self.addr = addr
-        # A port free_port found may be taken before dnsmasq binds it (by
-        # any process's client socket): then another, unless one was given.
-        for attempt in range(1 if port else 3):
-            self.port = port or free_port(addr)
-            self.logfile = os.path.join(workdir, "dnsmasq-%d.log" % self.port)
-            args = [DNSMASQ, "-k", "--conf-file=/dev/null", "--user=root",
-                    "--pid-file=", "--port=%d" % self.port,
-                    "--listen-address=%s" % addr, "--bind-interfaces",
-                    "--no-resolv", "--no-hosts", "--local=/test/",
-                    "--local-ttl=%d" % ttl, "--log-queries", "--log-facility=-"]
-            args += list(records)
-            with open(self.logfile, "a") as err:
-                self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
-                                             stdout=subprocess.DEVNULL, stderr=err)
-            try:
-                wait_until(lambda: self._probe(), 10, what="dnsmasq to answer")
-                return
-            except AssertionError:
-                _kill(self.proc)
-                if port or attempt == 2 or "in use" not in self.log():
-                    raise
+        self.workdir, self.records, self.ttl = workdir, records, ttl
+        on_free_port(port, (addr,), self._start,
+                     lambda e: "in use" in self.log())
+
+    def _start(self, port):
+        self.port = port
+        self.logfile = os.path.join(self.workdir, "dnsmasq-%d.log" % port)
+        args = [DNSMASQ, "-k", "--conf-file=/dev/null", "--user=root",
+                "--pid-file=", "--port=%d" % port,
+                "--listen-address=%s" % self.addr, "--bind-interfaces",
+                "--no-resolv", "--no-hosts", "--local=/test/",
+                "--local-ttl=%d" % self.ttl, "--log-queries", "--log-facility=-"]
+        args += list(self.records)
+        with open(self.logfile, "a") as err:
+            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            wait_until(lambda: self._probe(), 10, what="dnsmasq to answer")
+        except AssertionError:
+            _kill(self.proc)
+            raise
 
     def _probe(self):
         if self.proc.poll() is not None:
@@ -483,21 +496,17 @@ class HTTPServer:
         self.cert, self.key = cert, key
         self.sni_certs = sni_certs or {}  # host: (cert, key), chosen by SNI
         self.proc = None
-        # A port free_port found may be taken before the server binds it:
-        # then another, unless one was given.
-        for attempt in range(1 if port else 3):
-            self.port = port or free_port(addr)
-            tag = "%s-%d" % (addr.replace(":", "_"), self.port)
-            self.control = os.path.join(workdir, "http-%s.ctl" % tag)
-            self.requests = os.path.join(workdir, "http-%s.requests" % tag)
-            self.logfile = os.path.join(workdir, "http-%s.log" % tag)
-            self.set(status=status, delay=delay)
-            try:
-                self.start()
-                return
-            except AssertionError as e:
-                if port or attempt == 2 or "in use" not in str(e):
-                    raise
+        on_free_port(port, (addr,), lambda p: self._first_start(p, status, delay),
+                     lambda e: "in use" in str(e))
+
+    def _first_start(self, port, status, delay):
+        self.port = port
+        tag = "%s-%d" % (self.addr.replace(":", "_"), port)
+        self.control = os.path.join(self.workdir, "http-%s.ctl" % tag)
+        self.requests = os.path.join(self.workdir, "http-%s.requests" % tag)
+        self.logfile = os.path.join(self.workdir, "http-%s.log" % tag)
+        self.set(status=status, delay=delay)
+        self.start()
 
     @property
     def url_host(self):
