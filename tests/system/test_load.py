@@ -14,6 +14,8 @@ import subprocess
 import threading
 import time
 
+import dns.exception
+
 import harness
 from harness import addresses
 
@@ -90,6 +92,7 @@ class Watcher(threading.Thread):
         self.errors = []
         self.configured = 0
         self.servfails = 0
+        self.timeouts = 0
 
     def check_configured(self):
         r = self.hard.query("load.test", "A", timeout=2)
@@ -119,7 +122,11 @@ class Watcher(threading.Thread):
             try:
                 self.check_configured()
                 self.check_forwarded()
-            except Exception as exc:  # noqa: BLE001 - a timeout is a failure
+            except dns.exception.Timeout:
+                # A datagram lost on a saturated machine, as dnsperf's
+                # are: counted, and held to the same budget.
+                self.timeouts += 1
+            except Exception as exc:  # noqa: BLE001
                 self.errors.append("query failed: %r" % exc)
             time.sleep(0.02)
 
@@ -192,6 +199,9 @@ def test_load_with_faults(workdir, start_hard, start_upstream, start_http,
     assert not reloads, "reloads never sent: %s" % reloads
     assert not watcher.errors, "wrong answers under load: %s" % watcher.errors[:10]
     assert watcher.configured > 300, watcher.configured
+    assert watcher.timeouts <= max(1, watcher.configured * 0.005), \
+        "%d of %d watcher queries got no reply" % (watcher.timeouts,
+                                                  watcher.configured)
     assert watcher.servfails > 0, "no SERVFAIL seen while the upstream was down"
     for path in (configured_out, forwarded_out):
         sent, lost, text = dnsperf_counts(path)

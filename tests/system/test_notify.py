@@ -299,7 +299,7 @@ def test_daemon_mode_names_its_pid(workdir, up, listeners):
         assert ready.pid == pid and ready.fields["MAINPID"] == str(pid), ready
         assert listener.received == [ready], listener.received
         assert harness.addresses(harness.query_at("127.0.0.1", port, "d.test",
-                                                  timeout=1)) == [A]
+                                                  timeout=5)) == [A]
         os.kill(pid, signal.SIGTERM)
         stopping = listener.wait_for("STOPPING")
         assert stopping.pid == pid, stopping
