@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <syslog.h>
 #include <unistd.h>
 
 #include "har.h"
@@ -55,7 +56,7 @@ usage(FILE *stream)
 static void
 report_to_stderr(const char *message)
 {
-	fprintf(stderr, "%s\n", message);
+	fprintf(stderr, "%s%s\n", log_stderr_prefix(LOG_ERR), message);
 }
 
 static void
@@ -109,7 +110,8 @@ fail_start(const char *fmt, ...)
 	if (detached)
 		log_error("%s", message);
 	else
-		fprintf(stderr, "hard: %s\n", message);
+		fprintf(stderr, "%shard: %s\n", log_stderr_prefix(LOG_ERR),
+			message);
 	exit(1);
 }
 
@@ -480,13 +482,14 @@ load_config_or_exit(void)
 	int failed = !config;
 
 	if (options.user && !getpwnam(options.user)) {
-		fprintf(stderr, "hard: -u %s: no such user\n", options.user);
+		fprintf(stderr, "%shard: -u %s: no such user\n",
+			log_stderr_prefix(LOG_ERR), options.user);
 		failed = 1;
 	}
 	if (config && config_drop_own_listeners(config, report_to_stderr) == 0) {
-		fprintf(stderr, "%s: no upstream nameserver left (every one is "
-			"hard's own listener); set nameservers\n",
-			options.config_file);
+		fprintf(stderr, "%s%s: no upstream nameserver left (every one "
+			"is hard's own listener); set nameservers\n",
+			log_stderr_prefix(LOG_ERR), options.config_file);
 		failed = 1;
 	}
 	if (failed) {

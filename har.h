@@ -35,6 +35,10 @@ void log_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_warning(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_query(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* "<3>" and the like when stderr is the journal, else "" (for the lines
+ * written to stderr before logging starts: configuration errors). */
+const char *log_stderr_prefix(int priority);
 
 /*
  * A repeating condition (a data file that stays locked, an upstream that

@@ -236,18 +236,18 @@ query_log_write(const struct sockaddr_storage *client, int over_tcp,
 	format_client(client, who, sizeof(who));
 	format_question(query, query_len, name, sizeof(name), type, sizeof(type));
 	if (outcome == OUTCOME_DROP_SHORT || outcome == OUTCOME_DROP_RESPONSE || !reply) {
-		log_info("query %s %s %s %s: %s%s", who, transport, name, type,
+		log_query("query %s %s %s %s: %s%s", who, transport, name, type,
 			 outcome_text(outcome),
 			 forwarded ? ": no upstream reply, SERVFAIL" : "");
 		return;
 	}
 	if (reply_len < 12) {
-		log_info("query %s %s %s %s: %s", who, transport, name, type,
+		log_query("query %s %s %s %s: %s", who, transport, name, type,
 			 outcome_text(outcome));
 		return;
 	}
 	if (forwarded) {
-		log_info("query %s %s %s %s: %s: upstream %s%s", who, transport,
+		log_query("query %s %s %s %s: %s: upstream %s%s", who, transport,
 			 name, type, outcome_text(outcome),
 			 rcode_name(reply[3] & 0x0f),
 			 (reply[2] & 0x02) ? ", truncated" : "");
@@ -258,7 +258,7 @@ query_log_write(const struct sockaddr_storage *client, int over_tcp,
 					 sizeof(scratch_name), scratch_type,
 					 sizeof(scratch_type));
 	format_addresses(reply, reply_len, after_question, found, sizeof(found));
-	log_info("query %s %s %s %s: %s: %s%s%s", who, transport, name, type,
+	log_query("query %s %s %s %s: %s: %s%s%s", who, transport, name, type,
 		 outcome_text(outcome), rcode_name(reply[3] & 0x0f),
 		 found[0] ? " " : "", found);
 }
