@@ -467,6 +467,16 @@ on_signal(struct ev_loop *signal_loop, ev_signal *watcher, int revents)
 	ev_break(signal_loop, EVBREAK_ALL);
 }
 
+/* From the loop itself: a loop that stops turning stops the pings. */
+static void
+on_watchdog(struct ev_loop *timer_loop, ev_timer *timer, int revents)
+{
+	(void)timer_loop;
+	(void)timer;
+	(void)revents;
+	notify_watchdog();
+}
+
 /* ----------------------------------------------------------- start-up */
 
 /*
@@ -535,6 +545,7 @@ int
 main(int argc, char **argv)
 {
 	ev_signal hup, term, interrupt, usr1;
+	ev_timer watchdog;
 	const char *user;
 
 	parse_arguments(argc, argv);
@@ -595,6 +606,11 @@ main(int argc, char **argv)
 	 * a query sent now is answered (the kernel holds it until the loop
 	 * runs), so the service manager may call hard ready. */
 	notify_answering("");
+	if (notify_watchdog_interval() > 0) {
+		ev_timer_init(&watchdog, on_watchdog, notify_watchdog_interval(),
+			      notify_watchdog_interval());
+		ev_timer_start(loop, &watchdog);
+	}
 	if (options.debug || running_config->log_queries)
 		query_log_set(1, options.debug ? "-d" : "log_queries");
 	ev_run(loop, 0);

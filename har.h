@@ -67,6 +67,9 @@ void notify_reloading(const char *status_fmt, ...)
     __attribute__((format(printf, 1, 2)));
 void notify_stopping(const char *status_fmt, ...)
     __attribute__((format(printf, 1, 2)));
+/* Half of WATCHDOG_USEC in seconds, 0 without a watchdog; WATCHDOG=1. */
+double notify_watchdog_interval(void);
+void notify_watchdog(void);
 
 /* ------------------------------------------------------------- config.c */
 

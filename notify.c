@@ -5,6 +5,11 @@
  * an abstract name.  systemd sets that variable for a Type=notify unit;
  * without it every call here does nothing, so hard runs as it always did.
  * The protocol is a few lines of socket code: no libsystemd.
+ *
+ * With WatchdogSec= the manager also sets WATCHDOG_USEC: hard then sends
+ * WATCHDOG=1 at half that period from a timer of its event loop, so the
+ * pings stop when the loop stops turning and the manager kills and
+ * restarts a hard that hangs.
  */
 #include <errno.h>
 #include <stddef.h>
@@ -24,6 +29,8 @@ static socklen_t notify_address_length;
 /* The process the manager started: a message from another one (the
  * daemon after it detached) names itself in MAINPID=. */
 static pid_t started_as;
+/* Seconds between WATCHDOG=1 messages; 0 when the manager wants none. */
+static double watchdog_interval;
 
 /* Fills notify_address from the variable's text; -1 if it names none. */
 static int
@@ -44,6 +51,32 @@ parse_address(const char *text)
 	else
 		notify_address_length++;		/* a path: with its NUL */
 	return 0;
+}
+
+/*
+ * WATCHDOG_PID, when set, names the process the manager watches: a
+ * variable inherited by some other process is not meant for it.
+ */
+static void
+watchdog_read(void)
+{
+	const char *period = getenv("WATCHDOG_USEC");
+	const char *pid = getenv("WATCHDOG_PID");
+	unsigned long long microseconds;
+	char *end;
+
+	if (!period || !*period)
+		return;
+	if (pid && *pid && strtol(pid, NULL, 10) != (long)getpid())
+		return;
+	errno = 0;
+	microseconds = strtoull(period, &end, 10);
+	if (errno || *end || microseconds == 0) {
+		log_warning("WATCHDOG_USEC=\"%s\" is not a number of "
+			    "microseconds; not sending WATCHDOG=1", period);
+		return;
+	}
+	watchdog_interval = (double)microseconds / 2e6;
 }
 
 /*
@@ -70,6 +103,27 @@ notify_open(void)
 		return;
 	}
 	started_as = getpid();
+	watchdog_read();
+}
+
+double
+notify_watchdog_interval(void)
+{
+	return notify_socket < 0 ? 0 : watchdog_interval;
+}
+
+/* Alone, without STATUS=: systemctl status keeps the last status. */
+void
+notify_watchdog(void)
+{
+	static const char ping[] = "WATCHDOG=1\n";
+
+	if (notify_socket < 0)
+		return;
+	if (sendto(notify_socket, ping, sizeof(ping) - 1, MSG_NOSIGNAL,
+		   (struct sockaddr *)&notify_address, notify_address_length) < 0)
+		log_warning("cannot send WATCHDOG=1 on NOTIFY_SOCKET: %s",
+			    strerror(errno));
 }
 
 void

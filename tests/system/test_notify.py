@@ -346,3 +346,54 @@ def test_unit_is_type_notify():
     assert settings["Before"] == ["nss-lookup.target"]
     assert settings["Wants"] == ["nss-lookup.target"]
     assert settings["ExecReload"][-1] == "/bin/kill -HUP $MAINPID"
+
+
+def watchdog_pings(messages):
+    return [m for m in messages if m.fields.get("WATCHDOG") == "1"]
+
+
+def test_watchdog_pings_from_the_loop_and_stop_when_it_hangs(start_hard, up, listeners):
+    """WATCHDOG_USEC set (the unit's WatchdogSec=): WATCHDOG=1 alone, from
+    hard itself, at half the period; none while the loop cannot turn
+    (SIGSTOP), and again once it can."""
+    listener = listeners()
+    env = dict(listener.env, WATCHDOG_USEC="1000000")
+    h = start_hard(body("w.test"), upstream=up, wait=False, env=env)
+    listener.wait_for("READY", h)
+    first = listener.wait_for("WATCHDOG", h, timeout=5)
+    assert first.text == "WATCHDOG=1\n" and first.pid == h.pid, first
+    # Half of 1 s: about 6 in 3 s.  The bounds leave room for a slow
+    # machine, and catch a ping per loop turn or one per period at most.
+    pings = watchdog_pings(listener.drain(3.0))
+    assert 3 <= len(pings) <= 9, pings
+    h.signal(signal.SIGSTOP)
+    try:
+        listener.drain(0.2)	# a ping sent just before the stop
+        assert watchdog_pings(listener.drain(2.0)) == []
+    finally:
+        h.signal(signal.SIGCONT)
+    listener.wait_for("WATCHDOG", h, timeout=5)
+    assert first_answer(h, "w.test") == [A]
+
+
+@pytest.mark.parametrize("variables", [
+    {},
+    {"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"},
+])
+def test_no_watchdog_pings_unless_meant_for_hard(start_hard, up, listeners, variables):
+    """Without WATCHDOG_USEC, or with a WATCHDOG_PID naming another process
+    (a variable hard inherited), hard sends no WATCHDOG=1."""
+    listener = listeners()
+    h = start_hard(body("n.test"), upstream=up, wait=False,
+                   env=dict(listener.env, **variables))
+    listener.wait_for("READY", h)
+    assert watchdog_pings(listener.drain(1.5)) == []
+
+
+def test_unit_watchdog_and_endless_restarts():
+    """A hung hard is killed by the watchdog, and a failing start is
+    retried for ever: no start limit the unit could reach and stay failed."""
+    settings = unit_settings()
+    assert settings["WatchdogSec"] == ["5s"]
+    assert settings["StartLimitIntervalSec"] == ["0"]
+    assert settings["Restart"] == ["always"]
