@@ -299,10 +299,8 @@ check_endpoint(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
 
 /*
  * What a start would trip over outside this file, checked here so that
- * `hard -t` and a reload refuse it too.  Nothing is created: a missing
- * data_file directory is fine (hard creates it), one that cannot be a
- * directory is not.  Permissions are not judged, as -t may run as
- * another user than the daemon.
+ * `hard -t` and a reload refuse it too.  (The data file is not: a start
+ * and a reload go on without it, and only -t reports it, store_check.)
  */
 static void
 check_user(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
@@ -312,42 +310,6 @@ check_user(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
 	if (!getpwnam(value))
 		config_report(cfg->line,
 			  "user \"%s\": no such user", value);
-}
-
-static void
-check_data_file(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
-{
-	const char *value = cfg_opt_getnstr(opt, index);
-	char ancestor[4096];
-	struct stat status;
-
-	if (value[0] == '\0')
-		return;		/* state kept in memory only */
-	if (stat(value, &status) == 0) {
-		if (S_ISDIR(status.st_mode))
-			config_report(cfg->line,
-				  "data_file \"%s\" is a directory, not a file",
-				  value);
-		return;
-	}
-	/* The nearest part of the path that exists must be a directory. */
-	snprintf(ancestor, sizeof(ancestor), "%s", value);
-	for (;;) {
-		char *slash = strrchr(ancestor, '/');
-
-		if (!slash)
-			return;		/* relative: the working directory */
-		*slash = '\0';
-		if (ancestor[0] == '\0')
-			return;		/* "/" */
-		if (stat(ancestor, &status) != 0)
-			continue;
-		if (!S_ISDIR(status.st_mode))
-			config_report(cfg->line,
-				  "data_file \"%s\" cannot be created: %s is not a directory",
-				  value, ancestor);
-		return;
-	}
 }
 
 static void
@@ -375,7 +337,6 @@ VALIDATOR(validate_ip, check_ip)
 VALIDATOR(validate_endpoint, check_endpoint)
 VALIDATOR(validate_range, check_range)
 VALIDATOR(validate_user, check_user)
-VALIDATOR(validate_data_file, check_data_file)
 VALIDATOR(validate_readable_file, check_readable_file)
 
 void
@@ -388,7 +349,6 @@ config_install_validators(cfg_t *cfg)
 		{ "nameservers", validate_endpoint },
 		{ "dns_bind_interfaces", validate_ip },
 		{ "user", validate_user },
-		{ "data_file", validate_data_file },
 		{ "name|http_headers", validate_http_header },
 		{ "name|expect_body", validate_expect_body },
 		{ "name|ca_file", validate_readable_file },

@@ -223,6 +223,15 @@ drop_privileges(const char *user)
 
 	if (!account)
 		fail_start("unknown user \"%s\"", user);
+	if (account->pw_uid == geteuid() && account->pw_gid == getegid())
+		return;
+	/* Started unprivileged (a service manager's DynamicUser=, say): a
+	 * reload accepts the same file, so the start must not refuse it. */
+	if (geteuid() != 0) {
+		log_warning("not started as root: cannot become user %s, so "
+			    "hard stays user %ld", user, (long)geteuid());
+		return;
+	}
 	if (setgroups(1, &account->pw_gid) != 0 ||
 	    setgid(account->pw_gid) != 0 || setuid(account->pw_uid) != 0)
 		fail_start("cannot become user %s: %s", user, strerror(errno));
@@ -430,12 +439,30 @@ reload(void)
 	return 0;
 }
 
-/* The manager shows it with the unit's state: what hard answers now. */
+/*
+ * The manager shows it with the unit's state: what hard answers now, and
+ * that its state is in memory only while the data file cannot be opened.
+ */
 static void
 notify_answering(const char *before)
 {
-	notify_ready("%sanswering %d names on port %d", before,
-		     running_config->name_count, running_config->listen_port);
+	const char *problem = store_problem();
+
+	notify_ready("%sanswering %d names on port %d%s%s%s", before,
+		     running_config->name_count, running_config->listen_port,
+		     problem[0] ? "; state in memory only, data file: " : "",
+		     problem, problem[0] ? " (retrying)" : "");
+}
+
+static void
+on_store_problem(void)
+{
+	const char *problem = store_problem();
+
+	notify_status("answering %d names on port %d%s%s%s",
+		      running_config->name_count, running_config->listen_port,
+		      problem[0] ? "; state in memory only, data file: " : "",
+		      problem, problem[0] ? " (retrying)" : "");
 }
 
 /* RELOADING=1, then READY=1 whatever the outcome: hard keeps answering. */
@@ -503,6 +530,14 @@ load_config_or_exit(void)
 		failed = 1;
 	}
 	if (failed) {
+		config_free(config);
+		exit(1);
+	}
+	if (options.test_only && store_check(config, options.user ?
+					      options.user : config->user) != 0) {
+		fprintf(stderr, "%s%s: data_file \"%s\": %s\n",
+			log_stderr_prefix(LOG_ERR), options.config_file,
+			config->data_file, store_open_error());
 		config_free(config);
 		exit(1);
 	}
@@ -575,6 +610,7 @@ main(int argc, char **argv)
 	server = dns_server_start(loop, running_config, NULL);
 	if (!server)
 		fail_start("cannot listen on the configured addresses (see above)");
+	store_on_problem_change(on_store_problem);
 	if (store_open(loop, running_config, user) != 0)
 		fail_start("cannot open data file %s: %s",
 			   running_config->data_file, store_open_error());

@@ -67,6 +67,9 @@ void notify_reloading(const char *status_fmt, ...)
     __attribute__((format(printf, 1, 2)));
 void notify_stopping(const char *status_fmt, ...)
     __attribute__((format(printf, 1, 2)));
+/* STATUS= alone, for a change of state that is neither start nor reload. */
+void notify_status(const char *status_fmt, ...)
+    __attribute__((format(printf, 1, 2)));
 /* Half of WATCHDOG_USEC in seconds, 0 without a watchdog; WATCHDOG=1. */
 double notify_watchdog_interval(void);
 void notify_watchdog(void);
@@ -617,8 +620,15 @@ double wall_now(void);
  */
 int store_open(struct ev_loop *loop, const struct config *config,
 	       const char *user);
+/* For -t: 0 when a start could open or make the data file as it is now
+ * (changing nothing), else -1 and store_open_error() says why. */
+int store_check(const struct config *config, const char *user);
 /* Why store_open failed, e.g. "Is a directory". */
 const char *store_open_error(void);
+/* While the data file cannot be opened, why ("" when it can); changed()
+ * is called from the loop whenever that starts or stops being so. */
+const char *store_problem(void);
+void store_on_problem_change(void (*changed)(void));
 void store_restore(struct registry *registry);
 void store_start(void);
 void store_record_check(const struct address *address, int success);
@@ -777,12 +787,13 @@ struct store_file {
 	struct log_streak open_streak;
 	pthread_t thread;
 	int thread_running;	/* the loop's own flag */
-	pthread_mutex_t lock;	/* guards the four fields below */
+	pthread_mutex_t lock;	/* guards the five fields below */
 	pthread_cond_t wake;
 	struct batch *queue;	/* handed over, not yet written, oldest first */
 	int closing;		/* write what is queued, then end */
 	double give_up_at;	/* monotonic time, once closing */
 	int finished;		/* the thread has ended and may be joined */
+	int cannot_open;	/* the last open failed: state in memory only */
 	struct store_file *next;	/* in closing_files */
 };
 

@@ -192,6 +192,16 @@ notify_reloading(const char *status_fmt, ...)
 }
 
 void
+notify_status(const char *status_fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, status_fmt);
+	notify_send("", status_fmt, ap);
+	va_end(ap);
+}
+
+void
 notify_stopping(const char *status_fmt, ...)
 {
 	va_list ap;

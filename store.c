@@ -51,7 +51,9 @@ static int addresses_changed;
 static uid_t owner_uid = (uid_t)-1;
 static gid_t owner_gid = (gid_t)-1;
 static char owner_name[64];
-static char open_failure[1024];	/* why store_open failed */
+static char open_failure[1024];	/* why the data file cannot be opened */
+static void (*problem_changed)(void);
+static int problem_shown;	/* the last cannot_open problem_changed saw */
 
 static const char *const selection_names[] = { "best_rtt", "group_rtt_rr", "all" };
 static const char *const rtt_mode_names[] = { "total", "connect" };
@@ -554,6 +556,8 @@ store_flush(void)
 	file_hand(current, batch);
 }
 
+static void problem_follow(void);
+
 static void
 flush_tick(struct ev_loop *loop, ev_timer *timer, int revents)
 {
@@ -561,6 +565,7 @@ flush_tick(struct ev_loop *loop, ev_timer *timer, int revents)
 	(void)timer;
 	(void)revents;
 	store_flush();
+	problem_follow();
 }
 
 void
@@ -768,10 +773,11 @@ open_failed(const char *fmt, ...)
  * The run-time user must be able to open the file too: after the drop
  * hard opens it again as that user (after an I/O error, or to recreate
  * its -wal file), and a file only root can reach would stop being
- * written for good.  A child process becomes the user and tries.
+ * written for good.  A child process becomes the user and tries to open
+ * path, or with only_reach, to search the directory path.
  */
 static int
-check_as_owner(const char *path)
+check_as_owner(const char *path, int only_reach)
 {
 	pid_t child;
 	int status;
@@ -789,8 +795,11 @@ check_as_owner(const char *path)
 		if (setgroups(1, &owner_gid) != 0 || setgid(owner_gid) != 0 ||
 		    setuid(owner_uid) != 0)
 			_exit(255);
+		if (only_reach)
+			_exit(access(path, X_OK) == 0 ? 0 :
+			      errno > 0 && errno < 254 ? errno : 254);
 		fd = open(path, O_RDWR | O_CLOEXEC);
-		_exit(fd >= 0 ? 0 : errno > 0 && errno < 255 ? errno : 254);
+		_exit(fd >= 0 ? 0 : errno > 0 && errno < 254 ? errno : 254);
 	}
 	while (waitpid(child, &status, 0) < 0)
 		if (errno != EINTR)
@@ -799,7 +808,8 @@ check_as_owner(const char *path)
 	if (!WIFEXITED(status) || WEXITSTATUS(status) >= 254)
 		return open_failed("cannot check it as user %s", owner_name);
 	if (WEXITSTATUS(status) != 0)
-		return open_failed("user %s cannot open it: %s", owner_name,
+		return open_failed("user %s cannot %s: %s", owner_name,
+				   only_reach ? "reach it" : "open it",
 				   strerror(WEXITSTATUS(status)));
 	return 0;
 }
@@ -836,7 +846,7 @@ check_data_file(const char *path)
 	}
 	close(fd);
 	give_files_to_owner(path);
-	if (check_as_owner(path) != 0) {
+	if (check_as_owner(path, 0) != 0) {
 		if (created)
 			unlink(path);
 		return -1;
@@ -845,9 +855,137 @@ check_data_file(const char *path)
 }
 
 /*
- * Fails (so hard exits) only for a data file that cannot be opened or
- * made at all; a file that opens but cannot be written yet (locked, full,
- * corrupt) is logged and retried while hard runs.
+ * The deepest directory of path's that exists (path itself excluded),
+ * into out; -1 when even the root is missing, which cannot be.
+ */
+static int
+existing_parent(const char *path, char *out, size_t size)
+{
+	char *copy = strdup(path);
+	char *directory = copy;
+
+	for (;;) {
+		directory = directory ? dirname(directory) : NULL;
+		if (!directory)
+			break;
+		if (access(directory, F_OK) == 0) {
+			snprintf(out, size, "%s", directory);
+			free(copy);
+			return 0;
+		}
+		if (strcmp(directory, "/") == 0 || strcmp(directory, ".") == 0)
+			break;
+	}
+	free(copy);
+	return -1;
+}
+
+/*
+ * For -t: what the start's check_data_file would find, made or changed
+ * nothing.  An existing file must be a regular file that hard, and the
+ * run-time user, can read and write; a missing one (and its missing
+ * directories) needs a writable directory where the first would go, one
+ * the run-time user can reach.
+ */
+int
+store_check(const struct config *config, const char *user)
+{
+	const char *path = config->data_file;
+	char parent[4096];
+	struct stat status;
+	int fd;
+
+	if (path[0] == '\0')
+		return 0;
+	set_owner_from_user(user);
+	fd = open(path, O_RDWR | O_CLOEXEC | O_NONBLOCK);
+	if (fd >= 0) {
+		int regular = fstat(fd, &status) == 0 && S_ISREG(status.st_mode);
+
+		close(fd);
+		if (!regular)
+			return open_failed("not a regular file");
+		return check_as_owner(path, 0);
+	}
+	if (errno != ENOENT && errno != ENOTDIR)
+		return open_failed("%s", strerror(errno));
+	if (existing_parent(path, parent, sizeof(parent)) != 0)
+		return open_failed("no directory above it exists");
+	if (stat(parent, &status) != 0 || !S_ISDIR(status.st_mode))
+		return open_failed("cannot create it: %s is not a directory",
+				   parent);
+	if (access(parent, W_OK | X_OK) != 0)
+		return open_failed("cannot create it in %s: %s", parent,
+				   strerror(errno));
+	return check_as_owner(parent, 1);
+}
+
+/*
+ * A start goes on whatever the data file does, since a host whose
+ * resolver will not start has no DNS: a file that cannot be opened or
+ * made is logged here, once, with the reason the checks found, and the
+ * writer retries it every REOPEN_INTERVAL as it does for a file that
+ * fails later.
+ */
+static void
+start_without_file(struct store_file *file)
+{
+	log_error("cannot open data file %s: %s; answering with the state in "
+		  "memory and retrying every %.0f s", file->path, open_failure,
+		  REOPEN_INTERVAL);
+	log_streak_fail(&file->open_streak);
+	pthread_mutex_lock(&file->lock);
+	file->cannot_open = 1;
+	pthread_mutex_unlock(&file->lock);
+	problem_shown = 1;	/* the start's own STATUS= says it */
+}
+
+static int
+file_cannot_open(struct store_file *file)
+{
+	int cannot;
+
+	if (!file)
+		return 0;
+	pthread_mutex_lock(&file->lock);
+	cannot = file->cannot_open;
+	pthread_mutex_unlock(&file->lock);
+	return cannot;
+}
+
+const char *
+store_problem(void)
+{
+	if (!file_cannot_open(current))
+		return "";
+	return open_failure[0] ? open_failure : "cannot be opened (see the log)";
+}
+
+void
+store_on_problem_change(void (*changed)(void))
+{
+	problem_changed = changed;
+}
+
+/* On the loop's flush tick: the writer thread cannot call the loop. */
+static void
+problem_follow(void)
+{
+	int cannot = file_cannot_open(current);
+
+	if (cannot == problem_shown)
+		return;
+	problem_shown = cannot;
+	if (!cannot)
+		open_failure[0] = '\0';
+	if (problem_changed)
+		problem_changed();
+}
+
+/*
+ * Fails only when memory runs out: a data file that cannot be opened or
+ * made is logged and retried while hard answers (start_without_file), as
+ * is one that opens but cannot be written yet (locked, full, corrupt).
  */
 int
 store_open(struct ev_loop *loop, const struct config *config, const char *user)
@@ -864,11 +1002,13 @@ store_open(struct ev_loop *loop, const struct config *config, const char *user)
 		return 0;
 	}
 	set_owner_from_user(user);
-	if (check_data_file(config->data_file) != 0)
-		return -1;
 	current = file_create(config->data_file);
 	if (!current)
 		return open_failed("out of memory");
+	if (check_data_file(config->data_file) != 0) {
+		start_without_file(current);
+		return 0;
+	}
 	open_database(current);
 	give_files_to_owner(current->path);
 	return 0;

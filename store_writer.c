@@ -345,6 +345,9 @@ open_database(struct store_file *file)
 		set_aside_corrupt(file);
 		result = open_database_once(file);
 	}
+	pthread_mutex_lock(&file->lock);
+	file->cannot_open = result != SQLITE_OK;
+	pthread_mutex_unlock(&file->lock);
 	if (result != SQLITE_OK) {
 		if (log_streak_fail(&file->open_streak))
 			log_error("cannot open data file %s: %s; keeping state in "

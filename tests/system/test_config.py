@@ -188,8 +188,6 @@ BAD = {
     # item 14: what a start would fail on
     "unknown-user": (3, 'user = "no-such-user-har"', r'user "no-such-user-har": no such user'),
     "missing-ca-file": (5, '    ca_file = "/nonexistent/ca.pem"', r"ca_file.*No such file"),
-    "data-file-is-directory": (3, 'data_file = "/tmp"', r"data_file.*is a directory"),
-    "data-file-under-file": (3, 'data_file = "/etc/passwd/har/har.db"', r"data_file.*not a directory"),
     "unclosed-section": (13, "", r"never closed"),
     "unclosed-comment": (12, "    /* failure_mode = all", r"comment is never closed"),
     "listen-not-ip": (2, "dns_bind_interfaces = { localhost }", r"dns_bind_interfaces.*localhost"),
@@ -391,43 +389,6 @@ def test_no_nameserver_left(workdir):
     config = harness.hard_config(BASE.split("\n", 3)[3], "127.0.0.1:%d" % port, port)
     res = start_and_expect_failure(workdir, config)
     assert re.search(r"nameserver|upstream", res.stderr, re.I), res.stderr
-
-
-def test_uncreatable_data_file_fails_start(workdir, upstream):
-    """A data file that cannot be created (its directory is a regular file)
-    ends the start with exit 1 and one message naming the path (SPEC 2,
-    issue 9 item 15); -t refuses it the same way."""
-    blocker = write(workdir, "not a directory", "blocker")
-    path = os.path.join(blocker, "har.db")
-    config = harness.hard_config(BASE.split("\n", 3)[3], upstream.endpoint,
-                                 harness.free_port(), data_file=path)
-    res = start_and_expect_failure(workdir, config)
-    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
-    assert re.search(r"fail\.conf:4: data_file .*har\.db.* cannot be created: .*"
-                     r"blocker is not a directory", res.stderr), res.stderr
-    res = run_hard("-t", "-c", os.path.join(workdir, "fail.conf"))
-    assert res.returncode == 1 and "blocker is not a directory" in res.stderr
-    # a directory where the file should be
-    config = harness.hard_config(BASE.split("\n", 3)[3], upstream.endpoint,
-                                 harness.free_port(), data_file=workdir)
-    res = start_and_expect_failure(workdir, config)
-    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
-    assert re.search(r"fail\.conf:4: data_file .* is a directory", res.stderr), res.stderr
-
-
-def test_unreadable_data_file_fails_start(workdir, upstream):
-    """An existing data file hard may not read stops start-up (SPEC 2)."""
-    path = write(workdir, "", "har.db")
-    os.chmod(path, 0)
-    os.chmod(workdir, 0o755)	# the config itself stays readable
-    config = harness.hard_config(BASE.split("\n", 3)[3], upstream.endpoint,
-                                 harness.free_port(), data_file=path)
-    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534",
-                           "--clear-groups", harness.HARD, "-f", "-c",
-                           write(workdir, config, "fail.conf")],
-                          capture_output=True, text=True, timeout=10)
-    assert proc.returncode == 1, proc.stderr
-    assert "har.db" in proc.stderr, proc.stderr
 
 
 def test_sigterm_removes_pidfile(workdir, start_hard, upstream):

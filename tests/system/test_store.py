@@ -6,13 +6,10 @@ kill -9 under load."""
 
 import contextlib
 import os
-import pwd
 import random
-import shutil
 import select
 import signal
 import subprocess
-import tempfile
 import time
 
 import pytest
@@ -745,115 +742,6 @@ def test_stop_with_locked_file(workdir, start_hard, start_http, up):
     assert len(log_lines(h, r"closing data file .*: still not writable after 2 s"
                          r"; its last state is not in it")) == 1, h.log()[-3000:]
     assert sql_text(db, "PRAGMA integrity_check") == "ok"
-
-
-# ------------------------------------------------------------ start failures
-
-
-@pytest.fixture
-def shared_dir():
-    """A directory others can traverse (the workdir is root-only 0700),
-    for a hard that runs as nobody."""
-    d = tempfile.mkdtemp(prefix="har-store-")
-    os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-def start_failure(conf, *args):
-    """Starts hard in the foreground; it must exit 1 at once.  Returns its
-    standard error."""
-    r = harness.run_hard("-f", *args, "-c", conf, timeout=10)
-    assert r.returncode == 1, "exit %d:\n%s" % (r.returncode, r.stderr)
-    return r.stderr
-
-
-def write_config(path, up, data_file):
-    with open(path, "w") as f:
-        f.write(harness.hard_config(
-            name_block("f.test", [("a", None, "address = { %s }" % A)]),
-            up.endpoint, harness.free_port(), data_file=data_file))
-    os.chmod(path, 0o644)
-    return path
-
-
-@pytest.mark.parametrize("case", ["directory", "fifo", "under_a_file",
-                                  "read_only_file_system"])
-def test_unusable_data_file_fails_start(workdir, tmpfs, up, case):
-    """A data file that cannot be opened or made at start is a start-up
-    failure: exit 1, one line on stderr naming the file and the reason."""
-    # What the configuration alone shows (-t reports it too) comes out as
-    # FILE:LINE; what only opening the file shows, from the store.
-    conf = os.path.join(workdir, "har.conf")
-    if case == "directory":
-        db = os.path.join(workdir, "state")
-        os.mkdir(db)
-        expected = '%s:4: data_file "%s" is a directory, not a file' % (conf, db)
-    elif case == "fifo":
-        db = os.path.join(workdir, "pipe")
-        os.mkfifo(db)
-        expected = "hard: cannot open data file %s: not a regular file" % db
-    elif case == "under_a_file":
-        plain = os.path.join(workdir, "plain")
-        open(plain, "w").close()
-        db = os.path.join(plain, "sub", "har.db")
-        expected = '%s:4: data_file "%s" cannot be created: %s is not a directory' % (
-            conf, db, plain)
-    else:
-        mnt = os.path.join(workdir, "ro")
-        tmpfs(mnt, "1m", readonly=True)
-        db = os.path.join(mnt, "har.db")
-        expected = "hard: cannot open data file %s: Read-only file system" % db
-    err = start_failure(write_config(conf, up, db))
-    assert err.splitlines() == [expected], err
-    if case not in ("directory", "fifo"):
-        assert not os.path.exists(db)
-
-
-def test_data_file_without_permission_fails_start(shared_dir, up):
-    """Permission is the user's that hard runs as: a non-root hard whose
-    data file is in a directory it cannot enter, and a root hard with -u
-    nobody whose data file only root can reach (it opens it as root, but
-    nobody would have to reopen it), both stop at start with one line."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to start hard as root and as nobody")
-    private = os.path.join(shared_dir, "private")
-    os.mkdir(private, 0o700)
-    db = os.path.join(private, "har.db")
-    conf = write_config(os.path.join(shared_dir, "har.conf"), up, db)
-    # started as nobody
-    r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup",
-                        "--clear-groups", harness.HARD, "-f", "-c", conf],
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                       timeout=10)
-    assert r.returncode == 1, r.stderr
-    assert r.stderr.splitlines() == [
-        "hard: cannot open data file %s: Permission denied" % db], r.stderr
-    # started as root, to run as nobody
-    err = start_failure(conf, "-u", "nobody")
-    assert err.splitlines() == [
-        "hard: cannot open data file %s: user nobody cannot open it: "
-        "Permission denied" % db], err
-    assert os.listdir(private) == [], "a file was left behind"
-    # the same with a directory nobody may enter: it starts, as nobody
-    os.chmod(private, 0o755)
-    nobody = pwd.getpwnam("nobody")
-    port = harness.free_port()
-    with open(conf, "w") as f:
-        f.write(harness.hard_config(
-            name_block("f.test", [("a", None, "address = { %s }" % A)],
-                       failure_mode="all"), up.endpoint, port, data_file=db))
-    p = subprocess.Popen([harness.HARD, "-f", "-u", "nobody", "-c", conf],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
-    try:
-        harness.wait_until(lambda: os.path.exists(db) and
-                           os.stat(db).st_uid == nobody.pw_uid and
-                           harness.query_at("127.0.0.1", port, "f.test", timeout=0.5),
-                           5, what="hard running as nobody")
-    finally:
-        harness._kill(p)
-    assert p.returncode == 0, p.stderr.read()
 
 
 # ------------------------------------------------------------ names rows
