@@ -44,6 +44,9 @@
 #define TCP_OUTPUT_TOTAL (16 * 1024 * 1024)
 #define TCP_OUTPUT_KEPT 4096	/* a larger buffer is freed when empty */
 #define TCP_PENDING_LIMIT 32
+/* A client that has ended its input and whose window is full is looked at
+ * this often, to close the connection once the kernel has sent the rest. */
+#define TCP_DRAIN_POLL 0.05
 /* Out of descriptors, accepting is tried again after this or a close. */
 #define ACCEPT_RETRY 0.1
 /* Accepting works again once it has for this long without a failure: as
@@ -78,6 +81,7 @@ struct tcp_connection {
 	size_t output_size;
 	int pending;		/* forwarded queries not yet answered */
 	int busy;		/* a function up the stack uses it: not freed */
+	int input_ended;	/* the client shut down its sending side */
 	int closed;		/* socket gone; freed when pending reaches 0 */
 	struct dns_server *server;
 	struct tcp_connection *prev, *next;
@@ -488,6 +492,74 @@ tcp_query_waiting(const struct tcp_connection *connection)
 						  connection->input[1]);
 }
 
+/* Nothing read from the client is still to be answered or written. */
+static int
+tcp_all_answered(const struct tcp_connection *connection)
+{
+	return connection->pending == 0 && connection->output_len == 0 &&
+	    !tcp_query_waiting(connection);
+}
+
+/* Bytes the kernel holds because the client's window has no room for them. */
+static int
+tcp_kernel_unsent(const struct tcp_connection *connection)
+{
+	int unsent = 0;
+
+	if (ioctl(connection->fd, SIOCOUTQNSD, &unsent) != 0)
+		return 0;
+	return unsent;
+}
+
+/*
+ * After the client's EOF, once the last answer is written: the connection
+ * closes when the kernel has sent what it holds.  Closing before would
+ * leave the kernel keeping answers for a client that does not read them,
+ * past the idle timeout that resets such a client; so until then it is
+ * looked at every TCP_DRAIN_POLL, and reset tcp_idle_timeout after its
+ * last activity.
+ */
+static void
+tcp_finish(struct tcp_connection *connection)
+{
+	struct dns_server *server = connection->server;
+
+	if (tcp_kernel_unsent(connection) == 0) {
+		tcp_connection_close(connection);
+		return;
+	}
+	if (ev_now(server->loop) - connection->last_active >=
+	    server->idle_timeout) {
+		totals.tcp_closed[TCP_CLOSED_IDLE]++;
+		tcp_connection_abort(connection);
+		return;
+	}
+	connection->idle.repeat = TCP_DRAIN_POLL;
+	ev_timer_again(server->loop, &connection->idle);
+}
+
+/*
+ * Reads on while under the bound.  After the client's EOF there is nothing
+ * more to read: the connection closes once every answer is written.
+ */
+static void
+tcp_read_on_or_finish(struct tcp_connection *connection)
+{
+	struct ev_loop *loop = connection->server->loop;
+
+	if (connection->closed)
+		return;
+	if (connection->input_ended) {
+		if (tcp_all_answered(connection))
+			tcp_finish(connection);
+		return;
+	}
+	if (tcp_over_bound(connection))
+		ev_io_stop(loop, &connection->read_io);
+	else
+		ev_io_start(loop, &connection->read_io);
+}
+
 /*
  * Answers and writes until the connection is over its bound or has no
  * whole query left, and reads on only while under it: a client that does
@@ -496,8 +568,6 @@ tcp_query_waiting(const struct tcp_connection *connection)
 static void
 tcp_process(struct tcp_connection *connection)
 {
-	struct dns_server *server = connection->server;
-
 	connection->busy++;
 	do {
 		tcp_answer_input(connection);
@@ -505,14 +575,26 @@ tcp_process(struct tcp_connection *connection)
 			tcp_flush(connection);
 	} while (!connection->closed && !tcp_over_bound(connection) &&
 		 tcp_query_waiting(connection));
-	if (!connection->closed) {
-		if (tcp_over_bound(connection))
-			ev_io_stop(server->loop, &connection->read_io);
-		else
-			ev_io_start(server->loop, &connection->read_io);
-	}
+	tcp_read_on_or_finish(connection);
 	connection->busy--;
 	tcp_connection_release(connection);
+}
+
+/*
+ * A client that shuts down its sending side (shutdown(SHUT_WR)) still
+ * waits for the answers to what it sent: the queries read before its EOF
+ * are answered, forwarded ones when their reply comes, and the connection
+ * closes once the last answer is written.  A client that does not read
+ * them is still reset by the idle timeout or the output caps.
+ */
+static void
+tcp_input_end(struct tcp_connection *connection)
+{
+	connection->input_ended = 1;
+	ev_io_stop(connection->server->loop, &connection->read_io);
+	if (connection->input_len > 0 && !tcp_query_waiting(connection))
+		log_debug("TCP client ended its input in the middle of a message");
+	tcp_process(connection);
 }
 
 static void
@@ -541,7 +623,11 @@ tcp_readable(struct ev_loop *loop, ev_io *io, int revents)
 		   room);
 	if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
 		return;
-	if (got <= 0) {
+	if (got == 0) {
+		tcp_input_end(connection);
+		return;
+	}
+	if (got < 0) {
 		tcp_connection_close(connection);
 		return;
 	}
@@ -593,6 +679,10 @@ tcp_idle(struct ev_loop *loop, ev_timer *timer, int revents)
 	/* A client with answers still to come is waiting, not idle. */
 	if (connection->pending > 0) {
 		tcp_touch(connection);
+		return;
+	}
+	if (connection->input_ended && tcp_all_answered(connection)) {
+		tcp_finish(connection);
 		return;
 	}
 	totals.tcp_closed[TCP_CLOSED_IDLE]++;
