@@ -60,7 +60,7 @@ struct listener {
 	int tcp_fd;
 	int reused;		/* carried over from the previous server */
 	int pending;		/* forwarded queries to answer from udp_fd */
-	int closed;		/* freed when pending reaches 0 */
+	int closed;		/* in draining_listeners; freed when pending is 0 */
 	ev_io udp_io;
 	ev_io tcp_io;
 	struct dns_server *server;
@@ -980,9 +980,29 @@ open_socket(const struct endpoint *endpoint, int type)
 	return fd;
 }
 
+/*
+ * Listeners a reload has closed whose UDP socket still has forwarded
+ * queries to answer.  They belong to no server: a reload may replace the
+ * server, and at a stop the last replies come after it is gone.
+ */
+static struct listener *draining_listeners;
+
+static int
+same_endpoint(const struct endpoint *a, const struct endpoint *b)
+{
+	return a->addr_len == b->addr_len &&
+	    memcmp(&a->addr, &b->addr, a->addr_len) == 0;
+}
+
 static void
 listener_free(struct listener *listener)
 {
+	for (struct listener **link = &draining_listeners; *link;
+	     link = &(*link)->next)
+		if (*link == listener) {
+			*link = listener->next;
+			break;
+		}
 	close(listener->udp_fd);
 	free(listener);
 }
@@ -998,9 +1018,14 @@ listener_close(struct dns_server *server, struct listener *listener)
 	ev_io_stop(server->loop, &listener->udp_io);
 	ev_io_stop(server->loop, &listener->tcp_io);
 	close(listener->tcp_fd);
+	listener->tcp_fd = -1;
 	listener->closed = 1;
-	if (listener->pending == 0)
+	if (listener->pending == 0) {
 		listener_free(listener);
+		return;
+	}
+	listener->next = draining_listeners;
+	draining_listeners = listener;
 }
 
 static void
@@ -1053,9 +1078,7 @@ listener_reuse(struct dns_server *previous, const struct endpoint *endpoint)
 	for (link = &previous->listeners; *link; link = &(*link)->next) {
 		struct listener *listener = *link;
 
-		if (listener->endpoint.addr_len == endpoint->addr_len &&
-		    memcmp(&listener->endpoint.addr, &endpoint->addr,
-			   endpoint->addr_len) == 0) {
+		if (same_endpoint(&listener->endpoint, endpoint)) {
 			*link = listener->next;
 			ev_io_stop(previous->loop, &listener->udp_io);
 			ev_io_stop(previous->loop, &listener->tcp_io);
@@ -1064,6 +1087,55 @@ listener_reuse(struct dns_server *previous, const struct endpoint *endpoint)
 		}
 	}
 	return NULL;
+}
+
+/* Where draining_listeners holds a listener on endpoint; NULL if none. */
+static struct listener **
+draining_find(const struct endpoint *endpoint)
+{
+	for (struct listener **link = &draining_listeners; *link;
+	     link = &(*link)->next)
+		if (same_endpoint(&(*link)->endpoint, endpoint))
+			return link;
+	return NULL;
+}
+
+/*
+ * A reload that moves the port back while replies are still due from the
+ * old socket takes that socket back (a second one cannot be bound to its
+ * address); only its TCP socket, closed with it, is opened anew.  The
+ * replies still leave from it, as their clients expect.
+ */
+static struct listener *
+listener_revive(struct listener **link)
+{
+	struct listener *listener = *link;
+
+	listener->tcp_fd = open_socket(&listener->endpoint, SOCK_STREAM);
+	if (listener->tcp_fd < 0) {
+		log_error("cannot listen on %s (TCP): %s",
+			  listener->endpoint.text, strerror(errno));
+		return NULL;
+	}
+	*link = listener->next;
+	listener->next = NULL;
+	listener->closed = 0;
+	return listener;
+}
+
+/* The previous server's listener on endpoint, one draining, or a new one. */
+static struct listener *
+listener_get(struct dns_server *previous, const struct endpoint *endpoint)
+{
+	struct listener *listener = listener_reuse(previous, endpoint);
+	struct listener **draining;
+
+	if (listener)
+		return listener;
+	draining = draining_find(endpoint);
+	if (draining)
+		return listener_revive(draining);
+	return listener_open(endpoint);
 }
 
 static void
@@ -1205,14 +1277,11 @@ dns_server_start(struct ev_loop *loop, const struct config *config,
 		struct listener *listener = NULL;
 
 		for (struct listener *l = server->listeners; l; l = l->next)
-			if (memcmp(&l->endpoint.addr, &endpoints[i].addr,
-				   endpoints[i].addr_len) == 0)
+			if (same_endpoint(&l->endpoint, &endpoints[i]))
 				listener = l;
 		if (listener)
 			continue;	/* listed twice */
-		listener = listener_reuse(previous, &endpoints[i]);
-		if (!listener)
-			listener = listener_open(&endpoints[i]);
+		listener = listener_get(previous, &endpoints[i]);
 		if (!listener)
 			goto fail;
 		listener->next = server->listeners;
