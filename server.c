@@ -540,7 +540,7 @@ tcp_finish(struct tcp_connection *connection)
 
 /*
  * Reads on while under the bound.  After the client's EOF there is nothing
- * more to read: the connection closes once every answer is written.
+ * more to read: the connection finishes once every answer is written.
  */
 static void
 tcp_read_on_or_finish(struct tcp_connection *connection)
@@ -584,8 +584,8 @@ tcp_process(struct tcp_connection *connection)
  * A client that shuts down its sending side (shutdown(SHUT_WR)) still
  * waits for the answers to what it sent: the queries read before its EOF
  * are answered, forwarded ones when their reply comes, and the connection
- * closes once the last answer is written.  A client that does not read
- * them is still reset by the idle timeout or the output caps.
+ * closes once the last answer is sent (tcp_finish).  A client that does
+ * not read them is still reset by the idle timeout or the output caps.
  */
 static void
 tcp_input_end(struct tcp_connection *connection)
