@@ -44,6 +44,9 @@
 #define TCP_OUTPUT_TOTAL (16 * 1024 * 1024)
 #define TCP_OUTPUT_KEPT 4096	/* a larger buffer is freed when empty */
 #define TCP_PENDING_LIMIT 32
+/* A client that has ended its input and whose window is full is looked at
+ * this often, to close the connection once the kernel has sent the rest. */
+#define TCP_DRAIN_POLL 0.05
 /* Out of descriptors, accepting is tried again after this or a close. */
 #define ACCEPT_RETRY 0.1
 /* Accepting works again once it has for this long without a failure: as
@@ -57,7 +60,7 @@ struct listener {
 	int tcp_fd;
 	int reused;		/* carried over from the previous server */
 	int pending;		/* forwarded queries to answer from udp_fd */
-	int closed;		/* freed when pending reaches 0 */
+	int closed;		/* in draining_listeners; freed when pending is 0 */
 	ev_io udp_io;
 	ev_io tcp_io;
 	struct dns_server *server;
@@ -78,6 +81,7 @@ struct tcp_connection {
 	size_t output_size;
 	int pending;		/* forwarded queries not yet answered */
 	int busy;		/* a function up the stack uses it: not freed */
+	int input_ended;	/* the client shut down its sending side */
 	int closed;		/* socket gone; freed when pending reaches 0 */
 	struct dns_server *server;
 	struct tcp_connection *prev, *next;
@@ -488,6 +492,74 @@ tcp_query_waiting(const struct tcp_connection *connection)
 						  connection->input[1]);
 }
 
+/* Nothing read from the client is still to be answered or written. */
+static int
+tcp_all_answered(const struct tcp_connection *connection)
+{
+	return connection->pending == 0 && connection->output_len == 0 &&
+	    !tcp_query_waiting(connection);
+}
+
+/* Bytes the kernel holds because the client's window has no room for them. */
+static int
+tcp_kernel_unsent(const struct tcp_connection *connection)
+{
+	int unsent = 0;
+
+	if (ioctl(connection->fd, SIOCOUTQNSD, &unsent) != 0)
+		return 0;
+	return unsent;
+}
+
+/*
+ * After the client's EOF, once the last answer is written: the connection
+ * closes when the kernel has sent what it holds.  Closing before would
+ * leave the kernel keeping answers for a client that does not read them,
+ * past the idle timeout that resets such a client; so until then it is
+ * looked at every TCP_DRAIN_POLL, and reset tcp_idle_timeout after its
+ * last activity.
+ */
+static void
+tcp_finish(struct tcp_connection *connection)
+{
+	struct dns_server *server = connection->server;
+
+	if (tcp_kernel_unsent(connection) == 0) {
+		tcp_connection_close(connection);
+		return;
+	}
+	if (ev_now(server->loop) - connection->last_active >=
+	    server->idle_timeout) {
+		totals.tcp_closed[TCP_CLOSED_IDLE]++;
+		tcp_connection_abort(connection);
+		return;
+	}
+	connection->idle.repeat = TCP_DRAIN_POLL;
+	ev_timer_again(server->loop, &connection->idle);
+}
+
+/*
+ * Reads on while under the bound.  After the client's EOF there is nothing
+ * more to read: the connection finishes once every answer is written.
+ */
+static void
+tcp_read_on_or_finish(struct tcp_connection *connection)
+{
+	struct ev_loop *loop = connection->server->loop;
+
+	if (connection->closed)
+		return;
+	if (connection->input_ended) {
+		if (tcp_all_answered(connection))
+			tcp_finish(connection);
+		return;
+	}
+	if (tcp_over_bound(connection))
+		ev_io_stop(loop, &connection->read_io);
+	else
+		ev_io_start(loop, &connection->read_io);
+}
+
 /*
  * Answers and writes until the connection is over its bound or has no
  * whole query left, and reads on only while under it: a client that does
@@ -496,8 +568,6 @@ tcp_query_waiting(const struct tcp_connection *connection)
 static void
 tcp_process(struct tcp_connection *connection)
 {
-	struct dns_server *server = connection->server;
-
 	connection->busy++;
 	do {
 		tcp_answer_input(connection);
@@ -505,14 +575,26 @@ tcp_process(struct tcp_connection *connection)
 			tcp_flush(connection);
 	} while (!connection->closed && !tcp_over_bound(connection) &&
 		 tcp_query_waiting(connection));
-	if (!connection->closed) {
-		if (tcp_over_bound(connection))
-			ev_io_stop(server->loop, &connection->read_io);
-		else
-			ev_io_start(server->loop, &connection->read_io);
-	}
+	tcp_read_on_or_finish(connection);
 	connection->busy--;
 	tcp_connection_release(connection);
+}
+
+/*
+ * A client that shuts down its sending side (shutdown(SHUT_WR)) still
+ * waits for the answers to what it sent: the queries read before its EOF
+ * are answered, forwarded ones when their reply comes, and the connection
+ * closes once the last answer is sent (tcp_finish).  A client that does
+ * not read them is still reset by the idle timeout or the output caps.
+ */
+static void
+tcp_input_end(struct tcp_connection *connection)
+{
+	connection->input_ended = 1;
+	ev_io_stop(connection->server->loop, &connection->read_io);
+	if (connection->input_len > 0 && !tcp_query_waiting(connection))
+		log_debug("TCP client ended its input in the middle of a message");
+	tcp_process(connection);
 }
 
 static void
@@ -541,7 +623,11 @@ tcp_readable(struct ev_loop *loop, ev_io *io, int revents)
 		   room);
 	if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
 		return;
-	if (got <= 0) {
+	if (got == 0) {
+		tcp_input_end(connection);
+		return;
+	}
+	if (got < 0) {
 		tcp_connection_close(connection);
 		return;
 	}
@@ -593,6 +679,10 @@ tcp_idle(struct ev_loop *loop, ev_timer *timer, int revents)
 	/* A client with answers still to come is waiting, not idle. */
 	if (connection->pending > 0) {
 		tcp_touch(connection);
+		return;
+	}
+	if (connection->input_ended && tcp_all_answered(connection)) {
+		tcp_finish(connection);
 		return;
 	}
 	totals.tcp_closed[TCP_CLOSED_IDLE]++;
@@ -890,9 +980,29 @@ open_socket(const struct endpoint *endpoint, int type)
 	return fd;
 }
 
+/*
+ * Listeners a reload has closed whose UDP socket still has forwarded
+ * queries to answer.  They belong to no server: a reload may replace the
+ * server, and at a stop the last replies come after it is gone.
+ */
+static struct listener *draining_listeners;
+
+static int
+same_endpoint(const struct endpoint *a, const struct endpoint *b)
+{
+	return a->addr_len == b->addr_len &&
+	    memcmp(&a->addr, &b->addr, a->addr_len) == 0;
+}
+
 static void
 listener_free(struct listener *listener)
 {
+	for (struct listener **link = &draining_listeners; *link;
+	     link = &(*link)->next)
+		if (*link == listener) {
+			*link = listener->next;
+			break;
+		}
 	close(listener->udp_fd);
 	free(listener);
 }
@@ -908,9 +1018,14 @@ listener_close(struct dns_server *server, struct listener *listener)
 	ev_io_stop(server->loop, &listener->udp_io);
 	ev_io_stop(server->loop, &listener->tcp_io);
 	close(listener->tcp_fd);
+	listener->tcp_fd = -1;
 	listener->closed = 1;
-	if (listener->pending == 0)
+	if (listener->pending == 0) {
 		listener_free(listener);
+		return;
+	}
+	listener->next = draining_listeners;
+	draining_listeners = listener;
 }
 
 static void
@@ -963,9 +1078,7 @@ listener_reuse(struct dns_server *previous, const struct endpoint *endpoint)
 	for (link = &previous->listeners; *link; link = &(*link)->next) {
 		struct listener *listener = *link;
 
-		if (listener->endpoint.addr_len == endpoint->addr_len &&
-		    memcmp(&listener->endpoint.addr, &endpoint->addr,
-			   endpoint->addr_len) == 0) {
+		if (same_endpoint(&listener->endpoint, endpoint)) {
 			*link = listener->next;
 			ev_io_stop(previous->loop, &listener->udp_io);
 			ev_io_stop(previous->loop, &listener->tcp_io);
@@ -974,6 +1087,55 @@ listener_reuse(struct dns_server *previous, const struct endpoint *endpoint)
 		}
 	}
 	return NULL;
+}
+
+/* Where draining_listeners holds a listener on endpoint; NULL if none. */
+static struct listener **
+draining_find(const struct endpoint *endpoint)
+{
+	for (struct listener **link = &draining_listeners; *link;
+	     link = &(*link)->next)
+		if (same_endpoint(&(*link)->endpoint, endpoint))
+			return link;
+	return NULL;
+}
+
+/*
+ * A reload that moves the port back while replies are still due from the
+ * old socket takes that socket back (a second one cannot be bound to its
+ * address); only its TCP socket, closed with it, is opened anew.  The
+ * replies still leave from it, as their clients expect.
+ */
+static struct listener *
+listener_revive(struct listener **link)
+{
+	struct listener *listener = *link;
+
+	listener->tcp_fd = open_socket(&listener->endpoint, SOCK_STREAM);
+	if (listener->tcp_fd < 0) {
+		log_error("cannot listen on %s (TCP): %s",
+			  listener->endpoint.text, strerror(errno));
+		return NULL;
+	}
+	*link = listener->next;
+	listener->next = NULL;
+	listener->closed = 0;
+	return listener;
+}
+
+/* The previous server's listener on endpoint, one draining, or a new one. */
+static struct listener *
+listener_get(struct dns_server *previous, const struct endpoint *endpoint)
+{
+	struct listener *listener = listener_reuse(previous, endpoint);
+	struct listener **draining;
+
+	if (listener)
+		return listener;
+	draining = draining_find(endpoint);
+	if (draining)
+		return listener_revive(draining);
+	return listener_open(endpoint);
 }
 
 static void
@@ -1115,14 +1277,11 @@ dns_server_start(struct ev_loop *loop, const struct config *config,
 		struct listener *listener = NULL;
 
 		for (struct listener *l = server->listeners; l; l = l->next)
-			if (memcmp(&l->endpoint.addr, &endpoints[i].addr,
-				   endpoints[i].addr_len) == 0)
+			if (same_endpoint(&l->endpoint, &endpoints[i]))
 				listener = l;
 		if (listener)
 			continue;	/* listed twice */
-		listener = listener_reuse(previous, &endpoints[i]);
-		if (!listener)
-			listener = listener_open(&endpoints[i]);
+		listener = listener_get(previous, &endpoints[i]);
 		if (!listener)
 			goto fail;
 		listener->next = server->listeners;

@@ -679,7 +679,8 @@ class ScriptedUpstream:
     """A UDP nameserver in a thread of the test: it records every query it
     receives (ID, source port, name) and answers A queries with `address`,
     or stays silent while `silent` is set, after `delay` seconds when that
-    is set.  `spoof` makes it send, before
+    is set, or when release() is called while `hold` is set.  `spoof`
+    makes it send, before
     each real reply, one with the wrong ID and one for another question,
     both carrying `spoof_address`: neither may reach the client."""
 
@@ -689,6 +690,8 @@ class ScriptedUpstream:
         self.address = address
         self.silent = silent
         self.delay = 0.0
+        self.hold = False
+        self.held = []              # (reply, peer) kept while hold is set
         self.spoof = False
         self.spoof_address = "192.0.2.66"
         self.received = []          # (id, source port, lower-case name)
@@ -750,11 +753,23 @@ class ScriptedUpstream:
                 for bogus in (wrong_id, wrong_question):
                     self.sock.sendto(bogus.to_wire(), peer)
             reply = self._reply(q, self.address).to_wire()
+            with self.lock:
+                if self.hold:
+                    self.held.append((reply, peer))
+                    continue
             if self.delay:
                 import threading
                 threading.Timer(self.delay, self._send_late, (reply, peer)).start()
             else:
                 self.sock.sendto(reply, peer)
+
+    def release(self):
+        """Sends the replies held, and answers at once from now on."""
+        with self.lock:
+            self.hold = False
+            held, self.held = self.held, []
+        for reply, peer in held:
+            self._send_late(reply, peer)
 
     def _send_late(self, reply, peer):
         try:

@@ -4,10 +4,14 @@ client queries without pause; an invalid file; what survives a reload."""
 
 import os
 import re
+import select
 import signal
+import socket
 import time
 
+import dns.exception
 import dns.flags
+import dns.message
 import pytest
 
 import harness
@@ -199,6 +203,80 @@ def test_reload_under_load(workdir, start_hard, start_http, start_upstream):
     late = [r for r in loop.results if r[1] - r[0] > 0.5 and r[4] != "TIMEOUT"]
     assert not late, "slow answers during reloads: %s" % late[:5]
     assert len(summaries(h)) == 6, log_lines(h, SUMMARY)
+
+
+def ask_from_own_socket(h, port, qid):
+    """Sends a forwarded name's query to hard's port from a socket of its
+    own, whose reply the caller waits for; returns the socket."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((h.addr, 0))
+    s.sendto(harness.make_query("fwd.test", qid=qid).to_wire(), (h.addr, port))
+    return s
+
+
+def wait_reload(h, count):
+    """Waits for the count-th reload summary, failing at once on a failed
+    reload."""
+    harness.wait_until(lambda: len(summaries(h)) >= count
+                       or log_lines(h, r"reload .*failed"), timeout=5,
+                       what="reload %d" % count)
+    assert not log_lines(h, r"reload .*failed"), h.log()[-2000:]
+
+
+def test_reload_moves_the_port_back_while_forwards_are_pending(
+        start_hard, start_scripted_upstream):
+    """A query forwarded from port A waits for its upstream while a reload
+    moves the port to B and another moves it back to A.  The second reload
+    binds A again (it failed with "Address already in use" while A's socket
+    was kept for the pending reply), A answers again, B no longer, and the
+    replies pending on A and on B leave from the port they were asked on."""
+    up = start_scripted_upstream()
+    up.hold = True
+    body = name_block("here.test", [("a", "http://%s:%d/" % (
+        A, harness.dead_port(A)))], failure_mode="all", check_frequency=60)
+    # long timeouts: the forwards wait for release(), with no second try
+    extra = "resolver_timeout = 20\nresolver_total_timeout = 30\n"
+    h = start_hard(body, upstream=up, extra=extra)
+    port_a, port_b = h.port, harness.free_port()
+    clients = {port_a: ask_from_own_socket(h, port_a, 0xA)}
+    try:
+        harness.wait_until(lambda: len(up.queries("fwd.test.")) == 1,
+                           what="the forward from A at the upstream")
+        reload(h, body, up, port=port_b, extra=extra)
+        wait_reload(h, 1)
+        h.port = port_b
+        assert answer(h, "here.test") == [A]
+        clients[port_b] = ask_from_own_socket(h, port_b, 0xB)
+        harness.wait_until(lambda: len(up.queries("fwd.test.")) == 2,
+                           what="the forward from B at the upstream")
+
+        reload(h, body, up, port=port_a, extra=extra)
+        wait_reload(h, 2)
+        h.port = port_a
+        assert "listeners re-bound" in log_lines(h, SUMMARY)[-1]
+        assert answer(h, "here.test") == [A]
+        assert answer(h, "here.test", tcp=True) == [A]
+        with pytest.raises(OSError):
+            harness.tcp_connect(h.addr, port_b, timeout=0.5).close()
+        with pytest.raises(dns.exception.Timeout):
+            harness.query_at(h.addr, port_b, "here.test", timeout=0.5)
+        waiting, _, _ = select.select(list(clients.values()), [], [], 0)
+        assert not waiting, "a forward was answered before its upstream replied"
+
+        up.release()
+        for port, client in clients.items():
+            client.settimeout(10)
+            data, source = client.recvfrom(65535)
+            assert source == (h.addr, port), \
+                "the reply to a query sent to port %d came from %s" % (port, source)
+            reply = dns.message.from_wire(data)
+            assert reply.id == (0xA if port == port_a else 0xB)
+            got = addresses(reply) or harness.rcode_text(reply)
+            assert got in (["192.0.2.77"], "SERVFAIL"), got
+    finally:
+        for client in clients.values():
+            client.close()
+    h.assert_alive()
 
 
 def test_reload_invalid_file_keeps_old(workdir, start_hard, start_http, up_default):

@@ -8,6 +8,7 @@ import socket
 import time
 
 import dns.flags
+import dns.message
 import pytest
 
 import harness
@@ -29,6 +30,13 @@ name www.test {
 def hard(start_hard, upstream):
     return start_hard(BODY % {"dead": harness.dead_port()}, upstream=upstream,
                       extra="tcp_idle_timeout = 1\ntcp_max_connections = 2\n")
+
+
+@pytest.fixture
+def capped(start_hard, upstream):
+    """A long idle timeout, so only the cap closes connections."""
+    return start_hard(BODY % {"dead": harness.dead_port()}, upstream=upstream,
+                      extra="tcp_idle_timeout = 30\ntcp_max_connections = 2\n")
 
 
 def test_pipelined_a_and_aaaa(hard):
@@ -65,6 +73,49 @@ def test_pipelined_mixed_local_and_forwarded(hard):
     assert harness.rcode_text(replies[4]) == "NXDOMAIN"
     for q in queries:
         assert replies[q.id].question == q.question
+
+
+def read_until_eof(sock, timeout=10):
+    """Every message the peer sends until it closes; EOFError for a message
+    cut short, ConnectionResetError for a reset."""
+    sock.settimeout(timeout)
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    messages = []
+    while data:
+        assert len(data) >= 2, "%d stray bytes before EOF" % len(data)
+        length = int.from_bytes(data[:2], "big")
+        if len(data) < 2 + length:
+            raise EOFError("closed in the middle of a %d-byte message" % length)
+        messages.append(dns.message.from_wire(data[2:2 + length]))
+        data = data[2 + length:]
+    return messages
+
+
+def test_half_close_gets_every_answer_then_eof(capped):
+    """A client that sends its queries and then shuts down its sending side
+    (shutdown(SHUT_WR)) gets the answers to all of them, the forwarded ones
+    too, and then the connection closes (well before tcp_idle_timeout, 30 s:
+    hard closes it, not its idle timer)."""
+    hard = capped
+    queries = [harness.make_query("www.test", "A", qid=31),
+               harness.make_query("fwd.test", "A", qid=32),
+               harness.make_query("txt.test", "TXT", qid=33)]
+    with hard.tcp() as s:
+        s.sendall(b"".join(len(w).to_bytes(2, "big") + w
+                           for w in (q.to_wire() for q in queries)))
+        s.shutdown(socket.SHUT_WR)
+        replies = {r.id: r for r in read_until_eof(s)}
+    assert sorted(replies) == [31, 32, 33], \
+        "answers before EOF: %s" % sorted(replies)
+    assert addresses(replies[31]) == ["127.0.1.1"]
+    assert addresses(replies[32]) == ["192.0.2.1"]
+    assert harness.rcode_text(replies[33]) == "NOERROR" and replies[33].answer
+    hard.assert_alive()
 
 
 def test_sequential_queries_on_one_connection(hard):
@@ -111,13 +162,6 @@ def test_idle_timer_restarts_after_a_query(hard):
         assert tcp_recv(s).id == 2
         harness.wait_until(lambda: harness.closed_by_peer(s, 0.1), timeout=4,
                            what="idle close")
-
-
-@pytest.fixture
-def capped(start_hard, upstream):
-    """A long idle timeout, so only the cap closes connections."""
-    return start_hard(BODY % {"dead": harness.dead_port()}, upstream=upstream,
-                      extra="tcp_idle_timeout = 30\ntcp_max_connections = 2\n")
 
 
 def test_connection_cap_never_stalls_new_clients(capped):
@@ -370,12 +414,22 @@ def test_forwarded_queries_in_flight_per_connection_are_bounded(start_hard):
         counting.stop()
 
 
-def test_pipelined_forwarded_queries_beyond_the_bound_are_all_answered(hard):
+@pytest.mark.parametrize("half_close", [False, True])
+def test_pipelined_forwarded_queries_beyond_the_bound_are_all_answered(hard,
+                                                                       half_close):
+    """With half_close, the queries hard has not read yet when the client
+    shuts down its side (over 32 in flight, the rest wait) are answered
+    too, and then the connection closes."""
     with hard.tcp() as s:
         s.sendall(b"".join(framed("fwd.test", "A", 1000, 100)))
-        s.settimeout(5)
-        replies = [tcp_recv(s) for _ in range(100)]
-    assert sorted(r.id for r in replies) == list(range(1000, 1100))
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+            replies = read_until_eof(s)
+        else:
+            s.settimeout(5)
+            replies = [tcp_recv(s) for _ in range(100)]
+    assert sorted(r.id for r in replies) == list(range(1000, 1100)), \
+        "%d of 100 answered" % len(replies)
     assert all(addresses(r) == ["192.0.2.1"] for r in replies)
 
 
@@ -388,17 +442,22 @@ def connection_reset(sock):
     return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] == TCP_CLOSE
 
 
+@pytest.mark.parametrize("half_close", [False, True])
 def test_client_that_reads_nothing_is_reset_after_idle_timeout(start_hard,
-                                                               upstream):
+                                                               upstream,
+                                                               half_close):
     """Its answers stop flowing, so the connection is idle: after
     tcp_idle_timeout it is reset, which frees the kernel's queue too (a
-    FIN would wait behind answers the client never reads)."""
+    FIN would wait behind answers the client never reads).  Shutting down
+    its sending side changes nothing to that."""
     hard = start_hard(big_body(harness.dead_port()), upstream=upstream,
                       extra="tcp_idle_timeout = 1\n")
     with hard.tcp() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sent = send_without_reading(s, framed("big.test", "A", 0, 200), 2)
         assert sent > 50
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
         harness.wait_until(lambda: connection_reset(s), timeout=5,
                            what="the connection to be reset")
     prompt_answers(hard)
