@@ -23,7 +23,8 @@
  * interval differs; the grid, not the previous check, anchors each one.
  * An address with unknown health is checked at once (spread over at most
  * a second by its phase) and joins the grid after that; one restored
- * from the data file is first checked at its grid time.  A check that
+ * from the data file is first checked at its grid time, unless its last
+ * check is older than the interval, when it is checked at once too.  A check that
  * disagrees with the address's health (see schedule_disagrees) is
  * followed by a recheck after recheck_frequency instead.
  */
@@ -499,13 +500,31 @@ assign_phase(struct address *address)
 	address->has_phase = 1;
 }
 
-/* Unknown: at once; restored from the data file: at its grid time. */
+/*
+ * State restored from a check older than the interval (hard stopped for
+ * longer, a reboot, a clock that went back) says nothing of the server
+ * now: a server that died or came back meanwhile would be answered
+ * wrongly until its grid time, up to a whole interval after the start.
+ */
+static int
+restored_recently(const struct address *address, double period)
+{
+	double age = wall_now() - address->last_check_time;
+
+	return address->health != HEALTH_UNKNOWN && age >= 0 && age <= period;
+}
+
+/*
+ * Unknown, or restored from an old check: at once (spread over at most a
+ * second by the phase); restored from a recent one: at its grid time, so
+ * a fleet restarted together still checks evenly.
+ */
 static void
 schedule_first_check(struct address *address)
 {
 	const struct name *name = address->candidate->name;
 	double period = schedule_period(name);
-	int restored = address->health != HEALTH_UNKNOWN;
+	int restored = restored_recently(address, period);
 
 	assign_phase(address);
 	address->rechecking = 0;

@@ -511,3 +511,50 @@ def test_reload_counts_a_changed_schedule_option(start_hard, up):
         lines = wait_log(h, r"reloaded .*: 1 names \(", count=count)
         assert lines[-1].endswith("(0 added, 0 removed, 1 changed)"), \
             (option, lines[-1])
+
+
+def age_recorded_checks(db, seconds):
+    """As if hard had been stopped `seconds` longer: every recorded check
+    moved that far into the past."""
+    sql(db, "UPDATE candidates SET last_check_time = last_check_time - %d"
+        % seconds, readonly=False)
+
+
+@pytest.mark.parametrize("server_while_stopped", ["died", "came_back"])
+def test_state_older_than_the_interval_is_checked_at_once(
+        workdir, start_hard, start_http, up, server_while_stopped):
+    """check_frequency 300: a restored address whose last check is older
+    than that (hard stopped for 10 minutes) is checked at once, not at its
+    place in the interval.  A server that died while hard was stopped
+    leaves the answers within about a check timeout of the start (SERVFAIL
+    here); one that came back is answered once its first check passes."""
+    server = start_http(A)
+    if server_while_stopped == "came_back":
+        server.set(status=503)
+    db = os.path.join(workdir, "state.db")
+    body = """
+name stale.test {
+    check_frequency = 300
+    check_timeout = 1
+    failure_mode = servfail
+    candidate a { check_address = "%s" }
+}
+""" % server.url()
+    h = start_hard(body, upstream=up, data_file=db)
+    before = [A] if server_while_stopped == "died" else "SERVFAIL"
+    wait_answer(h, "stale.test", before)
+    healthy = 1 if server_while_stopped == "died" else 0
+    harness.wait_until(lambda: sql(db, "SELECT healthy FROM candidates") ==
+                       [{"healthy": healthy}], 5, what="the check in the file")
+    assert h.stop() == 0
+    age_recorded_checks(db, 600)
+    if server_while_stopped == "died":
+        server.stop()
+    else:
+        server.set(status=200)
+    after = "SERVFAIL" if server_while_stopped == "died" else [A]
+    h = start_hard(body, upstream=up, data_file=db)
+    # 1 s of spread, 1 s of check timeout; at its place in a 300 s
+    # interval the first check would come minutes later (or by chance
+    # sooner: a 3% chance that the old behaviour passes this bound).
+    wait_answer(h, "stale.test", after, timeout=10)
