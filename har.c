@@ -439,30 +439,46 @@ reload(void)
 	return 0;
 }
 
+/* "3 names", "1 name": the start's log line and the service status. */
+static const char *
+names_word(int count)
+{
+	return count == 1 ? "name" : "names";
+}
+
 /*
  * The manager shows it with the unit's state: what hard answers now, and
  * that its state is in memory only while the data file cannot be opened.
  */
 static void
-notify_answering(const char *before)
+format_status(char *out, size_t size)
 {
 	const char *problem = store_problem();
 
-	notify_ready("%sanswering %d names on port %d%s%s%s", before,
-		     running_config->name_count, running_config->listen_port,
-		     problem[0] ? "; state in memory only, data file: " : "",
-		     problem, problem[0] ? " (retrying)" : "");
+	snprintf(out, size, "answering %d %s on port %d%s%s%s",
+		 running_config->name_count,
+		 names_word(running_config->name_count),
+		 running_config->listen_port,
+		 problem[0] ? "; state in memory only, data file: " : "",
+		 problem, problem[0] ? " (retrying)" : "");
+}
+
+static void
+notify_answering(const char *before)
+{
+	char status[512];
+
+	format_status(status, sizeof(status));
+	notify_ready("%s%s", before, status);
 }
 
 static void
 on_store_problem(void)
 {
-	const char *problem = store_problem();
+	char status[512];
 
-	notify_status("answering %d names on port %d%s%s%s",
-		      running_config->name_count, running_config->listen_port,
-		      problem[0] ? "; state in memory only, data file: " : "",
-		      problem, problem[0] ? " (retrying)" : "");
+	format_status(status, sizeof(status));
+	notify_status("%s", status);
 }
 
 /* RELOADING=1, then READY=1 whatever the outcome: hard keeps answering. */
@@ -636,8 +652,10 @@ main(int argc, char **argv)
 			warn_if_pid_file_stays(options.pid_file, user);
 	}
 	store_start();
-	log_info("hard %s answering %d names on port %d", HAR_VERSION,
-		 running_config->name_count, running_config->listen_port);
+	log_info("hard %s answering %d %s on port %d", HAR_VERSION,
+		 running_config->name_count,
+		 names_word(running_config->name_count),
+		 running_config->listen_port);
 	/* Listeners bound, data file open, detached, privileges dropped:
 	 * a query sent now is answered (the kernel holds it until the loop
 	 * runs), so the service manager may call hard ready. */

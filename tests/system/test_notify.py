@@ -157,7 +157,7 @@ def test_ready_once_answering(start_hard, up, listeners, kind):
     assert listener.received == [ready], listener.received
     assert ready.pid == h.pid, ready
     assert ready.fields == {"READY": "1",
-                            "STATUS": "answering 1 names on port %d" % h.port}, ready
+                            "STATUS": "answering 1 name on port %d" % h.port}, ready
     assert listener.drain(0.3) == []
     assert h.stop() == 0
 
@@ -243,12 +243,12 @@ def test_status_says_the_state_is_in_memory_only(workdir, start_hard, up, listen
                    env=listener.env)
     ready = listener.wait_for("READY", h)
     assert ready.fields["STATUS"] == (
-        "answering 1 names on port %d; state in memory only, data file: "
+        "answering 1 name on port %d; state in memory only, data file: "
         "not a regular file (retrying)" % h.port), ready
     assert first_answer(h, "f.test") == [A]
     os.unlink(data_file)
     status = listener.wait_for("STATUS", h, timeout=15)
-    assert status.text == "STATUS=answering 1 names on port %d\n" % h.port, status
+    assert status.text == "STATUS=answering 1 name on port %d\n" % h.port, status
     assert os.path.isfile(data_file)
 
 
