@@ -10,6 +10,7 @@ pushed.  What still stops a start is tested in test_config.py (the port
 taken, an invalid configuration)."""
 
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -55,14 +56,20 @@ def write_config(path, up, data_file, port=None, extra=""):
     return path
 
 
-AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+def run_hard_as(as_nobody, *args, **kw):
+    """hard with args, run to its end as nobody (setpriv) or as the
+    test's user."""
+    if as_nobody:
+        return subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup",
+                               "--clear-groups", harness.HARD, *args], **kw)
+    return subprocess.run([harness.HARD, *args], **kw)
 
 
-def check_only(conf, *args, prefix=()):
+def check_only(conf, *args, as_nobody=False):
     """`hard -t`: must refuse; returns its one line of standard error."""
-    r = subprocess.run([*prefix, harness.HARD, "-t", *args, "-c", conf],
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                       timeout=10)
+    r = run_hard_as(as_nobody, "-t", *args, "-c", conf,
+                    stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                    timeout=10)
     assert r.returncode == 1, "-t exit %d: %s%s" % (r.returncode, r.stdout, r.stderr)
     lines = r.stderr.splitlines()
     assert len(lines) == 1, r.stderr
@@ -73,11 +80,14 @@ class Started:
     """hard started by the test itself (as another user, with setpriv),
     stopped by its pid."""
 
-    def __init__(self, conf, port, *args, prefix=()):
+    def __init__(self, conf, port, *args, as_nobody=False):
         self.port = port
         self.err = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen([*prefix, harness.HARD, "-f", *args, "-c", conf],
-                                     stdin=subprocess.DEVNULL,
+        argv = [harness.HARD, "-f", *args, "-c", conf]
+        if as_nobody:
+            argv = ["setpriv", "--reuid=nobody", "--regid=nogroup",
+                    "--clear-groups", *argv]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=self.err)
 
     def log(self):
@@ -158,9 +168,9 @@ def test_data_file_without_permission_does_not_stop_a_start(shared_dir, up):
     db = os.path.join(private, "har.db")
     port = harness.free_port()
     conf = write_config(os.path.join(shared_dir, "har.conf"), up, db, port)
-    assert check_only(conf, prefix=AS_NOBODY) == \
+    assert check_only(conf, as_nobody=True) == \
         '%s: data_file "%s": Permission denied' % (conf, db)
-    h = Started(conf, port, prefix=AS_NOBODY)
+    h = Started(conf, port, as_nobody=True)
     try:
         h.wait_answer()
         assert_logged_once(h.log(), db, "Permission denied")
@@ -186,13 +196,11 @@ def test_data_file_opens_once_it_can(shared_dir, up):
         pytest.skip("needs root to start hard as nobody")
     private = os.path.join(shared_dir, "private")
     os.mkdir(private, 0o000)
-    nobody = subprocess.run(["id", "-u", "nobody"], capture_output=True,
-                            text=True).stdout.strip()
-    os.chown(private, int(nobody), -1)
+    os.chown(private, pwd.getpwnam("nobody").pw_uid, -1)
     db = os.path.join(private, "har.db")
     port = harness.free_port()
     conf = write_config(os.path.join(shared_dir, "har.conf"), up, db, port)
-    h = Started(conf, port, prefix=AS_NOBODY)
+    h = Started(conf, port, as_nobody=True)
     try:
         h.wait_answer()
         assert_logged_once(h.log(), db, "Permission denied")
@@ -214,10 +222,10 @@ def test_user_without_the_privilege_to_change_is_a_warning(shared_dir, up):
     port = harness.free_port()
     conf = write_config(os.path.join(shared_dir, "har.conf"), up, "", port,
                         extra='user = "daemon"\n')
-    r = subprocess.run([*AS_NOBODY, harness.HARD, "-t", "-c", conf],
-                       capture_output=True, text=True, timeout=10)
+    r = run_hard_as(True, "-t", "-c", conf, capture_output=True, text=True,
+                    timeout=10)
     assert (r.returncode, r.stdout) == (0, "ok\n"), r.stderr
-    h = Started(conf, port, prefix=AS_NOBODY)
+    h = Started(conf, port, as_nobody=True)
     try:
         h.wait_answer()
         assert re.search(r"not started as root: cannot become user daemon, so "
