@@ -359,6 +359,20 @@ same_name(const struct config_name *a, const struct config_name *b)
 	return 1;
 }
 
+/*
+ * Every name already holds what it takes from defaults, so a changed
+ * default counts as a change of each name that takes it (and the names
+ * are rechecked or rescheduled as for their own change); "defaults
+ * changed" says why so many did.
+ */
+static int
+same_defaults(const struct config *a, const struct config *b)
+{
+	if (!a->defaults || !b->defaults)
+		return a->defaults == b->defaults;
+	return same_name(a->defaults, b->defaults);
+}
+
 static void
 log_reload_summary(const struct config *old, const struct config *fresh)
 {
@@ -376,8 +390,9 @@ log_reload_summary(const struct config *old, const struct config *fresh)
 	for (int i = 0; i < old->name_count; i++)
 		if (!find_config_name(fresh, old->names[i].title))
 			removed++;
-	log_info("reloaded %s: %d names (%d added, %d removed, %d changed)%s%s",
+	log_info("reloaded %s: %d names (%d added, %d removed, %d changed)%s%s%s",
 		 fresh->file, fresh->name_count, added, removed, changed,
+		 same_defaults(old, fresh) ? "" : ", defaults changed",
 		 same_endpoints(old, fresh) ? "" : ", listeners re-bound",
 		 same_upstream(old, fresh) ? "" : ", nameservers changed");
 }
