@@ -180,6 +180,19 @@ def test_repo_example_config_ok():
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
 
 
+def test_documents_agree_on_the_pid_file():
+    """The pid file the unit writes is the one every document reads
+    (issue 18 item 7: har.conf.example said /run/hard.pid)."""
+    with open(os.path.join(harness.REPO, "contrib", "har.service")) as f:
+        unit = re.search(r"^ExecStart=.* -p (\S+)", f.read(), re.M).group(1)
+    assert unit == "/run/har/hard.pid"
+    for document in ("har.conf.example", "README.md", "contrib/resolv.conf.md",
+                     "contrib/fleet/README.md"):
+        with open(os.path.join(harness.REPO, document)) as f:
+            named = set(re.findall(r"/run/\S*\.pid", f.read()))
+        assert named == {unit}, "%s names %s" % (document, sorted(named))
+
+
 # (replace this line of BASE, with this text, reason regex)
 BAD = {
     "unknown-selection-method": (5, "    selection_method = fastest", r"selection_method|fastest"),
