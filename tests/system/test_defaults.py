@@ -1,4 +1,4 @@
-"""The defaults section (issue 18 item 6, har.conf(5) DEFAULTS): options
+"""The defaults section (issue 18 item 6, har.conf(5) "Shared defaults"): options
 every name takes unless it sets them itself, seen through what a running
 hard does (the checks a server receives, the TTL and the health of the
 answers), and a reload that changes a default changing the names that
@@ -17,7 +17,7 @@ BODY = """
 defaults {
     check_frequency = %(frequency)s
     ttl = %(ttl)d
-    expect_status = { 204 }
+    expect_status = { %(expect)d }
     http_headers = { "X-Defaults: shared" }
     failure_mode = servfail
 }
@@ -33,9 +33,9 @@ name own.test {
 """
 
 
-def body(shared, own, frequency, ttl):
+def body(shared, own, frequency, ttl, expect=204):
     return BODY % {"shared": shared.url(), "own": own.url(),
-                   "frequency": frequency, "ttl": ttl}
+                   "frequency": frequency, "ttl": ttl, "expect": expect}
 
 
 def ttl_of(h, name):
@@ -76,24 +76,37 @@ def test_reload_of_a_default_changes_the_names_that_take_it(start_hard, start_ht
     h = start_hard(body(shared, own, 30, 42), upstream=upstream)
     wait_answer(h, "shared.test", [SHARED])
     wait_answer(h, "own.test", [OWN])
-    assert len(shared.requests_seen()) == 1
-    # The shared pace goes from 30 s to 0.2 s: shared.test's next check,
-    # 30 s away, moves onto the new pace as for a change in its own
-    # section; own.test, which sets both options, does not change.
-    reload(h, body(shared, own, 0.2, 99), upstream)
+
+    # The shared expect_status no longer accepts 204: shared.test is
+    # checked again at once (its pace is 30 s) and goes down; own.test,
+    # with a list of its own, does not change.
+    reload(h, body(shared, own, 30, 42, expect=200), upstream)
     line = wait_log(h, SUMMARY)[-1]
-    assert re.search(r"2 names \(0 added, 0 removed, 1 changed\), defaults changed",
+    assert re.search(r"2 names \(0 added, 0 removed, 1 changed\), defaults changed$",
                      line), line
-    harness.wait_until(lambda: len(shared.requests_seen()) >= 5, 10,
-                       what="shared.test checked at the new shared pace")
-    harness.wait_until(lambda: ttl_of(h, "shared.test") == 99, 5,
-                       what="shared.test answered with the new shared ttl")
-    assert ttl_of(h, "own.test") == 7
-    # A reload that leaves defaults as they are says nothing of them.
-    reload(h, body(shared, own, 0.2, 99), upstream)
+    wait_answer(h, "shared.test", "SERVFAIL")
+    assert harness.addresses(h.query("own.test")) == [OWN]
+
+    # The shared pace goes from 30 s to 0.2 s: shared.test's next check,
+    # up to 30 s away, moves onto the new pace as for a change in its own
+    # section, and finds its server good again.
+    shared.set(status=200)
+    seen = len(shared.requests_seen())
+    reload(h, body(shared, own, 0.2, 99, expect=200), upstream)
     line = wait_log(h, SUMMARY, 2)[-1]
+    assert re.search(r"\(0 added, 0 removed, 1 changed\), defaults changed$",
+                     line), line
+    harness.wait_until(lambda: len(shared.requests_seen()) >= seen + 5, 10,
+                       what="shared.test checked at the new shared pace")
+    wait_answer(h, "shared.test", [SHARED])
+    assert ttl_of(h, "shared.test") == 99
+    assert ttl_of(h, "own.test") == 7
+
+    # A reload that leaves defaults as they are says nothing of them.
+    reload(h, body(shared, own, 0.2, 99, expect=200), upstream)
+    line = wait_log(h, SUMMARY, 3)[-1]
     assert line.endswith("(0 added, 0 removed, 0 changed)"), line
-    assert len(log_lines(h, "defaults changed")) == 1
+    assert len(log_lines(h, "defaults changed")) == 2
 
 
 def test_bad_default_refused_at_its_line(workdir, start_hard, start_http, upstream):

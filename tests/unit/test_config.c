@@ -396,6 +396,7 @@ test_original_example(void)
 static void
 test_example_file(void)
 {
+	const struct config_name *www, *api, *db;
 	struct config *config;
 
 	if (access("har.conf.example", R_OK) != 0)
@@ -408,6 +409,21 @@ test_example_file(void)
 	CHECK_STR(config->file, "har.conf.example");
 	CHECK(config->name_count >= 1);
 	CHECK(find_name(config, "www.example.com") != NULL);
+	/* What its comments say the defaults section does. */
+	www = find_name(config, "www.example.com");
+	api = find_name(config, "api.example.com");
+	db = find_name(config, "db.example.com");
+	if (www && api && db) {
+		CHECK_DOUBLE(www->check_frequency, 30);
+		CHECK_DOUBLE(www->check_timeout, 2);
+		CHECK_DOUBLE(api->check_frequency, 10);
+		CHECK_DOUBLE(api->check_timeout, 2);
+		CHECK_INT(api->http_header_count, 1);
+		CHECK_INT(www->http_header_count, 1);
+		CHECK_INT(db->check_method, CHECK_TCP);
+		CHECK_INT(db->http_header_count, 0);
+		CHECK_DOUBLE(db->check_frequency, 5);
+	}
 	config_free(config);
 }
 
