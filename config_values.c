@@ -348,11 +348,12 @@ static void
 install(cfg_t *cfg, const char *path, cfg_validate_callback_t check)
 {
 	static const char name_prefix[] = "name|";
+	static const char candidate_prefix[] = "name|candidate|";
 	char defaults_path[128];
 
 	cfg_set_validate_func(cfg, path, check);
 	if (strncmp(path, name_prefix, strlen(name_prefix)) != 0 ||
-	    strncmp(path, "name|candidate|", 15) == 0)
+	    strncmp(path, candidate_prefix, strlen(candidate_prefix)) == 0)
 		return;
 	snprintf(defaults_path, sizeof(defaults_path), "defaults|%s",
 		 path + strlen(name_prefix));
