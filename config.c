@@ -86,32 +86,49 @@ static cfg_opt_t candidate_options[] = {
 	CFG_END()
 };
 
+/*
+ * The options of a name, which a defaults section may set once for every
+ * name (every one but candidate).  Whether a section set an option itself
+ * is libconfuse's CFGF_MODIFIED (see struct name_settings).
+ */
+#ifndef CFGF_MODIFIED
+#error "libconfuse 3.1 or later is needed (CFGF_MODIFIED)"
+#endif
+
+#define NAME_SETTINGS							\
+	CFG_STR("check_method", "http", CFGF_NONE),			\
+	CFG_FLOAT("check_frequency", 60, CFGF_NONE),			\
+	CFG_FLOAT("check_timeout", 0, CFGF_NODEFAULT),			\
+	CFG_FLOAT("check_jitter", 0.1, CFGF_NONE),			\
+	CFG_FLOAT("recheck_frequency", 0, CFGF_NODEFAULT),		\
+	CFG_FLOAT("idle_after", 3600, CFGF_NONE),			\
+	CFG_FLOAT("idle_check_frequency", 0, CFGF_NODEFAULT),		\
+	CFG_INT("rise", 1, CFGF_NONE),					\
+	CFG_INT("fall", 1, CFGF_NONE),					\
+	/* Strings, so that "200-299" can stand beside 200. */		\
+	CFG_STR_LIST("expect_status", "{200}", CFGF_NONE),		\
+	CFG_STR("http_method", NULL, CFGF_NODEFAULT),			\
+	CFG_STR("expect_body", NULL, CFGF_NODEFAULT),			\
+	CFG_STR_LIST("http_headers", NULL, CFGF_NODEFAULT),		\
+	CFG_INT_LIST("drain_status", NULL, CFGF_NONE),			\
+	CFG_STR("selection_method", "best_rtt", CFGF_NONE),		\
+	CFG_STR("rtt_mode", "total", CFGF_NONE),			\
+	CFG_FLOAT("max_rtt", 0, CFGF_NODEFAULT),			\
+	CFG_FLOAT("group_rtt_threshold", 0, CFGF_NODEFAULT),		\
+	CFG_FLOAT("overprovisioning", 0, CFGF_NONE),			\
+	CFG_STR("failure_mode", "none", CFGF_NONE),			\
+	CFG_INT("ttl", 0, CFGF_NONE),					\
+	CFG_STR("ca_file", NULL, CFGF_NODEFAULT),			\
+	CFG_FLOAT("tls_full_handshake_interval", 300, CFGF_NONE)
+
 static cfg_opt_t name_options[] = {
-	CFG_STR("check_method", "http", CFGF_NONE),
-	CFG_FLOAT("check_frequency", 60, CFGF_NONE),
-	CFG_FLOAT("check_timeout", 0, CFGF_NODEFAULT),
-	CFG_FLOAT("check_jitter", 0.1, CFGF_NONE),
-	CFG_FLOAT("recheck_frequency", 0, CFGF_NODEFAULT),
-	CFG_FLOAT("idle_after", 3600, CFGF_NONE),
-	CFG_FLOAT("idle_check_frequency", 0, CFGF_NODEFAULT),
-	CFG_INT("rise", 1, CFGF_NONE),
-	CFG_INT("fall", 1, CFGF_NONE),
-	/* Strings, so that "200-299" can stand beside 200. */
-	CFG_STR_LIST("expect_status", "{200}", CFGF_NONE),
-	CFG_STR("http_method", NULL, CFGF_NODEFAULT),
-	CFG_STR("expect_body", NULL, CFGF_NODEFAULT),
-	CFG_STR_LIST("http_headers", NULL, CFGF_NODEFAULT),
-	CFG_INT_LIST("drain_status", NULL, CFGF_NONE),
-	CFG_STR("selection_method", "best_rtt", CFGF_NONE),
-	CFG_STR("rtt_mode", "total", CFGF_NONE),
-	CFG_FLOAT("max_rtt", 0, CFGF_NODEFAULT),
-	CFG_FLOAT("group_rtt_threshold", 0, CFGF_NODEFAULT),
-	CFG_FLOAT("overprovisioning", 0, CFGF_NONE),
-	CFG_STR("failure_mode", "none", CFGF_NONE),
-	CFG_INT("ttl", 0, CFGF_NONE),
-	CFG_STR("ca_file", NULL, CFGF_NODEFAULT),
-	CFG_FLOAT("tls_full_handshake_interval", 300, CFGF_NONE),
+	NAME_SETTINGS,
 	CFG_SEC("candidate", candidate_options, CFGF_MULTI | CFGF_TITLE | CFGF_NO_TITLE_DUPES),
+	CFG_END()
+};
+
+static cfg_opt_t defaults_options[] = {
+	NAME_SETTINGS,
 	CFG_END()
 };
 
@@ -127,6 +144,8 @@ static cfg_opt_t global_options[] = {
 	CFG_FLOAT("tcp_idle_timeout", 10, CFGF_NONE),
 	CFG_INT("tcp_max_connections", 128, CFGF_NONE),
 	CFG_BOOL("log_queries", cfg_false, CFGF_NONE),
+	/* Multi only so that a second one can be refused at its line. */
+	CFG_SEC("defaults", defaults_options, CFGF_MULTI),
 	CFG_SEC("name", name_options, CFGF_MULTI | CFGF_TITLE | CFGF_NO_TITLE_DUPES),
 	CFG_END()
 };
@@ -221,23 +240,49 @@ section_line(const char *keyword, const char *canonical, int from,
 	return 0;
 }
 
-/* The first line at or after `from` that sets OPTION, else `from`. */
+/*
+ * The first line at or after `from` whose first word is WORD followed by
+ * one of `after` (or the end of the line), else 0.
+ */
 static int
-option_line(const char *option, int from)
+word_line(const char *word, int from, const char *after)
 {
 	const char *at = current_parse->text;
-	size_t option_length = strlen(option);
+	size_t word_length = strlen(word);
 
 	for (int line = 1; at && *at; line++) {
 		const char *p = at + strspn(at, " \t");
 
-		if (line >= from && strncmp(p, option, option_length) == 0 &&
-		    strchr(" \t=", p[option_length]))
+		if (line >= from && strncmp(p, word, word_length) == 0 &&
+		    (p[word_length] == '\n' || strchr(after, p[word_length])))
 			return line;
 		at = strchr(at, '\n');
 		at = at ? at + 1 : NULL;
 	}
-	return from;
+	return 0;
+}
+
+/* The first line at or after `from` that sets OPTION, else `from`. */
+static int
+option_line(const char *option, int from)
+{
+	int line = word_line(option, from, " \t=");
+
+	return line ? line : from;
+}
+
+/* The line that opens the occurrence-th defaults section, else 0. */
+static int
+defaults_line(int occurrence)
+{
+	int line = 0;
+
+	for (int i = 0; i <= occurrence; i++) {
+		line = word_line("defaults", line + 1, " \t{");
+		if (line == 0)
+			return 0;
+	}
+	return line;
 }
 
 /* ------------------------------------------------------ check targets */
@@ -423,52 +468,165 @@ choice_index(const char *value, const char *const *choices)
 	return 0;	/* already reported by the validator */
 }
 
-static double
-optional_float(cfg_t *section, const char *option, double unset)
+/*
+ * Where a name's options come from: what its own section writes, else
+ * what the defaults section writes, else the built-in default (which is
+ * in its own section).  libconfuse flags an option CFGF_MODIFIED once the
+ * file sets it, and never for a default it fills in itself, so an option
+ * left out of the name reads through to defaults whatever the order of
+ * the sections.  A list (expect_status, http_headers) comes whole from
+ * one place.  The defaults section itself is loaded as a name without
+ * `shared`, so that its own mistakes are reported once, at its lines.
+ */
+struct name_settings {
+	cfg_t *own;		/* the name's section, or the defaults section */
+	cfg_t *shared;		/* the defaults section; NULL: none */
+	int own_line;		/* where each section starts */
+	int shared_line;
+};
+
+static int
+written(cfg_t *section, const char *option)
 {
-	return cfg_size(section, option) ? cfg_getfloat(section, option) : unset;
+	cfg_opt_t *opt = section ? cfg_getopt(section, option) : NULL;
+
+	return opt && (opt->flags & CFGF_MODIFIED);
+}
+
+/* Whether OPTION comes from the defaults section. */
+static int
+inherited(const struct name_settings *settings, const char *option)
+{
+	return !written(settings->own, option) &&
+	    written(settings->shared, option);
+}
+
+static cfg_opt_t *
+setting(const struct name_settings *settings, const char *option)
+{
+	return cfg_getopt(inherited(settings, option) ? settings->shared :
+			  settings->own, option);
+}
+
+/* The line that sets OPTION for this name: in the name or in defaults. */
+static int
+setting_line(const struct name_settings *settings, const char *option)
+{
+	if (inherited(settings, option))
+		return option_line(option, settings->shared_line);
+	if (written(settings->own, option))
+		return option_line(option, settings->own_line);
+	return settings->own_line;
+}
+
+static unsigned
+setting_size(const struct name_settings *settings, const char *option)
+{
+	return cfg_opt_size(setting(settings, option));
+}
+
+static double
+setting_float(const struct name_settings *settings, const char *option)
+{
+	return cfg_opt_getnfloat(setting(settings, option), 0);
+}
+
+static long
+setting_int(const struct name_settings *settings, const char *option)
+{
+	return cfg_opt_getnint(setting(settings, option), 0);
+}
+
+static const char *
+setting_string(const struct name_settings *settings, const char *option)
+{
+	return cfg_opt_getnstr(setting(settings, option), 0);
+}
+
+static int
+setting_choice(const struct name_settings *settings, const char *option,
+	       const char *const *choices)
+{
+	return choice_index(setting_string(settings, option), choices);
+}
+
+static double
+optional_float(const struct name_settings *settings, const char *option,
+	       double unset)
+{
+	return setting_size(settings, option) ?
+	    setting_float(settings, option) : unset;
+}
+
+/*
+ * A mistake in an option of this name.  One that comes from defaults was
+ * reported where defaults was loaded (as a name of its own), or is no
+ * mistake there: an option shared by every name may not fit one of them
+ * (http_headers for a name checked over tcp), and is then left out of
+ * that name, which chose otherwise in its own section.
+ */
+static void
+report_setting(const struct name_settings *settings, const char *option,
+	       const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static void
+report_setting(const struct name_settings *settings, const char *option,
+	       const char *fmt, ...)
+{
+	char reason[512];
+	va_list ap;
+
+	if (inherited(settings, option))
+		return;
+	va_start(ap, fmt);
+	vsnprintf(reason, sizeof(reason), fmt, ap);
+	va_end(ap);
+	report_at(current_parse->file, setting_line(settings, option), "%s",
+		  reason);
 }
 
 /*
  * Options an operator sets to judge a check that cannot: a body a HEAD
- * response never has, a request a tcp check never sends.
+ * response never has, a request a tcp check never sends.  Returns
+ * whether OPTION applies to the name (so that it is loaded).
  */
-static void
-check_http_options_apply(const struct config_name *name, cfg_t *section)
+static int
+http_option_applies(const struct config_name *name,
+		    const struct name_settings *settings, const char *option)
 {
-	static const char *const http_only[] = {
-		"http_method", "expect_body", "http_headers"
-	};
-
-	if (name->expect_body && name->http_method == HTTP_HEAD)
-		report_at(current_parse->file,
-			  option_line("expect_body", name->line),
-			  "expect_body needs http_method GET: a HEAD response has no body");
-	if (name->check_method != CHECK_TCP)
-		return;
-	for (size_t i = 0; i < sizeof(http_only) / sizeof(http_only[0]); i++)
-		if (cfg_size(section, http_only[i]) > 0)
-			report_at(current_parse->file,
-				  option_line(http_only[i], name->line),
-				  "%s applies to http checks only, and this name's check_method is tcp",
-				  http_only[i]);
+	if (name->check_method != CHECK_TCP || setting_size(settings, option) == 0)
+		return 1;
+	report_setting(settings, option,
+		       "%s applies to http checks only, and this name's check_method is tcp",
+		       option);
+	return 0;
 }
 
 static void
-load_http_options(struct config_name *name, cfg_t *section)
+load_http_options(struct config_name *name,
+		  const struct name_settings *settings)
 {
-	if (cfg_size(section, "http_method"))
+	if (http_option_applies(name, settings, "http_method") &&
+	    setting_size(settings, "http_method"))
 		name->http_method = (enum http_method)
-		    choice_index(cfg_getstr(section, "http_method"), http_methods);
-	if (cfg_size(section, "expect_body"))
-		name->expect_body = xstrdup(cfg_getstr(section, "expect_body"));
-	name->http_header_count = (int)cfg_size(section, "http_headers");
+		    setting_choice(settings, "http_method", http_methods);
+	if (http_option_applies(name, settings, "expect_body") &&
+	    setting_size(settings, "expect_body")) {
+		if (name->http_method == HTTP_HEAD)
+			report_setting(settings, "expect_body",
+				       "expect_body needs http_method GET: a HEAD response has no body");
+		else
+			name->expect_body =
+			    xstrdup(setting_string(settings, "expect_body"));
+	}
+	if (!http_option_applies(name, settings, "http_headers"))
+		return;
+	name->http_header_count = (int)setting_size(settings, "http_headers");
 	name->http_headers = xcalloc((size_t)name->http_header_count,
 				     sizeof(char *));
 	for (int i = 0; i < name->http_header_count; i++)
-		name->http_headers[i] =
-		    xstrdup(cfg_getnstr(section, "http_headers", (unsigned)i));
-	check_http_options_apply(name, section);
+		name->http_headers[i] = xstrdup(cfg_opt_getnstr(
+		    setting(settings, "http_headers"), (unsigned)i));
 }
 
 /*
@@ -477,19 +635,50 @@ load_http_options(struct config_name *name, cfg_t *section)
  * so a range such as 200-299 may hold a drain status.
  */
 static void
-load_drain_status(struct config_name *name, cfg_t *section)
+load_drain_status(struct config_name *name,
+		  const struct name_settings *settings)
 {
-	name->drain_status_count = (int)cfg_size(section, "drain_status");
-	if (name->drain_status_count > 0 && name->check_method == CHECK_TCP)
-		report_at(current_parse->file,
-			  option_line("drain_status", name->line),
-			  "drain_status needs check_method http: a tcp check "
-			  "sees no HTTP status");
+	cfg_opt_t *opt = setting(settings, "drain_status");
+
+	if (name->check_method == CHECK_TCP && cfg_opt_size(opt) > 0) {
+		report_setting(settings, "drain_status",
+			       "drain_status needs check_method http: a tcp check "
+			       "sees no HTTP status");
+		return;
+	}
+	name->drain_status_count = (int)cfg_opt_size(opt);
 	name->drain_status = xcalloc((size_t)name->drain_status_count,
 				     sizeof(int));
 	for (int i = 0; i < name->drain_status_count; i++)
-		name->drain_status[i] =
-		    (int)cfg_getnint(section, "drain_status", (unsigned)i);
+		name->drain_status[i] = (int)cfg_opt_getnint(opt, (unsigned)i);
+}
+
+static void
+load_expect_status(struct config_name *name,
+		   const struct name_settings *settings)
+{
+	cfg_opt_t *opt = setting(settings, "expect_status");
+	const struct number_range *range = find_number_range("expect_status");
+
+	name->expect_status_count = (int)cfg_opt_size(opt);
+	/* libconfuse runs no validator on an empty list. */
+	if (name->expect_status_count == 0)
+		report_setting(settings, "expect_status",
+			       "expect_status is empty: no check could succeed; "
+			       "give at least one HTTP status");
+	name->expect_status = xcalloc((size_t)name->expect_status_count,
+				      sizeof(struct status_range));
+	for (int i = 0; i < name->expect_status_count; i++) {
+		long low, high;
+
+		/* A bad item was reported by the validator; it matches nothing. */
+		if (parse_status_range(cfg_opt_getnstr(opt, (unsigned)i),
+				       &low, &high) != 0 ||
+		    low < range->low || high > range->high)
+			continue;
+		name->expect_status[i].low = (int)low;
+		name->expect_status[i].high = (int)high;
+	}
 }
 
 /*
@@ -497,20 +686,21 @@ load_drain_status(struct config_name *name, cfg_t *section)
  * one; best_rtt answers one address, so it has no group to spill from.
  */
 static void
-load_overprovisioning(struct config_name *name, cfg_t *section)
+load_overprovisioning(struct config_name *name,
+		      const struct name_settings *settings)
 {
-	double value = cfg_getfloat(section, "overprovisioning");
-	int line = option_line("overprovisioning", name->line);
+	double value = setting_float(settings, "overprovisioning");
 
-	name->overprovisioning = value;
 	if (value > 0 && value < 1)
-		report_at(current_parse->file, line,
-			  "overprovisioning must be 0 (off) or between 1 and "
-			  "100, not %g", value);
+		report_setting(settings, "overprovisioning",
+			       "overprovisioning must be 0 (off) or between 1 and "
+			       "100, not %g", value);
 	else if (value > 0 && name->selection_method == SELECT_BEST_RTT)
-		report_at(current_parse->file, line,
-			  "overprovisioning needs selection_method group_rtt_rr "
-			  "or all, not best_rtt");
+		report_setting(settings, "overprovisioning",
+			       "overprovisioning needs selection_method group_rtt_rr "
+			       "or all, not best_rtt");
+	else
+		name->overprovisioning = value;
 }
 
 /*
@@ -522,81 +712,54 @@ load_overprovisioning(struct config_name *name, cfg_t *section)
  * checked against its own documented range.
  */
 static void
-load_schedule_options(struct config_name *name, cfg_t *section)
+load_schedule_options(struct config_name *name,
+		      const struct name_settings *settings)
 {
-	name->check_jitter = cfg_getfloat(section, "check_jitter");
+	name->check_jitter = setting_float(settings, "check_jitter");
 	name->recheck_frequency = fmin(name->check_frequency,
-	    optional_float(section, "recheck_frequency", 1.0));
-	name->idle_after = cfg_getfloat(section, "idle_after");
+	    optional_float(settings, "recheck_frequency", 1.0));
+	name->idle_after = setting_float(settings, "idle_after");
 	if (name->idle_after > 0)	/* 0: never idle */
 		name->idle_after = fmax(name->check_frequency, name->idle_after);
 	name->idle_check_frequency = fmax(name->check_frequency,
-	    optional_float(section, "idle_check_frequency", 60.0));
+	    optional_float(settings, "idle_check_frequency", 60.0));
 }
 
 static void
-load_name_options(struct config_name *name, cfg_t *section)
+load_name_options(struct config_name *name,
+		  const struct name_settings *settings)
 {
 	name->check_method = (enum check_method)
-	    choice_index(cfg_getstr(section, "check_method"), check_methods);
-	name->check_frequency = cfg_getfloat(section, "check_frequency");
-	name->check_timeout = optional_float(section, "check_timeout",
+	    setting_choice(settings, "check_method", check_methods);
+	name->check_frequency = setting_float(settings, "check_frequency");
+	name->check_timeout = optional_float(settings, "check_timeout",
 	    fmin(name->check_frequency, 10.0));
-	load_schedule_options(name, section);
-	name->rise = (int)cfg_getint(section, "rise");
-	name->fall = (int)cfg_getint(section, "fall");
-	name->expect_status_count = (int)cfg_size(section, "expect_status");
-	/* libconfuse runs no validator on an empty list. */
-	if (name->expect_status_count == 0)
-		report_at(current_parse->file,
-			  option_line("expect_status", name->line),
-			  "expect_status is empty: no check could succeed; "
-			  "give at least one HTTP status");
-	name->expect_status = xcalloc((size_t)name->expect_status_count,
-				      sizeof(struct status_range));
-	for (int i = 0; i < name->expect_status_count; i++) {
-		const struct number_range *range = find_number_range("expect_status");
-		long low, high;
-
-		/* A bad item was reported by the validator; it matches nothing. */
-		if (parse_status_range(cfg_getnstr(section, "expect_status",
-						   (unsigned)i), &low, &high) != 0 ||
-		    low < range->low || high > range->high)
-			continue;
-		name->expect_status[i].low = (int)low;
-		name->expect_status[i].high = (int)high;
-	}
-	load_drain_status(name, section);
+	load_schedule_options(name, settings);
+	name->rise = (int)setting_int(settings, "rise");
+	name->fall = (int)setting_int(settings, "fall");
+	load_expect_status(name, settings);
+	load_drain_status(name, settings);
 	name->selection_method = (enum selection_method)
-	    choice_index(cfg_getstr(section, "selection_method"), selection_methods);
+	    setting_choice(settings, "selection_method", selection_methods);
 	name->rtt_mode = (enum rtt_mode)
-	    choice_index(cfg_getstr(section, "rtt_mode"), rtt_modes);
-	name->max_rtt = optional_float(section, "max_rtt", INFINITY);
+	    setting_choice(settings, "rtt_mode", rtt_modes);
+	name->max_rtt = optional_float(settings, "max_rtt", INFINITY);
 	name->group_rtt_threshold =
-	    optional_float(section, "group_rtt_threshold", INFINITY);
-	load_overprovisioning(name, section);
+	    optional_float(settings, "group_rtt_threshold", INFINITY);
+	load_overprovisioning(name, settings);
 	name->failure_mode = (enum failure_mode)
-	    choice_index(cfg_getstr(section, "failure_mode"), failure_modes);
-	name->ttl = (uint32_t)cfg_getint(section, "ttl");
-	if (cfg_getstr(section, "ca_file"))
-		name->ca_file = xstrdup(cfg_getstr(section, "ca_file"));
+	    setting_choice(settings, "failure_mode", failure_modes);
+	name->ttl = (uint32_t)setting_int(settings, "ttl");
+	if (setting_size(settings, "ca_file"))
+		name->ca_file = xstrdup(setting_string(settings, "ca_file"));
 	name->tls_full_handshake_interval =
-	    cfg_getfloat(section, "tls_full_handshake_interval");
-	load_http_options(name, section);
+	    setting_float(settings, "tls_full_handshake_interval");
+	load_http_options(name, settings);
 }
 
 static void
-load_name(struct config_name *name, cfg_t *section, int occurrence,
-	  const char *file)
+load_candidates(struct config_name *name, cfg_t *section, const char *file)
 {
-	name->title = canonical_name(cfg_title(section));
-	name->line = section_line("name", name->title, 1, occurrence);
-	if (name->line == 0)
-		name->line = section->line;
-	if (dns_name_to_wire(name->title, name->wire, &name->wire_len) != 0)
-		report_at(file, name->line, "name \"%s\" is not a valid host name",
-			  cfg_title(section));
-	load_name_options(name, section);
 	name->candidate_count = (int)cfg_size(section, "candidate");
 	if (name->candidate_count == 0)
 		report_at(file, name->line, "name %s has no candidate",
@@ -619,6 +782,67 @@ load_name(struct config_name *name, cfg_t *section, int occurrence,
 				  "candidate %s appears twice in name %s",
 				  name->candidates[i].title, name->title);
 	}
+}
+
+/* DEFAULTS_SECTION: the file's defaults section, or NULL. */
+static void
+load_name(struct config_name *name, cfg_t *section, int occurrence,
+	  const struct config_name *defaults, cfg_t *defaults_section,
+	  const char *file)
+{
+	struct name_settings settings = { .own = section };
+
+	name->title = canonical_name(cfg_title(section));
+	name->line = section_line("name", name->title, 1, occurrence);
+	if (name->line == 0)
+		name->line = section->line;
+	if (dns_name_to_wire(name->title, name->wire, &name->wire_len) != 0)
+		report_at(file, name->line, "name \"%s\" is not a valid host name",
+			  cfg_title(section));
+	settings.own_line = name->line;
+	settings.shared = defaults_section;
+	settings.shared_line = defaults->line;
+	load_name_options(name, &settings);
+	load_candidates(name, section, file);
+}
+
+/*
+ * The defaults section, checked as a name of its own (what it may hold
+ * and how its options fit together are a name's rules); a second one is
+ * an error.  Without one, the built-in defaults (line 0), so that a
+ * reload can compare what names take from defaults either way.
+ */
+static struct config_name *
+load_defaults(cfg_t *cfg, const char *file)
+{
+	struct config_name *defaults = xcalloc(1, sizeof(*defaults));
+	unsigned count = cfg_size(cfg, "defaults");
+	struct name_settings settings = { .own = NULL };
+	cfg_t *built_in = NULL;
+
+	defaults->title = xstrdup("defaults");
+	if (count == 0) {
+		built_in = cfg_init(defaults_options, CFGF_NONE);
+		if (!built_in) {
+			log_error("out of memory");
+			abort();
+		}
+		settings.own = built_in;
+	} else {
+		settings.own = cfg_getnsec(cfg, "defaults", 0);
+		defaults->line = defaults_line(0);
+		if (defaults->line == 0)
+			defaults->line = settings.own->line;
+	}
+	for (unsigned i = 1; i < count; i++)
+		report_at(file, defaults_line((int)i),
+			  "defaults is already given at line %d; write one "
+			  "defaults section", defaults->line);
+	settings.own_line = defaults->line;
+	load_name_options(defaults, &settings);
+	if (built_in)
+		cfg_free(built_in);
+	return defaults;
 }
 
 static void
@@ -709,9 +933,13 @@ static struct config *
 config_build(cfg_t *cfg, const char *file, const char *resolv_conf)
 {
 	struct config *config = xcalloc(1, sizeof(*config));
+	cfg_t *defaults_section;
 
 	config->file = xstrdup(file);
 	load_globals(config, cfg, resolv_conf);
+	config->defaults = load_defaults(cfg, file);
+	defaults_section = cfg_size(cfg, "defaults") ?
+	    cfg_getnsec(cfg, "defaults", 0) : NULL;
 	config->name_count = (int)cfg_size(cfg, "name");
 	config->names = xcalloc((size_t)config->name_count,
 				sizeof(struct config_name));
@@ -724,7 +952,8 @@ config_build(cfg_t *cfg, const char *file, const char *resolv_conf)
 			if (strcmp(config->names[j].title, title) == 0)
 				occurrence++;
 		free(title);
-		load_name(&config->names[i], section, occurrence, file);
+		load_name(&config->names[i], section, occurrence,
+			  config->defaults, defaults_section, file);
 	}
 	check_duplicate_names(config, file);
 	return config;
@@ -942,27 +1171,33 @@ free_candidate(struct config_candidate *candidate)
 	free(candidate->addresses);
 }
 
+static void
+free_name(struct config_name *name)
+{
+	for (int j = 0; j < name->candidate_count; j++)
+		free_candidate(&name->candidates[j]);
+	free(name->candidates);
+	free(name->title);
+	free(name->expect_status);
+	free(name->expect_body);
+	for (int j = 0; j < name->http_header_count; j++)
+		free(name->http_headers[j]);
+	free(name->http_headers);
+	free(name->drain_status);
+	free(name->ca_file);
+}
+
 void
 config_free(struct config *config)
 {
 	if (!config)
 		return;
-	for (int i = 0; i < config->name_count; i++) {
-		struct config_name *name = &config->names[i];
-
-		for (int j = 0; j < name->candidate_count; j++)
-			free_candidate(&name->candidates[j]);
-		free(name->candidates);
-		free(name->title);
-		free(name->expect_status);
-		free(name->expect_body);
-		for (int j = 0; j < name->http_header_count; j++)
-			free(name->http_headers[j]);
-		free(name->http_headers);
-		free(name->drain_status);
-		free(name->ca_file);
-	}
+	for (int i = 0; i < config->name_count; i++)
+		free_name(&config->names[i]);
 	free(config->names);
+	if (config->defaults)	/* NULL in one made without config_load */
+		free_name(config->defaults);
+	free(config->defaults);
 	for (int i = 0; i < config->bind_interface_count; i++)
 		free(config->bind_interfaces[i]);
 	free(config->bind_interfaces);

@@ -339,6 +339,27 @@ VALIDATOR(validate_range, check_range)
 VALIDATOR(validate_user, check_user)
 VALIDATOR(validate_readable_file, check_readable_file)
 
+/*
+ * A validator of a name's option checks it in a defaults section too,
+ * where a bad value is reported at its own line.  Candidates' options
+ * have no place in defaults.
+ */
+static void
+install(cfg_t *cfg, const char *path, cfg_validate_callback_t check)
+{
+	static const char name_prefix[] = "name|";
+	static const char candidate_prefix[] = "name|candidate|";
+	char defaults_path[128];
+
+	cfg_set_validate_func(cfg, path, check);
+	if (strncmp(path, name_prefix, strlen(name_prefix)) != 0 ||
+	    strncmp(path, candidate_prefix, strlen(candidate_prefix)) == 0)
+		return;
+	snprintf(defaults_path, sizeof(defaults_path), "defaults|%s",
+		 path + strlen(name_prefix));
+	cfg_set_validate_func(cfg, defaults_path, check);
+}
+
 void
 config_install_validators(cfg_t *cfg)
 {
@@ -356,19 +377,11 @@ config_install_validators(cfg_t *cfg)
 	};
 
 	for (size_t i = 0; i < sizeof(validators) / sizeof(validators[0]); i++)
-		cfg_set_validate_func(cfg, validators[i].option,
-				       validators[i].check);
+		install(cfg, validators[i].option, validators[i].check);
 	for (size_t i = 0; i < sizeof(keyword_options) / sizeof(keyword_options[0]);
 	     i++)
-		cfg_set_validate_func(cfg, keyword_options[i].path,
-				       validate_keyword);
-	for (size_t i = 0; i < sizeof(keyword_options) / sizeof(keyword_options[0]);
-	     i++)
-		cfg_set_validate_func(cfg, keyword_options[i].path,
-				       validate_keyword);
+		install(cfg, keyword_options[i].path, validate_keyword);
 	for (size_t i = 0; i < sizeof(number_ranges) / sizeof(number_ranges[0]);
 	     i++)
-		cfg_set_validate_func(cfg, number_ranges[i].option,
-				       validate_range);
+		install(cfg, number_ranges[i].option, validate_range);
 }
-

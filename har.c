@@ -65,9 +65,31 @@ report_to_log(const char *message)
 	log_error("%s", message);
 }
 
+static __attribute__((noreturn)) void
+usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static void
+usage_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "hard: ");
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\n");
+	usage(stderr);
+	exit(1);
+}
+
+/*
+ * One configuration file, named once: with two (-c A B, -c A -c B) an
+ * operator cannot tell which one -t checked or a start runs.
+ */
 static void
 parse_arguments(int argc, char **argv)
 {
+	const char *config_option = NULL;
 	int option;
 
 	while ((option = getopt(argc, argv, "fdtc:p:u:Vh")) != -1) {
@@ -75,7 +97,13 @@ parse_arguments(int argc, char **argv)
 		case 'f': options.foreground = 1; break;
 		case 'd': options.debug = 1; break;
 		case 't': options.test_only = 1; break;
-		case 'c': options.config_file = optarg; break;
+		case 'c':
+			if (config_option)
+				usage_error("-c is given twice (%s and %s); give "
+					    "one configuration file",
+					    config_option, optarg);
+			config_option = optarg;
+			break;
 		case 'p': options.pid_file = optarg; break;
 		case 'u': options.user = optarg; break;
 		case 'V':
@@ -89,13 +117,15 @@ parse_arguments(int argc, char **argv)
 			exit(1);
 		}
 	}
-	if (optind < argc)
+	if (config_option && optind < argc)
+		usage_error("two configuration files: -c %s and %s; give one, "
+			    "with -c or as FILE", config_option, argv[optind]);
+	if (config_option)
+		options.config_file = config_option;
+	else if (optind < argc)
 		options.config_file = argv[optind++];
-	if (optind < argc) {
-		fprintf(stderr, "hard: unexpected argument \"%s\"\n", argv[optind]);
-		usage(stderr);
-		exit(1);
-	}
+	if (optind < argc)
+		usage_error("unexpected argument \"%s\"", argv[optind]);
 }
 
 static __attribute__((noreturn)) void
@@ -359,6 +389,20 @@ same_name(const struct config_name *a, const struct config_name *b)
 	return 1;
 }
 
+/*
+ * Every name already holds what it takes from defaults, so a changed
+ * default counts as a change of each name that takes it (and the names
+ * are rechecked or rescheduled as for their own change); "defaults
+ * changed" says why so many did.
+ */
+static int
+same_defaults(const struct config *a, const struct config *b)
+{
+	if (!a->defaults || !b->defaults)
+		return a->defaults == b->defaults;
+	return same_name(a->defaults, b->defaults);
+}
+
 static void
 log_reload_summary(const struct config *old, const struct config *fresh)
 {
@@ -376,8 +420,9 @@ log_reload_summary(const struct config *old, const struct config *fresh)
 	for (int i = 0; i < old->name_count; i++)
 		if (!find_config_name(fresh, old->names[i].title))
 			removed++;
-	log_info("reloaded %s: %d names (%d added, %d removed, %d changed)%s%s",
+	log_info("reloaded %s: %d names (%d added, %d removed, %d changed)%s%s%s",
 		 fresh->file, fresh->name_count, added, removed, changed,
+		 same_defaults(old, fresh) ? "" : ", defaults changed",
 		 same_endpoints(old, fresh) ? "" : ", listeners re-bound",
 		 same_upstream(old, fresh) ? "" : ", nameservers changed");
 }

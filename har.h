@@ -172,6 +172,10 @@ struct config {
 	double tcp_idle_timeout;
 	int tcp_max_connections;
 	int log_queries;	/* the query log on at start and reload */
+	/* The defaults section, read as a name without candidates (every
+	 * name already holds what it takes from it); line 0: the file has
+	 * none, and these are the built-in defaults. */
+	struct config_name *defaults;
 	struct config_name *names;
 	int name_count;
 };

@@ -75,6 +75,38 @@ append(char *out, size_t size, size_t *used, const char *src)
 }
 
 /*
+ * A type by its mnemonic.  ldns's table describes record types only, so
+ * the types that exist only in questions (RFC 1035 section 3.2.3, RFC
+ * 1995) would read TYPE255; the rest, and TYPEnnn for an unknown one
+ * (RFC 3597), come from ldns without allocating.
+ */
+static void
+format_type(uint16_t qtype, char *type, size_t type_size)
+{
+	static const struct {
+		uint16_t number;
+		const char *name;
+	} question_types[] = {
+		{ 251, "IXFR" }, { 252, "AXFR" }, { 253, "MAILB" },
+		{ 254, "MAILA" }, { 255, "ANY" },
+	};
+	const ldns_rr_descriptor *descriptor;
+
+	for (size_t i = 0; i < sizeof(question_types) / sizeof(question_types[0]);
+	     i++) {
+		if (question_types[i].number == qtype) {
+			snprintf(type, type_size, "%s", question_types[i].name);
+			return;
+		}
+	}
+	descriptor = ldns_rr_descript(qtype);
+	if (descriptor && descriptor->_name)
+		snprintf(type, type_size, "%s", descriptor->_name);
+	else
+		snprintf(type, type_size, "TYPE%u", qtype);
+}
+
+/*
  * The question's name in presentation form (bytes outside printable ASCII,
  * dots and backslashes escaped as \DDD) and its type.  Returns the offset
  * after the question, or 0 when the packet has none that can be read.
@@ -84,7 +116,6 @@ read_question(const uint8_t *packet, size_t len, char *name, size_t name_size,
 	      char *type, size_t type_size)
 {
 	size_t at = 12, used = 0;
-	const ldns_rr_descriptor *descriptor;
 	uint16_t qtype;
 
 	if (len < 12 || (packet[4] << 8 | packet[5]) == 0)
@@ -113,11 +144,7 @@ read_question(const uint8_t *packet, size_t len, char *name, size_t name_size,
 	if (used == 0)
 		append(name, name_size, &used, ".");
 	qtype = (uint16_t)(packet[at + 1] << 8 | packet[at + 2]);
-	descriptor = ldns_rr_descript(qtype);
-	if (descriptor && descriptor->_name)
-		snprintf(type, type_size, "%s", descriptor->_name);
-	else
-		snprintf(type, type_size, "TYPE%u", qtype);
+	format_type(qtype, type, type_size);
 	return at + 5;
 }
 

@@ -141,10 +141,56 @@ def test_positional_config_file(workdir):
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
 
 
+def test_two_config_files_refused(workdir, upstream):
+    """-c and a positional FILE (or -c twice) name two files: hard says so
+    and exits 1, checking and starting neither (issue 18 item 7; it used to
+    check or run the last one named, silently)."""
+    good = write(workdir, ORIGINAL, "good.conf")
+    bad = write(workdir, BASE.replace("    check_frequency = 5",
+                                      "    colour = blue"), "bad.conf")
+    for args in (("-c", good, bad), ("-c", bad, good), ("-c", good, "-c", bad)):
+        res = run_hard("-t", *args)
+        assert res.returncode == 1, (args, res)
+        assert "ok" not in res.stdout.split(), (args, res.stdout)
+        assert "colour" not in res.stderr, "a file was checked: %r" % res.stderr
+        assert re.search(r"^hard: .*%s.*%s.*give one" % (
+            re.escape(args[1]), re.escape(args[-1])), res.stderr, re.M), res.stderr
+        assert "usage:" in res.stderr
+    # A start refuses too: either file alone would start.
+    port = harness.free_port()
+    config = harness.hard_config(BASE.split("\n", 3)[3], upstream.endpoint, port)
+    first = write(workdir, config, "first.conf")
+    second = write(workdir, config, "second.conf")
+    proc = subprocess.Popen([harness.HARD, "-f", "-c", first, second], text=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        harness._kill(proc)
+        out, err = proc.communicate()
+        pytest.fail("hard -f -c A B started; stderr:\n" + err, pytrace=False)
+    assert proc.returncode == 1, (proc.returncode, err)
+    assert "give one" in err, err
+
+
 def test_repo_example_config_ok():
     path = os.path.join(harness.REPO, "har.conf.example")
     res = run_hard("-t", "-c", path)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def test_documents_agree_on_the_pid_file():
+    """The pid file the unit writes is the one every document reads
+    (issue 18 item 7: har.conf.example said /run/hard.pid)."""
+    with open(os.path.join(harness.REPO, "contrib", "har.service")) as f:
+        unit = re.search(r"^ExecStart=.* -p (\S+)", f.read(), re.M).group(1)
+    assert unit == "/run/har/hard.pid"
+    for document in ("har.conf.example", "README.md", "contrib/resolv.conf.md",
+                     "contrib/fleet/README.md"):
+        with open(os.path.join(harness.REPO, document)) as f:
+            named = set(re.findall(r"/run/\S*\.pid", f.read()))
+        assert named == {unit}, "%s names %s" % (document, sorted(named))
 
 
 # (replace this line of BASE, with this text, reason regex)

@@ -102,6 +102,23 @@ def test_every_kind_of_query_logged(start_hard, start_http, upstream):
         sock.close()
 
 
+# Issue 18 item 7: ANY was logged as TYPE255 (ldns names record types
+# only); every common type goes by its mnemonic, an unknown one by TYPEnnn.
+TYPE_NAMES = ("ANY", "A", "AAAA", "CNAME", "MX", "NS", "PTR", "SOA", "SRV",
+              "TXT", "HTTPS", "SVCB", "CAA", "DS", "DNSKEY", "NAPTR", "TLSA",
+              "AXFR", "IXFR", "TYPE65280")
+
+
+def test_query_types_logged_by_name(start_hard, start_http, upstream):
+    h = start_hard(config(start_http), upstream=upstream)
+    for rdtype in TYPE_NAMES:
+        port = udp_query(h, "fwd.test", rdtype, wait=1)
+        wait_line(h, r":%d UDP fwd\.test\. %s: " % (port, rdtype))
+    port = udp_query(h, "www.test", "ANY")
+    wait_line(h, r":%d UDP www\.test\. ANY: " % port)
+    assert "TYPE255" not in h.log()
+
+
 def test_failure_modes_logged(start_hard, start_http, upstream):
     h = start_hard(config(start_http, "all"), upstream=upstream)
     harness.wait_answer(h, "down.test", ["127.0.1.2"])

@@ -396,6 +396,7 @@ test_original_example(void)
 static void
 test_example_file(void)
 {
+	const struct config_name *www, *api, *db;
 	struct config *config;
 
 	if (access("har.conf.example", R_OK) != 0)
@@ -408,6 +409,21 @@ test_example_file(void)
 	CHECK_STR(config->file, "har.conf.example");
 	CHECK(config->name_count >= 1);
 	CHECK(find_name(config, "www.example.com") != NULL);
+	/* What its comments say the defaults section does. */
+	www = find_name(config, "www.example.com");
+	api = find_name(config, "api.example.com");
+	db = find_name(config, "db.example.com");
+	if (www && api && db) {
+		CHECK_DOUBLE(www->check_frequency, 30);
+		CHECK_DOUBLE(www->check_timeout, 2);
+		CHECK_DOUBLE(api->check_frequency, 10);
+		CHECK_DOUBLE(api->check_timeout, 2);
+		CHECK_INT(api->http_header_count, 1);
+		CHECK_INT(www->http_header_count, 1);
+		CHECK_INT(db->check_method, CHECK_TCP);
+		CHECK_INT(db->http_header_count, 0);
+		CHECK_DOUBLE(db->check_frequency, 5);
+	}
 	config_free(config);
 }
 
@@ -1580,6 +1596,233 @@ test_error_http_options(void)
 		       "}\n", 4, "expect_body applies to http checks only");
 }
 
+/* ------------------------------------------ defaults (issue 18 item 6) */
+
+static const char shared_defaults[] =
+	"nameservers = { 192.0.2.53 }\n"				/*  1 */
+	"name plain.example.com { candidate a {} }\n"			/*  2 */
+	"defaults {\n"							/*  3 */
+	"    check_frequency = 5\n"					/*  4 */
+	"    rise = 3\n"						/*  5 */
+	"    expect_status = { 200, 204 }\n"				/*  6 */
+	"    http_headers = { \"X-Check: har\" }\n"			/*  7 */
+	"    selection_method = group_rtt_rr\n"				/*  8 */
+	"    overprovisioning = 1.5\n"					/*  9 */
+	"    failure_mode = servfail\n"					/* 10 */
+	"    ttl = 30\n"						/* 11 */
+	"    max_rtt = 0.25\n"						/* 12 */
+	"}\n"								/* 13 */
+	"name own.example.com {\n"					/* 14 */
+	"    check_frequency = 2\n"					/* 15 */
+	"    expect_status = { 301 }\n"					/* 16 */
+	"    ttl = 0\n"							/* 17 */
+	"    candidate a {}\n"						/* 18 */
+	"}\n"								/* 19 */
+	"name tcp.example.com {\n"					/* 20 */
+	"    check_method = tcp\n"					/* 21 */
+	"    selection_method = best_rtt\n"				/* 22 */
+	"    candidate a { check_address = \"192.0.2.1:80\" }\n"	/* 23 */
+	"}\n";								/* 24 */
+
+/* Every name takes what defaults sets and its own section does not. */
+static void
+test_defaults_section_applied(void)
+{
+	struct config *config = load(shared_defaults);
+	const struct config_name *plain = find_name(config, "plain.example.com");
+	const struct config_name *own = find_name(config, "own.example.com");
+
+	CHECK_ACCEPTED(config);
+	if (!plain || !own) {
+		config_free(config);
+		return;
+	}
+	/* Written before the defaults section, and still takes it. */
+	CHECK_DOUBLE(plain->check_frequency, 5);
+	CHECK_DOUBLE(plain->check_timeout, 5);	/* derived from the shared pace */
+	CHECK_INT(plain->rise, 3);
+	CHECK_INT(plain->fall, 1);		/* set nowhere: built in */
+	CHECK_INT(plain->expect_status_count, 2);
+	CHECK_INT(config_status_expected(plain, 204), 1);
+	CHECK_INT(plain->http_header_count, 1);
+	if (plain->http_header_count == 1)
+		CHECK_STR(plain->http_headers[0], "X-Check: har");
+	CHECK_INT(plain->selection_method, SELECT_GROUP_RTT_RR);
+	CHECK_DOUBLE(plain->overprovisioning, 1.5);
+	CHECK_INT(plain->failure_mode, FAILURE_SERVFAIL);
+	CHECK_INT(plain->ttl, 30);
+	CHECK_DOUBLE(plain->max_rtt, 0.25);
+	CHECK_DOUBLE(plain->group_rtt_threshold, INFINITY);
+
+	/* A name's own setting wins; the rest still comes from defaults. */
+	CHECK_DOUBLE(own->check_frequency, 2);
+	CHECK_DOUBLE(own->check_timeout, 2);
+	CHECK_INT(own->ttl, 0);
+	CHECK_INT(own->rise, 3);
+	CHECK_INT(own->failure_mode, FAILURE_SERVFAIL);
+
+	CHECK(config->defaults != NULL);
+	if (config->defaults) {
+		CHECK_INT(config->defaults->line, 3);
+		CHECK_DOUBLE(config->defaults->check_frequency, 5);
+		CHECK_INT(config->defaults->candidate_count, 0);
+	}
+	config_free(config);
+}
+
+/* A list is replaced whole, an empty list included; never merged. */
+static void
+test_defaults_list_overridden_whole(void)
+{
+	struct config *config = load(shared_defaults);
+	const struct config_name *own = find_name(config, "own.example.com");
+
+	CHECK_ACCEPTED(config);
+	if (own) {
+		CHECK_INT(own->expect_status_count, 1);
+		CHECK_INT(config_status_expected(own, 301), 1);
+		CHECK_INT(config_status_expected(own, 200), 0);
+		CHECK_INT(config_status_expected(own, 204), 0);
+	}
+	config_free(config);
+
+	config = load("nameservers = { 192.0.2.53 }\n"
+		      "defaults { drain_status = { 418 } }\n"
+		      "name a.example.com { drain_status = {} candidate a {} }\n"
+		      "name b.example.com { candidate a {} }\n");
+	CHECK_ACCEPTED(config);
+	if (find_name(config, "a.example.com") && find_name(config, "b.example.com")) {
+		CHECK_INT(find_name(config, "a.example.com")->drain_status_count, 0);
+		CHECK_INT(find_name(config, "b.example.com")->drain_status_count, 1);
+	}
+	config_free(config);
+
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "defaults { expect_status = { 204 } }\n"
+		       "name a.example.com {\n"
+		       "    expect_status = {}\n"
+		       "    candidate a {}\n"
+		       "}\n", 4, "expect_status is empty");
+}
+
+/*
+ * A shared option that does not fit a name which chose otherwise in its
+ * own section is left out of that name; written in the name, it is an
+ * error.
+ */
+static void
+test_defaults_left_out_where_they_do_not_apply(void)
+{
+	struct config *config = load(shared_defaults);
+	const struct config_name *tcp = find_name(config, "tcp.example.com");
+
+	CHECK_ACCEPTED(config);
+	if (tcp) {
+		CHECK_INT(tcp->check_method, CHECK_TCP);
+		CHECK_INT(tcp->http_header_count, 0);
+		CHECK_INT(tcp->selection_method, SELECT_BEST_RTT);
+		CHECK_DOUBLE(tcp->overprovisioning, 0);
+		CHECK_INT(tcp->rise, 3);
+	}
+	config_free(config);
+
+	config = load("nameservers = { 192.0.2.53 }\n"
+		      "defaults { expect_body = \"ok\" drain_status = { 418 } }\n"
+		      "name head.example.com { http_method = HEAD candidate a {} }\n"
+		      "name tcp.example.com { check_method = tcp\n"
+		      "    candidate a { check_address = \"192.0.2.1:80\" } }\n");
+	CHECK_ACCEPTED(config);
+	if (find_name(config, "head.example.com"))
+		CHECK(find_name(config, "head.example.com")->expect_body == NULL);
+	if (find_name(config, "tcp.example.com"))
+		CHECK_INT(find_name(config, "tcp.example.com")->drain_status_count, 0);
+	config_free(config);
+
+	/* The name's own option against a shared choice: its own mistake. */
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "defaults { check_method = tcp }\n"
+		       "name a.example.com {\n"
+		       "    http_headers = { \"X-A: 1\" }\n"
+		       "    candidate a { check_address = \"192.0.2.1:80\" }\n"
+		       "}\n", 4, "http_headers applies to http checks only");
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "defaults {\n"
+		       "    selection_method = best_rtt\n"
+		       "}\n"
+		       "name a.example.com {\n"
+		       "    overprovisioning = 2\n"
+		       "    candidate a {}\n"
+		       "}\n", 6, "overprovisioning needs selection_method");
+}
+
+static void
+test_defaults_errors(void)
+{
+	/* A bad value in defaults is reported at its line, once, even
+	 * with no name to take it. */
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "defaults {\n"
+		       "    check_frequency = 0\n"
+		       "}\n", 3, "check_frequency must be between 0.01 and 86400 seconds, not 0");
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "name a.example.com { candidate a {} }\n"
+		       "defaults {\n"
+		       "    rise = 1\n"
+		       "    selection_method = fastest\n"
+		       "}\n", 5, "selection_method: unknown value \"fastest\"");
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "defaults {\n"
+		       "    expect_status = { 200, 700 }\n"
+		       "}\n", 3, "expect_status must be between 100 and 599, not 700");
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "defaults {\n"
+		       "    http_headers = { \"no colon\" }\n"
+		       "}\n", 3, "is not \"Name: value\"");
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "defaults {\n"
+		       "    ca_file = \"/nonexistent/ca.pem\"\n"
+		       "}\n", 3, "ca_file \"/nonexistent/ca.pem\"");
+	/* Options that contradict each other within defaults. */
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "defaults {\n"
+		       "    check_method = tcp\n"
+		       "    expect_body = \"ok\"\n"
+		       "}\n"
+		       "name a.example.com { candidate a { check_address = \"192.0.2.1:80\" } }\n"
+		       "name b.example.com { candidate a { check_address = \"192.0.2.1:80\" } }\n",
+		       4, "expect_body applies to http checks only");
+	if (report_count != 1)
+		print_reports();
+	CHECK_INT(report_count, 1);
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "defaults {\n"
+		       "    overprovisioning = 0.5\n"
+		       "}\n", 3, "overprovisioning must be 0 (off) or between 1 and 100");
+	/* What is not a name's option has no place in defaults. */
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "defaults {\n"
+		       "    rise = 2\n"
+		       "    check_frequncy = 5\n"
+		       "}\n", 4, "no such option 'check_frequncy'");
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "defaults {\n"
+		       "    candidate a {}\n"
+		       "}\n", 3, "candidate");
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "defaults {\n"
+		       "    dns_listen_port = 5300\n"
+		       "}\n", 3, "no such option 'dns_listen_port'");
+	/* Without a section, a name's option is still no global option. */
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "check_frequency = 5\n", 2,
+		       "no such option 'check_frequency'");
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\n"
+		       "defaults { rise = 2 }\n"
+		       "name a.example.com { candidate a {} }\n"
+		       "defaults { fall = 2 }\n", 4,
+		       "defaults is already given at line 2");
+}
+
 int
 main(void)
 {
@@ -1631,6 +1874,10 @@ main(void)
 	RUN(test_http_options);
 	RUN(test_expect_status_compared_by_meaning);
 	RUN(test_error_http_options);
+	RUN(test_defaults_section_applied);
+	RUN(test_defaults_list_overridden_whole);
+	RUN(test_defaults_left_out_where_they_do_not_apply);
+	RUN(test_defaults_errors);
 
 	unlink(resolv_conf);
 	unlink(loopback_resolv_conf);
