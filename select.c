@@ -726,10 +726,34 @@ select_answer(struct answer_set *set, int *first)
 	return 1;
 }
 
+/*
+ * A name with no address to give in either family fails as a whole: when
+ * one family's failure_mode answer is SERVFAIL and the other family has
+ * no address at all (NODATA), the other is SERVFAIL too.  A stub resolver
+ * asks A and AAAA together, and glibc's getaddrinfo makes NODATA beside
+ * SERVFAIL into "no address" (EAI_NODATA), which programs take as final;
+ * SERVFAIL for both is EAI_AGAIN, try again.
+ */
+static void
+fail_whole_name(struct name *name)
+{
+	for (int i = 0; i < 2; i++) {
+		struct answer_set *set = &name->answers[i];
+		const struct answer_set *other = &name->answers[1 - i];
+
+		if (set->kind == ANSWER_NODATA &&
+		    other->kind == ANSWER_SERVFAIL && other->failure_mode) {
+			set->kind = ANSWER_SERVFAIL;
+			set->failure_mode = 1;
+		}
+	}
+}
+
 void
 select_update_all(struct name *name)
 {
 	select_update(name, AF_INET);
 	select_update(name, AF_INET6);
+	fail_whole_name(name);
 	name->stale = 0;
 }

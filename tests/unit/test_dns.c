@@ -680,11 +680,19 @@ test_failure_modes(void)
 	CHECK_INT(response_count(0), 1);
 	CHECK_INT(response_count(1), 0);
 	CHECK(question_echoed(query, len));
-	/* ...but an absent family is still NODATA. */
+	/* ...and so is the family it has no address of: the name fails
+	 * as a whole (glibc: EAI_AGAIN, not "no address"). */
 	len = make_query(query, 8, RD, "servfail.example.com", T_AAAA, C_IN);
+	CHECK_INT(ask(query, len, 0), DNS_REPLY);
+	CHECK_INT(response_rcode(), 2);
+	CHECK_INT(response_count(2), 0);
+	CHECK(question_echoed(query, len));
+	/* Once an address is back, the other family is NODATA again. */
+	set_all("servfail.example.com", HEALTH_UP, 0.1);
 	CHECK_INT(ask(query, len, 0), DNS_REPLY);
 	CHECK_INT(response_rcode(), 0);
 	CHECK_INT(response_count(2), 1);
+	set_all("servfail.example.com", HEALTH_DOWN, NAN);
 
 	/* all: every address of the family. */
 	len = make_query(query, 8, RD, "failall.example.com", T_A, C_IN);

@@ -575,16 +575,42 @@ test_families(void)
 	CHECK_STR(answer_text(name, AF_INET6, 0), "2001:db8::2");
 	CHECK_STR(answer_text(name, AF_INET6, 1), "2001:db8::1");
 
-	/* No address of a family: NODATA, whatever the failure mode. */
+	/*
+	 * No address of a family: NODATA while the other family answers
+	 * (or fails open); SERVFAIL while the other family's failure_mode
+	 * says SERVFAIL, so that the name fails as a whole (a stub asks
+	 * both families at once).
+	 */
 	CHECK_INT(answers(v4only, AF_INET6)->kind, ANSWER_NODATA);
 	CHECK_INT(answers(v4only, AF_INET)->kind, ANSWER_ADDRESSES);
-	CHECK_INT(answers(v6only, AF_INET)->kind, ANSWER_NODATA);
+	CHECK_INT(answers(v6only, AF_INET)->kind, ANSWER_SERVFAIL);
+	CHECK_INT(answers(v6only, AF_INET)->failure_mode, 1);
 	CHECK_INT(answers(v6only, AF_INET6)->kind, ANSWER_SERVFAIL);
 	set_up(v6only, "2001:db8::6", 0.1);
 	select_update_all(v6only);
 	CHECK_INT(answers(v6only, AF_INET6)->kind, ANSWER_ADDRESSES);
 	CHECK_STR(answer_text(v6only, AF_INET6, 0), "2001:db8::6");
 	CHECK_INT(answers(v6only, AF_INET)->kind, ANSWER_NODATA);
+	CHECK_INT(answers(v6only, AF_INET)->failure_mode, 0);
+	v6only->candidates[0].addresses[0]->health = HEALTH_DOWN;
+	select_update_all(v6only);
+	CHECK_INT(answers(v6only, AF_INET)->kind, ANSWER_SERVFAIL);
+	CHECK_INT(answers(v6only, AF_INET6)->kind, ANSWER_SERVFAIL);
+	v4only->candidates[0].addresses[0]->health = HEALTH_DOWN;
+	select_update_all(v4only);
+	CHECK_INT(answers(v4only, AF_INET)->kind, ANSWER_ADDRESSES);
+	CHECK_INT(answers(v4only, AF_INET6)->kind, ANSWER_NODATA);
+	/* failure_mode all with every known address set down is SERVFAIL:
+	 * the name fails as a whole there too. */
+	((struct config_candidate *)v4only->candidates[0].config)->admin_state =
+	    ADMIN_DOWN;
+	select_update_all(v4only);
+	CHECK_INT(answers(v4only, AF_INET)->kind, ANSWER_SERVFAIL);
+	CHECK_INT(answers(v4only, AF_INET6)->kind, ANSWER_SERVFAIL);
+	((struct config_candidate *)v4only->candidates[0].config)->admin_state =
+	    ADMIN_AUTO;
+	select_update_all(v4only);
+	CHECK_INT(answers(v4only, AF_INET6)->kind, ANSWER_NODATA);
 	/*
 	 * Not resolved yet (or never resolvable): its addresses are unknown,
 	 * not absent, so failure_mode decides; NODATA would be a lie.
