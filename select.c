@@ -33,12 +33,13 @@ address_available(const struct address *address)
  * answered as healthy whatever the checks and max_rtt say (the operator
  * has overruled them).  Otherwise the checks decide, and an address that
  * is up but drained (by the operator or by its server) comes after every
- * healthy one.
+ * healthy one.  The state is the IP's in the name (settle_admin_states),
+ * not only its own candidate's.
  */
 enum address_tier
 address_tier(const struct address *address)
 {
-	enum admin_state admin = address->candidate->config->admin_state;
+	enum admin_state admin = address->admin;
 
 	if (admin == ADMIN_DOWN)
 		return TIER_ADMIN_DOWN;
@@ -621,6 +622,48 @@ place_duplicates(struct address **all, int count, struct address **scratch)
 	}
 }
 
+/* How strongly each admin_state speaks: down, then drain, then up. */
+static int
+admin_weight(enum admin_state state)
+{
+	switch (state) {
+	case ADMIN_DOWN: return 3;
+	case ADMIN_DRAIN: return 2;
+	case ADMIN_UP: return 1;
+	case ADMIN_AUTO: break;
+	}
+	return 0;
+}
+
+/*
+ * Two candidates may list one IP (two check URLs on one server); the
+ * operator's word on it holds wherever it appears: down anywhere is down,
+ * drain anywhere is drain unless another says down, then up.  Each entry
+ * gets the strongest word of its IP's entries, sorted side by side in
+ * scratch; the checks stay each entry's own.
+ */
+static void
+settle_admin_states(const struct name *name, struct address **all, int count,
+		    struct address **scratch)
+{
+	for (int i = 0; i < count; i++)
+		all[i]->admin = all[i]->candidate->config->admin_state;
+	if (name->candidate_count < 2)
+		return;
+	copy_addresses(scratch, all, count);
+	qsort(scratch, (size_t)count, sizeof(scratch[0]), compare_ip);
+	for (int start = 0, end; start < count; start = end) {
+		enum admin_state word = scratch[start]->admin;
+
+		for (end = start + 1; end < count &&
+		     same_ip(&scratch[end]->ip, &scratch[start]->ip); end++)
+			if (admin_weight(scratch[end]->admin) > admin_weight(word))
+				word = scratch[end]->admin;
+		for (int i = start; i < end; i++)
+			scratch[i]->admin = word;
+	}
+}
+
 /* What the last selection gave an address, to see whether it moved. */
 struct placement {
 	int latency_group;
@@ -664,6 +707,7 @@ select_update(struct name *name, int family)
 	enum address_tier tier;
 
 	count = gather(name, family, all, total);
+	settle_admin_states(name, all, count, ranked);
 	unplace(all, count, before);
 	set->rotate = 0;
 	set->count = 0;
