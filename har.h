@@ -282,6 +282,8 @@ struct candidate {
 	 */
 	int known[2];
 };
+/* The most addresses a candidate's host resolves to (and is restored with). */
+#define CANDIDATE_RESOLVED_MAX 128
 
 /*
  * The answer for one family of one name, recomputed by select.c whenever a

@@ -501,7 +501,9 @@ fill_live_tables(struct store_file *file, const struct batch *batch)
  * data file describes what hard checks now.  A name stays as long as it
  * is configured, with or without addresses (its query counter is kept);
  * a batch that prunes carries every configured name.  Slots beyond a
- * check_history lowered by a reload go too (a range of the key).
+ * check_history lowered by a reload go too (a range of the key).  So do
+ * rows with a NULL in their key, which an older schema let in (and NOT IN
+ * would keep: NULL NOT IN ... is not true).
  */
 static int
 delete_removed(struct store_file *file, const struct batch *batch)
@@ -511,10 +513,13 @@ delete_removed(struct store_file *file, const struct batch *batch)
 	if (result == SQLITE_OK)
 		result = exec_sql(file,
 		    "DELETE FROM candidates WHERE (name, candidate_name, ip_address)"
-		    " NOT IN (SELECT name, candidate_name, ip_address FROM live);"
+		    " NOT IN (SELECT name, candidate_name, ip_address FROM live)"
+		    " OR name IS NULL OR candidate_name IS NULL OR ip_address IS NULL;"
 		    "DELETE FROM checks WHERE (name, candidate_name, ip_address)"
-		    " NOT IN (SELECT name, candidate_name, ip_address FROM live);"
-		    "DELETE FROM names WHERE name NOT IN (SELECT name FROM live_names);");
+		    " NOT IN (SELECT name, candidate_name, ip_address FROM live)"
+		    " OR name IS NULL OR candidate_name IS NULL OR ip_address IS NULL;"
+		    "DELETE FROM names WHERE name NOT IN (SELECT name FROM live_names)"
+		    " OR name IS NULL;");
 	if (result == SQLITE_OK) {
 		char sql[64];
 
