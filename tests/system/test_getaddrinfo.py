@@ -4,6 +4,10 @@ fails under failure_mode = servfail fails as a whole (SERVFAIL for A and
 for AAAA, so EAI_AGAIN, never EAI_NODATA), and what the search list does
 with it (contrib/resolv.conf.md)."""
 
+import os
+
+import pytest
+
 import harness
 from namespace import getaddrinfo, run_in_namespace, set_resolv_conf
 
@@ -62,6 +66,7 @@ def lookups(workdir, resolv_confs, names):
     return run_in_namespace(workdir, body)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="a private namespace needs root")
 def test_failing_name_is_eai_again(workdir):
     """Every candidate down under failure_mode = servfail: SERVFAIL for A
     and for AAAA (the name has no IPv6 address), so getaddrinfo reports
