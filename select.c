@@ -636,6 +636,20 @@ admin_weight(enum admin_state state)
 }
 
 /*
+ * Whether the name's candidates say different things: only then can a
+ * shared IP be given two words.
+ */
+static int
+admin_states_differ(const struct name *name)
+{
+	for (int i = 1; i < name->candidate_count; i++)
+		if (name->candidates[i].config->admin_state !=
+		    name->candidates[0].config->admin_state)
+			return 1;
+	return 0;
+}
+
+/*
  * Two candidates may list one IP (two check URLs on one server); the
  * operator's word on it holds wherever it appears: down anywhere is down,
  * drain anywhere is drain unless another says down, then up.  Each entry
@@ -648,7 +662,7 @@ settle_admin_states(const struct name *name, struct address **all, int count,
 {
 	for (int i = 0; i < count; i++)
 		all[i]->admin = all[i]->candidate->config->admin_state;
-	if (name->candidate_count < 2)
+	if (!admin_states_differ(name))
 		return;
 	copy_addresses(scratch, all, count);
 	qsort(scratch, (size_t)count, sizeof(scratch[0]), compare_ip);
