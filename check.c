@@ -648,7 +648,7 @@ struct resolution {
 	int pending;
 	struct resolution_lookup lookups[2];	/* A, AAAA */
 	int failed[2];
-	struct ip_address ips[128];
+	struct ip_address ips[CANDIDATE_RESOLVED_MAX];
 	int count;
 	double ttl;
 };

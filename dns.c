@@ -108,7 +108,30 @@ parse_question_name(const uint8_t *packet, size_t len, size_t *offset,
 	return 0;
 }
 
-/* An OPT record at offset, the only additional record: the common case. */
+/*
+ * An OPT's RDATA is a run of options, each a code, a length and that many
+ * bytes (RFC 6891 6.1.2); one that runs past the RDATA, or a few bytes
+ * too short to be an option, make the OPT malformed.
+ */
+static int
+opt_options_fit(const uint8_t *rdata, size_t rdlen)
+{
+	size_t at = 0;
+
+	while (at < rdlen) {
+		if (rdlen - at < 4)
+			return 0;
+		at += 4 + (size_t)read16(rdata + at + 2);
+	}
+	return at == rdlen;
+}
+
+/*
+ * An OPT record at offset, the only additional record and the end of the
+ * packet: the common case.  Anything else (another owner than the root,
+ * options that overrun, bytes after it) is left to parse_with_ldns to
+ * judge.
+ */
 static int
 parse_opt(const uint8_t *packet, size_t len, size_t offset, struct query *q)
 {
@@ -118,7 +141,8 @@ parse_opt(const uint8_t *packet, size_t len, size_t offset, struct query *q)
 	    read16(packet + offset + 1) != DNS_TYPE_OPT)
 		return -1;
 	rdlen = read16(packet + offset + 9);
-	if (offset + 11 + rdlen > len)
+	if (offset + 11 + rdlen != len ||
+	    !opt_options_fit(packet + offset + 11, rdlen))
 		return -1;
 	q->has_opt = 1;
 	q->udp_size = read16(packet + offset + 3);
@@ -156,14 +180,33 @@ read_opt_record(const ldns_rr *rr, struct query *q)
 }
 
 /*
+ * An OPT record ldns has read, from start to end in the packet: only in
+ * the additional section, owned by the root, its options within its RDATA
+ * (RFC 6891 6.1.1, 6.1.2).
+ */
+static int
+opt_well_formed(const uint8_t *packet, size_t start, size_t end,
+		const ldns_rr *rr, int additional)
+{
+	size_t rdata = skip_name(packet, end, start) + 10;
+	size_t rdlen = read16(packet + rdata - 2);
+
+	return additional && ldns_dname_label_count(ldns_rr_owner(rr)) == 0 &&
+	    rdata + rdlen == end && opt_options_fit(packet + rdata, rdlen);
+}
+
+/*
  * Anything unusual: ldns reads every record of the packet, one at a time,
  * and each is freed as soon as it has been looked at.  Not ldns_wire2pkt:
  * the ldns of Debian 12 (1.8.3) loses every TSIG record of a packet but
  * the last, 73 bytes for each packet anyone sends with two.  Reading the
  * records with ldns_wire2rr keeps ldns's judgement of what is well formed
- * (and its record boundaries) without that leak.  More than one OPT
- * (RFC 6891 6.1.1), more than one TSIG, or a TSIG that is not the last
- * record (RFC 8945 5.1) is malformed.
+ * (and its record boundaries) without that leak.  Malformed, so FORMERR
+ * before any forwarding: more than one OPT (RFC 6891 6.1.1), an OPT
+ * outside the additional section, not owned by the root or with options
+ * past its RDATA (6.1.2), more than one TSIG, a TSIG that is not the last
+ * record (RFC 8945 5.1), and bytes after the records the header counts.
+ * The question's QTYPE may be OPT: that is a question, not a record.
  */
 static int
 parse_with_ldns(const uint8_t *packet, size_t len, struct query *q)
@@ -182,21 +225,29 @@ parse_with_ldns(const uint8_t *packet, size_t len, struct query *q)
 		for (int i = 0; i < count; i++) {
 			ldns_rr *rr = NULL;
 			ldns_rr_type type;
+			size_t start = at;
+			int well_formed = 1;
 
 			if (after_tsig ||
 			    ldns_wire2rr(&rr, packet, len, &at,
 					 sections[section]) != LDNS_STATUS_OK)
 				return -1;
 			type = ldns_rr_get_type(rr);
-			if (additional && type == LDNS_RR_TYPE_OPT) {
-				read_opt_record(rr, q);
+			if (sections[section] != LDNS_SECTION_QUESTION &&
+			    type == LDNS_RR_TYPE_OPT) {
+				well_formed = opt_well_formed(packet, start, at,
+							      rr, additional);
+				if (well_formed)
+					read_opt_record(rr, q);
 				opts++;
 			}
 			after_tsig = additional && type == LDNS_RR_TYPE_TSIG;
 			ldns_rr_free(rr);
+			if (!well_formed)
+				return -1;
 		}
 	}
-	return opts > 1 ? -1 : 0;
+	return opts > 1 || at != len ? -1 : 0;
 }
 
 /* 0: parsed; else the rcode to answer with (-1: drop silently). */
@@ -228,7 +279,8 @@ parse_query(const uint8_t *packet, size_t len, struct query *q)
 	ancount = read16(packet + 6);
 	nscount = read16(packet + 8);
 	arcount = read16(packet + 10);
-	if (q->question && ancount == 0 && nscount == 0 && arcount == 0)
+	if (q->question && ancount == 0 && nscount == 0 && arcount == 0 &&
+	    offset == len)
 		parsed = 0;
 	else if (q->question && ancount == 0 && nscount == 0 && arcount == 1 &&
 		 parse_opt(packet, len, offset, q) == 0)

@@ -262,6 +262,9 @@ struct address {
 	uint64_t check_count;	/* checks completed; history ring index */
 	int check_changed;	/* a reload changed the check: next result decides */
 	int draining;		/* the server answered with a drain_status */
+	/* The operator's word on this IP in its name: the strongest
+	 * admin_state of the candidates that list it (select.c sets it) */
+	enum admin_state admin;
 	/* select.c's placement, shown in the data file: the latency group
 	 * (1 the nearest; 0 when the name does not spill) and the fraction
 	 * of the family's answers that carry the address */
@@ -293,6 +296,8 @@ struct candidate {
 	 */
 	int known[2];
 };
+/* The most addresses a candidate's host resolves to (and is restored with). */
+#define CANDIDATE_RESOLVED_MAX 128
 
 /*
  * The answer for one family of one name, recomputed by select.c whenever a

@@ -33,12 +33,13 @@ address_available(const struct address *address)
  * answered as healthy whatever the checks and max_rtt say (the operator
  * has overruled them).  Otherwise the checks decide, and an address that
  * is up but drained (by the operator or by its server) comes after every
- * healthy one.
+ * healthy one.  The state is the IP's in the name (settle_admin_states),
+ * not only its own candidate's.
  */
 enum address_tier
 address_tier(const struct address *address)
 {
-	enum admin_state admin = address->candidate->config->admin_state;
+	enum admin_state admin = address->admin;
 
 	if (admin == ADMIN_DOWN)
 		return TIER_ADMIN_DOWN;
@@ -621,6 +622,62 @@ place_duplicates(struct address **all, int count, struct address **scratch)
 	}
 }
 
+/* How strongly each admin_state speaks: down, then drain, then up. */
+static int
+admin_weight(enum admin_state state)
+{
+	switch (state) {
+	case ADMIN_DOWN: return 3;
+	case ADMIN_DRAIN: return 2;
+	case ADMIN_UP: return 1;
+	case ADMIN_AUTO: break;
+	}
+	return 0;
+}
+
+/*
+ * Whether the name's candidates say different things: only then can a
+ * shared IP be given two words.
+ */
+static int
+admin_states_differ(const struct name *name)
+{
+	for (int i = 1; i < name->candidate_count; i++)
+		if (name->candidates[i].config->admin_state !=
+		    name->candidates[0].config->admin_state)
+			return 1;
+	return 0;
+}
+
+/*
+ * Two candidates may list one IP (two check URLs on one server); the
+ * operator's word on it holds wherever it appears: down anywhere is down,
+ * drain anywhere is drain unless another says down, then up.  Each entry
+ * gets the strongest word of its IP's entries, sorted side by side in
+ * scratch; the checks stay each entry's own.
+ */
+static void
+settle_admin_states(const struct name *name, struct address **all, int count,
+		    struct address **scratch)
+{
+	for (int i = 0; i < count; i++)
+		all[i]->admin = all[i]->candidate->config->admin_state;
+	if (!admin_states_differ(name))
+		return;
+	copy_addresses(scratch, all, count);
+	qsort(scratch, (size_t)count, sizeof(scratch[0]), compare_ip);
+	for (int start = 0, end; start < count; start = end) {
+		enum admin_state word = scratch[start]->admin;
+
+		for (end = start + 1; end < count &&
+		     same_ip(&scratch[end]->ip, &scratch[start]->ip); end++)
+			if (admin_weight(scratch[end]->admin) > admin_weight(word))
+				word = scratch[end]->admin;
+		for (int i = start; i < end; i++)
+			scratch[i]->admin = word;
+	}
+}
+
 /* What the last selection gave an address, to see whether it moved. */
 struct placement {
 	int latency_group;
@@ -664,6 +721,7 @@ select_update(struct name *name, int family)
 	enum address_tier tier;
 
 	count = gather(name, family, all, total);
+	settle_admin_states(name, all, count, ranked);
 	unplace(all, count, before);
 	set->rotate = 0;
 	set->count = 0;
@@ -726,10 +784,34 @@ select_answer(struct answer_set *set, int *first)
 	return 1;
 }
 
+/*
+ * A name with no address to give in either family fails as a whole: when
+ * one family's failure_mode answer is SERVFAIL and the other family has
+ * no address at all (NODATA), the other is SERVFAIL too.  A stub resolver
+ * asks A and AAAA together, and glibc's getaddrinfo makes NODATA beside
+ * SERVFAIL into "no address" (EAI_NODATA), which programs take as final;
+ * SERVFAIL for both is EAI_AGAIN, try again.
+ */
+static void
+fail_whole_name(struct name *name)
+{
+	for (int i = 0; i < 2; i++) {
+		struct answer_set *set = &name->answers[i];
+		const struct answer_set *other = &name->answers[1 - i];
+
+		if (set->kind == ANSWER_NODATA &&
+		    other->kind == ANSWER_SERVFAIL && other->failure_mode) {
+			set->kind = ANSWER_SERVFAIL;
+			set->failure_mode = 1;
+		}
+	}
+}
+
 void
 select_update_all(struct name *name)
 {
 	select_update(name, AF_INET);
 	select_update(name, AF_INET6);
+	fail_whole_name(name);
 	name->stale = 0;
 }

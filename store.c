@@ -16,6 +16,7 @@
  * their writers' lifetimes, the restore at start, open and close.
  * store_writer.c has the writer thread and the SQL it runs.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -617,99 +618,196 @@ store_note_addresses_changed(void)
 
 /* ------------------------------------------------------------ restore */
 
+/*
+ * The data file is input like any other: the older schemas hard upgrades
+ * allow NULL keys, and a file written by hand or by another program may
+ * hold any type and any value in any column.  A row without its whole key
+ * is skipped (they are counted for one log line, and the writer's next
+ * pruning removes them); every value is checked before it is taken, and
+ * one that cannot be is left unknown, as if never recorded.
+ */
+
+/* The longest a check can take (check_timeout's bound): a longer RTT is noise. */
+#define RESTORE_MAX_SECONDS 86400.0
+
+/* A key column's text; NULL when the column is NULL. */
+static const char *
+column_key(sqlite3_stmt *row, int column)
+{
+	return (const char *)sqlite3_column_text(row, column);
+}
+
+static int
+column_is_number(sqlite3_stmt *row, int column)
+{
+	int type = sqlite3_column_type(row, column);
+
+	return type == SQLITE_INTEGER || type == SQLITE_FLOAT;
+}
+
+/* A time: NAN unless a finite number. */
+static double
+column_real(sqlite3_stmt *row, int column)
+{
+	double value;
+
+	if (!column_is_number(row, column))
+		return NAN;
+	value = sqlite3_column_double(row, column);
+	return isfinite(value) ? value : NAN;
+}
+
+/*
+ * A duration a check measured: NAN unless within what a check can take.
+ * A smoothed RTT restored as infinite or huge would stay so for good (each
+ * sample only moves it by a third) and keep the address over max_rtt.
+ */
+static double
+column_seconds(sqlite3_stmt *row, int column)
+{
+	double value = column_real(row, column);
+
+	return value >= 0 && value <= RESTORE_MAX_SECONDS ? value : NAN;
+}
+
+/* A counter: 0 unless a number above 0. */
+static uint64_t
+column_count(sqlite3_stmt *row, int column)
+{
+	sqlite3_int64 value;
+
+	if (!column_is_number(row, column))
+		return 0;
+	value = sqlite3_column_int64(row, column);
+	return value > 0 ? (uint64_t)value : 0;
+}
+
+/*
+ * The candidate's address with the IP of ip_text (in whatever form
+ * inet_pton reads); a resolved candidate starts with the addresses it
+ * last had, up to as many as a resolution gives.
+ */
 static struct address *
 restore_find_address(struct candidate *candidate, const char *ip_text)
 {
-	struct ip_address ip;
+	char canonical[INET6_ADDRSTRLEN];
+	struct ip_address ip, *ips;
 
-	for (int i = 0; i < candidate->address_count; i++)
-		if (strcmp(candidate->addresses[i]->text, ip_text) == 0)
-			return candidate->addresses[i];
-	/* A resolved candidate starts with the addresses it last had. */
-	if (candidate->config->address_count > 0 ||
-	    ip_address_parse(ip_text, &ip) != 0)
+	if (ip_address_parse(ip_text, &ip) != 0)
 		return NULL;
-	{
-		struct ip_address *ips = calloc((size_t)candidate->address_count + 1,
-						sizeof(*ips));
-		if (!ips)
-			return NULL;
-		for (int i = 0; i < candidate->address_count; i++)
-			ips[i] = candidate->addresses[i]->ip;
-		ips[candidate->address_count] = ip;
-		candidate_set_addresses(candidate, ips, candidate->address_count + 1);
-		free(ips);
-	}
+	ip_address_format(&ip, canonical, sizeof(canonical));
+	for (int i = 0; i < candidate->address_count; i++)
+		if (strcmp(candidate->addresses[i]->text, canonical) == 0)
+			return candidate->addresses[i];
+	if (candidate->config->address_count > 0 ||
+	    candidate->address_count >= CANDIDATE_RESOLVED_MAX)
+		return NULL;
+	ips = calloc((size_t)candidate->address_count + 1, sizeof(*ips));
+	if (!ips)
+		return NULL;
+	for (int i = 0; i < candidate->address_count; i++)
+		ips[i] = candidate->addresses[i]->ip;
+	ips[candidate->address_count] = ip;
+	candidate_set_addresses(candidate, ips, candidate->address_count + 1);
+	free(ips);
 	return candidate->addresses[candidate->address_count - 1];
 }
 
-static double
-column_real(sqlite3_stmt *statement, int column)
+/* healthy: NULL (or not a number) unknown, 0 down, anything else up. */
+static int
+column_health(sqlite3_stmt *row, int column)
 {
-	if (sqlite3_column_type(statement, column) == SQLITE_NULL)
-		return NAN;
-	return sqlite3_column_double(statement, column);
+	if (!column_is_number(row, column))
+		return HEALTH_UNKNOWN;
+	return sqlite3_column_double(row, column) != 0 ? HEALTH_UP : HEALTH_DOWN;
 }
 
 static void
 restore_address(struct address *address, sqlite3_stmt *row)
 {
-	address->health = sqlite3_column_type(row, 3) == SQLITE_NULL ?
-	    HEALTH_UNKNOWN : sqlite3_column_int(row, 3);
+	address->health = column_health(row, 3);
 	address->last_check_time = column_real(row, 4);
 	address->last_success_time = column_real(row, 5);
 	address->last_failure_time = column_real(row, 6);
 	address->last_status = sqlite3_column_int(row, 7);
-	address->connect_time = column_real(row, 8);
-	address->response_time = column_real(row, 9);
-	address->srtt = column_real(row, 10);
-	address->last_rtt = column_real(row, 11);
-	address->successes = (uint64_t)sqlite3_column_int64(row, 12);
-	address->timeouts = (uint64_t)sqlite3_column_int64(row, 13);
-	address->connect_errors = (uint64_t)sqlite3_column_int64(row, 14);
-	address->response_errors = (uint64_t)sqlite3_column_int64(row, 15);
-	address->other_errors = (uint64_t)sqlite3_column_int64(row, 16);
-	address->check_count = (uint64_t)sqlite3_column_int64(row, 17);
-	address->draining = sqlite3_column_int(row, 18) != 0;
+	address->connect_time = column_seconds(row, 8);
+	address->response_time = column_seconds(row, 9);
+	address->srtt = column_seconds(row, 10);
+	address->last_rtt = column_seconds(row, 11);
+	address->successes = column_count(row, 12);
+	address->timeouts = column_count(row, 13);
+	address->connect_errors = column_count(row, 14);
+	address->response_errors = column_count(row, 15);
+	address->other_errors = column_count(row, 16);
+	address->check_count = column_count(row, 17);
+	address->draining = column_count(row, 18) != 0;
 	/* The row shows the admin_state of the file's last writer. */
 	address->store_dirty = 1;
-	if (address->health != HEALTH_UNKNOWN)
-		address->health = address->health ? HEALTH_UP : HEALTH_DOWN;
 }
 
-static void
+/* Returns how many rows were skipped for a NULL name. */
+static int
 restore_queries(struct registry *registry)
 {
 	sqlite3_stmt *statement;
+	double now = wall_now();
+	int skipped = 0;
 
 	if (sqlite3_prepare_v2(current->db, "SELECT name, queries,"
 			       " last_query_time FROM names", -1,
 			       &statement, NULL) != SQLITE_OK)
-		return;
+		return 0;
 	while (sqlite3_step(statement) == SQLITE_ROW) {
-		struct name *name = registry_find_name(registry,
-		    (const char *)sqlite3_column_text(statement, 0));
+		const char *title = column_key(statement, 0);
+		struct name *name = title ? registry_find_name(registry, title) :
+		    NULL;
+		double last_query_time;
 
+		skipped += !title;
 		if (!name)
 			continue;
-		name->queries = (uint64_t)sqlite3_column_int64(statement, 1);
-		/* A name idle when hard stopped is idle again at once. */
-		name->last_query_time = column_real(statement, 2);
+		name->queries = column_count(statement, 1);
+		/* A name idle when hard stopped is idle again at once; a
+		 * query time to come is no query time. */
+		last_query_time = column_real(statement, 2);
+		name->last_query_time = last_query_time <= now ?
+		    last_query_time : NAN;
 	}
 	sqlite3_finalize(statement);
+	return skipped;
+}
+
+/* The address a candidates row is about; NULL if none (or no whole key). */
+static struct address *
+row_address(struct registry *registry, sqlite3_stmt *row, int *skipped)
+{
+	const char *keys[3];
+	struct name *name;
+	struct candidate *candidate;
+
+	for (int i = 0; i < 3; i++) {
+		keys[i] = column_key(row, i);
+		if (!keys[i]) {
+			(*skipped)++;
+			return NULL;
+		}
+	}
+	name = registry_find_name(registry, keys[0]);
+	candidate = name ? name_find_candidate(name, keys[1]) : NULL;
+	return candidate ? restore_find_address(candidate, keys[2]) : NULL;
 }
 
 void
 store_restore(struct registry *registry)
 {
 	sqlite3_stmt *row;
-	int restored = 0;
+	int restored = 0, skipped_names, skipped = 0;
 
 	store_registry = registry;
 	addresses_changed = 1;
 	if (!current || !current->db)
 		return;
-	restore_queries(registry);
+	skipped_names = restore_queries(registry);
 	if (sqlite3_prepare_v2(current->db,
 	    "SELECT name, candidate_name, ip_address, healthy, last_check_time,"
 	    " last_success_time, last_failure_time, last_check_status,"
@@ -721,12 +819,7 @@ store_restore(struct registry *registry)
 		return;
 	}
 	while (sqlite3_step(row) == SQLITE_ROW) {
-		struct name *name = registry_find_name(registry,
-		    (const char *)sqlite3_column_text(row, 0));
-		struct candidate *candidate = name ? name_find_candidate(name,
-		    (const char *)sqlite3_column_text(row, 1)) : NULL;
-		struct address *address = candidate ? restore_find_address(candidate,
-		    (const char *)sqlite3_column_text(row, 2)) : NULL;
+		struct address *address = row_address(registry, row, &skipped);
 
 		if (!address)
 			continue;
@@ -736,6 +829,11 @@ store_restore(struct registry *registry)
 	sqlite3_finalize(row);
 	for (int i = 0; i < registry->name_count; i++)
 		select_update_all(&registry->names[i]);
+	if (skipped_names + skipped)
+		log_warning("data file %s: skipped %d names rows and %d candidates "
+			    "rows without a name, candidate or address (NULL); "
+			    "they are removed", current->path, skipped_names,
+			    skipped);
 	if (restored)
 		log_info("restored the state of %d addresses from %s", restored,
 			 current->path);

@@ -131,7 +131,9 @@ static const struct {
 /*
  * The order hard answers in, from the same recorded values, with why
  * each address is or is not answered.  Tiers as in select.c: 1 healthy
- * (or admin up), 2 draining, 3 unavailable, 4 admin down; the best tier
+ * (or admin up), 2 draining, 3 unavailable, 4 admin down, the admin
+ * state being the strongest any candidate of the name gives the IP (down,
+ * drain, up), as in select.c's settle_admin_states; the best tier
  * present is answered per selection_method, and with none of 1 or 2
  * failure_mode = all answers tier 3.  rank orders every address of a
  * name and family by tier, then smoothed RTT, then address text.  A name
@@ -147,15 +149,20 @@ static const char ranking_sql[] =
     "   n.failure_mode, c.latency_group, c.share,"
     "   c.healthy IS NOT 1 OR (n.max_rtt IS NOT NULL"
     "    AND (c.rtt IS NULL OR c.rtt > n.max_rtt)) AS unavailable,"
-    "   CASE WHEN c.admin_state IN ('down', 'up') THEN 'admin ' || c.admin_state"
+    "   CASE WHEN c.word IN ('down', 'up') THEN 'admin ' || c.word"
     "    WHEN c.healthy IS NULL THEN 'unknown'"
     "    WHEN c.healthy = 0 THEN 'down'"
     "    WHEN n.max_rtt IS NOT NULL AND (c.rtt IS NULL OR c.rtt > n.max_rtt)"
     "     THEN 'over max_rtt'"
-    "    WHEN c.admin_state = 'drain' THEN 'admin drain'"
+    "    WHEN c.word = 'drain' THEN 'admin drain'"
     "    WHEN c.draining THEN 'draining'"
     "    ELSE 'healthy' END AS state"
-    "  FROM candidates c JOIN names n ON n.name = c.name),"
+    "  FROM (SELECT *, CASE MAX(CASE admin_state WHEN 'down' THEN 3"
+    "     WHEN 'drain' THEN 2 WHEN 'up' THEN 1 ELSE 0 END)"
+    "     OVER (PARTITION BY name, ip_address)"
+    "    WHEN 3 THEN 'down' WHEN 2 THEN 'drain' WHEN 1 THEN 'up'"
+    "    ELSE 'auto' END AS word FROM candidates) c"
+    "  JOIN names n ON n.name = c.name),"
     " tiered AS ("
     "  SELECT *, CASE WHEN state = 'admin down' THEN 4"
     "    WHEN state = 'admin up' THEN 1"
@@ -497,7 +504,9 @@ fill_live_tables(struct store_file *file, const struct batch *batch)
  * data file describes what hard checks now.  A name stays as long as it
  * is configured, with or without addresses (its query counter is kept);
  * a batch that prunes carries every configured name.  Slots beyond a
- * check_history lowered by a reload go too (a range of the key).
+ * check_history lowered by a reload go too (a range of the key).  So do
+ * rows with a NULL in their key, which an older schema let in (and NOT IN
+ * would keep: NULL NOT IN ... is not true).
  */
 static int
 delete_removed(struct store_file *file, const struct batch *batch)
@@ -507,10 +516,13 @@ delete_removed(struct store_file *file, const struct batch *batch)
 	if (result == SQLITE_OK)
 		result = exec_sql(file,
 		    "DELETE FROM candidates WHERE (name, candidate_name, ip_address)"
-		    " NOT IN (SELECT name, candidate_name, ip_address FROM live);"
+		    " NOT IN (SELECT name, candidate_name, ip_address FROM live)"
+		    " OR name IS NULL OR candidate_name IS NULL OR ip_address IS NULL;"
 		    "DELETE FROM checks WHERE (name, candidate_name, ip_address)"
-		    " NOT IN (SELECT name, candidate_name, ip_address FROM live);"
-		    "DELETE FROM names WHERE name NOT IN (SELECT name FROM live_names);");
+		    " NOT IN (SELECT name, candidate_name, ip_address FROM live)"
+		    " OR name IS NULL OR candidate_name IS NULL OR ip_address IS NULL;"
+		    "DELETE FROM names WHERE name NOT IN (SELECT name FROM live_names)"
+		    " OR name IS NULL;");
 	if (result == SQLITE_OK) {
 		char sql[64];
 

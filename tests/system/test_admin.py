@@ -12,8 +12,9 @@ import pytest
 
 import harness
 from harness import addresses
-from statehelpers import (SQLITE3, answer, candidates, log_lines, name_block,
-                          sql, sql_value, wait_answer, wait_log, wait_sql)
+from statehelpers import (SQLITE3, answer, assert_answers, candidates, log_lines,
+                          name_block, sql, sql_value, wait_answer, wait_log,
+                          wait_sql)
 from test_reload import reload
 
 A, B = "127.0.0.2", "127.0.0.3"
@@ -327,3 +328,44 @@ def test_drain_status_needs_no_body(workdir, start_hard, start_http, up):
     assert row[0]["healthy"] == 1
     sb.set(status=500)
     wait_answer(h, "www.test", [A])     # the draining one, as the last resort
+
+
+def shared_address_body(server, other, state):
+    """www.test: two candidates checking one address through two paths of
+    one server, the first with admin_state = state, and a third address."""
+    return name_block("www.test", [("one", server.url() + "one",
+                                    "admin_state = %s" % state),
+                                   ("two", server.url() + "two"),
+                                   ("b", other.url())],
+                      selection_method="all", check_frequency=0.5)
+
+
+@pytest.mark.parametrize("state", ["down", "drain"])
+def test_admin_state_holds_on_a_shared_address(workdir, start_hard, start_http,
+                                               up, state):
+    """Two candidates list one address (two check paths on one server, both
+    healthy); admin_state on one of them holds for the address: down is
+    never answered, not even as the last one; drain is answered only once
+    no other address is available.  The ranking view says so on both rows."""
+    sa, sb = start_http(A), start_http(B)
+    db = db_path(workdir)
+    h = start_hard(shared_address_body(sa, sb, state), upstream=up, data_file=db)
+    wait_answer(h, "www.test", [B], timeout=10)
+    # every check has passed: the address is healthy by candidate two's
+    for cand, ip in (("one", A), ("two", A), ("b", B)):
+        wait_log(h, r"www\.test candidate %s address %s is up" % (cand, re.escape(ip)),
+                 timeout=10)
+    assert_answers(h, {"www.test": [B]}, duration=1.5, max_latency=2.0)
+    rows = wait_sql(db, "SELECT candidate_name, reason, answered FROM ranking"
+                    " WHERE ip_address = '%s' ORDER BY candidate_name" % A,
+                    lambda r: len(r) == 2, timeout=5)
+    assert rows == [{"candidate_name": c, "reason": "admin " + state, "answered": 0}
+                    for c in ("one", "two")], rows
+    sb.stop()
+    wait_log(h, r"www\.test candidate b address %s is down" % re.escape(B), timeout=10)
+    if state == "drain":
+        wait_answer(h, "www.test", [A], timeout=5)     # the last resort
+        assert_answers(h, {"www.test": [A]}, duration=1.0, max_latency=2.0)
+    else:
+        # failure_mode none: forwarded, and the upstream has no www.test
+        assert_answers(h, {"www.test": "NXDOMAIN"}, duration=1.0, max_latency=2.0)

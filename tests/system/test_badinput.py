@@ -123,6 +123,85 @@ def test_garbage_formerr_or_drop(hard, name):
         assert rcode == dns.rcode.FORMERR, "rcode %d for %s" % (rcode, name)
 
 
+def opt_record(owner=b"\x00", rdata=b""):
+    """An OPT record offering 1232 bytes, with owner and RDATA as given."""
+    return owner + struct.pack("!HHIH", 41, 1232, 0, len(rdata)) + rdata
+
+
+COOKIE = struct.pack("!HH", 10, 8) + b"\x01" * 8
+# RFC 6891 6.1.1 and 6.1.2: malformed, so FORMERR.  (header counts, what
+# follows the question, whether the FORMERR carries an OPT: only when the
+# query's own was well formed)
+MALFORMED_EDNS = {
+    "opt-owner-not-root": (dict(ar=1), opt_record(b"\x01x\x00"), 0),
+    "opt-option-overruns-rdlen": (dict(ar=1), opt_record(
+        rdata=struct.pack("!HH", 10, 9) + b"\x01" * 8), 0),
+    "opt-option-header-cut": (dict(ar=1), opt_record(rdata=COOKIE + b"\x00\x0c"), 0),
+    "opt-in-answer": (dict(an=1), opt_record(), 0),
+    "opt-in-authority": (dict(ns=1), opt_record(), 0),
+    "bytes-after-question": (dict(), b"\x00\x00\x00\x00", 0),
+    "bytes-after-opt": (dict(ar=1), opt_record(rdata=COOKIE) + b"\x00", 1),
+}
+
+
+@pytest.fixture
+def hard_silent_upstream(start_hard, silent_upstream):
+    """hard with www.test, forwarding every other name to an upstream that
+    never answers but keeps what it receives."""
+    h = start_hard(BODY % harness.dead_port(), upstream=silent_upstream)
+    silent_upstream.sock.setblocking(False)
+    return h, silent_upstream
+
+
+def received(upstream):
+    """The datagrams the silent upstream got since last asked."""
+    got = []
+    while True:
+        try:
+            got.append(upstream.sock.recv(65535))
+        except BlockingIOError:
+            return got
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_EDNS))
+@pytest.mark.parametrize("qname", [QNAME, b"\x03fwd\x04test\x00"],
+                         ids=["configured", "forwarded"])
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+def test_malformed_edns_formerr_never_forwarded(hard_silent_upstream, case,
+                                                qname, tcp):
+    """An OPT not owned by the root, with an option past its RDLEN, outside
+    the additional section, or bytes after the last record: FORMERR (with
+    no OPT when the query's was not well formed) at once, for a configured
+    name and for one hard would forward; the upstream never sees it.  The
+    same query well formed is answered (or forwarded)."""
+    h, upstream = hard_silent_upstream
+    counts, tail, opt_back = MALFORMED_EDNS[case]
+    wire = header(qid=0x6161, **counts) + question(qname) + tail
+    if tcp:
+        with h.tcp() as s:
+            s.settimeout(REPLY_TIMEOUT)
+            harness.tcp_send(s, wire)
+            (length,) = struct.unpack("!H", harness.recv_exact(s, 2))
+            reply = harness.recv_exact(s, length)
+    else:
+        reply = h.udp_raw(wire, timeout=REPLY_TIMEOUT)
+    assert reply is not None, "%s: no reply within %.0f s" % (case, REPLY_TIMEOUT)
+    qid, flags, rcode = parse_reply(reply)
+    assert (qid, rcode) == (0x6161, dns.rcode.FORMERR), \
+        "%s: rcode %s" % (case, dns.rcode.to_text(rcode))
+    assert flags & 0x8000 and struct.unpack("!H", reply[10:12])[0] == opt_back
+    # A forwarded query would have been sent before the reply came back.
+    assert not [d for d in received(upstream) if qname in d.lower()], \
+        "%s was forwarded" % case
+    well_formed = header(qid=0x6262, ar=1) + question(qname) + opt_record(rdata=COOKIE)
+    if qname == QNAME:
+        assert parse_reply(h.udp_raw(well_formed, timeout=REPLY_TIMEOUT))[2] == 0
+    else:
+        h.udp_raw(well_formed, timeout=0.2)
+        harness.wait_until(lambda: [d for d in received(upstream) if qname in d],
+                           REPLY_TIMEOUT, what="the well-formed query forwarded")
+
+
 def test_random_fuzz(hard):
     """A few thousand random and mutated packets; hard keeps answering."""
     rnd = random.Random(1234)

@@ -452,6 +452,58 @@ def test_older_file_upgraded_and_unknown_health(workdir, start_hard, start_http,
     assert abs(row["last_query_time"] - time.time()) < 10 and row["idle"] == 0, row
 
 
+def test_null_keys_and_bad_values_restored_safely(workdir, start_hard,
+                                                  start_http, up):
+    """A data file of schema 1, which lets NULL into its keys, with such
+    rows and with values no check gives (an infinite RTT, negative counts,
+    text in a number column): hard starts (it crashed on strcmp(NULL), a
+    crash loop under Restart=always), answers, says once that it skipped
+    the NULL-key rows, and its writer removes them, so the next start has
+    nothing to say.  A bad value is taken as unknown: an infinite smoothed
+    RTT, kept, would hold the address over max_rtt for good."""
+    db = db_path(workdir)
+    os.makedirs(os.path.dirname(db))
+    subprocess.run([SQLITE3, db,
+                    "CREATE TABLE names(name TEXT PRIMARY KEY, queries INTEGER);"
+                    "CREATE TABLE candidates(name TEXT, candidate_name TEXT,"
+                    " ip_address TEXT, family INTEGER, healthy INTEGER,"
+                    " rtt REAL, checks INTEGER,"
+                    " PRIMARY KEY(name, candidate_name, ip_address));"
+                    "INSERT INTO names VALUES(NULL, 5);"
+                    "INSERT INTO names VALUES('www.test', -7);"
+                    "INSERT INTO candidates VALUES(NULL, 'a', '%(A)s', 4, 1, 0.004, 9);"
+                    "INSERT INTO candidates VALUES('www.test', NULL, '%(A)s', 4, 1,"
+                    " 0.004, 9);"
+                    "INSERT INTO candidates VALUES('www.test', 'a', NULL, 4, 1, 0.004, 9);"
+                    "INSERT INTO candidates VALUES('www.test', 'a', '%(A)s', 4, 1,"
+                    " 9e999, -3);"
+                    "INSERT INTO candidates VALUES('www.test', 'b', '%(B)s', 4, 'yes',"
+                    " 'fast', 'many');"
+                    "PRAGMA user_version = 1;" % {"A": A, "B": B}], check=True)
+    assert sql_value(db, "SELECT rtt FROM candidates WHERE rtt > 1e308") is not None
+    sa, sb = start_http(A), start_http(B, status=503)
+    body = name_block("www.test", [("a", sa.url()), ("b", sb.url())],
+                      max_rtt=1, check_frequency=0.3)
+    h = start_hard(body, upstream=up, data_file=db)
+    wait_answer(h, "www.test", [A], timeout=10)
+    skipped = r"data file .*: skipped 1 names rows and 3 candidates rows without"
+    wait_log(h, skipped)
+    null_rows = ("SELECT (SELECT count(*) FROM names WHERE name IS NULL)"
+                 " + (SELECT count(*) FROM candidates WHERE name IS NULL"
+                 " OR candidate_name IS NULL OR ip_address IS NULL) AS n")
+    wait_sql(db, null_rows, lambda r: r[0]["n"] == 0, timeout=5)
+    row = wait_sql(db, "SELECT * FROM candidates WHERE candidate_name = 'a'",
+                   lambda r: r and r[0]["checks"] >= 1, timeout=5)[0]
+    assert row["healthy"] == 1 and 0 <= row["rtt"] < 1, row
+    assert sql_value(db, "SELECT queries FROM names WHERE name = 'www.test'") >= 1
+    assert len(log_lines(h, skipped)) == 1, h.log()
+    assert h.stop() == 0
+
+    h2 = start_hard(body, upstream=up, data_file=db)
+    wait_answer(h2, "www.test", [A], timeout=10)
+    assert not log_lines(h2, r"skipped"), h2.log()
+
+
 # ------------------------------------------------------------ faults
 
 

@@ -680,11 +680,19 @@ test_failure_modes(void)
 	CHECK_INT(response_count(0), 1);
 	CHECK_INT(response_count(1), 0);
 	CHECK(question_echoed(query, len));
-	/* ...but an absent family is still NODATA. */
+	/* ...and so is the family it has no address of: the name fails
+	 * as a whole (glibc: EAI_AGAIN, not "no address"). */
 	len = make_query(query, 8, RD, "servfail.example.com", T_AAAA, C_IN);
+	CHECK_INT(ask(query, len, 0), DNS_REPLY);
+	CHECK_INT(response_rcode(), 2);
+	CHECK_INT(response_count(2), 0);
+	CHECK(question_echoed(query, len));
+	/* Once an address is back, the other family is NODATA again. */
+	set_all("servfail.example.com", HEALTH_UP, 0.1);
 	CHECK_INT(ask(query, len, 0), DNS_REPLY);
 	CHECK_INT(response_rcode(), 0);
 	CHECK_INT(response_count(2), 1);
+	set_all("servfail.example.com", HEALTH_DOWN, NAN);
 
 	/* all: every address of the family. */
 	len = make_query(query, 8, RD, "failall.example.com", T_A, C_IN);
@@ -1190,6 +1198,122 @@ test_tsig(void)
 	}
 }
 
+/*
+ * Appends an OPT record with the given owner (wire form) and RDATA to the
+ * section whose count is at header offset count_at; returns the new length.
+ */
+static size_t
+add_raw_opt(uint8_t *out, size_t len, int count_at, const uint8_t *owner,
+	    size_t owner_len, const uint8_t *rdata, uint16_t rdlen)
+{
+	memcpy(out + len, owner, owner_len);
+	len += owner_len;
+	memset(out + len, 0, 10);
+	set16(out + len, T_OPT);
+	set16(out + len + 2, 1232);
+	set16(out + len + 8, rdlen);
+	len += 10;
+	memcpy(out + len, rdata, rdlen);
+	set16(out + count_at, (uint16_t)(get16(out + count_at) + 1));
+	return len + rdlen;
+}
+
+/* The query for name with one OPT as described; its length. */
+static size_t
+opt_query(uint8_t *query, uint16_t id, const char *name, int count_at,
+	  const uint8_t *owner, size_t owner_len, const uint8_t *rdata,
+	  uint16_t rdlen)
+{
+	size_t len = make_query(query, id, RD, name, T_A, C_IN);
+
+	return add_raw_opt(query, len, count_at, owner, owner_len, rdata, rdlen);
+}
+
+/*
+ * RFC 6891 6.1.1 and 6.1.2: an OPT owned by another name than the root,
+ * with an option that overruns its RDATA, or in another section than the
+ * additional one is malformed; so are bytes after the last record.  Each
+ * is FORMERR, without an OPT in the reply (the query's cannot be trusted),
+ * whether hard answers the name or would forward it.
+ */
+static void
+test_malformed_edns(void)
+{
+	static const char *const names[] = { "www.example.com", "other.example.com" };
+	static const uint8_t root[] = { 0 }, not_root[] = { 1, 'x', 0 };
+	static const uint8_t cookie[] = { 0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8 };
+	static const uint8_t overrun[] = { 0, 10, 0, 9, 1, 2, 3, 4, 5, 6, 7, 8 };
+	static const uint8_t half_header[] = { 0, 10, 0, 0, 0, 12 };
+	static const uint8_t empty_option[] = { 0, 12, 0, 0 };
+	uint8_t query[512];
+	size_t len;
+
+	for (size_t i = 0; i < 2; i++) {
+		uint16_t id = (uint16_t)(0x6100 + 0x10 * i);
+
+		/* Well formed, with options: answered or forwarded. */
+		len = opt_query(query, id, names[i], 10, root, 1, cookie,
+				sizeof(cookie));
+		CHECK_INT(ask(query, len, 0), i == 0 ? DNS_REPLY : DNS_FORWARD);
+		len = opt_query(query, id, names[i], 10, root, 1, empty_option,
+				sizeof(empty_option));
+		CHECK_INT(ask(query, len, 0), i == 0 ? DNS_REPLY : DNS_FORWARD);
+		if (i == 0)
+			CHECK_INT(response_rcode(), 0);
+
+		len = opt_query(query, id + 1, names[i], 10, not_root,
+				sizeof(not_root), NULL, 0);
+		CHECK_INT(ask(query, len, 0), DNS_REPLY);
+		CHECK_ERROR_REPLY(id + 1, 1);
+		CHECK_INT(response_count(3), 0);
+
+		len = opt_query(query, id + 2, names[i], 10, root, 1, overrun,
+				sizeof(overrun));
+		CHECK_INT(ask(query, len, 0), DNS_REPLY);
+		CHECK_ERROR_REPLY(id + 2, 1);
+		CHECK_INT(response_count(3), 0);
+		len = opt_query(query, id + 3, names[i], 10, root, 1, half_header,
+				sizeof(half_header));
+		CHECK_INT(ask(query, len, 1), DNS_REPLY);
+		CHECK_ERROR_REPLY(id + 3, 1);
+
+		/* In the answer and in the authority section. */
+		len = opt_query(query, id + 4, names[i], 6, root, 1, NULL, 0);
+		CHECK_INT(ask(query, len, 0), DNS_REPLY);
+		CHECK_ERROR_REPLY(id + 4, 1);
+		len = opt_query(query, id + 5, names[i], 8, root, 1, NULL, 0);
+		CHECK_INT(ask(query, len, 0), DNS_REPLY);
+		CHECK_ERROR_REPLY(id + 5, 1);
+
+		/* Bytes after the question, after the OPT, after a TSIG. */
+		len = make_query(query, id + 6, RD, names[i], T_A, C_IN);
+		memcpy(query + len, "\0\0\0", 3);
+		CHECK_INT(ask(query, len + 3, 0), DNS_REPLY);
+		CHECK_ERROR_REPLY(id + 6, 1);
+		CHECK_INT(ask(query, len + 1, 1), DNS_REPLY);
+		CHECK_ERROR_REPLY(id + 6, 1);
+		len = opt_query(query, id + 7, names[i], 10, root, 1, cookie,
+				sizeof(cookie));
+		query[len] = 0;
+		CHECK_INT(ask(query, len + 1, 0), DNS_REPLY);
+		CHECK_ERROR_REPLY(id + 7, 1);
+		len = make_query(query, id + 8, RD, names[i], T_A, C_IN);
+		len = add_tsig(query, len);
+		memcpy(query + len, "junk", 4);
+		CHECK_INT(ask(query, len + 4, 0), DNS_REPLY);
+		CHECK_ERROR_REPLY(id + 8, 1);
+	}
+	/* OPT as the question's type is a question, not a record. */
+	len = make_query(query, 0x6120, RD, "other.example.com", T_OPT, C_IN);
+	CHECK_INT(ask(query, len, 0), DNS_FORWARD);
+	len = add_opt(query, len, 1232, 0, 0);
+	set16(query + 10, 0);
+	set16(query + 6, 0);
+	set16(query + 4, 1);
+	CHECK_INT(ask(query, len, 0), DNS_REPLY);	/* the OPT, uncounted */
+	CHECK_ERROR_REPLY(0x6120, 1);
+}
+
 /* ---------------------------------------------------- reply utilities */
 
 static void
@@ -1411,6 +1535,7 @@ main(void)
 	RUN(test_edns_errors);
 	RUN(test_query_with_records);
 	RUN(test_tsig);
+	RUN(test_malformed_edns);
 	RUN(test_truncate_reply);
 	RUN(test_truncate_keeps_opt);
 	RUN(test_error_reply);

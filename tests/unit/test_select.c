@@ -575,16 +575,42 @@ test_families(void)
 	CHECK_STR(answer_text(name, AF_INET6, 0), "2001:db8::2");
 	CHECK_STR(answer_text(name, AF_INET6, 1), "2001:db8::1");
 
-	/* No address of a family: NODATA, whatever the failure mode. */
+	/*
+	 * No address of a family: NODATA while the other family answers
+	 * (or fails open); SERVFAIL while the other family's failure_mode
+	 * says SERVFAIL, so that the name fails as a whole (a stub asks
+	 * both families at once).
+	 */
 	CHECK_INT(answers(v4only, AF_INET6)->kind, ANSWER_NODATA);
 	CHECK_INT(answers(v4only, AF_INET)->kind, ANSWER_ADDRESSES);
-	CHECK_INT(answers(v6only, AF_INET)->kind, ANSWER_NODATA);
+	CHECK_INT(answers(v6only, AF_INET)->kind, ANSWER_SERVFAIL);
+	CHECK_INT(answers(v6only, AF_INET)->failure_mode, 1);
 	CHECK_INT(answers(v6only, AF_INET6)->kind, ANSWER_SERVFAIL);
 	set_up(v6only, "2001:db8::6", 0.1);
 	select_update_all(v6only);
 	CHECK_INT(answers(v6only, AF_INET6)->kind, ANSWER_ADDRESSES);
 	CHECK_STR(answer_text(v6only, AF_INET6, 0), "2001:db8::6");
 	CHECK_INT(answers(v6only, AF_INET)->kind, ANSWER_NODATA);
+	CHECK_INT(answers(v6only, AF_INET)->failure_mode, 0);
+	v6only->candidates[0].addresses[0]->health = HEALTH_DOWN;
+	select_update_all(v6only);
+	CHECK_INT(answers(v6only, AF_INET)->kind, ANSWER_SERVFAIL);
+	CHECK_INT(answers(v6only, AF_INET6)->kind, ANSWER_SERVFAIL);
+	v4only->candidates[0].addresses[0]->health = HEALTH_DOWN;
+	select_update_all(v4only);
+	CHECK_INT(answers(v4only, AF_INET)->kind, ANSWER_ADDRESSES);
+	CHECK_INT(answers(v4only, AF_INET6)->kind, ANSWER_NODATA);
+	/* failure_mode all with every known address set down is SERVFAIL:
+	 * the name fails as a whole there too. */
+	((struct config_candidate *)v4only->candidates[0].config)->admin_state =
+	    ADMIN_DOWN;
+	select_update_all(v4only);
+	CHECK_INT(answers(v4only, AF_INET)->kind, ANSWER_SERVFAIL);
+	CHECK_INT(answers(v4only, AF_INET6)->kind, ANSWER_SERVFAIL);
+	((struct config_candidate *)v4only->candidates[0].config)->admin_state =
+	    ADMIN_AUTO;
+	select_update_all(v4only);
+	CHECK_INT(answers(v4only, AF_INET6)->kind, ANSWER_NODATA);
 	/*
 	 * Not resolved yet (or never resolvable): its addresses are unknown,
 	 * not absent, so failure_mode decides; NODATA would be a lie.
@@ -960,6 +986,114 @@ set_admin(struct name *name, const char *candidate, enum admin_state state)
 {
 	((struct config_candidate *)name_find_candidate(name, candidate)->config)
 	    ->admin_state = state;
+}
+
+/* The addresses answered for family, as "a b c" in answer order. */
+static const char *
+answered(struct name *name, int family)
+{
+	static char text[256];
+	struct answer_set *set = answers(name, family);
+
+	text[0] = '\0';
+	if (set->kind != ANSWER_ADDRESSES)
+		return set->kind == ANSWER_SERVFAIL ? "SERVFAIL" :
+		    set->kind == ANSWER_NODATA ? "NODATA" : "FORWARD";
+	for (int i = 0; i < set->count; i++) {
+		strcat(text, i ? " " : "");
+		strcat(text, answer_text(name, family, i));
+	}
+	return text;
+}
+
+/*
+ * Two candidates listing one IP (two check URLs on one server): the
+ * operator's word on it holds wherever it appears.  Down anywhere is
+ * down, in the selection, the spill and failure_mode all alike; drain
+ * anywhere is drain unless another says down; up counts only alone.
+ */
+static void
+test_shared_address_admin_state(void)
+{
+	struct fixture f;
+	struct name *name;
+
+	if (!CHECK(fixture_load(&f,
+	    "nameservers = { 192.0.2.53 }\n"
+	    "name www.example.com {\n"
+	    "    selection_method = all\n"
+	    "    candidate a { address = { 192.0.2.1 } }\n"
+	    "    candidate b { address = { 192.0.2.1 } }\n"
+	    "    candidate c { address = { 192.0.2.2 } }\n"
+	    "}\n")))
+		return;
+	name = find_name(&f, "www.example.com");
+	name->candidates[0].addresses[0]->health = HEALTH_UP;
+	name->candidates[0].addresses[0]->srtt = 0.1;
+	name->candidates[1].addresses[0]->health = HEALTH_UP;
+	name->candidates[1].addresses[0]->srtt = 0.1;
+	set_up(name, "192.0.2.2", 0.2);
+	select_update_all(name);
+	CHECK_STR(answered(name, AF_INET), "192.0.2.1 192.0.2.2");
+
+	for (int drained_by = 0; drained_by < 2; drained_by++) {
+		const char *says = drained_by ? "b" : "a";
+		const char *other = drained_by ? "a" : "b";
+
+		set_admin(name, says, ADMIN_DOWN);
+		select_update_all(name);
+		CHECK_STR(answered(name, AF_INET), "192.0.2.2");
+		CHECK_INT(address_tier(name_find_candidate(name, other)
+				       ->addresses[0]), TIER_ADMIN_DOWN);
+		/* up elsewhere does not undo a down */
+		set_admin(name, other, ADMIN_UP);
+		select_update_all(name);
+		CHECK_STR(answered(name, AF_INET), "192.0.2.2");
+		set_admin(name, other, ADMIN_AUTO);
+
+		set_admin(name, says, ADMIN_DRAIN);
+		select_update_all(name);
+		CHECK_STR(answered(name, AF_INET), "192.0.2.2");
+		CHECK_INT(address_tier(name_find_candidate(name, other)
+				       ->addresses[0]), TIER_DRAINING);
+		/* the drained IP is the last resort, as a drain is */
+		set_health(name, "192.0.2.2", HEALTH_DOWN);
+		select_update_all(name);
+		CHECK_STR(answered(name, AF_INET), "192.0.2.1");
+		CHECK_INT(answers(name, AF_INET)->count, 1);	/* once */
+		/* drain and down: down */
+		set_admin(name, other, ADMIN_DOWN);
+		name_config(name)->failure_mode = FAILURE_SERVFAIL;
+		select_update_all(name);
+		CHECK_STR(answered(name, AF_INET), "SERVFAIL");
+		/* failure_mode all leaves it out too: only c, which is down */
+		name_config(name)->failure_mode = FAILURE_ALL;
+		select_update_all(name);
+		CHECK_STR(answered(name, AF_INET), "192.0.2.2");
+		set_admin(name, other, ADMIN_AUTO);
+		set_admin(name, says, ADMIN_DOWN);
+		select_update_all(name);
+		CHECK_STR(answered(name, AF_INET), "192.0.2.2");
+		/* with spill: down in every group it is in */
+		set_up(name, "192.0.2.2", 0.2);
+		name_config(name)->overprovisioning = 1.5;
+		select_update_all(name);
+		CHECK_STR(answered(name, AF_INET), "192.0.2.2");
+		CHECK_DOUBLE(name->candidates[0].addresses[0]->share, 0);
+		CHECK_DOUBLE(name->candidates[1].addresses[0]->share, 0);
+		name_config(name)->overprovisioning = 0;
+		name_config(name)->failure_mode = FAILURE_NONE;
+		set_admin(name, says, ADMIN_AUTO);
+		select_update_all(name);
+		CHECK_STR(answered(name, AF_INET), "192.0.2.1 192.0.2.2");
+	}
+	/* up alone, on an IP whose checks fail: answered, as up is */
+	name->candidates[0].addresses[0]->health = HEALTH_DOWN;
+	name->candidates[1].addresses[0]->health = HEALTH_DOWN;
+	set_admin(name, "a", ADMIN_UP);
+	select_update_all(name);
+	CHECK_STR(answered(name, AF_INET), "192.0.2.1 192.0.2.2");
+	fixture_free(&f);
 }
 
 static void
@@ -1640,6 +1774,7 @@ main(void)
 	RUN(test_duplicate_addresses);
 	RUN(test_take_over);
 	RUN(test_shared_address);
+	RUN(test_shared_address_admin_state);
 	RUN(test_take_over_changed_check);
 	RUN(test_changed_check_settings);
 	RUN(test_admin_state_config);
