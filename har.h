@@ -484,6 +484,42 @@ size_t dns_error_reply(const uint8_t *query, size_t query_len, int rcode,
 size_t dns_truncate_reply(uint8_t *reply, size_t reply_len, size_t limit,
 			  int client_opt);
 
+/*
+ * hard's own answer for a configured name that a relayed reply reaches
+ * (relay.c), as dns_answer writes it for an A, AAAA or ANY query of
+ * wire_name, and what it is; nothing is counted.
+ */
+enum dns_outcome dns_name_answer(struct name *name, const uint8_t *wire_name,
+				 int wire_len, uint16_t type, uint8_t *response,
+				 size_t response_size, size_t *response_len);
+
+/* -------------------------------------------------------------- relay.c */
+
+/*
+ * The last step of a forwarded query's way back: the upstream's reply
+ * (with the client's ID) becomes what the client gets.  The records of
+ * configured names in it become hard's own (a CNAME chain that reaches
+ * one, their A and AAAA records, the address hints of SVCB and HTTPS
+ * records), and edns-tcp-keepalive speaks of hard's connection to the
+ * client: removed over UDP, tcp_idle_timeout over TCP.  Returns the
+ * reply to send, reply itself (changed in place, or not at all, as for
+ * nearly every reply) or relay.c's own buffer, valid until the next
+ * call; *reply_len is its length.  It is not cut to the client's size.
+ */
+uint8_t *relay_reply(struct registry *registry, uint8_t *reply,
+		     size_t *reply_len, int over_tcp, double tcp_idle_timeout);
+/*
+ * What the last relay_reply did beyond keepalive, for the query log:
+ * whether it changed the reply's records or rcode, the upstream's rcode,
+ * and the configured name that made it (its title).
+ */
+struct relay_last {
+	int rewritten;
+	int upstream_rcode;
+	const char *name;
+};
+extern struct relay_last relay_last;
+
 /* ----------------------------------------------------------- querylog.c */
 
 /* On with -d or log_queries; SIGUSR1 toggles it.  Test it before calling. */
