@@ -345,12 +345,16 @@ struct name {
 	int store_dirty;	/* last_query_time or idle not yet written */
 };
 
+#define REGISTRY_SHAPE_BITS 1024
 struct registry {
 	struct config *config;
 	struct name *names;
 	int name_count;
 	struct name **table;	/* open addressing on the wire name */
 	unsigned table_mask;
+	/* a bit for each configured (wire length, label count): a quick
+	 * "not configured" for most names before a lookup hashes them */
+	uint64_t shapes[REGISTRY_SHAPE_BITS / 64];
 };
 
 struct registry *registry_create(struct config *config);
@@ -359,6 +363,9 @@ void registry_take_over(struct registry *new_registry, struct registry *old);
 void registry_free(struct registry *registry);
 struct name *registry_lookup(const struct registry *registry,
 			     const uint8_t *lower_wire, int wire_len);
+/* 0 when no configured name has this wire length and label count. */
+int registry_may_hold(const struct registry *registry, int wire_len,
+		      int labels);
 /* By title as stored: lower case, no trailing dot; NULL if none. */
 struct name *registry_find_name(struct registry *registry, const char *title);
 struct candidate *name_find_candidate(struct name *name, const char *title);

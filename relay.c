@@ -10,8 +10,8 @@
  *   name, that name's records are hard's own answer to the query
  *   (dns_name_answer: the selection, TTL and failure_mode of a query of
  *   the name itself; SERVFAIL makes the whole reply SERVFAIL).  Other A
- *   and AAAA records of a configured name, in the answer or additional
- *   section, are removed: the client asks hard for them.  The ipv4hint
+ *   and AAAA records of a configured name, in any section, are removed:
+ *   the client asks hard for them.  The ipv4hint
  *   and ipv6hint of an SVCB or HTTPS record whose owner or target is a
  *   configured name become hard's selection for the target while it has
  *   available addresses, or are removed (RFC 9460 7.3: a client may
@@ -131,6 +131,20 @@ skip_name(const uint8_t *msg, size_t len, size_t at)
 	return 0;
 }
 
+/* Whether the name at `at` is whole there, without compression. */
+static int
+plain_name(const uint8_t *msg, size_t len, size_t at)
+{
+	size_t end = at + DNS_MAX_NAME;
+
+	while (at < len && at < end && msg[at] <= 63) {
+		if (msg[at] == 0)
+			return 1;
+		at += 1 + (size_t)msg[at];
+	}
+	return 0;
+}
+
 /* Past the questions; 0 when they cannot be read. */
 static int
 walk_start(const uint8_t *msg, size_t len, struct walk *w)
@@ -176,13 +190,33 @@ walk_next(const uint8_t *msg, size_t len, struct walk *w, struct record *r)
 }
 
 /*
+ * Where the compression pointer at `at` leads, or 0.  Each pointer must
+ * point before the one followed last (*below, the message's end at
+ * first), so a name ends however its pointers are set.
+ */
+static size_t
+follow_pointer(const uint8_t *msg, size_t len, size_t at, size_t *below)
+{
+	size_t target;
+
+	if (at + 1 >= len)
+		return 0;
+	target = (size_t)(msg[at] & 0x3f) << 8 | msg[at + 1];
+	if (target >= *below || target >= at)
+		return 0;
+	*below = target;
+	return target;
+}
+
+/*
  * The name at `at` in lower-case wire form, compression undone, into out;
- * its length, or -1.  A pointer must point back, so this ends.
+ * its length, or -1.
  */
 static int
 lower_name(const uint8_t *msg, size_t len, size_t at,
 	   uint8_t out[DNS_MAX_NAME + 1])
 {
+	size_t below = len;
 	int used = 0;
 
 	for (;;) {
@@ -192,14 +226,9 @@ lower_name(const uint8_t *msg, size_t len, size_t at,
 			return -1;
 		label = msg[at];
 		if ((label & 0xc0) == 0xc0) {
-			size_t target;
-
-			if (at + 1 >= len)
+			at = follow_pointer(msg, len, at, &below);
+			if (!at)
 				return -1;
-			target = (size_t)(label & 0x3f) << 8 | msg[at + 1];
-			if (target >= at)
-				return -1;
-			at = target;
 			continue;
 		}
 		if (label > 63 || at + 1 + label > len ||
@@ -217,6 +246,35 @@ lower_name(const uint8_t *msg, size_t len, size_t at,
 	}
 }
 
+/*
+ * Whether the name at `at` may be configured, by its shape alone (wire
+ * length and label count, compression undone): most names are not, and
+ * this costs a few steps where hashing the name costs a step a byte.
+ */
+static int
+may_be_configured(const struct registry *registry, const uint8_t *msg,
+		  size_t len, size_t at)
+{
+	size_t below = len;
+	int wire_len = 1, labels = 0;
+
+	while (at < len && msg[at] != 0 && wire_len <= DNS_MAX_NAME) {
+		uint8_t label = msg[at];
+
+		if ((label & 0xc0) == 0xc0) {
+			at = follow_pointer(msg, len, at, &below);
+			if (!at)
+				return 0;
+			continue;
+		}
+		wire_len += 1 + label;
+		labels++;
+		at += 1 + (size_t)label;
+	}
+	return at < len && wire_len <= DNS_MAX_NAME &&
+	    registry_may_hold(registry, wire_len, labels);
+}
+
 static struct name *
 configured_at(struct registry *registry, const uint8_t *msg, size_t len,
 	      size_t at)
@@ -224,7 +282,7 @@ configured_at(struct registry *registry, const uint8_t *msg, size_t len,
 	uint8_t wire[DNS_MAX_NAME + 1];
 	int wire_len;
 
-	if (!registry || registry->name_count == 0)
+	if (!registry || !may_be_configured(registry, msg, len, at))
 		return NULL;
 	wire_len = lower_name(msg, len, at, wire);
 	return wire_len > 0 ? registry_lookup(registry, wire, wire_len) : NULL;
@@ -250,12 +308,33 @@ answers_itself(const struct name *name, uint16_t type)
 struct scan {
 	uint16_t qtype;		/* of the one question; 0 if not one */
 	size_t records;		/* where the records start */
-	size_t opt_at;		/* the OPT record (0: none) and its end */
+	size_t opt_rdata;	/* the first OPT record's data (0: none) */
 	size_t opt_end;
+	int opts;		/* OPT records: one, unless malformed */
 	int broken;		/* the records cannot all be read */
 	int rewrite;		/* records of a configured name to change */
 	const struct name *name;	/* the first such name */
+	int question_known;	/* the question name has been looked up: */
+	struct name *question;	/* its name, or NULL */
 };
+
+/*
+ * The configured name at `at`, or NULL.  The question name is looked up
+ * once: most owners are a pointer to it.
+ */
+static struct name *
+name_at(struct registry *registry, const uint8_t *msg, size_t len, size_t at,
+	struct scan *s)
+{
+	if (at != HEADER_SIZE && !(at + 1 < len && msg[at] == 0xc0 &&
+				   msg[at + 1] == HEADER_SIZE))
+		return configured_at(registry, msg, len, at);
+	if (!s->question_known) {
+		s->question = configured_at(registry, msg, len, HEADER_SIZE);
+		s->question_known = 1;
+	}
+	return s->question;
+}
 
 /* A, AAAA and ANY of class IN or ANY: the queries hard answers itself. */
 static int
@@ -306,13 +385,13 @@ svcb_has_hints(const uint8_t *msg, const struct record *r)
 /* An SVCB record: its owner, or its target (the owner when "."). */
 static struct name *
 svcb_configured(struct registry *registry, const uint8_t *msg, size_t len,
-		const struct record *r)
+		const struct record *r, struct scan *s)
 {
-	struct name *name = configured_at(registry, msg, len, r->owner);
+	struct name *name = name_at(registry, msg, len, r->owner, s);
 
 	if (name || r->rdata + 3 > r->end || msg[r->rdata + 2] == 0)
 		return name;
-	return configured_at(registry, msg, len, r->rdata + 2);
+	return name_at(registry, msg, len, r->rdata + 2, s);
 }
 
 static void
@@ -324,31 +403,34 @@ scan_record(struct registry *registry, const uint8_t *msg, size_t len,
 	switch (r->type) {
 	case TYPE_A:
 	case TYPE_AAAA:
-		if (r->section == AUTHORITY || r->class != CLASS_IN)
+		if (r->class != CLASS_IN)
 			return;
-		name = configured_at(registry, msg, len, r->owner);
+		name = name_at(registry, msg, len, r->owner, s);
 		if (name && answers_itself(name, r->type))
 			must_rewrite(s, name);
 		return;
 	case TYPE_CNAME:
 		if (r->section != ANSWER || !s->qtype || r->rdata >= r->end)
 			return;
-		name = configured_at(registry, msg, len, r->rdata);
+		name = name_at(registry, msg, len, r->rdata, s);
 		if (name && answers_itself(name, s->qtype))
 			must_rewrite(s, name);
 		return;
 	case TYPE_SVCB:
 	case TYPE_HTTPS:
-		if (r->section == AUTHORITY || !svcb_has_hints(msg, r))
+		if (!svcb_has_hints(msg, r))
 			return;
-		name = svcb_configured(registry, msg, len, r);
+		name = svcb_configured(registry, msg, len, r, s);
 		if (name)
 			must_rewrite(s, name);
 		return;
 	case TYPE_OPT:
-		if (r->section == ADDITIONAL && msg[r->owner] == 0 &&
-		    !s->opt_at) {
-			s->opt_at = r->owner;
+		/* whatever its owner (RFC 6891 says the root): ldns, for
+		 * one, reads it as the OPT record */
+		if (r->section != ADDITIONAL)
+			return;
+		if (!s->opts++) {
+			s->opt_rdata = r->rdata;
 			s->opt_end = r->end;
 		}
 		return;
@@ -377,7 +459,7 @@ scan_reply(struct registry *registry, const uint8_t *msg, size_t len,
 	s->records = w.at;
 	if (read16(msg + 4) == 1 &&
 	    address_query(read16(msg + w.at - 4), read16(msg + w.at - 2))) {
-		struct name *name = configured_at(registry, msg, len, HEADER_SIZE);
+		struct name *name = name_at(registry, msg, len, HEADER_SIZE, s);
 
 		s->qtype = read16(msg + w.at - 4);
 		if (name && answers_itself(name, s->qtype))
@@ -392,40 +474,47 @@ scan_reply(struct registry *registry, const uint8_t *msg, size_t len,
 
 /*
  * Cuts the message to its header, questions and OPT record, moved to
- * follow the questions (without options when bare): a truncated reply,
- * or one hard answers SERVFAIL.  Returns the new length.
+ * follow the questions with the root as its owner (and no options when
+ * bare): a truncated reply, or one hard answers SERVFAIL.  Returns the
+ * new length.
  */
 static size_t
-keep_question_and_opt(uint8_t *msg, const struct scan *s, int bare)
+keep_question_and_opt(uint8_t *msg, size_t len, const struct scan *s,
+		      int bare)
 {
-	size_t at = s->records, opt_len = s->opt_end - s->opt_at;
+	size_t at = s->records, fixed = s->opt_rdata - 10;
+	size_t opt_len = 10 + (bare ? 0 : s->opt_end - s->opt_rdata);
 
+	/* One question a client can read, or none at all: the first name of
+	 * a message has nothing before it to point at. */
+	if (read16(msg + 4) > 1 ||
+	    (read16(msg + 4) == 1 && !plain_name(msg, len, HEADER_SIZE))) {
+		write16(msg + 4, 0);
+		at = HEADER_SIZE;
+	}
 	write16(msg + 6, 0);
 	write16(msg + 8, 0);
-	write16(msg + 10, s->opt_at ? 1 : 0);
-	if (!s->opt_at)
+	write16(msg + 10, s->opt_rdata ? 1 : 0);
+	if (!s->opt_rdata)
 		return at;
-	memmove(msg + at, msg + s->opt_at, bare ? 11 : opt_len);
-	if (!bare)
-		return at + opt_len;
-	msg[at + 5] = 0;	/* no extended rcode */
-	write16(msg + at + 9, 0);
-	return at + 11;
+	memmove(msg + at + 1, msg + fixed, opt_len);
+	msg[at] = 0;
+	if (bare) {
+		msg[at + 5] = 0;	/* no extended rcode */
+		write16(msg + at + 9, 0);
+	}
+	return at + 1 + opt_len;
 }
 
 /*
- * SERVFAIL with the reply's question and bare OPT record (only the header
- * when the question cannot be read).  Returns the new length.
+ * SERVFAIL with the reply's question and bare OPT record (without the
+ * question when it cannot be read).  Returns the new length.
  */
 static size_t
-make_servfail(uint8_t *msg, const struct scan *s)
+make_servfail(uint8_t *msg, size_t len, const struct scan *s)
 {
-	size_t len = HEADER_SIZE;
+	len = keep_question_and_opt(msg, len, s, 1);
 
-	if (s->records)
-		len = keep_question_and_opt(msg, s, 1);
-	else
-		memset(msg + 4, 0, 8);
 	write16(msg + 2, (uint16_t)((read16(msg + 2) &
 				     ~(FLAG_AA | FLAG_TC | FLAG_AD | RCODE_MASK)) |
 				    RCODE_SERVFAIL));
@@ -444,16 +533,16 @@ keepalive_units(double tcp_idle_timeout)
 }
 
 /*
- * edns-tcp-keepalive in the OPT record at opt_at: hard's own timeout over
- * TCP, none over UDP (a malformed or empty one goes too).  Options that
- * overrun the record are left alone.  Returns the message's new length.
+ * edns-tcp-keepalive in the OPT record whose data starts at rdata: hard's
+ * own timeout over TCP, none over UDP (a malformed or empty one goes too).
+ * Options that overrun the record are left alone.  Returns the message's
+ * new length.
  */
 static size_t
-fix_keepalive(uint8_t *msg, size_t len, size_t opt_at, int over_tcp,
+fix_keepalive(uint8_t *msg, size_t len, size_t rdata, int over_tcp,
 	      uint16_t timeout)
 {
-	size_t rdata = opt_at + 11;
-	size_t at = rdata, end = rdata + read16(msg + opt_at + 9);
+	size_t at = rdata, end = rdata + read16(msg + rdata - 2);
 
 	while (at + 4 <= end) {
 		size_t next = at + 4 + read16(msg + at + 2);
@@ -472,14 +561,15 @@ fix_keepalive(uint8_t *msg, size_t len, size_t opt_at, int over_tcp,
 		memmove(msg + at, msg + next, len - next);
 		len -= next - at;
 		end -= next - at;
-		write16(msg + opt_at + 9, (uint16_t)(end - rdata));
+		write16(msg + rdata - 2, (uint16_t)(end - rdata));
 	}
 	return len;
 }
 
-/* The OPT record of a message hard wrote or rewrote; 0 if none. */
+/* Where the data of the message's n-th OPT record (from 0) starts; 0 if
+ * nowhere. */
 static size_t
-find_opt(const uint8_t *msg, size_t len)
+find_opt(const uint8_t *msg, size_t len, int n)
 {
 	struct walk w;
 	struct record r;
@@ -487,10 +577,24 @@ find_opt(const uint8_t *msg, size_t len)
 	if (!walk_start(msg, len, &w))
 		return 0;
 	while (walk_next(msg, len, &w, &r) > 0)
-		if (r.section == ADDITIONAL && r.type == TYPE_OPT &&
-		    msg[r.owner] == 0)
-			return r.owner;
+		if (r.section == ADDITIONAL && r.type == TYPE_OPT && n-- == 0)
+			return r.rdata;
 	return 0;
+}
+
+/*
+ * Every OPT record's keepalive.  A message has one OPT record; only a
+ * malformed one has more, and pays a walk for each.
+ */
+static size_t
+fix_keepalives(uint8_t *msg, size_t len, size_t rdata, int opts,
+	       int over_tcp, double tcp_idle_timeout)
+{
+	uint16_t timeout = keepalive_units(tcp_idle_timeout);
+
+	for (int n = 0; rdata; rdata = ++n < opts ? find_opt(msg, len, n) : 0)
+		len = fix_keepalive(msg, len, rdata, over_tcp, timeout);
+	return len;
 }
 
 /* --------------------------------------------------- the rebuild */
@@ -1087,10 +1191,10 @@ apply_rewrites(struct rebuild *rb)
 		rewrite_chain(rb);
 	if (rb->servfail)
 		return;
-	drop_records(rb, ANSWER, hard_answers_address);
-	drop_records(rb, ADDITIONAL, hard_answers_address);
-	drop_records(rb, ANSWER, svcb_hints);
-	drop_records(rb, ADDITIONAL, svcb_hints);
+	for (int s = ANSWER; s <= ADDITIONAL; s++) {
+		drop_records(rb, (enum section)s, hard_answers_address);
+		drop_records(rb, (enum section)s, svcb_hints);
+	}
 	append_records(rb, ANSWER, rb->own);
 	append_records(rb, AUTHORITY, rb->own_authority);
 	rb->own = rb->own_authority = NULL;
@@ -1140,7 +1244,7 @@ rewrite(struct registry *registry, uint8_t *reply, size_t *len,
 
 	if (!s->broken && (read16(reply + 2) & FLAG_TC)) {
 		/* some of the records: the client asks again over TCP */
-		*len = keep_question_and_opt(reply, s, 0);
+		*len = keep_question_and_opt(reply, *len, s, 0);
 		return reply;
 	}
 	if (!s->broken)
@@ -1158,7 +1262,7 @@ rewrite(struct registry *registry, uint8_t *reply, size_t *len,
 	case REBUILT_SERVFAIL:
 		break;
 	}
-	*len = make_servfail(reply, s);
+	*len = make_servfail(reply, *len, s);
 	return reply;
 }
 
@@ -1168,7 +1272,8 @@ relay_reply(struct registry *registry, uint8_t *reply, size_t *reply_len,
 {
 	struct scan scan;
 	uint8_t *out = reply;
-	size_t opt_at;
+	size_t opt_rdata;
+	int opts;
 
 	relay_last.rewritten = 0;
 	relay_last.name = NULL;
@@ -1176,19 +1281,21 @@ relay_reply(struct registry *registry, uint8_t *reply, size_t *reply_len,
 	if (*reply_len < HEADER_SIZE)
 		return reply;
 	scan_reply(registry, reply, *reply_len, &scan);
-	opt_at = scan.opt_at;
+	opt_rdata = scan.opt_rdata;
+	opts = scan.opts;
 	/* RFC 6891 6.1.3: the OPT record holds the upper 8 bits */
-	relay_last.upstream_rcode = (opt_at ? reply[opt_at + 5] << 4 : 0) |
+	relay_last.upstream_rcode = (opt_rdata ? reply[opt_rdata - 6] << 4 : 0) |
 	    (reply[3] & RCODE_MASK);
 	if (scan.rewrite) {
 		relay_last.rewritten = 1;
 		relay_last.name = scan.name->config->title;
 		out = rewrite(registry, reply, reply_len, &scan);
-		if (relay_last.rewritten)
-			opt_at = find_opt(out, *reply_len);
+		if (relay_last.rewritten) {
+			opt_rdata = find_opt(out, *reply_len, 0);
+			opts = out == rebuilt ? scan.opts : 1;
+		}
 	}
-	if (opt_at)
-		*reply_len = fix_keepalive(out, *reply_len, opt_at, over_tcp,
-					   keepalive_units(tcp_idle_timeout));
+	*reply_len = fix_keepalives(out, *reply_len, opt_rdata, opts, over_tcp,
+				    tcp_idle_timeout);
 	return out;
 }
