@@ -17,6 +17,7 @@ The upstream is dnsmasq where it can serve the records, else a scripted
 nameserver (dnspython) answering over UDP and TCP.  The configured name's
 server is a real HTTP server on 127.0.0.2 (healthy) or a dead port."""
 
+import os
 import socket
 import struct
 import threading
@@ -27,6 +28,7 @@ import dns.flags
 import dns.message
 import dns.name
 import dns.query
+import dns.rcode
 import dns.rdatatype
 import dns.rdtypes.svcbbase
 import dns.rrset
@@ -34,6 +36,7 @@ import pytest
 
 import harness
 from harness import addresses
+from statehelpers import sql, sql_value, stable_value
 
 UNVETTED = "127.0.0.98"         # the upstream's address for api.test
 UNVETTED6 = "2001:db8::98"
@@ -101,9 +104,21 @@ def rrset_of(r, section, name, rdtype):
 # ------------------------------------------------------- scripted upstream
 
 
+class Wire:
+    """A reply as a message or as raw bytes, for to_wire()."""
+
+    def __init__(self, reply):
+        self.reply = reply
+
+    def to_wire(self):
+        if isinstance(self.reply, bytes):
+            return self.reply
+        return self.reply.to_wire()
+
+
 class RelayUpstream(harness.ScriptedUpstream):
     """harness.ScriptedUpstream answering over UDP and TCP with what
-    respond(query, tcp) returns (a dns.message.Message)."""
+    respond(query, tcp) returns (a dns.message.Message, or raw bytes)."""
 
     def __init__(self, respond):
         self.respond = respond
@@ -126,7 +141,7 @@ class RelayUpstream(harness.ScriptedUpstream):
         self.tcp_thread.start()
 
     def _reply(self, query, address):
-        return self.respond(query, False)
+        return Wire(self.respond(query, False))
 
     def _serve_tcp(self):
         while self.running:
@@ -146,7 +161,7 @@ class RelayUpstream(harness.ScriptedUpstream):
                 (length,) = struct.unpack("!H", harness.recv_exact(conn, 2))
                 q = dns.message.from_wire(harness.recv_exact(conn, length))
                 self.tcp_queries += 1
-                wire = self.respond(q, True).to_wire()
+                wire = Wire(self.respond(q, True)).to_wire()
                 conn.sendall(struct.pack("!H", len(wire)) + wire)
         except (EOFError, OSError, dns.exception.DNSException):
             pass
@@ -222,7 +237,7 @@ def test_keepalive_removed_over_udp(start_hard, scripted):
         "RFC 7828 3.2.1: no edns-tcp-keepalive over UDP; got %s" % r.options
 
 
-@pytest.mark.parametrize("idle,units", [(10, 100), (7.55, 75)])
+@pytest.mark.parametrize("idle,units", [(10, 100), (7.55, 75), (86400, 65535)])
 def test_keepalive_is_hards_idle_timeout_over_tcp(start_hard, scripted, idle,
                                                   units):
     up = scripted(keepalive_upstream)
@@ -281,6 +296,10 @@ def test_chain_servfail_when_name_fails(start_hard, chain_upstream, tcp):
     assert not r.answer and not r.authority
     assert r.edns == 0, "the client's OPT is answered"
     assert r.question[0].name.to_text() == "alias.test."
+    harness.wait_until(
+        lambda: [l for l in h.log().splitlines() if "alias.test. A: forwarded: "
+                 "upstream NOERROR, rewritten for api.test: SERVFAIL" in l],
+        5, what="the query log line; log:\n" + h.log()[-2000:])
 
 
 @proto
@@ -360,6 +379,100 @@ def test_chain_query_logged(start_hard, start_http, chain_upstream):
                  in l], 5, what="the query log line; log:\n" + h.log()[-2000:])
 
 
+def signed_upstream(query, tcp):
+    """nx.test: CNAME to api.test, NXDOMAIN for api.test; sig.test: a
+    signed chain (AD set), with api.test's unvetted, signed A."""
+    name = query.question[0].name.to_text()
+    soa = "test. 60 IN SOA ns.test. hostmaster.test. 1 2 3 4 60"
+    sig = "60 IN RRSIG %s 8 2 60 20300101000000 20200101000000 1 test. AAAA"
+    if name == "nx.test.":
+        r = response(query, "nx.test. 60 IN CNAME api.test.")
+        r.set_rcode(dns.rcode.NXDOMAIN)
+        r.authority.append(dns.rrset.from_text(*soa.split(None, 4)))
+        return r
+    r = response(query, "sig.test. 60 IN CNAME api.test.",
+                 "sig.test. " + sig % "CNAME",
+                 "api.test. 60 IN A %s" % UNVETTED, "api.test. " + sig % "A")
+    r.flags |= dns.flags.AD
+    r.authority.append(dns.rrset.from_text(*soa.split(None, 4)))
+    return r
+
+
+@proto
+def test_chain_rcode_authority_and_signatures(start_hard, start_http, scripted,
+                                              tcp):
+    """The name is hard's to answer: NOERROR though the upstream said
+    NXDOMAIN of it, hard's authority section (none with addresses), and the
+    upstream's signatures of its records gone, with the AD flag."""
+    up = scripted(signed_upstream)
+    h = healthy_hard(start_hard, start_http, up)
+    r = h.query("nx.test", "A", tcp=tcp)
+    assert harness.rcode_text(r) == "NOERROR", r
+    assert addresses(r) == ["127.0.0.2"] and not r.authority, r
+    r = h.query("sig.test", "A", tcp=tcp)
+    assert addresses(r) == ["127.0.0.2"] and not r.authority, r
+    assert not r.flags & dns.flags.AD, "AD after a rewrite"
+    covered = [rd.type_covered for rrset in r.answer
+               if rrset.rdtype == dns.rdatatype.RRSIG for rd in rrset]
+    assert covered == [dns.rdatatype.CNAME], \
+        "the CNAME's signature stays, api.test's A's goes: %s" % r
+
+
+def test_unreadable_reply_servfail(start_hard, start_http, scripted):
+    """A reply cut short after a record of a configured name: SERVFAIL."""
+    def broken(query, tcp):
+        wire = response(query, "%s 60 IN CNAME api.test." % query.question[0].name,
+                        "api.test. 60 IN A %s" % UNVETTED).to_wire()
+        return wire[:6] + b"\x00\x03" + wire[8:] + b"\xc0\x0c\x00"
+    up = scripted(broken)
+    h = healthy_hard(start_hard, start_http, up)
+    for tcp in (False, True):
+        r = h.query("broken.test", "A", tcp=tcp)
+        assert harness.rcode_text(r) == "SERVFAIL", r
+        assert not r.answer
+
+
+def test_chain_wakes_idle_name(start_hard, start_http, chain_upstream):
+    """A reply hard answers the name in counts as a query of it."""
+    h = healthy_hard(start_hard, start_http, chain_upstream,
+                     extra="idle_after = 1\n    idle_check_frequency = 60")
+    harness.wait_until(lambda: "api.test is idle" in h.log(), 10,
+                       what="api.test to go idle")
+    assert addresses(h.query("alias.test", "A")) == ["127.0.0.2"]
+    harness.wait_until(lambda: "api.test is no longer idle (queried)"
+                       in h.log(), 5, what="api.test to wake")
+
+
+def test_relayed_counted_once(workdir, start_hard, start_http, chain_upstream):
+    """Three relayed queries rewritten with api.test's answer: three in
+    totals forwarded, none in api.test's counters."""
+    db = os.path.join(workdir, "har.db")
+    web = start_http("127.0.0.2")
+    h = start_hard(api_config(web.url()), upstream=chain_upstream, data_file=db)
+    harness.wait_answer(h, "api.test", ["127.0.0.2"], timeout=10)
+
+    def counters():
+        stable_value(db, "SELECT group_concat(value) FROM totals"
+                     " WHERE counter NOT LIKE 'checks%'", quiet=1.5, timeout=15)
+        out = {(r["counter"], r["kind"]): r["value"]
+               for r in sql(db, "SELECT * FROM totals")}
+        out.update({("api.test", k): v for r in
+                    sql(db, "SELECT * FROM name_counters") for k, v in r.items()
+                    if k != "name"})
+        out[("api.test", "queries")] = sql_value(
+            db, "SELECT queries FROM names WHERE name = 'api.test'")
+        return out
+    before = counters()
+    for tcp in (False, True, False):
+        assert addresses(h.query("alias.test", "A", tcp=tcp)) == ["127.0.0.2"]
+    after = counters()
+    changed = {k: after[k] - before.get(k, 0) for k in after
+               if after[k] != before.get(k, 0) and not k[0].startswith("check")}
+    assert changed == {("queries", "udp"): 2, ("queries", "tcp"): 1,
+                       ("forwarded", ""): 3,
+                       ("tcp_connections_accepted", ""): 1}, changed
+
+
 def test_truncated_reply_cut(start_hard, start_http, scripted):
     """An upstream reply with TC set carries part of the records: when they
     would change, the client gets the question alone, with TC."""
@@ -393,6 +506,9 @@ def https_upstream(query, tcp):
     elif qtype == dns.rdatatype.SVCB and name == "_dns.api.test.":
         records.append("_dns.api.test. 300 IN SVCB 1 api.test. alpn=dot "
                        "ipv4hint=%s" % UNVETTED)
+    elif qtype == dns.rdatatype.SVCB and name == "api.test.":
+        records.append("api.test. 300 IN SVCB 1 cdn.test. ipv4hint=192.0.2.55 "
+                       "port=8443")
     elif qtype == dns.rdatatype.HTTPS:
         records.append("%s 300 IN HTTPS 1 . ipv4hint=192.0.2.44" % name)
     return response(query, *records, additional=additional)
@@ -425,6 +541,10 @@ def test_https_target_hints_and_additional(start_hard, start_http, scripted,
     r = h.query("_dns.api.test", "SVCB", tcp=tcp)
     (rd,) = rrset_of(r, r.answer, "_dns.api.test", "SVCB")
     assert hints(rd) == ["127.0.0.2"], rd
+    r = h.query("api.test", "SVCB", tcp=tcp)
+    (rd,) = rrset_of(r, r.answer, "api.test", "SVCB")
+    assert hints(rd) == [], "the hints of another name than api.test: %s" % rd
+    assert rd.params[dns.rdtypes.svcbbase.ParamKey.PORT].port == 8443
     r = h.query("alias.test", "HTTPS", tcp=tcp)
     assert r.answer == up.respond(harness.make_query("alias.test", "HTTPS"),
                                   tcp).answer
