@@ -617,7 +617,7 @@ struct rebuild {
 	struct registry *registry;
 	ldns_pkt *pkt;
 	uint16_t qtype;		/* an address query's, else 0 */
-	struct chain chain;
+	struct chain *chain;
 	int chain_end;		/* the first name hard answers, or count */
 	ldns_rr_list *own;	/* hard's answer for it: records */
 	ldns_rr_list *own_authority;	/* and its SOA for NODATA */
@@ -625,7 +625,7 @@ struct rebuild {
 	int rcode_set;		/* hard's answer made it NOERROR */
 	int changes;
 	const struct name *first;	/* the first name that changed it */
-	struct wire_name changed[CHANGED_MAX];	/* their signatures go */
+	struct wire_name *changed;	/* CHANGED_MAX: their signatures go */
 	int changed_count;	/* past CHANGED_MAX: every signature goes */
 };
 
@@ -872,8 +872,8 @@ owned_by_chain_end(struct rebuild *rb, ldns_rr *rr,
 		   const struct wire_name *owner)
 {
 	(void)rr;
-	for (int i = rb->chain_end; i < rb->chain.count; i++)
-		if (same_name(owner, &rb->chain.lower[i]))
+	for (int i = rb->chain_end; i < rb->chain->count; i++)
+		if (same_name(owner, &rb->chain->lower[i]))
 			return 1;
 	return 0;
 }
@@ -887,7 +887,7 @@ owned_by_chain_end(struct rebuild *rb, ldns_rr *rr,
 static void
 rewrite_chain(struct rebuild *rb)
 {
-	struct chain *chain = &rb->chain;
+	struct chain *chain = rb->chain;
 	enum dns_outcome outcome = OUTCOME_FORWARD;
 	struct name *name = NULL;
 	size_t own_len = 0;
@@ -1210,12 +1210,15 @@ static enum rebuilt_as
 rebuild(struct registry *registry, const uint8_t *msg, size_t len,
 	uint16_t qtype, size_t *out_len, const struct name **first)
 {
-	static struct rebuild rb;
+	/* 17 KB of names, filled as they are used */
+	static struct chain chain;
+	static struct wire_name changed[CHANGED_MAX];
+	struct rebuild rb = {
+		.registry = registry, .qtype = qtype, .chain = &chain,
+		.changed = changed,
+	};
 	enum rebuilt_as result = REBUILT_SERVFAIL;
 
-	memset(&rb, 0, sizeof(rb));
-	rb.registry = registry;
-	rb.qtype = qtype;
 	rb.pkt = read_reply(msg, len);
 	if (rb.pkt)
 		apply_rewrites(&rb);
