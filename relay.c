@@ -364,22 +364,28 @@ svcb_params(const uint8_t *msg, const struct record *r)
 	return params && params <= r->end ? params : 0;
 }
 
-/* Whether an SVCB record has address hints (or parameters past reading). */
+/* Whether SVCB parameters hold an address hint (or cannot be read). */
+static int
+params_have_hints(const uint8_t *params, size_t len)
+{
+	size_t at = 0;
+
+	while (at + 4 <= len) {
+		uint16_t key = read16(params + at);
+
+		if (key == SVC_KEY_IPV4HINT || key == SVC_KEY_IPV6HINT)
+			return 1;
+		at += 4 + (size_t)read16(params + at + 2);
+	}
+	return at != len;
+}
+
 static int
 svcb_has_hints(const uint8_t *msg, const struct record *r)
 {
 	size_t at = svcb_params(msg, r);
 
-	if (!at)
-		return 1;
-	while (at + 4 <= r->end) {
-		uint16_t key = read16(msg + at);
-
-		if (key == SVC_KEY_IPV4HINT || key == SVC_KEY_IPV6HINT)
-			return 1;
-		at += 4 + (size_t)read16(msg + at + 2);
-	}
-	return at != r->end;
+	return !at || params_have_hints(msg + at, r->end - at);
 }
 
 /* An SVCB record: its owner, or its target (the owner when "."). */
@@ -1091,8 +1097,10 @@ rewrite_svcb(struct rebuild *rb, ldns_rr *rr, const struct wire_name *owner)
 	ldns_rdf *fresh;
 	long len;
 
-	if (ldns_rr_rd_count(rr) < 3)
-		return 0;	/* no parameters */
+	if (ldns_rr_rd_count(rr) < 3 ||
+	    !params_have_hints(ldns_rdf_data(ldns_rr_rdf(rr, 2)),
+			       ldns_rdf_size(ldns_rr_rdf(rr, 2))))
+		return 0;
 	target_rdf = ldns_rr_rdf(rr, 1);
 	old = ldns_rr_rdf(rr, 2);
 	if (target_rdf && ldns_rdf_size(target_rdf) == 1)
