@@ -285,6 +285,9 @@ def test_chain_ends_in_hards_answer(start_hard, start_http, chain_upstream, tcp)
         cname = rrset_of(r, r.answer, name, "CNAME")
         assert cname is not None, "the upstream's CNAME is kept: %s" % r
         assert r.question[0].name.to_text() == name + "."
+    # ANY: hard's answer to ANY for api.test, its A records (no IPv6)
+    r = h.query("alias.test", "ANY", tcp=tcp)
+    assert addresses(r) == ["127.0.0.2"] and UNVETTED not in all_addresses(r), r
 
 
 @proto
