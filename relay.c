@@ -11,27 +11,28 @@
  *   (dns_name_answer: the selection, TTL and failure_mode of a query of
  *   the name itself; SERVFAIL makes the whole reply SERVFAIL).  Other A
  *   and AAAA records of a configured name, in any section, are removed:
- *   the client asks hard for them.  The ipv4hint
- *   and ipv6hint of an SVCB or HTTPS record whose owner or target is a
- *   configured name become hard's selection for the target while it has
- *   available addresses, or are removed (RFC 9460 7.3: a client may
- *   connect to them before its A and AAAA queries return).  A
- *   failure_mode none name whose addresses are all down is forwarded,
- *   so there the upstream's records stand, as they do for a query of it.
+ *   the client asks hard for them.  The ipv4hint and ipv6hint of an SVCB
+ *   or HTTPS record whose owner or target is a configured name become
+ *   hard's selection for the target while it has available addresses,
+ *   or are removed (RFC 9460 7.3: a client may connect to them before its
+ *   A and AAAA queries return).  A failure_mode none name whose addresses
+ *   are all down is forwarded, so there the upstream's records stand, as
+ *   they do for a query of it.
  * - The client's connection.  edns-tcp-keepalive (RFC 7828) speaks of the
  *   connection it came on, hard's to the upstream: it is removed over UDP,
  *   where it has no place, and carries hard's own tcp_idle_timeout over
  *   TCP.
  *
  * Nearly every reply needs neither.  It costs one walk over its records
- * that looks up, in the registry, the question name of an address query,
- * the owner of each A and AAAA record and the target of each CNAME; the
- * keepalive option is changed in place.  Only a reply whose records must
- * change is read by ldns, record by record, changed and written again by
- * ldns, which counts and compresses the names anew.  A truncated reply
- * that would change is cut to its question (the client asks again over
- * TCP), and one that cannot be read gets SERVFAIL: either way no address
- * goes out unvetted.
+ * that looks at the question name of an address query, the owner of each
+ * A and AAAA record, the target of each CNAME and the names of SVCB
+ * records with hints: most are ruled out by their shape (registry_may_hold)
+ * and the rest looked up; the keepalive option is changed in place.  Only
+ * a reply whose records must change is read by ldns, record by record,
+ * changed and written again by ldns, which counts and compresses the
+ * names anew.  A truncated reply that would change is cut to its question
+ * (the client asks again over TCP), and one that cannot be read gets
+ * SERVFAIL: either way no address goes out unvetted.
  */
 #include <stdlib.h>
 #include <string.h>
