@@ -645,6 +645,42 @@ dns_answer(struct registry *registry, const uint8_t *packet, size_t len,
 }
 
 /*
+ * hard's answer for a configured name met in a relayed reply (relay.c):
+ * the message dns_answer would write to an A, AAAA or ANY query of
+ * wire_name (spelled as the reply spells it), with ID 0 and no OPT, and
+ * what it is.  The name is marked queried, as it is in use; nothing is
+ * counted, the client's query being counted as forwarded.  *response_len
+ * is 0 when the outcome has no message (forward, SERVFAIL).
+ */
+enum dns_outcome
+dns_name_answer(struct name *name, const uint8_t *wire_name, int wire_len,
+		uint16_t type, uint8_t *response, size_t response_size,
+		size_t *response_len)
+{
+	uint8_t question[DNS_MAX_NAME + 4];
+	struct query q = { 0 };
+	struct answer_set *sets[2];
+	enum answer_kind kind;
+
+	*response_len = 0;
+	if (wire_len < 1 || wire_len > DNS_MAX_NAME)
+		return OUTCOME_ERROR;
+	memcpy(question, wire_name, (size_t)wire_len);
+	write16(question + wire_len, type);
+	write16(question + wire_len + 2, DNS_CLASS_IN);
+	q.question = question;
+	q.question_len = (size_t)wire_len + 4;
+	q.type = type;
+	q.class = DNS_CLASS_IN;
+	name->queried = 1;
+	kind = choose_sets(&q, name, sets);
+	if (kind == ANSWER_ADDRESSES || kind == ANSWER_NODATA)
+		*response_len = write_answer(&q, name, sets, response,
+					     response_size);
+	return answered_outcome(name, kind, sets);
+}
+
+/*
  * Where the reply's OPT record starts (0: it has none) and its length,
  * walking the records by their RDLENGTH.
  */

@@ -364,12 +364,16 @@ struct name {
 	int store_dirty;	/* last_query_time or idle not yet written */
 };
 
+#define REGISTRY_SHAPE_BITS 1024
 struct registry {
 	struct config *config;
 	struct name *names;
 	int name_count;
 	struct name **table;	/* open addressing on the wire name */
 	unsigned table_mask;
+	/* a bit for each configured (wire length, label count): a quick
+	 * "not configured" for most names before a lookup hashes them */
+	uint64_t shapes[REGISTRY_SHAPE_BITS / 64];
 };
 
 struct registry *registry_create(struct config *config);
@@ -378,6 +382,9 @@ void registry_take_over(struct registry *new_registry, struct registry *old);
 void registry_free(struct registry *registry);
 struct name *registry_lookup(const struct registry *registry,
 			     const uint8_t *lower_wire, int wire_len);
+/* 0 when no configured name has this wire length and label count. */
+int registry_may_hold(const struct registry *registry, int wire_len,
+		      int labels);
 /* By title as stored: lower case, no trailing dot; NULL if none. */
 struct name *registry_find_name(struct registry *registry, const char *title);
 struct candidate *name_find_candidate(struct name *name, const char *title);
@@ -502,6 +509,42 @@ size_t dns_error_reply(const uint8_t *query, size_t query_len, int rcode,
 /* Cuts an upstream reply to fit limit, setting TC; returns its length. */
 size_t dns_truncate_reply(uint8_t *reply, size_t reply_len, size_t limit,
 			  int client_opt);
+
+/*
+ * hard's own answer for a configured name that a relayed reply reaches
+ * (relay.c), as dns_answer writes it for an A, AAAA or ANY query of
+ * wire_name, and what it is; nothing is counted.
+ */
+enum dns_outcome dns_name_answer(struct name *name, const uint8_t *wire_name,
+				 int wire_len, uint16_t type, uint8_t *response,
+				 size_t response_size, size_t *response_len);
+
+/* -------------------------------------------------------------- relay.c */
+
+/*
+ * The last step of a forwarded query's way back: the upstream's reply
+ * (with the client's ID) becomes what the client gets.  The records of
+ * configured names in it become hard's own (a CNAME chain that reaches
+ * one, their A and AAAA records, the address hints of SVCB and HTTPS
+ * records), and edns-tcp-keepalive speaks of hard's connection to the
+ * client: removed over UDP, tcp_idle_timeout over TCP.  Returns the
+ * reply to send, reply itself (changed in place, or not at all, as for
+ * nearly every reply) or relay.c's own buffer, valid until the next
+ * call; *reply_len is its length.  It is not cut to the client's size.
+ */
+uint8_t *relay_reply(struct registry *registry, uint8_t *reply,
+		     size_t *reply_len, int over_tcp, double tcp_idle_timeout);
+/*
+ * What the last relay_reply did beyond keepalive, for the query log:
+ * whether it changed the reply's records or rcode, the upstream's rcode,
+ * and the configured name that made it (its title).
+ */
+struct relay_last {
+	int rewritten;
+	int upstream_rcode;
+	const char *name;
+};
+extern struct relay_last relay_last;
 
 /* ----------------------------------------------------------- querylog.c */
 

@@ -273,6 +273,21 @@ query_log_write(const struct sockaddr_storage *client, int over_tcp,
 			 outcome_text(outcome));
 		return;
 	}
+	/* The reply's own question tells where its answer section starts. */
+	after_question = format_question(reply, reply_len, scratch_name,
+					 sizeof(scratch_name), scratch_type,
+					 sizeof(scratch_type));
+	format_addresses(reply, reply_len, after_question, found, sizeof(found));
+	if (forwarded && relay_last.rewritten) {
+		log_query("query %s %s %s %s: %s: upstream %s, rewritten for %s: "
+			 "%s%s%s%s", who, transport, name, type,
+			 outcome_text(outcome),
+			 rcode_name(relay_last.upstream_rcode),
+			 relay_last.name ? relay_last.name : "?",
+			 rcode_name(reply[3] & 0x0f), found[0] ? " " : "", found,
+			 (reply[2] & 0x02) ? ", truncated" : "");
+		return;
+	}
 	if (forwarded) {
 		log_query("query %s %s %s %s: %s: upstream %s%s", who, transport,
 			 name, type, outcome_text(outcome),
@@ -280,11 +295,6 @@ query_log_write(const struct sockaddr_storage *client, int over_tcp,
 			 (reply[2] & 0x02) ? ", truncated" : "");
 		return;
 	}
-	/* The reply's own question tells where its answer section starts. */
-	after_question = format_question(reply, reply_len, scratch_name,
-					 sizeof(scratch_name), scratch_type,
-					 sizeof(scratch_type));
-	format_addresses(reply, reply_len, after_question, found, sizeof(found));
 	log_query("query %s %s %s %s: %s: %s%s%s", who, transport, name, type,
 		 outcome_text(outcome), rcode_name(reply[3] & 0x0f),
 		 found[0] ? " " : "", found);

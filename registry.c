@@ -62,6 +62,35 @@ registry_lookup(const struct registry *registry, const uint8_t *lower_wire,
 	}
 }
 
+static unsigned
+shape_bit(int wire_len, int labels)
+{
+	return ((unsigned)wire_len | (unsigned)labels << 8) %
+	    REGISTRY_SHAPE_BITS;
+}
+
+int
+registry_may_hold(const struct registry *registry, int wire_len, int labels)
+{
+	unsigned bit = shape_bit(wire_len, labels);
+
+	return (int)(registry->shapes[bit / 64] >> (bit % 64) & 1);
+}
+
+static void
+registry_add_shape(struct registry *registry, const uint8_t *wire)
+{
+	int at = 0, labels = 0;
+	unsigned bit;
+
+	while (wire[at]) {
+		at += 1 + wire[at];
+		labels++;
+	}
+	bit = shape_bit(at + 1, labels);
+	registry->shapes[bit / 64] |= UINT64_C(1) << (bit % 64);
+}
+
 static void
 registry_index(struct registry *registry)
 {
@@ -79,6 +108,7 @@ registry_index(struct registry *registry)
 		while (registry->table[slot])
 			slot = (slot + 1) & registry->table_mask;
 		registry->table[slot] = &registry->names[i];
+		registry_add_shape(registry, config->wire);
 	}
 }
 

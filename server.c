@@ -895,6 +895,12 @@ forward_reply(void *context, uint8_t *reply, size_t reply_len)
 					    servfail, sizeof(servfail));
 		reply = reply_len ? servfail : NULL;
 	}
+	if (!upstream_failed)
+		reply = relay_reply(server_registry, reply, &reply_len,
+				    pending->connection != NULL,
+				    pending->connection ?
+				    pending->connection->server->idle_timeout : 0);
+	/* After the rewrite: what the client gets must fit its size. */
 	if (reply && !pending->connection)
 		reply_len = dns_truncate_reply(reply, reply_len,
 					       pending->client_limit,
