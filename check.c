@@ -380,6 +380,7 @@ sweep_names(struct ev_loop *loop, ev_timer *timer, int revents)
 }
 
 static void check_fire(struct ev_loop *loop, ev_timer *timer, int revents);
+static void first_round_follow(void);
 
 static void
 check_schedule_address(struct address *address, double delay)
@@ -435,6 +436,7 @@ check_done(struct check *check, int status, int success,
 	 * check comes that much before its grid time. */
 	ev_now_update(check_loop);
 	check_schedule_address(address, next - monotonic_now());
+	first_round_follow();
 }
 
 static void
@@ -532,6 +534,78 @@ schedule_first_check(struct address *address)
 	check_schedule_address(address,
 	    schedule_first_delay(address->phase, restored ? period :
 				 name->config->check_frequency, restored));
+}
+
+/* ------------------------------------------------------ first round */
+
+/*
+ * A cold start holds its listeners until every address has been checked
+ * once (or its state restored from a recent check), so that the first
+ * answers come from a whole round, not from whichever checks ended first:
+ * no SERVFAIL for a name whose servers are up, no far server before the
+ * near one has been seen.  har.c caps the wait at a second.
+ */
+static void (*first_round_done)(void);
+
+static int
+address_settled(const struct address *address)
+{
+	return address->last_started != 0 ||
+	    restored_recently(address, schedule_period(address->candidate->name));
+}
+
+/* A host name whose first lookup has not answered has no addresses yet. */
+static int
+candidate_settled(const struct candidate *candidate)
+{
+	if (candidate->address_count == 0)
+		return candidate->config->address_count > 0 ||
+		    candidate->known[0] || candidate->known[1];
+	for (int i = 0; i < candidate->address_count; i++)
+		if (!address_settled(candidate->addresses[i]))
+			return 0;
+	return 1;
+}
+
+static int
+first_round_finished(void)
+{
+	for (int i = 0; check_registry && i < check_registry->name_count; i++) {
+		const struct name *name = &check_registry->names[i];
+
+		for (int j = 0; j < name->candidate_count; j++)
+			if (!candidate_settled(&name->candidates[j]))
+				return 0;
+	}
+	return 1;
+}
+
+int
+check_first_round_wait(void (*done)(void))
+{
+	if (first_round_finished())
+		return 0;
+	first_round_done = done;
+	return 1;
+}
+
+void
+check_first_round_forget(void)
+{
+	first_round_done = NULL;
+}
+
+/* After each check and lookup, while a start waits: cheap enough for
+ * the second it may last. */
+static void
+first_round_follow(void)
+{
+	void (*done)(void) = first_round_done;
+
+	if (!done || !first_round_finished())
+		return;
+	first_round_done = NULL;
+	done();
 }
 
 /*
@@ -712,6 +786,7 @@ resolution_finish(struct resolution *resolution)
 	if (next > RESOLVE_MAX_TTL)
 		next = RESOLVE_MAX_TTL;
 	resolve_start(candidate, next);
+	first_round_follow();
 }
 
 static void

@@ -567,6 +567,60 @@ on_watchdog(struct ev_loop *timer_loop, ev_timer *timer, int revents)
 
 /* ----------------------------------------------------------- start-up */
 
+/* The longest a cold start holds its listeners for its first round. */
+#define FIRST_ROUND_WAIT 1.0
+
+static ev_timer first_round_timer;
+
+/*
+ * Listeners bound, data file open, detached, privileges dropped, first
+ * round checked: from now on hard reads its listeners, and a query sent
+ * is answered, so the service manager may call hard ready.
+ */
+static void
+start_answering(void)
+{
+	ev_timer_stop(loop, &first_round_timer);
+	dns_server_release(server);
+	log_info("hard %s answering %d %s on port %d", HAR_VERSION,
+		 running_config->name_count,
+		 names_word(running_config->name_count),
+		 running_config->listen_port);
+	notify_answering("");
+}
+
+static void
+on_first_round_wait_over(struct ev_loop *timer_loop, ev_timer *timer,
+			 int revents)
+{
+	(void)timer_loop;
+	(void)timer;
+	(void)revents;
+	check_first_round_forget();
+	log_info("answering before every first check has ended (%.0f s "
+		 "after the start)", FIRST_ROUND_WAIT);
+	start_answering();
+}
+
+/*
+ * A start with nothing restored (or only state older than the interval)
+ * would answer from whichever checks end first: SERVFAIL for names whose
+ * servers are up, a far server before the near one is seen.  The kernel
+ * holds the queries meanwhile, so waiting for the round costs a cold
+ * start's first queries at most FIRST_ROUND_WAIT, and no answer.
+ */
+static void
+hold_for_first_round(void)
+{
+	ev_timer_init(&first_round_timer, on_first_round_wait_over,
+		      FIRST_ROUND_WAIT, 0);
+	if (check_first_round_wait(start_answering) == 0) {
+		start_answering();
+		return;
+	}
+	ev_timer_start(loop, &first_round_timer);
+}
+
 /*
  * Everything a start would refuse in the configuration is found here,
  * all of it in one run, before anything is bound or written; -t stops
@@ -668,6 +722,7 @@ main(int argc, char **argv)
 	ev_signal_start(loop, &hup);
 	ev_signal_start(loop, &term);
 	ev_signal_start(loop, &interrupt);
+	dns_server_hold();
 	server = dns_server_start(loop, running_config, NULL);
 	if (!server)
 		fail_start("cannot listen on the configured addresses (see above)");
@@ -697,14 +752,7 @@ main(int argc, char **argv)
 			warn_if_pid_file_stays(options.pid_file, user);
 	}
 	store_start();
-	log_info("hard %s answering %d %s on port %d", HAR_VERSION,
-		 running_config->name_count,
-		 names_word(running_config->name_count),
-		 running_config->listen_port);
-	/* Listeners bound, data file open, detached, privileges dropped:
-	 * a query sent now is answered (the kernel holds it until the loop
-	 * runs), so the service manager may call hard ready. */
-	notify_answering("");
+	hold_for_first_round();
 	if (notify_watchdog_interval() > 0) {
 		ev_timer_init(&watchdog, on_watchdog, notify_watchdog_interval(),
 			      notify_watchdog_interval());

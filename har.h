@@ -568,6 +568,9 @@ struct dns_server *dns_server_start(struct ev_loop *loop,
 void dns_server_configure(struct dns_server *server, const struct config *config);
 void dns_server_stop(struct dns_server *server);
 void dns_server_set_registry(struct registry *registry);
+/* Bind the next server's listeners without reading them, until release. */
+void dns_server_hold(void);
+void dns_server_release(struct dns_server *server);
 
 /* ----------------------------------------------------------- upstream.c */
 
@@ -639,6 +642,14 @@ void check_cancel(struct address *address);
 /* Cancels a check in flight and starts a new one at once. */
 void check_restart(struct address *address);
 void check_stop(void);
+/*
+ * A cold start: 1 when some address has neither been checked since the
+ * start nor restored from a recent check (or a host name has not
+ * resolved), and done() is called once every one has; 0 when none is
+ * missing.  check_first_round_forget() drops done (the wait timed out).
+ */
+int check_first_round_wait(void (*done)(void));
+void check_first_round_forget(void);
 void resolve_start(struct candidate *candidate, double delay);
 void resolve_cancel(struct candidate *candidate);
 

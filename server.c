@@ -1034,6 +1034,13 @@ listener_close(struct dns_server *server, struct listener *listener)
 	draining_listeners = listener;
 }
 
+/*
+ * While a cold start waits for its first round of checks (har.c), the
+ * listeners are bound but not read: the kernel keeps the queries, and
+ * they are answered from the whole round once dns_server_release runs.
+ */
+static int listeners_held;
+
 static void
 listener_watch(struct dns_server *server, struct listener *listener)
 {
@@ -1043,8 +1050,26 @@ listener_watch(struct dns_server *server, struct listener *listener)
 	listener->udp_io.data = listener;
 	ev_io_init(&listener->tcp_io, tcp_accept, listener->tcp_fd, EV_READ);
 	listener->tcp_io.data = listener;
+	if (listeners_held)
+		return;
 	ev_io_start(server->loop, &listener->udp_io);
 	ev_io_start(server->loop, &listener->tcp_io);
+}
+
+void
+dns_server_hold(void)
+{
+	listeners_held = 1;
+}
+
+void
+dns_server_release(struct dns_server *server)
+{
+	listeners_held = 0;
+	for (struct listener *l = server->listeners; l; l = l->next) {
+		ev_io_start(server->loop, &l->udp_io);
+		ev_io_start(server->loop, &l->tcp_io);
+	}
 }
 
 static struct listener *

@@ -232,3 +232,33 @@ def test_user_without_the_privilege_to_change_is_a_warning(shared_dir, up):
                          r"hard stays user \d+", h.log()), h.log()
     finally:
         assert h.stop() == 0, h.log()
+
+
+def test_cold_start_answers_from_a_whole_first_round(start_hard, start_http, up):
+    """Nothing restored: hard binds its listeners but reads them only once
+    every address has been checked (or a second has passed); the kernel
+    holds the queries meanwhile.  Queried every 20 ms from the moment it
+    is started, a name with a near and a far server, both up, gets no
+    SERVFAIL and never the far server (the old hard answered SERVFAIL
+    until the first check ended, then whichever server it had seen)."""
+    near, far = start_http(A), start_http("127.0.0.3", delay=0.1)
+    body = """
+name cold.test {
+    check_frequency = 0.4
+    check_timeout = 0.3
+    failure_mode = servfail
+    candidate near { check_address = "%s" }
+    candidate far { check_address = "%s" }
+}
+""" % (near.url(), far.url())
+    h = start_hard(body, upstream=up, wait=False)
+    seen = []
+    deadline = harness.time.monotonic() + 3
+    while harness.time.monotonic() < deadline:
+        try:
+            seen.append(harness.answer(h, "cold.test", timeout=0.05))
+        except harness.dns.exception.Timeout:
+            h.assert_alive()
+        harness.time.sleep(0.02)
+    assert seen, "no reply within 3 s of the start; log:\n" + h.log()
+    assert all(got == [A] for got in seen), seen
