@@ -62,6 +62,7 @@ struct http_transfer {
 	CURLSH *share;		/* HTTPS: target's sessions it uses, counted
 				 * in target->in_use; NULL: none */
 	int full_handshake;	/* HTTPS: no session was offered */
+	int socket_error;	/* errno when its socket could not be opened */
 	unsigned long reload_generation;	/* HTTPS: at its start */
 	unsigned long ca_generation;
 	enum body_verdict verdict;
@@ -789,6 +790,13 @@ finish_transfer(CURL *easy, CURLcode result)
 	curl_easy_getinfo(easy, CURLINFO_TOTAL_TIME_T, &total_us);
 	check = transfer->check;
 	check->transport = NULL;
+	if (result != CURLE_OK && check_short_of_sockets(transfer->socket_error)) {
+		int error = transfer->socket_error;
+
+		transfer_free(transfer);
+		check_postpone(check, error);
+		return;
+	}
 	/* Our own stop once the body was judged is no failure. */
 	if (result == CURLE_WRITE_ERROR && transfer->verdict != BODY_UNJUDGED)
 		result = CURLE_OK;
@@ -1001,6 +1009,28 @@ reset_on_close(void *context, curl_socket_t fd, curlsocktype purpose)
 }
 
 /*
+ * The check's socket, opened here rather than by curl to learn why when
+ * it cannot be: curl would report any failure as "could not connect",
+ * while a socket that hard itself has no descriptor for says nothing
+ * about the server (check_postpone).
+ */
+static curl_socket_t
+open_socket(void *context, curlsocktype purpose, struct curl_sockaddr *address)
+{
+	struct http_transfer *transfer = context;
+	int fd;
+
+	(void)purpose;
+	fd = socket(address->family, address->socktype | SOCK_CLOEXEC,
+		    address->protocol);
+	if (fd < 0) {
+		transfer->socket_error = errno;
+		return CURL_SOCKET_BAD;
+	}
+	return fd;
+}
+
+/*
  * The options a check needs on a reset handle.  A new connection for
  * every check, closed after it: a check that rode on an old connection
  * would prove nothing.  No proxy, whatever the environment says;
@@ -1144,6 +1174,8 @@ check_http_start(struct check *check)
 	if (https)
 		set_tls(transfer);
 	set_body_reader(transfer);
+	curl_easy_setopt(transfer->easy, CURLOPT_OPENSOCKETFUNCTION, open_socket);
+	curl_easy_setopt(transfer->easy, CURLOPT_OPENSOCKETDATA, transfer);
 	curl_easy_setopt(transfer->easy, CURLOPT_CONNECT_TO, transfer->connect_to);
 	curl_easy_setopt(transfer->easy, CURLOPT_PRIVATE, transfer);
 	if (curl_multi_add_handle(multi, transfer->easy) != CURLM_OK) {
