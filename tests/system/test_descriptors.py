@@ -119,11 +119,12 @@ def close_all(clients):
 
 def test_tcp_clients_cannot_take_the_checks_descriptors(
         start_hard, upstream, workdir, servers):
-    """An open file limit of 256 that hard cannot raise, and 300 clients:
-    hard serves at most what its reserve leaves them (closing the idlest
-    for each new one) and its checks go on."""
+    """An open file limit of 128 that hard can raise only to 256, far from
+    what tcp_max_connections = 100000 needs, and 300 clients: hard serves
+    at most what its reserve leaves them (closing the idlest for each new
+    one) and its checks go on."""
     hard, data_file = start(start_hard, upstream, workdir, servers,
-                            nofile=(256, 256))
+                            nofile=(128, 256))
     clients = flood(hard, CLIENTS)
     try:
         assert_names_hold(hard, 15 * FREQUENCY)
@@ -131,6 +132,8 @@ def test_tcp_clients_cannot_take_the_checks_descriptors(
     finally:
         close_all(clients)
     assert_nothing_marked_down(hard, data_file)
+    assert hard.nofile_limit() == (256, 256)
+    assert "raised the open file limit from 128 to 256" in hard.log()
     # at least half the limit, and never all of it
     cap = int(re.search(r"at most (\d+) TCP clients are served at once",
                         hard.log()).group(1))
