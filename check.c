@@ -28,6 +28,7 @@
  * disagrees with the address's health (see schedule_disagrees) is
  * followed by a recheck after recheck_frequency instead.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +58,14 @@
 /* 1 / golden ratio: the step of the phase sequence. */
 #define PHASE_STEP 0.6180339887498949
 
+/*
+ * A check postponed for want of a socket is tried again after this
+ * (give or take half, so postponed checks do not retry in step); the
+ * shortage is over once no check has been postponed for a second.
+ */
+#define POSTPONE_DELAY 0.25
+#define SHORTAGE_OVER 1.0
+
 static struct ev_loop *check_loop;
 static struct registry *check_registry;
 static ev_timer sweep_timer;
@@ -64,6 +73,8 @@ static double check_origin;	/* monotonic: where every grid starts */
 static double check_rotation;	/* this process's turn of the phases */
 static unsigned long phase_sequence;	/* addresses given a phase so far */
 static uint64_t random_state;
+static struct log_streak shortage_streak;	/* checks postponed */
+static ev_timer shortage_timer;
 
 double
 monotonic_now(void)
@@ -439,6 +450,51 @@ check_done(struct check *check, int status, int success,
 	first_round_follow();
 }
 
+int
+check_short_of_sockets(int error)
+{
+	return error == EMFILE || error == ENFILE || error == ENOBUFS ||
+	    error == ENOMEM;
+}
+
+static void
+shortage_over(struct ev_loop *loop, ev_timer *timer, int revents)
+{
+	unsigned long postponed = log_streak_ok(&shortage_streak);
+
+	(void)loop;
+	(void)timer;
+	(void)revents;
+	log_info("checks get sockets again, after %lu postponed for want of one",
+		 postponed);
+}
+
+/*
+ * hard itself is out of descriptors (or of memory for a socket): the
+ * check proves nothing about the server.  It is not recorded, and the
+ * address keeps its health and is checked again shortly.  One warning
+ * for a run of such checks, and one line with their count when it ends.
+ */
+void
+check_postpone(struct check *check, int error)
+{
+	struct address *address = check->address;
+
+	address->check = NULL;
+	free(check);
+	if (log_streak_fail(&shortage_streak))
+		log_warning("cannot open a socket for a check of %s %s: %s; hard "
+			    "itself is short of them, so checks are postponed, "
+			    "not counted against their servers, and tried again "
+			    "every %g s or so", address->candidate->config->title,
+			    address->text, strerror(error), POSTPONE_DELAY);
+	ev_timer_stop(check_loop, &shortage_timer);
+	ev_timer_set(&shortage_timer, SHORTAGE_OVER, 0);
+	ev_timer_start(check_loop, &shortage_timer);
+	ev_now_update(check_loop);
+	check_schedule_address(address, POSTPONE_DELAY * (0.5 + random_unit()));
+}
+
 static void
 check_fire(struct ev_loop *loop, ev_timer *timer, int revents)
 {
@@ -672,6 +728,7 @@ check_start_all(struct ev_loop *loop, struct registry *registry)
 		ev_timer_init(&sweep_timer, sweep_names, SWEEP_INTERVAL,
 			      SWEEP_INTERVAL);
 		ev_timer_start(loop, &sweep_timer);
+		ev_init(&shortage_timer, shortage_over);
 		ev_set_timeout_collect_interval(loop, TIMER_BATCH);
 		if (check_http_init(loop) != 0)
 			return -1;
@@ -699,6 +756,7 @@ check_stop(void)
 	if (!check_loop)
 		return;
 	ev_timer_stop(check_loop, &sweep_timer);
+	ev_timer_stop(check_loop, &shortage_timer);
 	check_registry = NULL;
 	check_http_cleanup();
 }

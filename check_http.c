@@ -36,7 +36,11 @@ struct curl_socket_watch {
 
 enum body_verdict { BODY_UNJUDGED, BODY_FOUND, BODY_MISSING };
 
+/* The two pools of idle curl handles: see handle_take. */
+enum handle_pool { POOL_UNSHARED, POOL_SHARED, POOL_COUNT };
+
 struct tls_target;
+struct ca_store;
 
 /*
  * One check in flight: the curl handle and what curl reads from us for
@@ -52,9 +56,13 @@ struct http_transfer {
 	struct check *check;
 	struct curl_slist *connect_to;
 	struct curl_slist *headers;
+	enum handle_pool pool;	/* where easy came from and goes back to */
+	struct ca_store *ca;	/* HTTPS: the CAs it verifies with */
 	struct tls_target *target;	/* HTTPS: whose sessions it may use */
+	CURLSH *share;		/* HTTPS: target's sessions it uses, counted
+				 * in target->in_use; NULL: none */
 	int full_handshake;	/* HTTPS: no session was offered */
-	int holds_share;	/* HTTPS: counted in target->in_use */
+	int socket_error;	/* errno when its socket could not be opened */
 	unsigned long reload_generation;	/* HTTPS: at its start */
 	unsigned long ca_generation;
 	enum body_verdict verdict;
@@ -154,37 +162,48 @@ transfer_new(const char *expected)
  * so nothing set for one check (headers, HEAD, the body reader) reaches
  * the next; connections are not the handle's but the multi's, and
  * CURLOPT_FORBID_REUSE closes each one when its check ends.
+ *
+ * A handle stays on one side for its life: it checks either always
+ * with a share handle of TLS sessions (POOL_SHARED) or never
+ * (POOL_UNSHARED: HTTP, and HTTPS offering no session).  libcurl (7.88)
+ * gives a handle that starts a transfer without a share a TLS session
+ * cache of its own, which a reset keeps and which CURLOPT_SHARE then
+ * replaces without freeing: a handle passed from an HTTP check to an
+ * HTTPS one lost that cache, about 1 KB, every time.  An unshared
+ * handle's own cache never holds a session: HTTP makes none, and its
+ * HTTPS checks turn the cache off.
  */
 #define IDLE_HANDLES_KEPT 256
 
-static CURL *idle_handles[IDLE_HANDLES_KEPT];
-static int idle_handle_count;
+static CURL *idle_handles[POOL_COUNT][IDLE_HANDLES_KEPT];
+static int idle_handle_count[POOL_COUNT];
 
 static CURL *
-handle_take(void)
+handle_take(enum handle_pool pool)
 {
-	if (idle_handle_count > 0)
-		return idle_handles[--idle_handle_count];
+	if (idle_handle_count[pool] > 0)
+		return idle_handles[pool][--idle_handle_count[pool]];
 	return curl_easy_init();
 }
 
 static void
-handle_give_back(CURL *easy)
+handle_give_back(CURL *easy, enum handle_pool pool)
 {
-	if (idle_handle_count == IDLE_HANDLES_KEPT) {
+	if (idle_handle_count[pool] == IDLE_HANDLES_KEPT) {
 		curl_easy_cleanup(easy);
 		return;
 	}
 	curl_easy_setopt(easy, CURLOPT_SHARE, NULL);
 	curl_easy_reset(easy);
-	idle_handles[idle_handle_count++] = easy;
+	idle_handles[pool][idle_handle_count[pool]++] = easy;
 }
 
 static void
 handles_free(void)
 {
-	while (idle_handle_count > 0)
-		curl_easy_cleanup(idle_handles[--idle_handle_count]);
+	for (int pool = 0; pool < POOL_COUNT; pool++)
+		while (idle_handle_count[pool] > 0)
+			curl_easy_cleanup(idle_handles[pool][--idle_handle_count[pool]]);
 }
 
 /* ----------------------------------------------------------- CA stores */
@@ -581,8 +600,8 @@ session_share_new(void)
 
 /*
  * Decides whether this check may resume a session of its target, and
- * gives its handle the share handle that holds them.  0, or -1 when out
- * of memory.
+ * if it may use the share handle that holds them.  0, or -1 when out of
+ * memory.
  */
 static int
 use_sessions(struct http_transfer *transfer, struct tls_target *target,
@@ -604,7 +623,6 @@ use_sessions(struct http_transfer *transfer, struct tls_target *target,
 		/* Another check holds the sessions (a check of a candidate
 		 * that a reload removed and added again can overlap the new
 		 * one's): this one neither offers nor stores any. */
-		curl_easy_setopt(transfer->easy, CURLOPT_SSL_SESSIONID_CACHE, 0L);
 		return 0;
 	}
 	if (full) {
@@ -616,8 +634,7 @@ use_sessions(struct http_transfer *transfer, struct tls_target *target,
 			curl_share_cleanup(target->share);
 		target->share = share;
 	}
-	curl_easy_setopt(transfer->easy, CURLOPT_SHARE, target->share);
-	transfer->holds_share = 1;
+	transfer->share = target->share;
 	target->in_use++;
 	return 0;
 }
@@ -634,9 +651,9 @@ sessions_after(struct http_transfer *transfer, int success)
 
 	if (!target)
 		return;
-	if (transfer->holds_share)
+	if (transfer->share)
 		target->in_use--;
-	transfer->holds_share = 0;
+	transfer->share = NULL;
 	transfer->target = NULL;
 	if (!success) {
 		target->must_verify = 1;
@@ -698,7 +715,7 @@ transfer_free(struct http_transfer *transfer)
 	sessions_after(transfer, 0);
 	if (transfer->easy) {
 		curl_multi_remove_handle(multi, transfer->easy);
-		handle_give_back(transfer->easy);
+		handle_give_back(transfer->easy, transfer->pool);
 	}
 	curl_slist_free_all(transfer->connect_to);
 	curl_slist_free_all(transfer->headers);
@@ -773,6 +790,13 @@ finish_transfer(CURL *easy, CURLcode result)
 	curl_easy_getinfo(easy, CURLINFO_TOTAL_TIME_T, &total_us);
 	check = transfer->check;
 	check->transport = NULL;
+	if (result != CURLE_OK && check_short_of_sockets(transfer->socket_error)) {
+		int error = transfer->socket_error;
+
+		transfer_free(transfer);
+		check_postpone(check, error);
+		return;
+	}
 	/* Our own stop once the body was judged is no failure. */
 	if (result == CURLE_WRITE_ERROR && transfer->verdict != BODY_UNJUDGED)
 		result = CURLE_OK;
@@ -985,6 +1009,28 @@ reset_on_close(void *context, curl_socket_t fd, curlsocktype purpose)
 }
 
 /*
+ * The check's socket, opened here rather than by curl to learn why when
+ * it cannot be: curl would report any failure as "could not connect",
+ * while a socket that hard itself has no descriptor for says nothing
+ * about the server (check_postpone).
+ */
+static curl_socket_t
+open_socket(void *context, curlsocktype purpose, struct curl_sockaddr *address)
+{
+	struct http_transfer *transfer = context;
+	int fd;
+
+	(void)purpose;
+	fd = socket(address->family, address->socktype | SOCK_CLOEXEC,
+		    address->protocol);
+	if (fd < 0) {
+		transfer->socket_error = errno;
+		return CURL_SOCKET_BAD;
+	}
+	return fd;
+}
+
+/*
  * The options a check needs on a reset handle.  A new connection for
  * every check, closed after it: a check that rode on an old connection
  * would prove nothing.  No proxy, whatever the environment says;
@@ -1015,38 +1061,27 @@ set_request(CURL *easy, const struct config_name *config,
 }
 
 /*
- * HTTPS: the parsed CAs and, where allowed, a session to resume.  0, or
- * the STATUS_* of a check that cannot start.
+ * HTTPS, before the check has a handle: the parsed CAs and, where
+ * allowed, the sessions to resume (transfer->share).  0, or the STATUS_*
+ * of a check that cannot start.
  */
 static int
-set_tls(struct http_transfer *transfer, const struct check *check)
+choose_tls(struct http_transfer *transfer, const struct check *check)
 {
 	const struct config_name *config = check->address->candidate->name->config;
-	struct ca_store *ca = ca_store_get(config->ca_file);
 	struct tls_target *target;
 	char *key;
 
-	if (!ca) {
+	transfer->ca = ca_store_get(config->ca_file);
+	if (!transfer->ca) {
 		log_debug("check of %s: no CAs to verify with", check->address->text);
 		return STATUS_TLS_ERROR;
 	}
-	/* Not curl's own cache of one store per multi handle, keyed by
-	 * the file name alone: without a file name it would hand the first
-	 * store to every check. */
-	curl_easy_setopt(transfer->easy, CURLOPT_CA_CACHE_TIMEOUT, 0L);
-	curl_easy_setopt(transfer->easy, CURLOPT_CAINFO, NULL);
-	curl_easy_setopt(transfer->easy, CURLOPT_CAPATH, NULL);
-	curl_easy_setopt(transfer->easy, CURLOPT_SSL_CTX_FUNCTION, use_ca_store);
-	curl_easy_setopt(transfer->easy, CURLOPT_SSL_CTX_DATA, ca);
 	targets_sweep(check->started);
-	if (config->tls_full_handshake_interval <= 0) {
-		/* Every check a full handshake: no session kept or offered
-		 * (a reset handle would otherwise keep its own). */
-		curl_easy_setopt(transfer->easy, CURLOPT_SSL_SESSIONID_CACHE, 0L);
-		return 0;
-	}
+	if (config->tls_full_handshake_interval <= 0)
+		return 0;	/* every check a full handshake */
 	transfer->reload_generation = reload_generation;
-	transfer->ca_generation = ca->generation;
+	transfer->ca_generation = transfer->ca->generation;
 	key = target_key(check);
 	if (!key)
 		return STATUS_OTHER_ERROR;
@@ -1057,6 +1092,26 @@ set_tls(struct http_transfer *transfer, const struct check *check)
 				    check->started) != 0)
 		return STATUS_OTHER_ERROR;
 	return 0;
+}
+
+/* HTTPS: what choose_tls chose, on the check's handle. */
+static void
+set_tls(const struct http_transfer *transfer)
+{
+	CURL *easy = transfer->easy;
+
+	/* Not curl's own cache of one store per multi handle, keyed by
+	 * the file name alone: without a file name it would hand the first
+	 * store to every check. */
+	curl_easy_setopt(easy, CURLOPT_CA_CACHE_TIMEOUT, 0L);
+	curl_easy_setopt(easy, CURLOPT_CAINFO, NULL);
+	curl_easy_setopt(easy, CURLOPT_CAPATH, NULL);
+	curl_easy_setopt(easy, CURLOPT_SSL_CTX_FUNCTION, use_ca_store);
+	curl_easy_setopt(easy, CURLOPT_SSL_CTX_DATA, transfer->ca);
+	if (transfer->share)
+		curl_easy_setopt(easy, CURLOPT_SHARE, transfer->share);
+	else	/* no session offered or kept in the handle's own cache */
+		curl_easy_setopt(easy, CURLOPT_SSL_SESSIONID_CACHE, 0L);
 }
 
 static void
@@ -1089,6 +1144,7 @@ check_http_start(struct check *check)
 {
 	const struct config_name *config = check->address->candidate->name->config;
 	struct http_transfer *transfer = transfer_new(config->expect_body);
+	int https = strcmp(check->address->candidate->config->scheme, "https") == 0;
 	char spec[DNS_MAX_NAME + 80];
 
 	if (!transfer) {
@@ -1097,7 +1153,14 @@ check_http_start(struct check *check)
 		return start_failed(NULL, check, STATUS_OTHER_ERROR);
 	}
 	transfer->check = check;
-	transfer->easy = handle_take();
+	if (https) {
+		int status = choose_tls(transfer, check);
+
+		if (status != 0)
+			return start_failed(transfer, check, status);
+	}
+	transfer->pool = transfer->share ? POOL_SHARED : POOL_UNSHARED;
+	transfer->easy = handle_take(transfer->pool);
 	connect_to_spec(check, spec, sizeof(spec));
 	if (transfer->easy)
 		transfer->connect_to = curl_slist_append(NULL, spec);
@@ -1108,19 +1171,17 @@ check_http_start(struct check *check)
 		return start_failed(transfer, check, STATUS_OTHER_ERROR);
 	}
 	set_request(transfer->easy, config, check->address->candidate->config);
-	if (strcmp(check->address->candidate->config->scheme, "https") == 0) {
-		int status = set_tls(transfer, check);
-
-		if (status != 0)
-			return start_failed(transfer, check, status);
-	}
+	if (https)
+		set_tls(transfer);
 	set_body_reader(transfer);
+	curl_easy_setopt(transfer->easy, CURLOPT_OPENSOCKETFUNCTION, open_socket);
+	curl_easy_setopt(transfer->easy, CURLOPT_OPENSOCKETDATA, transfer);
 	curl_easy_setopt(transfer->easy, CURLOPT_CONNECT_TO, transfer->connect_to);
 	curl_easy_setopt(transfer->easy, CURLOPT_PRIVATE, transfer);
 	if (curl_multi_add_handle(multi, transfer->easy) != CURLM_OK) {
 		log_error("cannot start a check of %s", check->address->text);
 		sessions_after(transfer, 0);
-		handle_give_back(transfer->easy);
+		handle_give_back(transfer->easy, transfer->pool);
 		transfer->easy = NULL;
 		return start_failed(transfer, check, STATUS_OTHER_ERROR);
 	}

@@ -115,6 +115,10 @@ check_tcp_start(struct ev_loop *loop, struct check *check)
 	int fd;
 
 	fd = socket(target.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0 && check_short_of_sockets(errno)) {
+		check_postpone(check, errno);
+		return 0;
+	}
 	if (fd < 0) {
 		log_warning("cannot open a socket for a tcp check: %s",
 			    strerror(errno));

@@ -664,13 +664,20 @@ int check_http_init(struct ev_loop *loop);
 void check_http_cleanup(void);
 /* A reload: every HTTPS check's next handshake is a full one. */
 void check_http_reloaded(void);
-/* 0 when started, or the STATUS_* of a check that failed at once. */
+/*
+ * 0 when started (or postponed: check_postpone), or the STATUS_* of a
+ * check that failed at once.
+ */
 int check_http_start(struct check *check);
 void check_http_cancel(struct check *check);
 int check_tcp_start(struct ev_loop *loop, struct check *check);
 void check_tcp_cancel(struct ev_loop *loop, struct check *check);
 void check_done(struct check *check, int status, int success,
 		double connect_time, double total_time);
+/* Whether a socket that cannot be opened for error is hard's own shortage. */
+int check_short_of_sockets(int error);
+/* A check that got no socket for hard's own shortage: tried again soon. */
+void check_postpone(struct check *check, int error);
 double monotonic_now(void);
 double wall_now(void);
 

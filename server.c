@@ -831,7 +831,9 @@ tcp_accept(struct ev_loop *loop, ev_io *io, int revents)
 		return;
 	}
 	accept_succeeded(server);
-	if (server->connection_count >= server->max_connections)
+	/* Several when a reload lowered the cap. */
+	while (server->connection_count >= server->max_connections &&
+	       server->connections)
 		tcp_make_room(server);
 	connection = calloc(1, sizeof(*connection));
 	if (!connection) {
@@ -1192,11 +1194,11 @@ server_close_listeners(struct dns_server *server)
 /* A candidate whose host is resolved: a guess at its address count. */
 #define DESCRIPTORS_PER_RESOLVED_CANDIDATE 4
 
+/* What hard needs for everything but its TCP clients: its reserve. */
 static rlim_t
-descriptors_needed(const struct config *config)
+descriptors_reserved(const struct config *config)
 {
 	rlim_t needed = DESCRIPTORS_BASE +
-	    (rlim_t)config->tcp_max_connections +
 	    2 * (rlim_t)config->bind_interface_count +
 	    (rlim_t)upstream_descriptors_needed(config);
 
@@ -1214,46 +1216,74 @@ descriptors_needed(const struct config *config)
 	return needed;
 }
 
-/*
- * Out of descriptors, TCP clients wait in the backlog and checks fail:
- * the soft limit is raised to what the configuration needs when the hard
- * limit allows, and the operator is told what to raise when it does not.
- */
+/* The soft limit raised to wanted, or as far as the hard limit allows. */
 static void
+descriptors_raise(struct rlimit *limit, rlim_t wanted,
+		  const struct config *config)
+{
+	rlim_t previous = limit->rlim_cur;
+
+	if (limit->rlim_max != RLIM_INFINITY && limit->rlim_max < wanted)
+		wanted = limit->rlim_max;
+	if (wanted <= previous)
+		return;
+	limit->rlim_cur = wanted;
+	if (setrlimit(RLIMIT_NOFILE, limit) != 0) {
+		log_warning("cannot raise the open file limit to %llu: %s",
+			    (unsigned long long)wanted, strerror(errno));
+		limit->rlim_cur = previous;
+		return;
+	}
+	log_info("raised the open file limit from %llu to %llu for "
+		 "tcp_max_connections = %d", (unsigned long long)previous,
+		 (unsigned long long)wanted, config->tcp_max_connections);
+}
+
+/*
+ * The most TCP clients served at once.  Out of descriptors, it is the
+ * checks and forwarding that would fail (a check without a socket is
+ * postponed, see check_postpone, but never made), so the soft limit is
+ * raised to what the configuration needs, or as far as the hard limit
+ * allows; when that is not enough, TCP clients get what the limit leaves
+ * after hard's reserve, though never less than half of it (the reserve
+ * counts every forward that could be in flight, which is rarely so), and
+ * the operator is told what to raise.  At the cap a new client is served
+ * by closing the idlest, as at tcp_max_connections.
+ */
+static int
 descriptors_check(const struct config *config)
 {
-	rlim_t needed = descriptors_needed(config);
+	rlim_t reserved = descriptors_reserved(config);
+	rlim_t needed = reserved + (rlim_t)config->tcp_max_connections;
 	struct rlimit limit;
+	rlim_t clients;
 
 	if (getrlimit(RLIMIT_NOFILE, &limit) != 0) {
 		log_warning("cannot read the open file limit: %s", strerror(errno));
-		return;
+		return config->tcp_max_connections;
 	}
 	if (limit.rlim_cur == RLIM_INFINITY || limit.rlim_cur >= needed)
-		return;
-	if (limit.rlim_max == RLIM_INFINITY || limit.rlim_max >= needed) {
-		rlim_t previous = limit.rlim_cur;
-
-		limit.rlim_cur = needed;
-		if (setrlimit(RLIMIT_NOFILE, &limit) == 0) {
-			log_info("raised the open file limit from %llu to %llu "
-				 "for tcp_max_connections = %d",
-				 (unsigned long long)previous,
-				 (unsigned long long)needed,
-				 config->tcp_max_connections);
-			return;
-		}
-		log_warning("cannot raise the open file limit to %llu: %s",
-			    (unsigned long long)needed, strerror(errno));
-		limit.rlim_cur = previous;
-	}
-	log_warning("tcp_max_connections = %d and the checks need about %llu "
-		    "open files, but the limit is %llu (hard limit %llu): raise "
-		    "it (LimitNOFILE= in the systemd unit, ulimit -n) or lower "
-		    "tcp_max_connections; until then clients over the limit wait",
-		    config->tcp_max_connections, (unsigned long long)needed,
-		    (unsigned long long)limit.rlim_cur,
-		    (unsigned long long)limit.rlim_max);
+		return config->tcp_max_connections;
+	descriptors_raise(&limit, needed, config);
+	if (limit.rlim_cur >= needed)
+		return config->tcp_max_connections;
+	clients = limit.rlim_cur / 2;
+	if (limit.rlim_cur > reserved && limit.rlim_cur - reserved > clients)
+		clients = limit.rlim_cur - reserved;
+	if (clients > (rlim_t)config->tcp_max_connections)
+		clients = (rlim_t)config->tcp_max_connections;
+	if (clients < 1)
+		clients = 1;
+	log_warning("tcp_max_connections = %d and the checks and forwarding "
+		    "need about %llu open files, but the limit is %llu (hard "
+		    "limit %llu): at most %llu TCP clients are served at once, "
+		    "the idlest closed to make room, so that the checks and "
+		    "forwarding keep the rest; raise the limit (LimitNOFILE= "
+		    "in the systemd unit, ulimit -n) or lower "
+		    "tcp_max_connections", config->tcp_max_connections,
+		    (unsigned long long)needed, (unsigned long long)limit.rlim_cur,
+		    (unsigned long long)limit.rlim_max, (unsigned long long)clients);
+	return (int)clients;
 }
 
 /* ------------------------------------------------------------ server */
@@ -1276,14 +1306,13 @@ dns_server_start(struct ev_loop *loop, const struct config *config,
 	if (!server)
 		return NULL;
 	server->loop = loop;
-	server->max_connections = config->tcp_max_connections;
+	server->max_connections = previous ? previous->max_connections :
+	    descriptors_check(config);
 	server->idle_timeout = config->tcp_idle_timeout;
 	ev_init(&server->accept_retry, accept_retry);
 	server->accept_retry.data = server;
 	ev_init(&server->accept_recovered, accept_recovered);
 	server->accept_recovered.data = server;
-	if (!previous)
-		descriptors_check(config);
 	endpoints = calloc((size_t)count, sizeof(*endpoints));
 	if (!endpoints) {
 		free(server);
@@ -1365,8 +1394,7 @@ fail:
 void
 dns_server_configure(struct dns_server *server, const struct config *config)
 {
-	descriptors_check(config);
-	server->max_connections = config->tcp_max_connections;
+	server->max_connections = descriptors_check(config);
 	server->idle_timeout = config->tcp_idle_timeout;
 	for (struct tcp_connection *c = server->connections; c; c = c->next)
 		c->idle.repeat = server->idle_timeout;

@@ -526,13 +526,15 @@ name small.test {
 
 
 def test_out_of_descriptors_does_not_spin(start_hard, upstream):
-    """ulimit -n 32 and 40 clients: accept() fails with EMFILE while the
-    listener stays readable.  hard pauses accepting instead of spinning,
-    logs once per streak, answers UDP meanwhile and TCP again once
-    connections close."""
+    """The open file limit lowered under hard's feet to 8 more than it has
+    open, and 40 clients: accept() fails with EMFILE while the listener
+    stays readable.  hard pauses accepting instead of spinning, logs once
+    per streak, answers UDP meanwhile and TCP again once connections
+    close.  (A limit too low at start lowers the connection cap instead,
+    test_descriptors.py.)"""
     hard = start_hard(SMALL % harness.dead_port(), upstream=upstream,
-                      nofile=(32, 32),
                       extra="tcp_idle_timeout = 30\ntcp_max_connections = 100\n")
+    hard.limit_descriptors(8)
     clients = [hard.tcp() for _ in range(40)]
     try:
         harness.wait_until(lambda: "cannot accept" in hard.log(), timeout=3,
