@@ -20,10 +20,11 @@ with the namespace whatever happens.  In there:
 
 - the upstream, the resolver the host used before hard: dnsmasq on
   127.0.0.2:53, serving www.elsewhere.test (127.0.0.88, the forwarded
-  name) and its own record of www.example.test (127.0.0.77, never checked:
-  a client that sees it has bypassed hard's health checks);
-- an HTTP server on 127.0.0.10, the only candidate of www.example.test in
-  hard's configuration (failure_mode = servfail);
+  name) and its own record of the configured names (127.0.0.77, never
+  checked: a client that sees it has bypassed hard's health checks);
+- HTTP servers on 127.0.0.10 and ::1, the candidates of the names hard
+  answers itself (failure_mode = servfail): www.example.test has the first
+  only (hard answers its AAAA queries NODATA), dual.example.test both;
 - the real hard, forwarding to the upstream, on 127.0.0.1:53, or for set-up
   (c) on 127.0.0.1:5354 behind a per-domain forwarder (dnsmasq on
   127.0.0.1:53 sending example.test to hard and the rest to the upstream).
@@ -33,11 +34,11 @@ The set-ups (the resolv.conf lines):
   b: nameserver 127.0.0.1, nameserver 127.0.0.2, options timeout:1 attempts:2
   c: nameserver 127.0.0.1 (the forwarder)
 hard's states, in this order for each set-up (a fresh hard each time):
-  healthy   its check passes, it answers 127.0.0.10
-  servfail  the HTTP server stopped: hard answers SERVFAIL for the name
+  healthy   its checks pass, it answers 127.0.0.10 (and ::1)
+  servfail  the HTTP servers stopped: hard answers SERVFAIL for the names
   hung      SIGSTOP (SIGCONT after the lookups)
   stopped   SIGTERM: nothing listens on hard's port
-In each, three clients look up both names at once, each lookup timed:
+In each, three clients look up the three names at once, each lookup timed:
 glibc's `getent ahosts NAME` (getaddrinfo, AF_UNSPEC: A and AAAA queries
 here, as on a host with an IPv6 address), glibc's getaddrinfo with AF_INET
 (A only: what getent and every AI_ADDRCONFIG lookup ask on a host without
@@ -58,6 +59,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -73,22 +75,32 @@ MOUNT = "/usr/bin/mount"
 GETENT = "/usr/bin/getent"
 MUSL_GCC = "musl-gcc"
 
-CONFIGURED = "www.example.test"
+CONFIGURED = "www.example.test"    # in har.conf, an IPv4 candidate
+DUAL = "dual.example.test"         # in har.conf, an IPv4 and an IPv6 candidate
 FORWARDED = "www.elsewhere.test"
-CANDIDATE = "127.0.0.10"           # the HTTP-checked server hard answers
-UNCHECKED = "127.0.0.77"           # the upstream's own record of CONFIGURED
+NAMES = {
+    CONFIGURED: "configured in hard, IPv4 candidate",
+    DUAL: "configured in hard, IPv4 and IPv6 candidates",
+    FORWARDED: "forwarded",
+}
+CANDIDATE = "127.0.0.10"           # the HTTP-checked servers hard answers
+CANDIDATE6 = "::1"
+UNCHECKED = "127.0.0.77"           # the upstream's own record of both names
 ELSEWHERE = "127.0.0.88"           # FORWARDED, from the upstream
+# What hard answers while its checks pass: (name, type) -> answer.
+HEALTHY = {(CONFIGURED, "A"): [CANDIDATE], (DUAL, "A"): [CANDIDATE],
+           (DUAL, "AAAA"): [CANDIDATE6]}
 UPSTREAM = "127.0.0.2"
 HARD_SIDE_PORT = 5354              # hard behind the forwarder, set-up (c)
 
 SETUPS = {
-    "a": {"title": "(a) 127.0.0.1 alone",
+    "a": {"title": "(a)",
           "resolv": "nameserver 127.0.0.1\n", "forwarder": False},
-    "b": {"title": "(b) 127.0.0.1, then the upstream",
+    "b": {"title": "(b)",
           "resolv": "nameserver 127.0.0.1\nnameserver %s\n"
                     "options timeout:1 attempts:2\n" % UPSTREAM,
           "forwarder": False},
-    "c": {"title": "(c) per-domain forwarder",
+    "c": {"title": "(c)",
           "resolv": "nameserver 127.0.0.1\n", "forwarder": True},
 }
 STATES = ("healthy", "servfail", "hung", "stopped")
@@ -161,6 +173,7 @@ int main(int argc, char **argv)
 # ------------------------------------------------------------ the clients
 
 
+EAI_NAMES = {getattr(socket, n): n for n in dir(socket) if n.startswith("EAI_")}
 # Every client is run with these, and timed from its start to its exit.
 RUN = {"capture_output": True, "text": True, "stdin": subprocess.DEVNULL,
        "timeout": LOOKUP_DEADLINE}
@@ -181,7 +194,7 @@ def lookup_glibc(name):
     seconds = time.monotonic() - t0
     found = unique(line.split()[0] for line in r.stdout.splitlines() if line.strip())
     return {"addresses": found, "status": r.returncode,
-            "error": "" if r.returncode == 0 else "getent exit %d" % r.returncode,
+            "error": "" if r.returncode == 0 else "exit %d" % r.returncode,
             "seconds": seconds}
 
 
@@ -210,8 +223,10 @@ def client_result(r, seconds):
     if r.returncode == 0:
         return {"addresses": unique(lines), "status": 0, "error": "",
                 "seconds": seconds}
-    error = lines[0].split(" ", 2)[2] if lines and lines[0].startswith("error ") \
-        else "exit %d %s" % (r.returncode, r.stderr.strip())
+    error = "exit %d %s" % (r.returncode, r.stderr.strip())
+    if lines and lines[0].startswith("error "):
+        code = int(lines[0].split()[1])    # the same in glibc and musl
+        error = EAI_NAMES.get(code, lines[0].split(" ", 2)[2])
     return {"addresses": [], "status": r.returncode, "error": error,
             "seconds": seconds}
 
@@ -230,15 +245,16 @@ def build_musl_client(workdir):
 
 
 def lookups(musl, repeat):
-    """Both names by every client at once; each (client, name) repeat
+    """Every name by every client at once; each (client, name) repeat
     times in a row.  Returns {client: {name: [result, ...]}}."""
     one = {"glibc": lookup_glibc, "glibc-v4": lookup_glibc_a_only,
            "musl": lambda name: lookup_musl(musl, name)}
     clients = [c for c in CLIENTS if c != "musl" or musl]
     jobs = {}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2 * len(clients)) as pool:
+    with concurrent.futures.ThreadPoolExecutor(
+            max_workers=len(NAMES) * len(clients)) as pool:
         for client in clients:
-            for name in (CONFIGURED, FORWARDED):
+            for name in NAMES:
                 jobs[(client, name)] = pool.submit(
                     lambda c=client, n=name: [one[c](n) for _ in range(repeat)])
     results = {}
@@ -281,34 +297,65 @@ class Forwarder:
         harness._kill(self.proc)
 
 
-def hard_answer(h):
-    try:
-        return harness.answer(h, CONFIGURED, timeout=0.5)
-    except Exception:  # noqa: BLE001 - no reply yet: polled again
-        return None
+class WebServers:
+    """The candidates' HTTP servers: 127.0.0.10 (both names) and ::1
+    (DUAL's IPv6 candidate)."""
+
+    def __init__(self, workdir):
+        self.servers = []
+        for addr in (CANDIDATE, CANDIDATE6):
+            self.servers.append(harness.HTTPServer(workdir, addr))
+
+    def url(self, addr):
+        return next(w.url() for w in self.servers if w.addr == addr)
+
+    def start(self):
+        for w in self.servers:
+            if w.proc.poll() is not None:
+                w.start()
+
+    def stop(self):
+        for w in self.servers:
+            w.stop()
+
+
+def hard_answers(h):
+    """hard's own answers, {(name, type): answer}."""
+    got = {}
+    for name, rdtype in HEALTHY:
+        try:
+            got[(name, rdtype)] = harness.answer(h, name, rdtype, timeout=0.5)
+        except Exception:  # noqa: BLE001 - no reply yet: polled again
+            got[(name, rdtype)] = None
+    return got
 
 
 def wait_hard(h, wanted, what):
+    """wanted: {(name, type): answer}."""
     def seen():
         h.assert_alive()
-        return hard_answer(h) == wanted
+        return hard_answers(h) == wanted
     harness.wait_until(seen, WAIT, 0.05, what="hard to answer %s: %s" % (
         what, wanted))
 
 
+def name_section(name, candidates):
+    lines = ["name %s {" % name, "    check_frequency = 1",
+             "    check_timeout = 1", "    failure_mode = servfail"]
+    for title, url in candidates:
+        lines += ['    candidate "%s" {' % title,
+                  '        check_address = "%s"' % url, "    }"]
+    return "\n".join(lines + ["}", ""])
+
+
 def start_hard(workdir, port, web):
-    body = ("name %s {\n"
-            "    check_frequency = 1\n"
-            "    check_timeout = 1\n"
-            "    failure_mode = servfail\n"
-            '    candidate "web" {\n'
-            '        check_address = "%s"\n'
-            "    }\n"
-            "}\n" % (CONFIGURED, web.url()))
+    body = name_section(CONFIGURED, [("web", web.url(CANDIDATE))]) + \
+        name_section(DUAL, [("web", web.url(CANDIDATE)),
+                            ("web6", web.url(CANDIDATE6))])
     config = harness.hard_config(body, "%s:53" % UPSTREAM, port)
     h = harness.Hard(workdir, config, ["127.0.0.1"], port)
     h.wait_ready(WAIT)
-    wait_hard(h, [CANDIDATE], "its checked server")
+    wait_hard(h, HEALTHY, "its checked servers")
     return h
 
 
@@ -349,7 +396,6 @@ def measure_setup(workdir, key, states, web, musl, repeat, write_resolv):
             h.stop(WAIT)
         if forwarder:
             forwarder.stop()
-        web.stop()
         web.start()
     return rows, hard_problems(h)
 
@@ -357,7 +403,7 @@ def measure_setup(workdir, key, states, web, musl, repeat, write_resolv):
 def measure_state(key, state, h, web, musl, repeat):
     if state == "servfail":
         web.stop()
-        wait_hard(h, "SERVFAIL", "with every candidate down")
+        wait_hard(h, {k: "SERVFAIL" for k in HEALTHY}, "with every candidate down")
     elif state == "hung":
         h.signal(signal.SIGSTOP)
     elif state == "stopped":
@@ -365,10 +411,10 @@ def measure_state(key, state, h, web, musl, repeat):
     results = lookups(musl, repeat if state == "healthy" else 1)
     if state == "servfail":
         web.start()
-        wait_hard(h, [CANDIDATE], "its checked server again")
+        wait_hard(h, HEALTHY, "its checked servers again")
     elif state == "hung":
         h.signal(signal.SIGCONT)
-        wait_hard(h, [CANDIDATE], "after SIGCONT")
+        wait_hard(h, HEALTHY, "after SIGCONT")
     return {"setup": key, "state": state, "results": results}
 
 
@@ -421,10 +467,11 @@ def run_inside(args):
         musl = None if args.no_musl else build_musl_client(workdir)
         upstream = harness.Upstream(workdir, (
             "--host-record=%s,%s" % (CONFIGURED, UNCHECKED),
+            "--host-record=%s,%s" % (DUAL, UNCHECKED),
             "--host-record=%s,%s" % (FORWARDED, ELSEWHERE)),
             addr=UPSTREAM, port=53)
         started.append(upstream)
-        web = harness.HTTPServer(workdir, CANDIDATE)
+        web = WebServers(workdir)
         started.append(web)
         report = {"versions": versions(), "musl": bool(musl),
                   "rows": [], "problems": []}
@@ -446,7 +493,7 @@ def run_inside(args):
 def outcome(result):
     if result["status"] == 0:
         return ", ".join(result["addresses"]) or "no address"
-    return "fails (%s)" % result["error"]
+    return "fails, %s" % result["error"]
 
 
 def cell(samples):
@@ -469,8 +516,7 @@ def table(report):
     client."""
     clients = [c for c in CLIENTS if c != "musl" or report["musl"]]
     out = []
-    for name, kind in ((CONFIGURED, "configured in hard"),
-                       (FORWARDED, "forwarded")):
+    for name, kind in NAMES.items():
         head = ["set-up", "hard"] + [CLIENTS[c] for c in clients]
         out += ["%s (%s):" % (name, kind), "",
                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -509,7 +555,7 @@ def parse_plan(words):
     return plan
 
 
-def measure(plan, repeat=10, musl=True, timeout=600):
+def measure(plan, repeat=20, musl=True, timeout=600):
     """Runs the measurement in fresh namespaces; returns the report (what
     --json prints)."""
     args = [UNSHARE, "--mount", "--net", "--pid", "--fork", "--kill-child",
@@ -532,8 +578,8 @@ def parse_args(argv):
         epilog="PLAN: set-ups a, b, c, each optionally with the states to "
                "measure, e.g. `a:hung,stopped c`; default: all of them.")
     p.add_argument("plan", nargs="*", metavar="PLAN")
-    p.add_argument("--repeat", type=int, default=10,
-                   help="lookups of each name while hard is healthy (default 10)")
+    p.add_argument("--repeat", type=int, default=20,
+                   help="lookups of each name while hard is healthy (default 20)")
     p.add_argument("--no-musl", action="store_true",
                    help="glibc only, even when musl-gcc is installed")
     p.add_argument("--json", action="store_true", help="JSON, not tables")

@@ -10,7 +10,8 @@ import os
 import pytest
 
 import failsafe
-from failsafe import CANDIDATE, CONFIGURED, ELSEWHERE, FORWARDED, UNCHECKED
+from failsafe import (CANDIDATE, CANDIDATE6, CONFIGURED, DUAL, ELSEWHERE,
+                      FORWARDED, UNCHECKED)
 
 # The slow states only where they tell something: a hung hard costs glibc
 # its whole 2 x 5 s in (a) and (c), and musl 5 s whenever nothing answers.
@@ -20,6 +21,7 @@ PLAN = {
     "c": ["healthy", "servfail", "stopped"],
 }
 CLIENTS = ("glibc", "glibc-v4", "musl")
+BOTH = sorted([CANDIDATE, CANDIDATE6])
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +36,10 @@ def report():
 
 
 def seen(report, setup, state, client, name):
-    """The outcome of every lookup: the addresses, or "fails"."""
+    """The outcome of every lookup: the addresses (sorted), or "fails"."""
     for row in report["rows"]:
         if (row["setup"], row["state"]) == (setup, state):
-            return [r["addresses"] if r["status"] == 0 else "fails"
+            return [sorted(r["addresses"]) if r["status"] == 0 else "fails"
                     for r in row["results"][client][name]]
     raise AssertionError("no row for (%s) %s" % (setup, state))
 
@@ -52,10 +54,14 @@ def assert_all(report, setup, state, name, wanted, clients=CLIENTS):
 
 @pytest.mark.parametrize("setup", sorted(PLAN))
 def test_healthy_hard_answers_from_its_checks(report, setup):
-    """Every set-up works while hard answers; the configured name is hard's
-    checked server (in (b) musl may take the upstream's: below)."""
-    clients = CLIENTS if setup != "b" else ("glibc", "glibc-v4")
-    assert_all(report, setup, "healthy", CONFIGURED, [CANDIDATE], clients)
+    """Every set-up works while hard answers; the configured names are
+    hard's checked servers (in (b) musl may take the upstream's: below)."""
+    glibc = ("glibc", "glibc-v4")
+    unspec = ("glibc", "musl") if setup != "b" else ("glibc",)
+    assert_all(report, setup, "healthy", CONFIGURED, [CANDIDATE],
+               CLIENTS if setup != "b" else glibc)
+    assert_all(report, setup, "healthy", DUAL, BOTH, unspec)
+    assert_all(report, setup, "healthy", DUAL, [CANDIDATE], ("glibc-v4",))
     assert_all(report, setup, "healthy", FORWARDED, [ELSEWHERE])
 
 
@@ -63,28 +69,35 @@ def test_a_alone_fails_when_hard_is_down_and_never_bypasses(report):
     """(a): a stopped or hung hard fails every lookup; nothing else is
     asked, so no unchecked address is ever seen."""
     for state in ("hung", "stopped"):
-        for name in (CONFIGURED, FORWARDED):
+        for name in (CONFIGURED, DUAL, FORWARDED):
             assert_all(report, "a", state, name, "fails")
 
 
 def test_b_second_nameserver_bypasses_the_checks(report):
     """(b): with hard stopped or hung every name still resolves, the
-    configured one to the upstream's unchecked record; a SERVFAIL from
-    hard sends an A-only lookup (glibc) and musl there too, while glibc's
-    A and AAAA lookup, given hard's NODATA for AAAA, fails instead."""
+    configured ones to the upstream's unchecked record.  A SERVFAIL from
+    hard sends lookups there too: every lookup of the name with IPv6
+    candidates, and the A-only and musl lookups of the IPv4-only name,
+    whose glibc A and AAAA lookup fails instead (hard's NODATA for AAAA
+    holds glibc at the first nameserver)."""
     for state in ("hung", "stopped"):
         assert_all(report, "b", state, CONFIGURED, [UNCHECKED])
+        assert_all(report, "b", state, DUAL, [UNCHECKED])
         assert_all(report, "b", state, FORWARDED, [ELSEWHERE])
     assert_all(report, "b", "servfail", CONFIGURED, [UNCHECKED], ("glibc-v4", "musl"))
     assert_all(report, "b", "servfail", CONFIGURED, "fails", ("glibc",))
+    assert_all(report, "b", "servfail", DUAL, [UNCHECKED])
     assert_all(report, "b", "servfail", FORWARDED, [ELSEWHERE])
 
 
 def test_b_musl_races_hard_against_the_upstream(report):
-    """musl asks both nameservers at once and takes the first reply: even
-    with hard healthy, each answer is hard's or the upstream's."""
-    got = seen(report, "b", "healthy", "musl", CONFIGURED)
-    assert got and all(g in ([CANDIDATE], [UNCHECKED]) for g in got), got
+    """musl asks both nameservers at once and takes the first reply to
+    each query: even with hard healthy, each answer is hard's or the
+    upstream's."""
+    for name in (CONFIGURED, DUAL):
+        got = seen(report, "b", "healthy", "musl", name)
+        assert got and all(g != "fails" and set(g) <= {CANDIDATE, CANDIDATE6, UNCHECKED}
+                           for g in got), got
 
 
 def test_c_forwarder_keeps_forwarded_names_and_never_bypasses(report):
@@ -93,4 +106,5 @@ def test_c_forwarder_keeps_forwarded_names_and_never_bypasses(report):
     than get the upstream's record."""
     for state in ("servfail", "stopped"):
         assert_all(report, "c", state, CONFIGURED, "fails")
+        assert_all(report, "c", state, DUAL, "fails")
         assert_all(report, "c", state, FORWARDED, [ELSEWHERE])
