@@ -83,7 +83,9 @@ NAMES = {
     DUAL: "configured in hard, IPv4 and IPv6 candidates",
     FORWARDED: "forwarded",
 }
-CANDIDATE = "127.0.0.10"           # the HTTP-checked servers hard answers
+# The HTTP-checked servers hard answers: both names' IPv4 candidate, and
+# DUAL's IPv6 one.
+CANDIDATE = "127.0.0.10"
 CANDIDATE6 = "::1"
 UNCHECKED = "127.0.0.77"           # the upstream's own record of both names
 ELSEWHERE = "127.0.0.88"           # FORWARDED, from the upstream
@@ -577,7 +579,8 @@ def parse_args(argv):
         description=__doc__.split("\n\n")[0],
         epilog="PLAN: set-ups a, b, c, each optionally with the states to "
                "measure, e.g. `a:hung,stopped c`; default: all of them.")
-    p.add_argument("plan", nargs="*", metavar="PLAN")
+    p.add_argument("plan", nargs="*", metavar="PLAN",
+                   help="a set-up, a, b or c, optionally with states: b:hung,stopped")
     p.add_argument("--repeat", type=int, default=20,
                    help="lookups of each name while hard is healthy (default 20)")
     p.add_argument("--no-musl", action="store_true",
