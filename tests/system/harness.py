@@ -46,6 +46,11 @@ PROGRAMS = {
     "systemd-analyze": "systemd",
     "dpkg-query": "dpkg",
     "sh": "dash",
+    # failsafe.py (test_failsafe.py): namespaces, glibc's and musl's resolvers
+    "unshare": "util-linux",
+    "ip": "iproute2",
+    "getent": "libc-bin",
+    "musl-gcc": "musl-tools",
 }
 # The Python modules they import beyond the standard library, likewise.
 PYTHON_MODULES = {

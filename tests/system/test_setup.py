@@ -20,8 +20,9 @@ import harness
 TESTS = os.path.join(harness.REPO, "tests", "system")
 INSTALL_DEPS = os.path.join(harness.REPO, "contrib", "install-deps")
 SUBPROCESS_CALLS = {"run", "Popen", "call", "check_call", "check_output"}
-# Names that hold programs of the repository itself, not of a package.
-OWN_PROGRAMS = {"HARD", "INSTALL_DEPS", "HAR_STATUS", "installed"}
+# Names that hold programs of the repository itself, not of a package
+# (musl_client: failsafe.py's getaddrinfo client, built with musl-gcc).
+OWN_PROGRAMS = {"HARD", "INSTALL_DEPS", "HAR_STATUS", "installed", "musl_client"}
 
 
 def packages(kind):
