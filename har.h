@@ -483,6 +483,16 @@ size_t dns_error_reply(const uint8_t *query, size_t query_len, int rcode,
 /* Cuts an upstream reply to fit limit, setting TC; returns its length. */
 size_t dns_truncate_reply(uint8_t *reply, size_t reply_len, size_t limit,
 			  int client_opt);
+/*
+ * A reply's 12-bit RCODE (RFC 6891 section 6.1.3): the OPT record's upper
+ * bits, if it has one, above the header's four.  Counters keep 0 to 23
+ * (the assigned ones) apart and DNS_RCODE_BUCKETS - 1 for any higher.
+ */
+#define DNS_RCODE_BUCKETS 25
+int dns_reply_rcode(const uint8_t *reply, size_t reply_len);
+/* NOERROR, ..., BADVERS, ... BADCOOKIE for 0 to 23 (RCODE11 to RCODE15
+ * for 11 to 15); NULL for any other. */
+const char *dns_rcode_name(int rcode);
 
 /* ----------------------------------------------------------- querylog.c */
 
@@ -532,7 +542,7 @@ struct upstream_counters {
 	char nameserver[80];	/* as in struct endpoint */
 	int up;
 	uint64_t queries;	/* tries sent: forwarded, probes, lookups */
-	uint64_t replies[16];	/* by rcode */
+	uint64_t replies[DNS_RCODE_BUCKETS];	/* by rcode, see dns_reply_rcode */
 	uint64_t timeouts;	/* no reply within resolver_total_timeout */
 	uint64_t errors;	/* refused or failed at once */
 	double srtt;		/* smoothed reply time; NAN before a reply */
