@@ -35,8 +35,8 @@ struct udp_link {
 	const struct endpoint *endpoint;
 	struct udp_socket *current;	/* takes the next try; NULL: opens one */
 	struct udp_socket *sockets;	/* every open one, current included */
-	int refused;			/* an errno a send got, for refuse_timer */
-	ev_timer refuse_timer;		/* fails the link's tries after that */
+	int refused;			/* an errno a send got, for refuse_event */
+	ev_timer refuse_event;		/* fed, never started: fails the tries */
 };
 
 /* A random query ID (RFC 5452), from the kernel's random source. */

@@ -232,8 +232,8 @@ udp_link_init(struct udp_link *link, const struct endpoint *endpoint)
 {
 	memset(link, 0, sizeof(*link));
 	link->endpoint = endpoint;
-	ev_timer_init(&link->refuse_timer, link_refused, 0, 0);
-	link->refuse_timer.data = link;
+	ev_timer_init(&link->refuse_event, link_refused, 0, 0);
+	link->refuse_event.data = link;
 }
 
 /*
@@ -246,7 +246,7 @@ link_fail(struct udp_link *link, int error)
 {
 	struct udp_socket *failing = link->sockets;
 
-	ev_timer_stop(udp_loop, &link->refuse_timer);
+	link->refused = 0;	/* a refuse_event fed meanwhile has no more to do */
 	link->sockets = link->current = NULL;
 	for (struct udp_socket *s = failing; s; s = s->next) {
 		s->link = NULL;
@@ -276,7 +276,8 @@ link_refused(struct ev_loop *loop, ev_timer *timer, int revents)
 
 	(void)loop;
 	(void)revents;
-	link_fail(link, link->refused);
+	if (link->refused)
+		link_fail(link, link->refused);
 }
 
 int
@@ -297,11 +298,12 @@ udp_send(struct udp_link *link, struct udp_try *try, uint8_t *query,
 	if (send(sock->fd, query, query_len, 0) < 0) {
 		error = send_error(errno);
 		socket_release(sock);
-		if (error > 0 && !ev_is_active(&link->refuse_timer)) {
-			/* The error another query earned: theirs too, at
-			 * once, though not from within this call. */
+		if (error > 0 && !link->refused) {
+			/* The error another query earned: theirs too, as
+			 * soon as this event's callback has returned (a
+			 * timer could be 25 ms late: check.c batches them). */
 			link->refused = error;
-			ev_timer_start(udp_loop, &link->refuse_timer);
+			ev_feed_event(udp_loop, &link->refuse_event, EV_TIMER);
 		}
 		return error;
 	}
@@ -336,7 +338,7 @@ udp_link_cancel_all(struct udp_link *link)
 void
 udp_link_close(struct udp_link *link)
 {
-	ev_timer_stop(udp_loop, &link->refuse_timer);
+	ev_clear_pending(udp_loop, &link->refuse_event);
 	while (link->sockets)	/* none with a try in flight: none at all */
 		socket_close(link->sockets);
 }
