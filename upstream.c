@@ -72,6 +72,7 @@ struct upstream_server {
 	struct endpoint endpoint;
 	int up;			/* 0 from a timeout until it answers again */
 	double probe_at;	/* when a down server gets its next probe */
+	double answered_at;	/* monotonic: its last reply in time */
 	int pending;		/* tries in flight, UDP and TCP */
 	struct udp_link udp;
 	struct upstream_channel *tcp;	/* made for the first TCP try */
@@ -105,6 +106,7 @@ struct forward {
 	unsigned generation;	/* of the server list `tried` refers to */
 	uint32_t tried;		/* bit i: servers[i] has had this query */
 	struct upstream_server *last_tried;
+	double last_sent;	/* monotonic: the send to last_tried */
 	double deadline;
 	ev_timer timer;		/* the next try, or the deadline */
 	uint16_t client_id;
@@ -597,8 +599,10 @@ try_end(struct try *try, enum try_end end, const char *why,
 	case TRY_REPLY:
 		/* A reply later than resolver_timeout is used, but a server
 		 * that is that slow stays behind the others. */
-		if (waited <= try_timeout)
+		if (waited <= try_timeout) {
+			server->answered_at = monotonic_now();
 			server_mark_up(server);
+		}
 		forward_finish(forward, reply, reply_len);
 		break;
 	case TRY_REFUSED:
@@ -645,10 +649,14 @@ forward_timeout(struct ev_loop *loop, ev_timer *timer, int revents)
 		forward_finish(forward, NULL, 0);
 		forward_expire(forward);
 	} else {
-		/* After a reload last_tried may be gone: leave it be. */
-		if (forward->last_tried &&
-		    forward->generation == server_generation)
-			server_mark_down(forward->last_tried, "did not answer in time");
+		struct upstream_server *silent = forward->last_tried;
+
+		/* After a reload last_tried may be gone: leave it be.  One
+		 * that answered other queries meanwhile lost a datagram: it
+		 * is not down. */
+		if (silent && forward->generation == server_generation &&
+		    silent->answered_at < forward->last_sent)
+			server_mark_down(silent, "did not answer in time");
 		forward_try_next(forward, 1);
 	}
 	forward_release(forward);
@@ -753,6 +761,7 @@ forward_send(struct forward *forward, int index, int probe)
 	if (!probe) {
 		forward->tries++;
 		forward->last_tried = server;
+		forward->last_sent = monotonic_now();
 		forward_arm(forward, try_timeout);
 	}
 	if (!try) {

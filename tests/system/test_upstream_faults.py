@@ -281,6 +281,32 @@ def test_all_nameservers_down_servfail_within_resolver_timeout(
     h.assert_alive()
 
 
+def test_lost_datagram_does_not_mark_a_busy_nameserver_down(
+        start_hard, start_scripted_upstream):
+    """A query left unanswered while its nameserver answers others is a
+    lost datagram, not a dead server: it is sent again, and the server
+    stays up, so that other queries do not fall to the short wait of a
+    host whose every nameserver is down."""
+    up = start_scripted_upstream()
+
+    def lose_one(query):
+        if query.question[0].name.to_text().startswith("lost."):
+            return None
+        return up._reply(query, up.address)
+    up.reply_with = lose_one
+    h = start_hard(configured(), upstream=up.endpoint,
+                   extra="resolver_timeout = 1\nresolver_total_timeout = 3\n")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as lost:
+        lost.sendto(harness.make_query("lost.test", "A").to_wire(), (h.addr, h.port))
+        i = 0
+        while not select.select([lost], [], [], 0.05)[0]:
+            assert addresses(h.query("ok%d.test" % i, "A", timeout=5)) == ["192.0.2.77"]
+            i += 1
+        assert harness.rcode_text(dns.message.from_wire(lost.recv(65535))) == "SERVFAIL"
+    assert len(up.queries("lost.test.")) == 3
+    assert "did not answer in time" not in h.log()
+
+
 def test_all_down_single_nameserver_recovers(start_hard, start_scripted_upstream):
     """One nameserver, down: each query still goes to it and waits
     resolver_timeout; its first timely reply marks it up."""
