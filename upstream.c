@@ -18,9 +18,10 @@
  * whatever the timeouts.  The client gets the first reply, or SERVFAIL
  * once resolver_total_timeout has passed.
  *
- * A nameserver that times out or refuses is marked down and tried after
- * the others, so a dead first nameserver costs one timeout, not one per
- * query.  A refusal ends at once every try in flight to that server:
+ * A nameserver that refuses, or times out without answering any other
+ * query meanwhile (that was a lost datagram), is marked down and tried
+ * after the others, so a dead first nameserver costs one timeout, not one
+ * per query.  A refusal ends at once every try in flight to that server:
  * each query moves on to the next server, or to SERVFAIL.  Once a second
  * the next query is also sent to each down nameserver, as a probe that the
  * client does not wait for; a reply within resolver_timeout marks it up.
