@@ -25,8 +25,9 @@ LDFLAGS += -fsanitize=address,undefined
 endif
 LIBS = $(PKG_LIBS) -lev -lm -lpthread
 
-MODULES = config.o config_values.o address.o dns.o server.o upstream.o registry.o select.o \
-	check.o check_http.o check_tcp.o store.o store_writer.o log.o querylog.o relay.o
+MODULES = config.o config_values.o address.o dns.o server.o upstream.o upstream_udp.o \
+	registry.o select.o check.o check_http.o check_tcp.o store.o store_writer.o \
+	log.o querylog.o relay.o
 OBJECTS = har.o notify.o $(MODULES)
 UNIT_TESTS = tests/unit/test_config tests/unit/test_dns tests/unit/test_select \
 	tests/unit/test_check
@@ -43,6 +44,7 @@ hard: $(OBJECTS)
 
 %.o: %.c har.h
 	$(CC) $(CPPFLAGS) $(WARNINGS) $(CFLAGS) $(PKG_CFLAGS) -c -o $@ $<
+
 
 tests/unit/%: tests/unit/%.c tests/unit/unit.h tests/unit/fixture.h $(MODULES)
 	$(CC) $(CPPFLAGS) $(WARNINGS) $(CFLAGS) $(PKG_CFLAGS) -I. -o $@ $< $(MODULES) $(LDFLAGS) $(LIBS)

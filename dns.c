@@ -716,6 +716,32 @@ find_opt(const uint8_t *reply, size_t len, size_t *opt_len)
 	return 0;
 }
 
+int
+dns_reply_rcode(const uint8_t *reply, size_t reply_len)
+{
+	size_t opt_len = 0, opt_at;
+
+	if (reply_len < DNS_HEADER_SIZE)
+		return 0;
+	opt_at = find_opt(reply, reply_len, &opt_len);
+	/* owner (the root, 1 byte), type, class, then the TTL's first byte */
+	return (opt_at ? reply[opt_at + 5] << 4 : 0) | (reply[3] & 0x0f);
+}
+
+const char *
+dns_rcode_name(int rcode)
+{
+	static const char *const names[24] = {
+		"NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP",
+		"REFUSED", "YXDOMAIN", "YXRRSET", "NXRRSET", "NOTAUTH",
+		"NOTZONE", "RCODE11", "RCODE12", "RCODE13", "RCODE14",
+		"RCODE15", "BADVERS", "BADKEY", "BADTIME", "BADMODE",
+		"BADNAME", "BADALG", "BADTRUNC", "BADCOOKIE",
+	};
+
+	return rcode >= 0 && rcode < 24 ? names[rcode] : NULL;
+}
+
 /*
  * Puts an OPT record at offset, within limit (which is below the reply's
  * length): the upstream's own when it fits, else its fixed part without

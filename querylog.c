@@ -212,17 +212,23 @@ format_addresses(const uint8_t *reply, size_t len, size_t at, char *out,
 	}
 }
 
+/* An rcode by name, or RCODEn for one without a name. */
 static const char *
-rcode_name(int rcode)
+rcode_number_text(int rcode, char *buffer, size_t size)
 {
-	static const char *names[] = {
-		"NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP",
-		"REFUSED", "YXDOMAIN", "YXRRSET", "NXRRSET", "NOTAUTH", "NOTZONE",
-	};
+	const char *name = dns_rcode_name(rcode);
 
-	if (rcode >= 0 && rcode < (int)(sizeof(names) / sizeof(names[0])))
-		return names[rcode];
-	return "RCODE?";
+	if (name)
+		return name;
+	snprintf(buffer, size, "RCODE%d", rcode);
+	return buffer;
+}
+
+/* The reply's 12-bit rcode (RFC 6891 section 6.1.3), by name. */
+static const char *
+rcode_text(const uint8_t *reply, size_t reply_len, char *buffer, size_t size)
+{
+	return rcode_number_text(dns_reply_rcode(reply, reply_len), buffer, size);
 }
 
 static const char *
@@ -255,6 +261,7 @@ query_log_write(const struct sockaddr_storage *client, int over_tcp,
 {
 	char who[INET6_ADDRSTRLEN + 16], name[4 * DNS_MAX_NAME + 2], type[24];
 	char found[512], scratch_name[sizeof(name)], scratch_type[sizeof(type)];
+	char rcode[16], upstream_rcode[16];
 	const char *transport = over_tcp ? "TCP" : "UDP";
 	int forwarded = outcome == OUTCOME_FORWARD ||
 	    outcome == OUTCOME_FAILURE_FORWARD;
@@ -280,22 +287,25 @@ query_log_write(const struct sockaddr_storage *client, int over_tcp,
 	format_addresses(reply, reply_len, after_question, found, sizeof(found));
 	if (forwarded && relay_last.rewritten) {
 		log_query("query %s %s %s %s: %s: upstream %s, rewritten for %s: "
-			 "%s%s%s%s", who, transport, name, type,
-			 outcome_text(outcome),
-			 rcode_name(relay_last.upstream_rcode),
-			 relay_last.name ? relay_last.name : "?",
-			 rcode_name(reply[3] & 0x0f), found[0] ? " " : "", found,
-			 (reply[2] & 0x02) ? ", truncated" : "");
+			  "%s%s%s%s", who, transport, name, type,
+			  outcome_text(outcome),
+			  rcode_number_text(relay_last.upstream_rcode, upstream_rcode,
+					    sizeof(upstream_rcode)),
+			  relay_last.name ? relay_last.name : "?",
+			  rcode_text(reply, reply_len, rcode, sizeof(rcode)),
+			  found[0] ? " " : "", found,
+			  (reply[2] & 0x02) ? ", truncated" : "");
 		return;
 	}
 	if (forwarded) {
 		log_query("query %s %s %s %s: %s: upstream %s%s", who, transport,
-			 name, type, outcome_text(outcome),
-			 rcode_name(reply[3] & 0x0f),
-			 (reply[2] & 0x02) ? ", truncated" : "");
+			  name, type, outcome_text(outcome),
+			  rcode_text(reply, reply_len, rcode, sizeof(rcode)),
+			  (reply[2] & 0x02) ? ", truncated" : "");
 		return;
 	}
 	log_query("query %s %s %s %s: %s: %s%s%s", who, transport, name, type,
-		 outcome_text(outcome), rcode_name(reply[3] & 0x0f),
+		  outcome_text(outcome),
+		  rcode_text(reply, reply_len, rcode, sizeof(rcode)),
 		 found[0] ? " " : "", found);
 }

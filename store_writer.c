@@ -580,12 +580,6 @@ counters_schema_upgrade(struct store_file *file)
 	return exec_sql(file, counters_schema_sql);
 }
 
-static const char *const rcode_names[16] = {
-	"NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED",
-	"YXDOMAIN", "YXRRSET", "NXRRSET", "NOTAUTH", "NOTZONE", "RCODE11",
-	"RCODE12", "RCODE13", "RCODE14", "RCODE15",
-};
-
 struct total_row {
 	const char *counter;
 	const char *kind;
@@ -685,11 +679,16 @@ write_nameserver_replies(sqlite3_stmt *insert, const struct upstream_counters *n
 {
 	int result = SQLITE_OK;
 
-	for (int rcode = 0; result == SQLITE_OK && rcode < 16; rcode++) {
+	for (int rcode = 0; result == SQLITE_OK && rcode < DNS_RCODE_BUCKETS;
+	     rcode++) {
+		const char *name = dns_rcode_name(rcode);
+
 		if (ns->replies[rcode] == 0)
 			continue;
 		sqlite3_bind_text(insert, 1, ns->nameserver, -1, SQLITE_STATIC);
-		sqlite3_bind_text(insert, 2, rcode_names[rcode], -1, SQLITE_STATIC);
+		/* The last bucket holds every rcode above the assigned ones. */
+		sqlite3_bind_text(insert, 2, name ? name : "OTHER", -1,
+				  SQLITE_STATIC);
 		sqlite3_bind_int64(insert, 3, (sqlite3_int64)ns->replies[rcode]);
 		result = step(insert);
 	}

@@ -1,58 +1,57 @@
 /*
- * upstream.c - talking to the real resolvers through c-ares, driven from
- * hard's libev loop: forwarding the queries hard does not answer, and
- * resolving candidate host names.  It owns the health of each upstream
- * nameserver.
+ * upstream.c - talking to the real resolvers, driven from hard's libev
+ * loop: forwarding the queries hard does not answer, and resolving
+ * candidate host names.  It owns the health of each upstream nameserver.
  *
- * hard, not c-ares, decides which nameserver a query goes to.  Each
- * nameserver has c-ares channels of its own (one over UDP, one over TCP)
- * that know only that server and try it once; a forwarded query is sent to
- * the first nameserver that answers, and when it stays silent for
- * resolver_timeout, to the next, while the earlier try may still answer.
- * The client gets the first reply, or SERVFAIL once resolver_total_timeout
- * has passed, however many nameservers there are.
+ * hard, not c-ares, decides which nameserver a query goes to and when.
+ * Over UDP a try leaves from hard's own sockets (upstream_udp.c: ports,
+ * IDs, matching replies); over TCP each nameserver has a c-ares channel
+ * that knows only that server, tries it once and keeps one connection
+ * while queries are in flight.
  *
- * A nameserver that times out (or refuses the connection) is marked down
- * and tried after the others, so a dead first nameserver costs one
- * timeout, not one per query.  Once a second, the next query is also sent
- * to each down nameserver, as a probe that the client does not wait for;
- * any reply marks the server up again.
+ * A forwarded query goes to the first nameserver that is up, and when it
+ * stays silent for resolver_timeout, to the next, while the earlier try
+ * may still answer; once every server has had it, the round starts again
+ * (a lost datagram is sent again).  It is sent UPSTREAM_TRIES times at
+ * most, or once to each server when there are more, so a silent or slow
+ * nameserver gets a small fixed number of queries per client query
+ * whatever the timeouts.  The client gets the first reply, or SERVFAIL
+ * once resolver_total_timeout has passed.
  *
- * RFC 5452: every query leaves with a random ID of hard's own (c-ares 1.18
- * keeps the ID it is given) and the reply is matched on ID and question by
- * c-ares before the client's ID is put back.  A channel opens a new socket,
- * so a new source port, whenever it has no query in flight, and is retired
- * after UPSTREAM_QUERIES_PER_CHANNEL queries, so even a busy channel moves
- * to a new port at least that often.  A retired channel is destroyed once
- * its last query has finished: c-ares cannot drop a channel with queries
- * in flight.
+ * A nameserver that refuses, or times out without answering any other
+ * query meanwhile (that was a lost datagram), is marked down and tried
+ * after the others, so a dead first nameserver costs one timeout, not one
+ * per query.  A refusal ends at once every try in flight to that server:
+ * each query moves on to the next server, or to SERVFAIL.  Once a second
+ * the next query is also sent to each down nameserver, as a probe that the
+ * client does not wait for; a reply within resolver_timeout marks it up.
+ * While every nameserver is down a query waits resolver_timeout at most:
+ * the probes go on, and the first timely reply ends that.
  */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 #include <ares.h>
 #include <arpa/nameser.h>
 
 #include "har.h"
 
-/* Queries a channel sends before a new one (a new source port) replaces
- * it: creating a channel costs about 25 microseconds, under a
- * microsecond a query when spread over this many. */
-#define UPSTREAM_QUERIES_PER_CHANNEL 32
 /* How often a down nameserver gets a query to see if it is back. */
 #define UPSTREAM_PROBE_INTERVAL 1.0
 /* hard's own limit on the nameservers it tracks per query. */
 #define UPSTREAM_MAX_SERVERS 32
-/* Forwarded queries held at once (each about 1 KB with c-ares's copy);
+/* Forwarded queries held at once (each about 1 KB with its tries);
  * beyond it a client gets SERVFAIL at once, so a flood against a silent
  * upstream cannot grow memory without bound. */
 #define UPSTREAM_MAX_FORWARDS 4096
 /* The weight of a new reply time in a nameserver's smoothed RTT, as
  * TCP's (RFC 6298). */
 #define UPSTREAM_RTT_WEIGHT 0.125
+/* The sends of a forwarded query, probes aside, when there are this many
+ * nameservers or fewer; with more, one each. */
+#define UPSTREAM_TRIES 3
 
 struct socket_watch {
 	ev_io io;
@@ -60,29 +59,40 @@ struct socket_watch {
 	struct socket_watch *next;
 };
 
+/* A c-ares channel to one nameserver, over TCP. */
+struct upstream_channel {
+	ares_channel ares;
+	struct upstream_server *server;
+	int pending;		/* our queries in flight on this channel */
+	ev_timer timer;
+	struct socket_watch *watches;
+	struct upstream_channel *next_retired;
+};
+
 struct upstream_server {
 	struct endpoint endpoint;
 	int up;			/* 0 from a timeout until it answers again */
 	double probe_at;	/* when a down server gets its next probe */
-	int pending;		/* tries in flight */
-	struct upstream_channel *channels[2];	/* [0] UDP, [1] TCP */
+	double answered_at;	/* monotonic: its last reply in time */
+	int pending;		/* tries in flight, UDP and TCP */
+	struct udp_link udp;
+	struct upstream_channel *tcp;	/* made for the first TCP try */
 	struct upstream_server *next_retired;
 	/* For monitoring (upstream_get_counters); kept across reloads. */
 	uint64_t queries;
-	uint64_t replies[16];	/* by rcode */
+	uint64_t replies[DNS_RCODE_BUCKETS];
 	uint64_t timeouts;
 	uint64_t errors;
 	double srtt;		/* NAN until the first reply */
 };
 
-struct upstream_channel {
-	ares_channel ares;
-	struct upstream_server *server;
-	int pending;		/* our queries in flight on this channel */
-	int sent;
-	ev_timer timer;
-	struct socket_watch *watches;
-	struct upstream_channel *next_retired;
+/* How a try ended. */
+enum try_end {
+	TRY_REPLY,
+	TRY_TIMEOUT,		/* no reply by the forward's deadline */
+	TRY_REFUSED,		/* the server cannot be asked: marked down */
+	TRY_FAILED,		/* hard could not send it */
+	TRY_CANCELLED,		/* hard is stopping */
 };
 
 /* One query from a client (or a candidate lookup) on its way upstream. */
@@ -90,14 +100,18 @@ struct forward {
 	upstream_reply_fn *done;	/* NULL once the client has its reply */
 	void *context;
 	int over_tcp;
-	int in_flight;		/* tries sent and not yet called back */
+	int in_flight;		/* tries sent and not yet ended */
 	int holds;		/* functions up the stack using it: not freed */
+	int tries;		/* sent, probes aside */
+	struct try *flying;	/* the tries in flight */
 	unsigned generation;	/* of the server list `tried` refers to */
 	uint32_t tried;		/* bit i: servers[i] has had this query */
 	struct upstream_server *last_tried;
+	double last_sent;	/* monotonic: the send to last_tried */
 	double deadline;
 	ev_timer timer;		/* the next try, or the deadline */
 	uint16_t client_id;
+	size_t question_len;
 	size_t query_len;
 	uint8_t query[];
 };
@@ -105,14 +119,11 @@ struct forward {
 /* One send of a forward to one nameserver. */
 struct try {
 	struct forward *forward;
-	struct upstream_channel *channel;
+	struct upstream_server *server;
+	struct upstream_channel *channel;	/* over TCP; NULL over UDP */
+	struct udp_try udp;			/* over UDP */
+	struct try *next;			/* the forward's in flight */
 	double sent;		/* monotonic seconds, for the server's RTT */
-};
-
-struct lookup {
-	upstream_addresses_fn *done;
-	void *context;
-	int family;
 };
 
 static struct ev_loop *upstream_loop;
@@ -123,44 +134,13 @@ static double try_timeout;	/* resolver_timeout */
 static double total_timeout;	/* resolver_total_timeout */
 static struct upstream_channel *retired_channels;
 static struct upstream_server *retired_servers;
-static int callback_depth;	/* inside ares_process_fd: nothing is freed */
+static int callback_depth;	/* in a try's end: nothing retired is freed */
 static int forward_count;	/* allocated, until their last try ends */
 static struct log_streak overload_streak;
 static struct log_streak upstream_streak;
 static uint8_t relay_buffer[DNS_MAX_UDP];
 
-/* ----------------------------------------------------------- IDs */
-
-/* Query IDs from the kernel's random source, fetched in batches. */
-static uint16_t
-random_id(void)
-{
-	static uint16_t pool[256];
-	static size_t left;
-
-	if (left == 0) {
-		size_t got = 0;
-
-		while (got < sizeof(pool)) {
-			ssize_t n = getrandom((uint8_t *)pool + got,
-					      sizeof(pool) - got, 0);
-
-			if (n < 0 && errno == EINTR)
-				continue;
-			if (n <= 0) {
-				/* Never happens on Linux >= 3.17 with a
-				 * seeded pool; fail closed, not predictable. */
-				log_error("getrandom: %s", strerror(errno));
-				abort();
-			}
-			got += (size_t)n;
-		}
-		left = sizeof(pool) / sizeof(pool[0]);
-	}
-	return pool[--left];
-}
-
-/* ------------------------------------------------------- channels */
+/* --------------------------------------------------- TCP channels */
 
 static void
 channel_update_timer(struct upstream_channel *channel)
@@ -229,6 +209,7 @@ reap_retired(void)
 			continue;
 		}
 		*server_link = server->next_retired;
+		udp_link_close(&server->udp);
 		free(server);
 	}
 }
@@ -300,14 +281,14 @@ channel_socket_state(void *data, ares_socket_t fd, int readable, int writable)
 }
 
 /*
- * A channel that knows one server and tries it once; hard moves on to the
- * next server itself.  c-ares's own timeout is the whole budget, so a try
- * that hard has stopped waiting for can still be answered late.  Every
- * option c-ares would otherwise read from /etc/resolv.conf is given, so
- * making a channel touches no file.
+ * A TCP channel that knows one server and tries it once; hard moves on
+ * to the next server itself.  c-ares's own timeout is the whole budget,
+ * so a try that hard has stopped waiting for can still be answered late.
+ * Every option c-ares would otherwise read from /etc/resolv.conf is
+ * given, so making a channel touches no file.
  */
 static struct upstream_channel *
-channel_create(struct upstream_server *server, int over_tcp)
+channel_create(struct upstream_server *server)
 {
 	struct upstream_channel *channel = calloc(1, sizeof(*channel));
 	struct ares_options options;
@@ -321,9 +302,8 @@ channel_create(struct upstream_server *server, int over_tcp)
 	memset(&options, 0, sizeof(options));
 	/* Relay the upstream's SERVFAIL or REFUSED as it is, rather than
 	 * turning it into a try of the next server and our own SERVFAIL.
-	 * No STAYOPEN: an idle channel closes its socket, and its next
-	 * query leaves from a new port. */
-	options.flags = ARES_FLAG_NOCHECKRESP | (over_tcp ? ARES_FLAG_USEVC : 0);
+	 * No STAYOPEN: the connection closes when no query is in flight. */
+	options.flags = ARES_FLAG_NOCHECKRESP | ARES_FLAG_USEVC;
 	options.timeout = (int)(total_timeout * 1000);
 	if (options.timeout < 1)
 		options.timeout = 1;
@@ -357,34 +337,26 @@ channel_create(struct upstream_server *server, int over_tcp)
 	return channel;
 }
 
-/* The channel for the next query to server, a new one when it is used up. */
-static struct upstream_channel *
-channel_for(struct upstream_server *server, int over_tcp)
-{
-	struct upstream_channel **slot = &server->channels[over_tcp ? 1 : 0];
-
-	if (*slot && (*slot)->sent >= UPSTREAM_QUERIES_PER_CHANNEL) {
-		channel_retire(*slot);
-		*slot = NULL;
-	}
-	if (!*slot)
-		*slot = channel_create(server, over_tcp);
-	return *slot;
-}
-
 static void
 server_retire(struct upstream_server *server)
 {
-	for (int i = 0; i < 2; i++) {
-		if (server->channels[i])
-			channel_retire(server->channels[i]);
-		server->channels[i] = NULL;
-	}
+	if (server->tcp)
+		channel_retire(server->tcp);
+	server->tcp = NULL;
 	server->next_retired = retired_servers;
 	retired_servers = server;
 }
 
 /* ------------------------------------------------- server health */
+
+static int
+any_server_up(void)
+{
+	for (int i = 0; i < server_count; i++)
+		if (servers[i]->up)
+			return 1;
+	return 0;
+}
 
 static void
 server_mark_up(struct upstream_server *server)
@@ -406,27 +378,31 @@ server_mark_down(struct upstream_server *server, const char *why)
 		    "until it answers again", server->endpoint.text, why);
 }
 
-/* A try's end, in the server's counters: plain increments and one clock read. */
+/* A try's end, in the server's counters: plain increments. */
 static void
-server_count_result(struct upstream_server *server, int status,
-		    const unsigned char *answer, int answer_len, double sent)
+server_count_result(struct upstream_server *server, enum try_end end,
+		    const uint8_t *reply, size_t reply_len, double rtt)
 {
-	double rtt;
+	int rcode;
 
-	if (status == ARES_EDESTRUCTION || status == ARES_ECANCELLED)
-		return;
-	if (status == ARES_ETIMEOUT) {
+	switch (end) {
+	case TRY_REPLY:
+		rcode = dns_reply_rcode(reply, reply_len);
+		server->replies[rcode < DNS_RCODE_BUCKETS ? rcode :
+				DNS_RCODE_BUCKETS - 1]++;
+		server->srtt = isnan(server->srtt) ? rtt :
+		    server->srtt + UPSTREAM_RTT_WEIGHT * (rtt - server->srtt);
+		break;
+	case TRY_TIMEOUT:
 		server->timeouts++;
-		return;
-	}
-	if (status != ARES_SUCCESS || !answer || answer_len < 12) {
+		break;
+	case TRY_REFUSED:
 		server->errors++;
-		return;
+		break;
+	case TRY_FAILED:
+	case TRY_CANCELLED:
+		break;
 	}
-	server->replies[answer[3] & 0x0f]++;
-	rtt = monotonic_now() - sent;
-	server->srtt = isnan(server->srtt) ? rtt :
-	    server->srtt + UPSTREAM_RTT_WEIGHT * (rtt - server->srtt);
 }
 
 /*
@@ -471,7 +447,7 @@ static void forward_finish(struct forward *forward, const uint8_t *reply,
 			   size_t reply_len);
 
 /*
- * A try can end inside ares_send (a socket that cannot be opened), so
+ * A try can end inside its own send (a socket that cannot be opened), so
  * sending, a try's end and a timeout can nest: each holds the forward
  * while it works, and the last release frees it.  With no try left in
  * flight the client can have no reply but SERVFAIL.
@@ -513,27 +489,6 @@ note_upstream_result(int ok)
 			    "SERVFAIL until one does", total_timeout);
 }
 
-/* The client's reply: the upstream's (with the client's ID) or, for NULL, failure. */
-static void
-forward_finish(struct forward *forward, const uint8_t *reply, size_t reply_len)
-{
-	upstream_reply_fn *done = forward->done;
-
-	if (!done)
-		return;
-	forward->done = NULL;
-	ev_timer_stop(upstream_loop, &forward->timer);
-	note_upstream_result(reply != NULL);
-	if (!reply || reply_len > sizeof(relay_buffer)) {
-		done(forward->context, NULL, 0);
-		return;
-	}
-	memcpy(relay_buffer, reply, reply_len);
-	relay_buffer[0] = (uint8_t)(forward->client_id >> 8);
-	relay_buffer[1] = (uint8_t)forward->client_id;
-	done(forward->context, relay_buffer, reply_len);
-}
-
 static void
 forward_arm(struct forward *forward, double wait)
 {
@@ -548,11 +503,58 @@ forward_arm(struct forward *forward, double wait)
 	ev_timer_start(upstream_loop, &forward->timer);
 }
 
-/* Moves on to the next server, or waits out the budget when none is left. */
+static int
+forward_has_udp_tries(const struct forward *forward)
+{
+	for (const struct try *try = forward->flying; try; try = try->next)
+		if (!try->channel)
+			return 1;
+	return 0;
+}
+
+/*
+ * The client's reply: the upstream's (with the client's ID) or, for NULL,
+ * failure.  The tries still in flight wait until the deadline: a probe's
+ * reply, or a late one, still says whether its server is up.
+ */
+static void
+forward_finish(struct forward *forward, const uint8_t *reply, size_t reply_len)
+{
+	upstream_reply_fn *done = forward->done;
+
+	if (!done)
+		return;
+	forward->done = NULL;
+	ev_timer_stop(upstream_loop, &forward->timer);
+	if (forward_has_udp_tries(forward))
+		forward_arm(forward, HUGE_VAL);
+	note_upstream_result(reply != NULL);
+	if (!reply || reply_len > sizeof(relay_buffer)) {
+		done(forward->context, NULL, 0);
+		return;
+	}
+	memcpy(relay_buffer, reply, reply_len);
+	relay_buffer[0] = (uint8_t)(forward->client_id >> 8);
+	relay_buffer[1] = (uint8_t)forward->client_id;
+	done(forward->context, relay_buffer, reply_len);
+}
+
+static int
+try_budget(void)
+{
+	return server_count > UPSTREAM_TRIES ? server_count : UPSTREAM_TRIES;
+}
+
+/*
+ * Moves on to the next server.  With none left (or the budget spent) the
+ * forward waits for a late reply until its deadline; after a refusal the
+ * timeout of the try before it is still due.
+ */
 static void
 forward_try_next(struct forward *forward, int new_round)
 {
-	int index = next_server(forward, new_round);
+	int index = forward->tries < try_budget() ?
+	    next_server(forward, new_round) : -1;
 
 	if (index >= 0) {
 		forward_send(forward, index, 0);
@@ -562,7 +564,77 @@ forward_try_next(struct forward *forward, int new_round)
 		forward_finish(forward, NULL, 0);
 		return;
 	}
-	forward_arm(forward, HUGE_VAL);	/* a late reply may still come */
+	if (new_round)
+		forward_arm(forward, HUGE_VAL);
+}
+
+static void
+try_unlink(struct try *try)
+{
+	struct forward *forward = try->forward;
+	struct try **at = &forward->flying;
+
+	while (*at != try)
+		at = &(*at)->next;
+	*at = try->next;
+	forward->in_flight--;
+	try->server->pending--;
+	if (try->channel)
+		try->channel->pending--;
+}
+
+/* A try is over: its reply goes to the client; a refusal moves on at once. */
+static void
+try_end(struct try *try, enum try_end end, const char *why,
+	const uint8_t *reply, size_t reply_len)
+{
+	struct forward *forward = try->forward;
+	struct upstream_server *server = try->server;
+	double waited = monotonic_now() - try->sent;
+
+	forward_hold(forward);
+	try_unlink(try);
+	free(try);
+	server_count_result(server, end, reply, reply_len, waited);
+	switch (end) {
+	case TRY_REPLY:
+		/* A reply later than resolver_timeout is used, but a server
+		 * that is that slow stays behind the others. */
+		if (waited <= try_timeout) {
+			server->answered_at = monotonic_now();
+			server_mark_up(server);
+		}
+		forward_finish(forward, reply, reply_len);
+		break;
+	case TRY_REFUSED:
+		server_mark_down(server, why);
+		/* fall through */
+	case TRY_FAILED:
+		if (forward->done && (server == forward->last_tried ||
+				      forward->in_flight == 0))
+			forward_try_next(forward, 0);
+		break;
+	case TRY_TIMEOUT:
+	case TRY_CANCELLED:
+		break;
+	}
+	forward_release(forward);
+}
+
+/* At the deadline the UDP tries end; TCP ones end with c-ares's timeout. */
+static void
+forward_expire(struct forward *forward)
+{
+	struct try *try = forward->flying, *next;
+
+	for (; try; try = next) {
+		next = try->next;
+		if (try->channel)
+			continue;
+		udp_cancel(&try->udp);
+		try_end(try, TRY_TIMEOUT, NULL, NULL, 0);
+	}
+	ev_timer_stop(upstream_loop, &forward->timer);
 }
 
 static void
@@ -573,52 +645,106 @@ forward_timeout(struct ev_loop *loop, ev_timer *timer, int revents)
 	(void)loop;
 	(void)revents;
 	forward_hold(forward);
-	if (ev_now(upstream_loop) >= forward->deadline - 0.001) {
+	if (!forward->done ||
+	    ev_now(upstream_loop) >= forward->deadline - 0.001) {
 		forward_finish(forward, NULL, 0);
+		forward_expire(forward);
 	} else {
-		/* After a reload last_tried may be gone: leave it be. */
-		if (forward->last_tried &&
-		    forward->generation == server_generation)
-			server_mark_down(forward->last_tried, "did not answer in time");
+		struct upstream_server *silent = forward->last_tried;
+
+		/* After a reload last_tried may be gone: leave it be.  One
+		 * that answered other queries meanwhile lost a datagram: it
+		 * is not down. */
+		if (silent && forward->generation == server_generation &&
+		    silent->answered_at < forward->last_sent)
+			server_mark_down(silent, "did not answer in time");
 		forward_try_next(forward, 1);
 	}
 	forward_release(forward);
 }
 
+void
+upstream_udp_done(struct udp_try *udp, int error, const uint8_t *reply,
+		  size_t reply_len)
+{
+	struct try *try = udp->owner;
+
+	/* Nothing retired is freed meanwhile: the socket calling back may
+	 * be the last of a server a reload dropped. */
+	callback_depth++;
+	if (error == 0)
+		try_end(try, TRY_REPLY, NULL, reply, reply_len);
+	else if (error == ECANCELED)
+		try_end(try, TRY_CANCELLED, NULL, NULL, 0);
+	else
+		try_end(try, TRY_REFUSED, strerror(error), NULL, 0);
+	callback_depth--;
+}
+
 static void
-try_done(void *arg, int status, int timeouts, unsigned char *answer,
-	 int answer_len)
+tcp_try_done(void *arg, int status, int timeouts, unsigned char *answer,
+	     int answer_len)
 {
 	struct try *try = arg;
-	struct forward *forward = try->forward;
-	struct upstream_server *server = try->channel->server;
-	double sent = try->sent;
-	double waited = monotonic_now() - sent;
 
 	(void)timeouts;
-	forward_hold(forward);
-	try->channel->pending--;
-	server->pending--;
-	forward->in_flight--;
-	free(try);
-	server_count_result(server, status, answer, answer_len, sent);
-	if (status == ARES_SUCCESS && answer && answer_len >= 12) {
-		/* A reply later than resolver_timeout is used, but a server
-		 * that is that slow stays behind the others. */
-		if (waited <= try_timeout)
-			server_mark_up(server);
-		forward_finish(forward, answer, (size_t)answer_len);
-	} else if (status == ARES_EDESTRUCTION || status == ARES_ECANCELLED) {
-		/* shutting down: released below, SERVFAIL once none is left */
-	} else {
-		/* Refused or broken at once: no need to wait out the try. */
-		if (status != ARES_ETIMEOUT)
-			server_mark_down(server, ares_strerror(status));
-		if (forward->done && (server == forward->last_tried ||
-				      forward->in_flight == 0))
-			forward_try_next(forward, 0);
+	if (status == ARES_SUCCESS && answer && answer_len >= 12)
+		try_end(try, TRY_REPLY, NULL, answer, (size_t)answer_len);
+	else if (status == ARES_ETIMEOUT)
+		try_end(try, TRY_TIMEOUT, NULL, NULL, 0);
+	else if (status == ARES_EDESTRUCTION || status == ARES_ECANCELLED)
+		try_end(try, TRY_CANCELLED, NULL, NULL, 0);
+	else if (status == ARES_ENOMEM)
+		try_end(try, TRY_FAILED, NULL, NULL, 0);
+	else	/* refused, reset, a broken reply */
+		try_end(try, TRY_REFUSED, ares_strerror(status), NULL, 0);
+}
+
+static void
+send_udp(struct try *try)
+{
+	struct forward *forward = try->forward;
+	int error;
+
+	try->udp.owner = try;
+	try->udp.question = forward->query + 12;
+	try->udp.question_len = forward->question_len;
+	error = udp_send(&try->server->udp, &try->udp, forward->query,
+			 forward->query_len);
+	if (error == 0)
+		try->server->queries++;
+	else if (error > 0)
+		try_end(try, TRY_REFUSED, strerror(error), NULL, 0);
+	else
+		try_end(try, TRY_FAILED, NULL, NULL, 0);
+}
+
+/* c-ares keeps the ID it is given and matches the reply's ID and question
+ * before calling tcp_try_done, which may happen right here. */
+static void
+send_tcp(struct try *try)
+{
+	struct forward *forward = try->forward;
+	struct upstream_server *server = try->server;
+	struct upstream_channel *channel = server->tcp;
+	uint16_t id = upstream_random_id();
+
+	if (!channel)
+		channel = server->tcp = channel_create(server);
+	if (!channel) {
+		try_end(try, TRY_FAILED, NULL, NULL, 0);
+		return;
 	}
-	forward_release(forward);
+	try->channel = channel;
+	channel->pending++;
+	server->queries++;
+	forward->query[0] = (uint8_t)(id >> 8);
+	forward->query[1] = (uint8_t)id;
+	callback_depth++;
+	ares_send(channel->ares, forward->query, (int)forward->query_len,
+		  tcp_try_done, try);
+	callback_depth--;
+	channel_update_timer(channel);
 }
 
 /*
@@ -630,46 +756,38 @@ static void
 forward_send(struct forward *forward, int index, int probe)
 {
 	struct upstream_server *server = servers[index];
-	struct upstream_channel *channel = channel_for(server, forward->over_tcp);
-	struct try *try = channel ? malloc(sizeof(*try)) : NULL;
-	uint16_t id = random_id();
+	struct try *try = calloc(1, sizeof(*try));
 
 	forward->tried |= 1u << index;
+	if (!probe) {
+		forward->tries++;
+		forward->last_tried = server;
+		forward->last_sent = monotonic_now();
+		forward_arm(forward, try_timeout);
+	}
 	if (!try) {
-		if (channel)
-			log_error("out of memory forwarding a query");
+		log_error("out of memory forwarding a query");
 		if (!probe)
 			forward_try_next(forward, 0);
 		return;
 	}
 	try->forward = forward;
-	try->channel = channel;
+	try->server = server;
 	try->sent = monotonic_now();
-	server->queries++;
-	forward->query[0] = (uint8_t)(id >> 8);
-	forward->query[1] = (uint8_t)id;
+	try->next = forward->flying;
+	forward->flying = try;
 	forward->in_flight++;
-	channel->pending++;
-	channel->sent++;
 	server->pending++;
-	if (!probe) {
-		forward->last_tried = server;
-		forward_arm(forward, try_timeout);
-	}
-	/* c-ares keeps the ID it is given and matches the reply's ID and
-	 * question before calling try_done, which may happen right here:
-	 * nothing may be freed meanwhile. */
 	forward_hold(forward);
-	callback_depth++;
-	ares_send(channel->ares, forward->query, (int)forward->query_len,
-		  try_done, try);
-	callback_depth--;
-	channel_update_timer(channel);
+	if (forward->over_tcp)
+		send_tcp(try);
+	else
+		send_udp(try);
 	forward_release(forward);
 }
 
-/* While a first choice is up, each down server due a probe gets this
- * query too; whichever answers first answers the client. */
+/* Each down server due a probe gets this query too; whichever answers
+ * first answers the client. */
 static void
 forward_probe_down_servers(struct forward *forward)
 {
@@ -687,11 +805,30 @@ forward_probe_down_servers(struct forward *forward)
 	}
 }
 
+/* The length of the query's question (name, type, class); 0: none whole. */
+static size_t
+question_length(const uint8_t *query, size_t query_len)
+{
+	size_t at = 12;
+
+	if (query_len < 12 || query[4] != 0 || query[5] != 1)
+		return 0;
+	while (at < query_len && query[at] != 0) {
+		if (query[at] > 63)
+			return 0;
+		at += 1 + (size_t)query[at];
+	}
+	return at + 5 <= query_len ? at + 5 - 12 : 0;
+}
+
+/* While every nameserver is down, a query waits resolver_timeout at most. */
 static struct forward *
 forward_create(const uint8_t *query, size_t query_len, int over_tcp,
 	       upstream_reply_fn *done, void *context)
 {
 	struct forward *forward = malloc(sizeof(*forward) + query_len);
+	double budget = any_server_up() || try_timeout > total_timeout ?
+	    total_timeout : try_timeout;
 
 	if (!forward)
 		return NULL;
@@ -701,8 +838,9 @@ forward_create(const uint8_t *query, size_t query_len, int over_tcp,
 	forward->context = context;
 	forward->over_tcp = over_tcp;
 	forward->generation = server_generation;
-	forward->deadline = ev_now(upstream_loop) + total_timeout;
+	forward->deadline = ev_now(upstream_loop) + budget;
 	forward->client_id = (uint16_t)(query[0] << 8 | query[1]);
+	forward->question_len = question_length(query, query_len);
 	forward->query_len = query_len;
 	memcpy(forward->query, query, query_len);
 	ev_init(&forward->timer, forward_timeout);
@@ -716,9 +854,9 @@ forward_start(const uint8_t *query, size_t query_len, int over_tcp,
 	      upstream_reply_fn *done, void *context)
 {
 	struct forward *forward;
-	int first;
 
-	if (server_count == 0 || query_len < 12 || query_len > 65535)
+	if (server_count == 0 || query_len > 65535 ||
+	    question_length(query, query_len) == 0)
 		return -1;
 	forward = forward_create(query, query_len, over_tcp, done, context);
 	if (!forward) {
@@ -726,31 +864,22 @@ forward_start(const uint8_t *query, size_t query_len, int over_tcp,
 		return -1;
 	}
 	forward_hold(forward);
-	first = next_server(forward, 0);
-	forward_send(forward, first, 0);
-	if (servers[first]->up)
-		forward_probe_down_servers(forward);
+	forward_send(forward, next_server(forward, 0), 0);
+	forward_probe_down_servers(forward);
 	forward_release(forward);
 	reap_retired();
 	return 0;
 }
 
 /*
- * Per nameserver, the current UDP channel (with a TCP socket for a
- * truncated reply) and TCP channel; beyond them, channels retired with
- * tries still in flight, one per UPSTREAM_QUERIES_PER_CHANNEL tries, each
- * with its UDP and perhaps a TCP socket.  A forward makes a try each
- * resolver_timeout until resolver_total_timeout, and may carry a probe.
+ * The UDP sockets (UPSTREAM_UDP_SOCKETS_MAX, one more for each
+ * nameserver that has none then) and a TCP connection per nameserver,
+ * and one per nameserver a reload dropped while its queries end.
  */
 int
 upstream_descriptors_needed(const struct config *config)
 {
-	double rounds = ceil(config->resolver_total_timeout /
-			     config->resolver_timeout);
-	int tries = (int)(rounds < 1 ? 1 : rounds > 64 ? 64 : rounds) + 1;
-
-	return 3 * config->nameserver_count +
-	    2 * UPSTREAM_MAX_FORWARDS * tries / UPSTREAM_QUERIES_PER_CHANNEL;
+	return UPSTREAM_UDP_SOCKETS_MAX + 3 * config->nameserver_count;
 }
 
 /* A client's query; candidate lookups do not count against the limit. */
@@ -810,7 +939,8 @@ distinct_nameservers(const struct config *config,
 	return count;
 }
 
-/* Takes servers[i] out of the list to keep it, with fresh channels. */
+/* Takes servers[i] out of the list to keep it, with a fresh TCP channel
+ * (the timeouts may have changed); its UDP sockets carry on. */
 static struct upstream_server *
 take_server(const char *text)
 {
@@ -820,20 +950,33 @@ take_server(const char *text)
 		if (!server || strcmp(server->endpoint.text, text) != 0)
 			continue;
 		servers[i] = NULL;
-		for (int c = 0; c < 2; c++) {
-			if (server->channels[c])
-				channel_retire(server->channels[c]);
-			server->channels[c] = NULL;
-		}
+		if (server->tcp)
+			channel_retire(server->tcp);
+		server->tcp = NULL;
 		return server;
 	}
 	return NULL;
 }
 
+static struct upstream_server *
+server_create(const struct endpoint *endpoint)
+{
+	struct upstream_server *server = calloc(1, sizeof(*server));
+
+	if (!server) {
+		log_error("out of memory for nameserver %s", endpoint->text);
+		return NULL;
+	}
+	server->endpoint = *endpoint;
+	server->up = 1;
+	server->srtt = NAN;
+	udp_link_init(&server->udp, &server->endpoint);
+	return server;
+}
+
 /*
  * Takes the configuration's nameservers.  A server that stays keeps its
- * health; every channel is made anew (the timeouts may have changed).
- * Nothing changes unless every new server could be made.
+ * health.  Nothing changes unless every new server could be made.
  */
 static int
 servers_configure(const struct config *config)
@@ -845,16 +988,12 @@ servers_configure(const struct config *config)
 	for (int i = 0; i < count; i++) {
 		if (find_server(servers, server_count, wanted[i]->text))
 			continue;
-		fresh[i] = calloc(1, sizeof(*fresh[i]));
+		fresh[i] = server_create(wanted[i]);
 		if (!fresh[i]) {
-			log_error("out of memory for nameserver %s", wanted[i]->text);
 			for (int j = 0; j < i; j++)
 				free(fresh[j]);
 			return -1;
 		}
-		fresh[i]->endpoint = *wanted[i];
-		fresh[i]->up = 1;
-		fresh[i]->srtt = NAN;
 	}
 	for (int i = 0; i < count; i++)
 		if (!fresh[i])
@@ -880,6 +1019,7 @@ upstream_start(struct ev_loop *loop, const struct config *config)
 		return -1;
 	}
 	upstream_loop = loop;
+	udp_start(loop);
 	return servers_configure(config);
 }
 
@@ -895,12 +1035,14 @@ upstream_reconfigure(const struct config *config)
 void
 upstream_stop(void)
 {
-	/* Destroying a channel calls back every query still in flight
-	 * (with ARES_EDESTRUCTION), so nothing of ours is left behind. */
+	/* Every try still in flight is called back (ECANCELED, or c-ares's
+	 * ARES_EDESTRUCTION), so nothing of ours is left behind. */
 	for (int i = 0; i < server_count; i++)
 		server_retire(servers[i]);
 	server_count = 0;
 	server_generation++;
+	for (struct upstream_server *s = retired_servers; s; s = s->next_retired)
+		udp_link_cancel_all(&s->udp);
 	while (retired_channels) {
 		struct upstream_channel *channel = retired_channels;
 
@@ -935,6 +1077,15 @@ upstream_get_counters(struct upstream_counters *out, int max)
 /* ------------------------------------------------ candidate lookups */
 
 #define LOOKUP_MAX_ADDRESSES 64
+
+struct lookup {
+	upstream_addresses_fn *done;
+	void *context;
+	int family;
+	int over_tcp;
+	size_t query_len;
+	uint8_t query[];	/* for asking again over TCP */
+};
 
 /* The rcode of a reply as the c-ares status ares_query would give. */
 static int
@@ -988,6 +1139,13 @@ lookup_done(void *context, uint8_t *reply, size_t reply_len)
 	double ttl = 3600;
 	int status = reply_status(reply, reply_len);
 
+	/* Truncated over UDP: every address is wanted, so ask over TCP. */
+	if (status == ARES_SUCCESS && (reply[2] & 0x02) && !lookup->over_tcp) {
+		lookup->over_tcp = 1;
+		if (forward_start(lookup->query, lookup->query_len, 1,
+				  lookup_done, lookup) == 0)
+			return;
+	}
 	if (status == ARES_SUCCESS)
 		status = parse_addresses(reply, reply_len, lookup->family,
 					 ips, &count, &ttl);
@@ -1008,22 +1166,31 @@ void
 upstream_resolve(const char *host, int family, upstream_addresses_fn *done,
 		 void *context)
 {
-	struct lookup *lookup = malloc(sizeof(*lookup));
 	unsigned char *query = NULL;
 	int query_len = 0;
+	struct lookup *lookup;
 
-	if (!lookup || ares_create_query(host, ns_c_in,
-					 family == AF_INET ? ns_t_a : ns_t_aaaa,
-					 0, 1, &query, &query_len, 0) != ARES_SUCCESS) {
+	if (ares_create_query(host, ns_c_in, family == AF_INET ? ns_t_a : ns_t_aaaa,
+			      0, 1, &query, &query_len, 0) != ARES_SUCCESS) {
 		log_error("cannot make a query for %s", host);
-		free(lookup);
+		done(context, 0, NULL, 0, 0);
+		return;
+	}
+	lookup = malloc(sizeof(*lookup) + (size_t)query_len);
+	if (!lookup) {
+		log_error("out of memory looking up %s", host);
+		ares_free_string(query);
 		done(context, 0, NULL, 0, 0);
 		return;
 	}
 	lookup->done = done;
 	lookup->context = context;
 	lookup->family = family;
-	if (forward_start(query, (size_t)query_len, 0, lookup_done, lookup) != 0)
-		lookup_done(lookup, NULL, 0);
+	lookup->over_tcp = 0;
+	lookup->query_len = (size_t)query_len;
+	memcpy(lookup->query, query, (size_t)query_len);
 	ares_free_string(query);
+	if (forward_start(lookup->query, lookup->query_len, 0, lookup_done,
+			  lookup) != 0)
+		lookup_done(lookup, NULL, 0);
 }

@@ -1,7 +1,7 @@
 /*
  * fuzz_query.c - libFuzzer harness for the answer path: every input is a
  * query (or an upstream reply) handed to dns_answer() over UDP and TCP,
- * to dns_error_reply() and to dns_truncate_reply().  The registry is
+ * to dns_error_reply(), dns_truncate_reply() and dns_reply_rcode().  The registry is
  * built once from a config with names of every selection method and
  * failure mode, IPv4 and IPv6 addresses, some up, some down.
  *
@@ -192,6 +192,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	 */
 	if (size >= 12 && size <= DNS_MAX_UDP) {
 		static const size_t limits[] = { 512, 512, 1232, 1232 };
+		int rcode = dns_reply_rcode(data, size);
+
+		/* the header's four bits, under at most eight of OPT's */
+		if (rcode < 0 || rcode > 0xfff || (rcode & 0x0f) != (data[3] & 0x0f))
+			fail("12-bit rcode out of its range", (size_t)rcode);
 
 		for (size_t i = 0; i < sizeof(limits) / sizeof(limits[0]); i++) {
 			memcpy(copy, data, size);

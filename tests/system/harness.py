@@ -39,6 +39,9 @@ PROGRAMS = {
     "valgrind": "valgrind",
     "dnsperf": "dnsperf",
     "setpriv": "util-linux",
+    "unshare": "util-linux",
+    "ip": "iproute2",
+    "getent": "libc-bin",
     "mount": "mount",
     "umount": "mount",
     "true": "coreutils",
@@ -695,8 +698,10 @@ class ScriptedUpstream:
     """A UDP nameserver in a thread of the test: it records every query it
     receives (ID, source port, name) and answers A queries with `address`,
     or stays silent while `silent` is set, after `delay` seconds when that
-    is set, or when release() is called while `hold` is set.  `spoof`
-    makes it send, before
+    is set, or when release() is called while `hold` is set.
+    `reply_with`, when set, makes the reply instead: called with the query
+    (a dns.message.Message), it returns the reply, or None for none.
+    `spoof` makes it send, before
     each real reply, one with the wrong ID and one for another question,
     both carrying `spoof_address`: neither may reach the client."""
 
@@ -709,6 +714,7 @@ class ScriptedUpstream:
         self.hold = False
         self.held = []              # (reply, peer) kept while hold is set
         self.spoof = False
+        self.reply_with = None
         self.spoof_address = "192.0.2.66"
         self.received = []          # (id, source port, lower-case name)
         self.lock = threading.Lock()
@@ -768,7 +774,11 @@ class ScriptedUpstream:
                 wrong_question = self._reply(other, self.spoof_address)
                 for bogus in (wrong_id, wrong_question):
                     self.sock.sendto(bogus.to_wire(), peer)
-            reply = self._reply(q, self.address).to_wire()
+            reply = self.reply_with(q) if self.reply_with else \
+                self._reply(q, self.address)
+            if reply is None:
+                continue
+            reply = reply.to_wire()
             with self.lock:
                 if self.hold:
                     self.held.append((reply, peer))

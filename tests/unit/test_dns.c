@@ -1446,6 +1446,43 @@ test_truncate_keeps_opt(void)
 	CHECK(memcmp(copy + len - 11, response + reply_len - 11, 11) == 0);
 }
 
+/* The 12-bit rcode of RFC 6891 section 6.1.3, and its name. */
+static void
+test_reply_rcode(void)
+{
+	uint8_t query[512], copy[2048];
+	size_t len, opt_at;
+
+	/* hard's own BADVERS: 0 in the header, 1 in the OPT's TTL. */
+	len = make_query(query, 0x7400, RD, "www.example.com", T_A, C_IN);
+	len = add_opt(query, len, 1232, 1, 0);
+	CHECK_INT(ask(query, len, 0), DNS_REPLY);
+	CHECK_INT(response[3] & 0x0f, 0);
+	CHECK_INT(dns_reply_rcode(response, response_len), 16);
+	CHECK_STR(dns_rcode_name(16), "BADVERS");
+
+	/* Without OPT, the header's four bits. */
+	len = make_query(query, 0x7401, RD, "servfail.example.com", T_A, C_IN);
+	CHECK_INT(ask(query, len, 0), DNS_REPLY);
+	CHECK_INT(dns_reply_rcode(response, response_len), 2);
+	CHECK_INT(dns_reply_rcode(response, 11), 0);
+
+	/* The OPT's upper eight bits, after an answer section. */
+	len = make_query(query, 0x7402, RD, "www.example.com", T_A, C_IN);
+	len = add_opt(query, len, 1232, 0, 0);
+	CHECK_INT(ask(query, len, 0), DNS_REPLY);
+	memcpy(copy, response, response_len);
+	opt_at = response_len - 11;
+	copy[3] |= 0x05;
+	copy[opt_at + 5] = 0xff;
+	CHECK_INT(dns_reply_rcode(copy, response_len), 0xff5);
+	CHECK(dns_rcode_name(0xff5) == NULL);
+	CHECK_STR(dns_rcode_name(0), "NOERROR");
+	CHECK_STR(dns_rcode_name(23), "BADCOOKIE");
+	CHECK(dns_rcode_name(24) == NULL);
+	CHECK(dns_rcode_name(-1) == NULL);
+}
+
 static void
 test_error_reply(void)
 {
@@ -1538,6 +1575,7 @@ main(void)
 	RUN(test_malformed_edns);
 	RUN(test_truncate_reply);
 	RUN(test_truncate_keeps_opt);
+	RUN(test_reply_rcode);
 	RUN(test_error_reply);
 	RUN(test_small_buffer);
 	registry_free(registry);
