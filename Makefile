@@ -32,7 +32,7 @@ OBJECTS = har.o notify.o $(MODULES)
 UNIT_TESTS = tests/unit/test_config tests/unit/test_dns tests/unit/test_select \
 	tests/unit/test_check
 
-.PHONY: all deps run test unit system bench fleet fuzz install uninstall clean lint print-modules print-packages
+.PHONY: all deps run test unit system bench fleet fuzz install uninstall deb clean lint print-modules print-packages
 
 all: hard
 
@@ -87,30 +87,53 @@ print-packages:
 	@echo $(PKGS)
 
 lint:
-	mandoc -T lint -W warning hard.8 har.conf.5
+	mandoc -T lint -W warning hard.8 har.conf.5 contrib/har-status.8
 
 # Everything a host needs: the daemon, har-status, the manual pages, the
-# systemd unit naming the installed hard, and the example configuration.
-# DESTDIR stages it all (packaging); the paths inside name PREFIX only.
+# systemd units naming the installed programs, the example configuration
+# and cron file.  DESTDIR stages it all (packaging); the paths inside name
+# PREFIX (and UNITDIR) only: the sources say /usr/local, which INSTALLED
+# replaces, everywhere in the manual pages, outside comments elsewhere.
+INSTALLED = s|/usr/local/lib/systemd/system|$(UNITDIR)|g; \
+	s|/usr/local/sbin|$(SBINDIR)|g; s|/usr/local/share/doc/har|$(DOCDIR)|g
+
+# $(call install_as,SED SCRIPT,SOURCE,TARGET): mode 644, written whole.
+define install_as
+	sed '$(1)' $(2) >$(3).tmp
+	chmod 644 $(3).tmp
+	mv $(3).tmp $(3)
+
+endef
+
 install: hard
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man8 \
 		$(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(UNITDIR) $(DESTDIR)$(DOCDIR)
 	install -m 755 hard $(DESTDIR)$(SBINDIR)/hard
 	install -m 755 contrib/har-status $(DESTDIR)$(SBINDIR)/har-status
-	install -m 644 hard.8 $(DESTDIR)$(MANDIR)/man8/hard.8
-	install -m 644 har.conf.5 $(DESTDIR)$(MANDIR)/man5/har.conf.5
-	sed '/^Exec/s|/usr/local/sbin/hard|$(SBINDIR)/hard|' contrib/har.service \
-		>$(DESTDIR)$(UNITDIR)/har.service.tmp
-	chmod 644 $(DESTDIR)$(UNITDIR)/har.service.tmp
-	mv $(DESTDIR)$(UNITDIR)/har.service.tmp $(DESTDIR)$(UNITDIR)/har.service
+	$(call install_as,$(INSTALLED),hard.8,$(DESTDIR)$(MANDIR)/man8/hard.8)
+	$(call install_as,$(INSTALLED),har.conf.5,$(DESTDIR)$(MANDIR)/man5/har.conf.5)
+	$(call install_as,$(INSTALLED),contrib/har-status.8,$(DESTDIR)$(MANDIR)/man8/har-status.8)
+	$(call install_as,/^#/!{ $(INSTALLED); },contrib/har.service,$(DESTDIR)$(UNITDIR)/har.service)
+	$(call install_as,/^#/!{ $(INSTALLED); },contrib/har-prometheus.service,$(DESTDIR)$(UNITDIR)/har-prometheus.service)
+	$(call install_as,/^#/!{ $(INSTALLED); },contrib/har-prometheus.timer,$(DESTDIR)$(UNITDIR)/har-prometheus.timer)
+	$(call install_as,/^#/!{ $(INSTALLED); },contrib/har-prometheus.cron,$(DESTDIR)$(DOCDIR)/har-prometheus.cron)
 	install -m 644 har.conf.example contrib/resolv.conf.md $(DESTDIR)$(DOCDIR)
 
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/hard $(DESTDIR)$(SBINDIR)/har-status \
 		$(DESTDIR)$(MANDIR)/man8/hard.8 $(DESTDIR)$(MANDIR)/man5/har.conf.5 \
-		$(DESTDIR)$(UNITDIR)/har.service \
-		$(DESTDIR)$(DOCDIR)/har.conf.example $(DESTDIR)$(DOCDIR)/resolv.conf.md
+		$(DESTDIR)$(MANDIR)/man8/har-status.8 \
+		$(DESTDIR)$(UNITDIR)/har.service $(DESTDIR)$(UNITDIR)/har-prometheus.service \
+		$(DESTDIR)$(UNITDIR)/har-prometheus.timer \
+		$(DESTDIR)$(DOCDIR)/har.conf.example $(DESTDIR)$(DOCDIR)/resolv.conf.md \
+		$(DESTDIR)$(DOCDIR)/har-prometheus.cron
 	rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null || true
+
+# The Debian package (debian/), with Debian's own tools: dpkg-buildpackage
+# leaves har_VERSION-REVISION_ARCH.deb in the parent directory.
+deb:
+	@contrib/install-deps deb
+	dpkg-buildpackage -us -uc -b
 
 clean:
 	rm -f hard *.o $(UNIT_TESTS)

@@ -294,14 +294,19 @@ def test_make_install_destdir_prefix(staging):
         "usr/sbin/har-status": 0o755,
         "usr/share/man/man8/hard.8": 0o644,
         "usr/share/man/man5/har.conf.5": 0o644,
+        "usr/share/man/man8/har-status.8": 0o644,
         "usr/lib/systemd/system/har.service": 0o644,
+        "usr/lib/systemd/system/har-prometheus.service": 0o644,
+        "usr/lib/systemd/system/har-prometheus.timer": 0o644,
         "usr/share/doc/har/har.conf.example": 0o644,
         "usr/share/doc/har/resolv.conf.md": 0o644,
+        "usr/share/doc/har/har-prometheus.cron": 0o644,
     }
     assert files_under(staging) == sorted(expected)
     for path, mode in expected.items():
         assert os.stat(os.path.join(staging, path)).st_mode & 0o777 == mode, path
-    for path, source in (("usr/sbin/hard", "hard"), ("usr/share/man/man8/hard.8", "hard.8"),
+    # (the manual pages name the installed paths: test_package.py)
+    for path, source in (("usr/sbin/hard", "hard"),
                          ("usr/share/doc/har/har.conf.example", "har.conf.example")):
         with open(os.path.join(staging, path), "rb") as a, \
                 open(os.path.join(harness.REPO, source), "rb") as b:
