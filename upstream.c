@@ -38,6 +38,8 @@
 
 #include "har.h"
 
+/* How long a UDP reply vouches for a nameserver that refuses TCP. */
+#define UPSTREAM_UDP_ONLY_GRACE 60.0
 /* How often a down nameserver gets a query to see if it is back. */
 #define UPSTREAM_PROBE_INTERVAL 1.0
 /* hard's own limit on the nameservers it tracks per query. */
@@ -374,8 +376,10 @@ server_mark_down(struct upstream_server *server, const char *why)
 		return;
 	server->up = 0;
 	server->probe_at = ev_now(upstream_loop) + UPSTREAM_PROBE_INTERVAL;
-	log_warning("nameserver %s %s; asking the other nameservers first "
-		    "until it answers again", server->endpoint.text, why);
+	log_warning("nameserver %s %s; %s until it answers again",
+		    server->endpoint.text, why, server_count > 1 ?
+		    "asking the other nameservers first" :
+		    "marked down, and probed every second,");
 }
 
 /* A try's end, in the server's counters: plain increments. */
@@ -485,8 +489,9 @@ note_upstream_result(int ok)
 		return;
 	}
 	if (log_streak_fail(&upstream_streak))
-		log_warning("no nameserver answered within %.1f s; answering "
-			    "SERVFAIL until one does", total_timeout);
+		log_warning("no nameserver answered a forwarded query (each "
+			    "refused it, or stayed silent until its time was "
+			    "up); answering SERVFAIL until one does");
 }
 
 static void
@@ -681,6 +686,18 @@ upstream_udp_done(struct udp_try *udp, int error, const uint8_t *reply,
 	callback_depth--;
 }
 
+/*
+ * A nameserver that answered over UDP lately and refuses TCP serves UDP
+ * only: a client's TCP query (after a truncated reply) fails, at once,
+ * but the server is not down for the UDP queries it answers.
+ */
+static int
+answers_udp_only(const struct upstream_server *server)
+{
+	return server->answered_at > 0 &&
+	    monotonic_now() - server->answered_at < UPSTREAM_UDP_ONLY_GRACE;
+}
+
 static void
 tcp_try_done(void *arg, int status, int timeouts, unsigned char *answer,
 	     int answer_len)
@@ -695,6 +712,8 @@ tcp_try_done(void *arg, int status, int timeouts, unsigned char *answer,
 	else if (status == ARES_EDESTRUCTION || status == ARES_ECANCELLED)
 		try_end(try, TRY_CANCELLED, NULL, NULL, 0);
 	else if (status == ARES_ENOMEM)
+		try_end(try, TRY_FAILED, NULL, NULL, 0);
+	else if (answers_udp_only(try->server))
 		try_end(try, TRY_FAILED, NULL, NULL, 0);
 	else	/* refused, reset, a broken reply */
 		try_end(try, TRY_REFUSED, ares_strerror(status), NULL, 0);

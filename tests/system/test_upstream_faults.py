@@ -168,6 +168,26 @@ def test_large_udp_reply_relayed_from_udp_only_upstream(
     assert "asking the other nameservers first" not in h.log()
 
 
+def test_tcp_refusal_of_a_udp_only_upstream_does_not_mark_it_down(
+        start_hard, start_scripted_upstream, workdir):
+    """A client's query over TCP (after a truncated reply, say) to an
+    upstream that answers UDP only is refused over TCP: that query gets
+    SERVFAIL at once, but the nameserver, which has just answered over
+    UDP, is not marked down, and UDP queries go on being forwarded to it
+    as before (the original marked it down: "asking the other nameservers
+    first", and the data file said up 0)."""
+    up = start_scripted_upstream()
+    db = os.path.join(workdir, "har.db")
+    h = start_hard(configured(), upstream=up.endpoint, data_file=db)
+    assert addresses(h.query("first.test", timeout=5)) == [up.address]
+    r = h.query("over-tcp.test", tcp=True, timeout=5)
+    assert harness.rcode_text(r) == "SERVFAIL"
+    assert addresses(h.query("after.test", timeout=5)) == [up.address]
+    rows = wait_sql(db, "SELECT up FROM nameservers", lambda r: r)
+    assert rows == [{"up": 1}], rows
+    assert "until it answers again" not in h.log(), h.log()[-2000:]
+
+
 def test_truncated_upstream_reply_relayed_with_tc(start_hard, start_scripted_upstream):
     """An upstream's truncated reply goes to the client as it is, TC set,
     and the client asks again over TCP (here a UDP-only upstream, so that
