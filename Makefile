@@ -26,10 +26,11 @@ endif
 LIBS = $(PKG_LIBS) -lev -lm -lpthread
 
 MODULES = config.o config_values.o address.o dns.o server.o upstream.o registry.o select.o \
-	check.o check_http.o check_tcp.o store.o store_writer.o log.o querylog.o
+	check.o check_http.o check_tcp.o store.o store_writer.o log.o querylog.o \
+	activation.o
 OBJECTS = har.o notify.o $(MODULES)
 UNIT_TESTS = tests/unit/test_config tests/unit/test_dns tests/unit/test_select \
-	tests/unit/test_check
+	tests/unit/test_check tests/unit/test_activation
 
 .PHONY: all deps run test unit system bench fleet fuzz install uninstall clean lint print-modules print-packages
 
@@ -101,12 +102,13 @@ install: hard
 		>$(DESTDIR)$(UNITDIR)/har.service.tmp
 	chmod 644 $(DESTDIR)$(UNITDIR)/har.service.tmp
 	mv $(DESTDIR)$(UNITDIR)/har.service.tmp $(DESTDIR)$(UNITDIR)/har.service
+	install -m 644 contrib/har.socket $(DESTDIR)$(UNITDIR)/har.socket
 	install -m 644 har.conf.example contrib/resolv.conf.md $(DESTDIR)$(DOCDIR)
 
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/hard $(DESTDIR)$(SBINDIR)/har-status \
 		$(DESTDIR)$(MANDIR)/man8/hard.8 $(DESTDIR)$(MANDIR)/man5/har.conf.5 \
-		$(DESTDIR)$(UNITDIR)/har.service \
+		$(DESTDIR)$(UNITDIR)/har.service $(DESTDIR)$(UNITDIR)/har.socket \
 		$(DESTDIR)$(DOCDIR)/har.conf.example $(DESTDIR)$(DOCDIR)/resolv.conf.md
 	rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null || true
 

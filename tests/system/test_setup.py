@@ -294,6 +294,7 @@ def test_make_install_destdir_prefix(staging):
         "usr/share/man/man8/hard.8": 0o644,
         "usr/share/man/man5/har.conf.5": 0o644,
         "usr/lib/systemd/system/har.service": 0o644,
+        "usr/lib/systemd/system/har.socket": 0o644,
         "usr/share/doc/har/har.conf.example": 0o644,
         "usr/share/doc/har/resolv.conf.md": 0o644,
     }
@@ -322,13 +323,15 @@ def test_make_install_destdir_prefix(staging):
 
 def test_installed_unit_verifies(staging):
     """Installed under a PREFIX of its own, the unit names that hard, and
-    systemd-analyze verify accepts it (it checks the ExecStart program)."""
+    systemd-analyze verify accepts it and har.socket (it checks the
+    ExecStart program)."""
     prefix = os.path.join(staging, "usr")
     make("install", "PREFIX=" + prefix)
     unit = os.path.join(prefix, "lib/systemd/system/har.service")
     with open(unit) as f:
         assert "ExecStart=%s/sbin/hard " % prefix in f.read()
-    res = subprocess.run(["systemd-analyze", "--man=no", "verify", unit],
+    res = subprocess.run(["systemd-analyze", "--man=no", "verify", unit,
+                          os.path.join(prefix, "lib/systemd/system/har.socket")],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
     installed = os.path.join(prefix, "sbin/har-status")
