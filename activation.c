@@ -64,6 +64,7 @@ passed_for_us(void)
 			  (long)getpid());
 		return 0;
 	}
+	errno = 0;
 	count = strtol(fds, &end, 10);
 	if (errno || *end || count < 0 || count > INT_MAX - FIRST_PASSED_FD) {
 		log_warning("LISTEN_FDS=\"%s\" is not a number of descriptors; "

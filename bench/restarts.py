@@ -239,15 +239,16 @@ def file_mb(path):
         return 0.0
 
 
-def stop_after(runner, tmp, upstream_port, names_text, db, seconds, label):
-    """hard checking for `seconds`, then SIGTERM: how long until it exits,
-    and what the data file held."""
+def stop_after(runner, tmp, upstream_port, names_text, label, seconds):
+    """hard checking for `seconds` with a new data file, then SIGTERM: how
+    long until it exits, and what the data file held."""
     port = B.free_port()
+    db = os.path.join(tmp, "stop-%s.db" % label)
     hard = runner.start_hard(tmp, "stop-%s" % label,
                              runner.hard_config(port, upstream_port, db, names_text))
     B.wait_answer(port, "s00.bench.test", lambda rc, a: rc == "NOERROR" and a, 30, hard,
                   "hard (stop, %s) to answer" % label)
-    say("stop time: %s, %g s of checks first" % (label, seconds))
+    say("stop time: %g s of checks with a new data file, then SIGTERM" % seconds)
     checks0 = runner.db_counts(db)["checks"]
     t_checks = time.monotonic()
     time.sleep(seconds)
@@ -291,11 +292,8 @@ def stop_times(runner, tmp, upstream_port):
         parts.append("}\n")
     names_text = "".join(parts)
     try:
-        fresh = stop_after(runner, tmp, upstream_port, names_text,
-                           os.path.join(tmp, "stop-fresh.db"), STOP_FRESH, "fresh data file")
-        aged = stop_after(runner, tmp, upstream_port, names_text,
-                          os.path.join(tmp, "stop-aged.db"), STOP_AGE,
-                          "%d s of checks" % STOP_AGE)
+        fresh = stop_after(runner, tmp, upstream_port, names_text, "fresh", STOP_FRESH)
+        aged = stop_after(runner, tmp, upstream_port, names_text, "aged", STOP_AGE)
     finally:
         nginx.stop()
     where = subprocess.run(["stat", "-f", "-c", "%T", tmp], capture_output=True, text=True)

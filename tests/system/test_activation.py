@@ -63,6 +63,7 @@ class ServiceManager:
         self.pid = None
         self.status = None
         self.starts = 0
+        self.logfiles = []
 
     def log(self):
         try:
@@ -78,6 +79,7 @@ class ServiceManager:
         assert self.pid is None
         self.starts += 1
         self.logfile = os.path.join(self.workdir, "hard-activated-%d.log" % self.starts)
+        self.logfiles.append(self.logfile)
         log = os.open(self.logfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC)
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         high = [fcntl.fcntl(s.fileno(), fcntl.F_DUPFD_CLOEXEC, 100) for s in self.sockets]
@@ -152,6 +154,16 @@ def managers(workdir):
     for m in made:
         m.close()
         print("---- activated hard (start %d) ----\n%s" % (m.starts, m.log()[-6000:]))
+    # Under SANITIZE=1 an error or a leak found at exit is a failure, as
+    # for the hards of the start_hard fixture.
+    for m in made:
+        for path in m.logfiles:
+            with open(path, errors="replace") as f:
+                log = f.read()
+            for mark in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+                if mark in log:
+                    pytest.fail("sanitizer report from hard (%s):\n%s" % (
+                        path, log[log.index(mark) - 200:][:4000]))
 
 
 def write_conf(path, upstream, port, listen=("127.0.0.1",), body=BODY):

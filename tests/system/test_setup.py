@@ -77,6 +77,8 @@ def program_of(node, names, seen=()):
         return os.path.basename(node.value.split()[0])
     if isinstance(node, ast.List) and node.elts:
         return program_of(node.elts[0], names, seen)
+    if isinstance(node, ast.Starred):	# [*PREFIX, ...]: the prefix's program
+        return program_of(node.value, names, seen)
     if isinstance(node, ast.BoolOp):
         for value in node.values:
             program = program_of(value, names, seen)
