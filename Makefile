@@ -27,10 +27,10 @@ LIBS = $(PKG_LIBS) -lev -lm -lpthread
 
 MODULES = config.o config_values.o address.o dns.o server.o upstream.o upstream_udp.o \
 	registry.o select.o check.o check_http.o check_tcp.o store.o store_writer.o \
-	log.o querylog.o relay.o
+	log.o querylog.o relay.o activation.o
 OBJECTS = har.o notify.o $(MODULES)
 UNIT_TESTS = tests/unit/test_config tests/unit/test_dns tests/unit/test_select \
-	tests/unit/test_check
+	tests/unit/test_check tests/unit/test_activation
 
 .PHONY: all deps run test unit system bench fleet fuzz install uninstall deb clean lint print-modules print-packages
 
@@ -117,13 +117,15 @@ install: hard
 	$(call install_as,/^#/!{ $(INSTALLED); },contrib/har-prometheus.service,$(DESTDIR)$(UNITDIR)/har-prometheus.service)
 	$(call install_as,/^#/!{ $(INSTALLED); },contrib/har-prometheus.timer,$(DESTDIR)$(UNITDIR)/har-prometheus.timer)
 	$(call install_as,/^#/!{ $(INSTALLED); },contrib/har-prometheus.cron,$(DESTDIR)$(DOCDIR)/har-prometheus.cron)
+	$(call install_as,/^#/!{ $(INSTALLED); },contrib/har.socket,$(DESTDIR)$(UNITDIR)/har.socket)
 	install -m 644 har.conf.example contrib/resolv.conf.md $(DESTDIR)$(DOCDIR)
 
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/hard $(DESTDIR)$(SBINDIR)/har-status \
 		$(DESTDIR)$(MANDIR)/man8/hard.8 $(DESTDIR)$(MANDIR)/man5/har.conf.5 \
 		$(DESTDIR)$(MANDIR)/man8/har-status.8 \
-		$(DESTDIR)$(UNITDIR)/har.service $(DESTDIR)$(UNITDIR)/har-prometheus.service \
+		$(DESTDIR)$(UNITDIR)/har.service $(DESTDIR)$(UNITDIR)/har.socket \
+		$(DESTDIR)$(UNITDIR)/har-prometheus.service \
 		$(DESTDIR)$(UNITDIR)/har-prometheus.timer \
 		$(DESTDIR)$(DOCDIR)/har.conf.example $(DESTDIR)$(DOCDIR)/resolv.conf.md \
 		$(DESTDIR)$(DOCDIR)/har-prometheus.cron

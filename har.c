@@ -688,6 +688,7 @@ shut_down(void)
 	remove_pid_file();
 	config_free(running_config);
 	notify_close();
+	activation_close();
 	log_info("stopped");
 }
 
@@ -703,8 +704,10 @@ main(int argc, char **argv)
 	log_init("hard", 1, options.debug);
 	absolute_config_path();
 	running_config = load_config_or_exit();
-	/* After -t has exited: a check run by ExecReload= says nothing. */
+	/* After -t has exited: a check run by ExecReload= says nothing and
+	 * takes no socket. */
 	notify_open();
+	activation_read();
 	user = options.user ? options.user : running_config->user;
 	if (options.pid_file)
 		check_pid_file(options.pid_file);
@@ -726,6 +729,7 @@ main(int argc, char **argv)
 	server = dns_server_start(loop, running_config, NULL);
 	if (!server)
 		fail_start("cannot listen on the configured addresses (see above)");
+	activation_log_unused();
 	store_on_problem_change(on_store_problem);
 	if (store_open(loop, running_config, user) != 0)
 		fail_start("cannot open data file %s: %s",

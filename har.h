@@ -216,6 +216,24 @@ int split_host_port(const char *text, char *host, size_t host_size, int *port);
 /* Drops nameservers that are our own listeners; 0 if none remain. */
 int config_drop_own_listeners(struct config *config, config_report_fn *report);
 
+/* --------------------------------------------------------- activation.c */
+
+/*
+ * Listening sockets passed by the service manager (socket activation:
+ * LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES, as sd_listen_fds(3) reads them).
+ * activation_read takes them at start and unsets the variables.
+ * activation_take gives the passed socket for endpoint and type
+ * (SOCK_DGRAM or SOCK_STREAM), -1 when none was passed; a socket given
+ * back (1: fd was a passed one) stays open for a later reload, as the
+ * manager still holds its address.
+ */
+void activation_read(void);
+int activation_take(const struct endpoint *endpoint, int type);
+int activation_give_back(int fd);
+/* Warns of each passed socket no listener took. */
+void activation_log_unused(void);
+void activation_close(void);
+
 /* ----------------------------------------------------------- registry.c */
 
 enum health { HEALTH_UNKNOWN = -1, HEALTH_DOWN = 0, HEALTH_UP = 1 };

@@ -1,6 +1,7 @@
 /*
  * server.c - the DNS listeners: UDP and TCP sockets on every
- * dns_bind_interfaces address, the per-connection state of DNS over TCP
+ * dns_bind_interfaces address (those the service manager passed, or
+ * else bound here: activation.c), the per-connection state of DNS over TCP
  * (RFC 7766) with the bounds that keep a client from growing hard's
  * memory or spinning its loop, and the hand-off of queries dns.c does not
  * answer to upstream.c and back.
@@ -989,6 +990,26 @@ open_socket(const struct endpoint *endpoint, int type)
 }
 
 /*
+ * The socket the service manager passed for endpoint and type (socket
+ * activation), or else one hard binds itself.
+ */
+static int
+listener_socket(const struct endpoint *endpoint, int type)
+{
+	int fd = activation_take(endpoint, type);
+
+	return fd >= 0 ? fd : open_socket(endpoint, type);
+}
+
+/* A passed socket stays open: the manager holds its address. */
+static void
+listener_socket_close(int fd)
+{
+	if (!activation_give_back(fd))
+		close(fd);
+}
+
+/*
  * Listeners a reload has closed whose UDP socket still has forwarded
  * queries to answer.  They belong to no server: a reload may replace the
  * server, and at a stop the last replies come after it is gone.
@@ -1011,7 +1032,7 @@ listener_free(struct listener *listener)
 			*link = listener->next;
 			break;
 		}
-	close(listener->udp_fd);
+	listener_socket_close(listener->udp_fd);
 	free(listener);
 }
 
@@ -1025,7 +1046,7 @@ listener_close(struct dns_server *server, struct listener *listener)
 {
 	ev_io_stop(server->loop, &listener->udp_io);
 	ev_io_stop(server->loop, &listener->tcp_io);
-	close(listener->tcp_fd);
+	listener_socket_close(listener->tcp_fd);
 	listener->tcp_fd = -1;
 	listener->closed = 1;
 	if (listener->pending == 0) {
@@ -1082,18 +1103,18 @@ listener_open(const struct endpoint *endpoint)
 	if (!listener)
 		return NULL;
 	listener->endpoint = *endpoint;
-	listener->udp_fd = open_socket(endpoint, SOCK_DGRAM);
+	listener->udp_fd = listener_socket(endpoint, SOCK_DGRAM);
 	if (listener->udp_fd < 0) {
 		log_error("cannot listen on %s (UDP): %s", endpoint->text,
 			  strerror(errno));
 		free(listener);
 		return NULL;
 	}
-	listener->tcp_fd = open_socket(endpoint, SOCK_STREAM);
+	listener->tcp_fd = listener_socket(endpoint, SOCK_STREAM);
 	if (listener->tcp_fd < 0) {
 		log_error("cannot listen on %s (TCP): %s", endpoint->text,
 			  strerror(errno));
-		close(listener->udp_fd);
+		listener_socket_close(listener->udp_fd);
 		free(listener);
 		return NULL;
 	}
@@ -1144,7 +1165,7 @@ listener_revive(struct listener **link)
 {
 	struct listener *listener = *link;
 
-	listener->tcp_fd = open_socket(&listener->endpoint, SOCK_STREAM);
+	listener->tcp_fd = listener_socket(&listener->endpoint, SOCK_STREAM);
 	if (listener->tcp_fd < 0) {
 		log_error("cannot listen on %s (TCP): %s",
 			  listener->endpoint.text, strerror(errno));
@@ -1289,7 +1310,8 @@ descriptors_check(const struct config *config)
 /* ------------------------------------------------------------ server */
 
 /*
- * Binds every configured address.  On a reload the previous server's
+ * Listens on every configured address, with the socket the service
+ * manager passed for it or one bound here.  On a reload the previous server's
  * sockets on unchanged addresses are carried over (a socket cannot be
  * bound twice) and the rest are opened before the old ones are closed, so
  * no query finds the port shut.  Returns NULL if any address fails; the

@@ -26,6 +26,10 @@
  * older file upgrades. */
 #define STORE_SCHEMA_VERSION 4
 #define BUSY_TIMEOUT_MS 20
+/* The WAL file is cut back to this after a checkpoint empties it, so one
+ * large batch (the whole state, written to a new file) does not leave a
+ * large file behind: about what the default autocheckpoint let it grow to. */
+#define WAL_SIZE_LIMIT (4 * 1024 * 1024)
 
 static const char *const statement_sql[STATEMENT_COUNT] = {
 	[UPSERT_NAME] =
@@ -325,10 +329,21 @@ open_database_once(struct store_file *file)
 				 SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
 	if (result == SQLITE_OK) {
 		sqlite3_busy_timeout(file->db, BUSY_TIMEOUT_MS);
+		/* The writer checkpoints as it goes (checkpoint below):
+		 * a stop waits for no copy and no sync of its own. */
+		sqlite3_db_config(file->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+				  1, NULL);
 		result = exec_sql(file, "PRAGMA journal_mode = WAL");
 	}
 	if (result == SQLITE_OK)
 		result = exec_sql(file, "PRAGMA synchronous = NORMAL");
+	if (result == SQLITE_OK) {
+		char sql[64];
+
+		snprintf(sql, sizeof(sql), "PRAGMA journal_size_limit = %d",
+			 WAL_SIZE_LIMIT);
+		result = exec_sql(file, sql);
+	}
 	if (result == SQLITE_OK)
 		result = schema_upgrade(file);
 	for (int i = 0; result == SQLITE_OK && i < STATEMENT_COUNT; i++)
@@ -881,6 +896,17 @@ writer_next(struct store_file *file, int *out_of_time)
 	return batch;
 }
 
+static int
+writer_closing(struct store_file *file)
+{
+	int closing;
+
+	pthread_mutex_lock(&file->lock);
+	closing = file->closing;
+	pthread_mutex_unlock(&file->lock);
+	return closing;
+}
+
 static void
 writer_done_with_head(struct store_file *file)
 {
@@ -908,6 +934,32 @@ writer_give_up(struct store_file *file)
 		  "last state is not in it", file->path, CLOSE_PATIENCE);
 }
 
+/*
+ * Copies what the batches wrote from the WAL into the database, in the
+ * writer after each commit while hard runs, so that the WAL never holds
+ * more than about one batch.  Left to SQLite's autocheckpoint, the WAL
+ * held up to 1,000 pages not yet copied, and sqlite3_close at SIGTERM
+ * copied them all and synced the file, for seconds on a slow disk during
+ * which a restart had nothing answering.  The close now copies nothing
+ * (SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE): the last batch stays in the WAL,
+ * committed, where the next open (or a reader) finds it.  PASSIVE never
+ * waits: a reader (har-status) may keep some pages in the WAL until the
+ * next checkpoint.
+ */
+static void
+checkpoint(struct store_file *file)
+{
+	int result;
+
+	if (!file->db)
+		return;
+	result = sqlite3_wal_checkpoint_v2(file->db, NULL,
+					   SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+	if (result != SQLITE_OK && (result & 0xff) != SQLITE_BUSY)
+		log_debug("data file %s: checkpoint: %s", file->path,
+			  sqlite3_errstr(result));
+}
+
 void *
 writer_main(void *argument)
 {
@@ -926,6 +978,10 @@ writer_main(void *argument)
 	while ((batch = writer_next(file, &out_of_time)) != NULL) {
 		if (write_batch(file, batch) == SQLITE_OK) {
 			writer_done_with_head(file);
+			/* A closing file's last batches are not copied: the
+			 * stop would wait for the copy and its sync. */
+			if (!writer_closing(file))
+				checkpoint(file);
 			continue;
 		}
 		if (out_of_time) {

@@ -49,7 +49,7 @@ def wait_pidfile(pidfile, pid):
 
 def test_sigterm_flushes_and_removes_pidfile(workdir, start_hard, start_http, up):
     """SIGTERM: exit 0, pidfile removed, pending state written (the queries
-    answered just before the signal are in the file), file closed clean."""
+    answered just before the signal are in the file), file whole."""
     s = start_http(A)
     pidfile = os.path.join(workdir, "hard.pid")
     db = os.path.join(workdir, "har.db")
@@ -67,10 +67,9 @@ def test_sigterm_flushes_and_removes_pidfile(workdir, start_hard, start_http, up
     h.expect_exit = True
     assert not os.path.exists(pidfile), "pidfile left behind"
     assert sql_value(db, "SELECT queries FROM names") == n + 25
+    # The last batch stays committed in the WAL (the stop copies nothing
+    # into the database: test_stop.py); sqlite3 reads it with the file.
     assert sql_text(db, "PRAGMA integrity_check") == "ok"
-    wal = db + "-wal"
-    assert not os.path.exists(wal) or os.path.getsize(wal) == 0, \
-        "data file not closed cleanly (WAL left)"
     # no listener left behind
     with pytest.raises(OSError):
         harness.tcp_connect(h.addr, h.port, timeout=0.5).close()

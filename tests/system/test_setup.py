@@ -78,6 +78,8 @@ def program_of(node, names, seen=()):
         return os.path.basename(node.value.split()[0])
     if isinstance(node, ast.List) and node.elts:
         return program_of(node.elts[0], names, seen)
+    if isinstance(node, ast.Starred):	# [*PREFIX, ...]: the prefix's program
+        return program_of(node.value, names, seen)
     if isinstance(node, ast.BoolOp):
         for value in node.values:
             program = program_of(value, names, seen)
@@ -298,6 +300,7 @@ def test_make_install_destdir_prefix(staging):
         "usr/lib/systemd/system/har.service": 0o644,
         "usr/lib/systemd/system/har-prometheus.service": 0o644,
         "usr/lib/systemd/system/har-prometheus.timer": 0o644,
+        "usr/lib/systemd/system/har.socket": 0o644,
         "usr/share/doc/har/har.conf.example": 0o644,
         "usr/share/doc/har/resolv.conf.md": 0o644,
         "usr/share/doc/har/har-prometheus.cron": 0o644,
@@ -328,13 +331,15 @@ def test_make_install_destdir_prefix(staging):
 
 def test_installed_unit_verifies(staging):
     """Installed under a PREFIX of its own, the unit names that hard, and
-    systemd-analyze verify accepts it (it checks the ExecStart program)."""
+    systemd-analyze verify accepts it and har.socket (it checks the
+    ExecStart program)."""
     prefix = os.path.join(staging, "usr")
     make("install", "PREFIX=" + prefix)
     unit = os.path.join(prefix, "lib/systemd/system/har.service")
     with open(unit) as f:
         assert "ExecStart=%s/sbin/hard " % prefix in f.read()
-    res = subprocess.run(["systemd-analyze", "--man=no", "verify", unit],
+    res = subprocess.run(["systemd-analyze", "--man=no", "verify", unit,
+                          os.path.join(prefix, "lib/systemd/system/har.socket")],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
     installed = os.path.join(prefix, "sbin/har-status")
