@@ -596,6 +596,10 @@ struct dns_server *dns_server_start(struct ev_loop *loop,
 void dns_server_configure(struct dns_server *server, const struct config *config);
 void dns_server_stop(struct dns_server *server);
 void dns_server_set_registry(struct registry *registry);
+/* descriptors.c: the most TCP clients served at once, the open file limit
+ * raised as far as it may be first (logged when it falls short). */
+int descriptors_check(const struct config *config);
+
 /* Bind the next server's listeners without reading them, until release. */
 void dns_server_hold(void);
 void dns_server_release(struct dns_server *server);
