@@ -142,6 +142,7 @@ static cfg_opt_t global_options[] = {
 	CFG_STR("user", NULL, CFGF_NODEFAULT),
 	CFG_INT("check_history", 1000, CFGF_NONE),
 	CFG_FLOAT("tcp_idle_timeout", 10, CFGF_NONE),
+	CFG_FLOAT("first_round_wait", 1, CFGF_NONE),
 	CFG_INT("tcp_max_connections", 128, CFGF_NONE),
 	CFG_BOOL("log_queries", cfg_false, CFGF_NONE),
 	/* Multi only so that a second one can be refused at its line. */
@@ -923,6 +924,7 @@ load_globals(struct config *config, cfg_t *cfg, const char *resolv_conf)
 		config->user = xstrdup(cfg_getstr(cfg, "user"));
 	config->check_history = (int)cfg_getint(cfg, "check_history");
 	config->tcp_idle_timeout = cfg_getfloat(cfg, "tcp_idle_timeout");
+	config->first_round_wait = cfg_getfloat(cfg, "first_round_wait");
 	config->tcp_max_connections = (int)cfg_getint(cfg, "tcp_max_connections");
 	config->log_queries = cfg_getbool(cfg, "log_queries") ? 1 : 0;
 }

@@ -48,6 +48,8 @@ static const struct number_range number_ranges[] = {
 	{ "resolver_total_timeout", 0.001, 60, "seconds" },
 	{ "check_history", 1, 1000000, NULL },
 	{ "tcp_idle_timeout", 0.001, 86400, "seconds" },
+	/* 0 answers at once; beyond 10 s the kernel's buffers fill. */
+	{ "first_round_wait", 0, 10, "seconds" },
 	{ "tcp_max_connections", 1, 1000000, NULL },
 	{ "name|check_frequency", 0.01, 86400, "seconds" },
 	{ "name|check_timeout", 0.001, 86400, "seconds" },

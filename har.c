@@ -567,9 +567,6 @@ on_watchdog(struct ev_loop *timer_loop, ev_timer *timer, int revents)
 
 /* ----------------------------------------------------------- start-up */
 
-/* The longest a cold start holds its listeners for its first round. */
-#define FIRST_ROUND_WAIT 1.0
-
 static ev_timer first_round_timer;
 
 /*
@@ -597,8 +594,9 @@ on_first_round_wait_over(struct ev_loop *timer_loop, ev_timer *timer,
 	(void)timer;
 	(void)revents;
 	check_first_round_forget();
-	log_info("answering before every first check has ended (%.0f s "
-		 "after the start)", FIRST_ROUND_WAIT);
+	log_info("answering before every first check has ended (%g s "
+		 "after the start, first_round_wait)",
+		 running_config->first_round_wait);
 	start_answering();
 }
 
@@ -607,14 +605,15 @@ on_first_round_wait_over(struct ev_loop *timer_loop, ev_timer *timer,
  * would answer from whichever checks end first: SERVFAIL for names whose
  * servers are up, a far server before the near one is seen.  The kernel
  * holds the queries meanwhile, so waiting for the round costs a cold
- * start's first queries at most FIRST_ROUND_WAIT, and no answer.
+ * start's first queries at most first_round_wait, and no answer.
  */
 static void
 hold_for_first_round(void)
 {
 	ev_timer_init(&first_round_timer, on_first_round_wait_over,
-		      FIRST_ROUND_WAIT, 0);
-	if (check_first_round_wait(start_answering) == 0) {
+		      running_config->first_round_wait, 0);
+	if (running_config->first_round_wait <= 0 ||
+	    check_first_round_wait(start_answering) == 0) {
 		start_answering();
 		return;
 	}

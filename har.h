@@ -170,6 +170,7 @@ struct config {
 	char *user;		/* NULL: stay who we are */
 	int check_history;
 	double tcp_idle_timeout;
+	double first_round_wait;	/* a cold start holds its listeners so long */
 	int tcp_max_connections;
 	int log_queries;	/* the query log on at start and reload */
 	/* The defaults section, read as a name without candidates (every

@@ -251,7 +251,7 @@ name cold.test {
     candidate far { check_address = "%s" }
 }
 """ % (near.url(), far.url())
-    h = start_hard(body, upstream=up, wait=False)
+    h = start_hard(body, upstream=up, wait=False, extra="first_round_wait = 1\n")
     seen = []
     deadline = harness.time.monotonic() + 3
     while harness.time.monotonic() < deadline:
@@ -262,3 +262,21 @@ name cold.test {
         harness.time.sleep(0.02)
     assert seen, "no reply within 3 s of the start; log:\n" + h.log()
     assert all(got == [A] for got in seen), seen
+
+
+def test_cold_start_without_the_hold(start_hard, start_http, up):
+    """first_round_wait = 0: hard reads its listeners at once, and answers
+    SERVFAIL (failure_mode servfail) until its first check has ended: the
+    behaviour the hold exists to avoid, for whoever prefers it."""
+    server = start_http(A, delay=0.5)
+    body = """
+name cold.test {
+    check_frequency = 30
+    check_timeout = 5
+    failure_mode = servfail
+    candidate a { check_address = "%s" }
+}
+""" % server.url()
+    h = start_hard(body, upstream=up, extra="first_round_wait = 0\n")
+    assert harness.answer(h, "cold.test") == "SERVFAIL"
+    harness.wait_answer(h, "cold.test", [A])

@@ -180,6 +180,7 @@ test_defaults(void)
 	CHECK(config->user == NULL);
 	CHECK_INT(config->check_history, 1000);
 	CHECK_DOUBLE(config->tcp_idle_timeout, 10);
+	CHECK_DOUBLE(config->first_round_wait, 1);
 	CHECK_INT(config->tcp_max_connections, 128);
 
 	CHECK_INT(config->name_count, 1);
@@ -262,6 +263,7 @@ test_every_option(void)
 	    "user = \"nobody\"\n"
 	    "check_history = 10\n"
 	    "tcp_idle_timeout = 2.5\n"
+	    "first_round_wait = 0\n"
 	    "tcp_max_connections = 4\n"
 	    "name api.example.com {\n"
 	    "    check_method = http\n"
@@ -304,6 +306,7 @@ test_every_option(void)
 	CHECK_STR(config->user, "nobody");
 	CHECK_INT(config->check_history, 10);
 	CHECK_DOUBLE(config->tcp_idle_timeout, 2.5);
+	CHECK_DOUBLE(config->first_round_wait, 0);
 	CHECK_INT(config->tcp_max_connections, 4);
 	name = find_name(config, "api.example.com");
 	if (!CHECK(name != NULL))
