@@ -62,6 +62,25 @@ def _enter(resolv_conf):
                       None), "mount --bind %s /etc/resolv.conf" % resolv_conf)
 
 
+def unavailable():
+    """Why a private namespace cannot be made here, or None.  Mounts made
+    in it stay in it only once every mount is made private, which needs
+    "/" to be a mount point: in a chroot (a bare root a newcomer's set-up
+    is tried in, say) it is not, and a bind mount over /etc/resolv.conf
+    would reach the host's copy of the tree."""
+    if os.geteuid() != 0:
+        return "a private namespace needs root"
+    try:
+        with open("/proc/self/mountinfo") as f:
+            points = {line.split()[4] for line in f if len(line.split()) > 4}
+    except OSError as e:
+        return "cannot read /proc/self/mountinfo: %s" % e
+    if "/" not in points:
+        return ("/ is not a mount point (a chroot): mounts made in a private "
+                "namespace could not be kept from the host")
+    return None
+
+
 def set_resolv_conf(resolv_conf, text):
     """Rewrites the test's resolv.conf (seen as /etc/resolv.conf inside the
     namespace); each new process reads it afresh."""

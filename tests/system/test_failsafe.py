@@ -10,6 +10,7 @@ import os
 import pytest
 
 import failsafe
+import namespace
 from failsafe import (CANDIDATE, CANDIDATE6, CONFIGURED, DUAL, ELSEWHERE,
                       FORWARDED, UNCHECKED)
 
@@ -26,6 +27,8 @@ BOTH = sorted([CANDIDATE, CANDIDATE6])
 
 @pytest.fixture(scope="module")
 def report():
+    if namespace.unavailable():
+        pytest.skip(namespace.unavailable())
     if os.geteuid() != 0:
         pytest.skip("needs root: makes network, mount and PID namespaces "
                     "(unshare) with its own /etc/resolv.conf")

@@ -4,11 +4,11 @@ fails under failure_mode = servfail fails as a whole (SERVFAIL for A and
 for AAAA, so EAI_AGAIN, never EAI_NODATA), and what the search list does
 with it (contrib/resolv.conf.md)."""
 
-import os
 
 import pytest
 
 import harness
+import namespace
 from namespace import getaddrinfo, run_in_namespace, set_resolv_conf
 
 WILDCARD = "127.0.0.77"     # the upstream's answer for anything under search.test
@@ -66,7 +66,8 @@ def lookups(workdir, resolv_confs, names):
     return run_in_namespace(workdir, body)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="a private namespace needs root")
+@pytest.mark.skipif(namespace.unavailable() is not None,
+                    reason=str(namespace.unavailable()))
 def test_failing_name_is_eai_again(workdir):
     """Every candidate down under failure_mode = servfail: SERVFAIL for A
     and for AAAA (the name has no IPv6 address), so getaddrinfo reports

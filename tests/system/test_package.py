@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import harness
+import namespace
 from namespace import run_in_namespace, set_resolv_conf
 from statehelpers import name_block, wait_sql
 
@@ -203,6 +204,8 @@ def test_conffile_is_all_comments_and_its_example_is_valid():
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="a private namespace needs root")
+@pytest.mark.skipif(namespace.unavailable() is not None,
+                    reason=str(namespace.unavailable()))
 def test_conffile_answers_no_name_until_edited(workdir):
     """In a private namespace whose /etc/resolv.conf names a loopback
     resolver (as a host's does at install), hard started with the shipped

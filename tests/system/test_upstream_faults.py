@@ -21,6 +21,7 @@ import dns.rrset
 import pytest
 
 import harness
+import namespace
 from namespace import run_in_namespace, set_resolv_conf
 from harness import addresses
 from statehelpers import sql, wait_log, wait_sql
@@ -241,7 +242,8 @@ def test_refusing_upstream_answers_a_and_aaaa_pair_at_once(start_hard, upstream,
     h.assert_alive()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="a private namespace needs root")
+@pytest.mark.skipif(namespace.unavailable() is not None,
+                    reason=str(namespace.unavailable()))
 def test_getent_through_refusing_upstream(workdir):
     """glibc's getaddrinfo(AF_UNSPEC), as `getent ahosts`, in a private
     namespace whose resolv.conf names hard: with the only nameserver
