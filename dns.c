@@ -52,19 +52,6 @@ struct query {
 	int dnssec_ok;
 };
 
-static inline uint16_t
-read16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] << 8 | p[1]);
-}
-
-static inline void
-write16(uint8_t *p, uint16_t value)
-{
-	p[0] = (uint8_t)(value >> 8);
-	p[1] = (uint8_t)value;
-}
-
 static inline void
 write32(uint8_t *p, uint32_t value)
 {

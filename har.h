@@ -28,6 +28,20 @@
 #define DNS_MAX_UDP 65535
 #define DNS_EDNS_ADVERTISED 1232
 
+/* Big-endian 16-bit fields of DNS messages (dns.c, relay.c). */
+static inline uint16_t
+read16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] << 8 | p[1]);
+}
+
+static inline void
+write16(uint8_t *p, uint16_t value)
+{
+	p[0] = (uint8_t)(value >> 8);
+	p[1] = (uint8_t)value;
+}
+
 /* ---------------------------------------------------------------- log.c */
 
 void log_init(const char *program, int foreground, int debug);

@@ -83,19 +83,6 @@ struct relay_last relay_last;
 static uint8_t rebuilt[DNS_MAX_UDP];
 static uint8_t own[DNS_MAX_UDP];
 
-static inline uint16_t
-read16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] << 8 | p[1]);
-}
-
-static inline void
-write16(uint8_t *p, uint16_t value)
-{
-	p[0] = (uint8_t)(value >> 8);
-	p[1] = (uint8_t)value;
-}
-
 /* ------------------------------------------------------- the walk */
 
 /* One record of a message, where the walk found it. */
