@@ -166,3 +166,13 @@ def start_scripted_upstream():
     yield start
     for s in started:
         s.stop()
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory others can traverse (pytest's own are root-only 0700),
+    for a hard that runs as nobody."""
+    d = tempfile.mkdtemp(prefix="har-shared-")
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

@@ -4,10 +4,8 @@ the pidfile, privilege drop, daemon mode, -V/-h/-t, and the man pages."""
 import os
 import pwd
 import re
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 
 import pytest
@@ -99,16 +97,6 @@ def test_second_instance_refused(workdir, start_hard, up):
     h2 = start_hard(body, upstream=up, args=("-f", "-p", pidfile))
     wait_pidfile(pidfile, h2.pid)
     assert answer(h2, "p.test") == [A]
-
-
-@pytest.fixture
-def shared_dir():
-    """A directory others can traverse (pytest's own are root-only 0700),
-    for a hard that runs as nobody."""
-    d = tempfile.mkdtemp(prefix="har-priv-")
-    os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def test_privilege_drop(workdir, shared_dir, start_hard, start_http, up):

@@ -12,7 +12,6 @@ taken, an invalid configuration)."""
 import os
 import pwd
 import re
-import shutil
 import subprocess
 import tempfile
 
@@ -27,16 +26,6 @@ A = "127.0.0.2"
 @pytest.fixture
 def tmpfs():
     yield from tmpfs_mounts()
-
-
-@pytest.fixture
-def shared_dir():
-    """A directory others can traverse (the workdir is root-only 0700),
-    for a hard that runs as nobody."""
-    d = tempfile.mkdtemp(prefix="har-start-")
-    os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
