@@ -10,6 +10,9 @@ DOCDIR = $(PREFIX)/share/doc/har
 # systemd reads units from /usr/local/lib/systemd/system and /usr/lib/...
 UNITDIR = $(PREFIX)/lib/systemd/system
 PYTHON = /usr/bin/python3
+# The system tests mostly wait on events, so several run at once
+# (pytest-xdist); tests/system/conftest.py keeps the heavy ones apart.
+TEST_JOBS = 3
 
 CC ?= cc
 PKGS = libcares libcurl sqlite3 libconfuse liburiparser ldns libssl libcrypto
@@ -63,7 +66,8 @@ unit: $(UNIT_TESTS)
 	@failed=0; for t in $(UNIT_TESTS); do ./$$t || failed=1; done; exit $$failed
 
 system: hard
-	HAR_SANITIZED=$(SANITIZE) $(PYTHON) -m pytest -q tests/system $(PYTEST_ARGS)
+	HAR_SANITIZED=$(SANITIZE) $(PYTHON) -m pytest -q -n $(TEST_JOBS) \
+	    --dist loadgroup tests/system $(PYTEST_ARGS)
 
 bench:
 	@contrib/install-deps bench

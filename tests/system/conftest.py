@@ -15,11 +15,36 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
 
+# Tests that load the machine themselves (dnsperf at a steady rate,
+# valgrind, a namespace with its own resolvers): `make test` runs the suite
+# on several workers (pytest-xdist, --dist loadgroup), and these share one
+# group so that only one of them runs at a time; the light tests beside it
+# are what a loaded machine looks like, which every test must stand.
+HEAVY = (
+    "test_load.py::",
+    "test_valgrind.py::",
+    "test_failsafe.py::",
+    "test_reload.py::test_reload_under_load",
+    "test_store.py::test_kill_9_under_load",
+    "test_upstream.py::test_forward_flood_is_bounded",
+    "test_upstream_faults.py::test_silent_upstream_load_is_bounded",
+)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "xdist_group(name): tests pytest-xdist runs on one worker")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     if not os.access(harness.HARD, os.X_OK):
         skip = pytest.mark.skip(reason="%s not built (run make)" % harness.HARD)
         for item in items:
             item.add_marker(skip)
+    for item in items:
+        if any(h in item.nodeid for h in HEAVY):
+            item.add_marker(pytest.mark.xdist_group("heavy"))
 
 
 @pytest.fixture

@@ -59,6 +59,7 @@ PROGRAMS = {
 PYTHON_MODULES = {
     "dns": "python3-dnspython",
     "pytest": "python3-pytest",
+    "xdist": "python3-pytest-xdist",
     "prometheus_client": "python3-prometheus-client",
 }
 

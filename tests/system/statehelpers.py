@@ -70,7 +70,7 @@ def candidates(db, name=None):
     return {(r["candidate_name"], r["ip_address"]): r for r in sql(db, q)}
 
 
-def wait_sql(db, query, predicate, timeout=5.0, what=None, interval=0.05):
+def wait_sql(db, query, predicate, timeout=20.0, what=None, interval=0.05):
     """Polls query until predicate(rows) is true; returns the rows."""
     last = [None]
 

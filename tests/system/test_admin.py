@@ -69,7 +69,7 @@ def test_drain_and_back_keeps_health(workdir, start_hard, start_http, up):
     h = start_hard(body(None), upstream=up, data_file=db)
     wait_answer(h, "www.test", [A])
     wait_sql(db, "SELECT count(*) AS n FROM candidates WHERE checks = 1",
-             lambda r: r[0]["n"] == 2, timeout=6)
+             lambda r: r[0]["n"] == 2)
     before = candidates(db, "www.test")[("a", A)]
     assert before["admin_state"] == "auto" and before["healthy"] == 1, before
     requests = len(sa.request_log())
@@ -81,7 +81,7 @@ def test_drain_and_back_keeps_health(workdir, start_hard, start_http, up):
     wait_answer_within(h, "www.test", [B], t, 3.0)
     wait_log(h, r"www\.test candidate a: admin_state auto -> drain")
     row = wait_sql(db, "SELECT * FROM candidates WHERE candidate_name = 'a'",
-                   lambda r: r[0]["admin_state"] == "drain", timeout=5)[0]
+                   lambda r: r[0]["admin_state"] == "drain")[0]
     for column in ("healthy", "rtt", "checks", "last_check_time", "successes"):
         assert row[column] == before[column], (column, row, before)
     view = ranking(db, "www.test")
@@ -95,7 +95,7 @@ def test_drain_and_back_keeps_health(workdir, start_hard, start_http, up):
     wait_answer_within(h, "www.test", [A], t, 3.0)
     wait_log(h, r"www\.test candidate a: admin_state drain -> auto")
     row = wait_sql(db, "SELECT * FROM candidates WHERE candidate_name = 'a'",
-                   lambda r: r[0]["admin_state"] == "auto", timeout=5)[0]
+                   lambda r: r[0]["admin_state"] == "auto")[0]
     for column in ("healthy", "rtt", "checks", "last_check_time", "successes"):
         assert row[column] == before[column], (column, row, before)
     assert len(sa.request_log()) == requests, "a reload of admin_state checked again"
@@ -118,7 +118,7 @@ def test_down_survives_failure_mode_all(workdir, start_hard, start_http, up):
                               check_frequency=0.3),
                    upstream=up, data_file=db)
     wait_sql(db, "SELECT count(*) AS n FROM candidates WHERE healthy = 0",
-             lambda r: r[0]["n"] == 2, timeout=6)
+             lambda r: r[0]["n"] == 2)
     for _ in range(5):
         assert answer(h, "www.test") == [B]
     view = ranking(db, "www.test")
@@ -128,7 +128,7 @@ def test_down_survives_failure_mode_all(workdir, start_hard, start_http, up):
     checks = sql_value(db, "SELECT checks FROM candidates WHERE candidate_name = 'a'")
     sa.set(status=200)
     wait_sql(db, "SELECT healthy, checks FROM candidates WHERE candidate_name = 'a'",
-             lambda r: r[0]["healthy"] == 1 and r[0]["checks"] > checks, timeout=6)
+             lambda r: r[0]["healthy"] == 1 and r[0]["checks"] > checks)
     # healthy but down: still not answered; b fails open alone
     for _ in range(5):
         assert answer(h, "www.test") == [B]
@@ -149,10 +149,10 @@ def test_up_answered_while_its_server_is_down(workdir, start_hard, start_http, u
     assert addresses(h.query("www.test")) == [B, A]
     sb.set(status=500)
     wait_sql(db, "SELECT count(*) AS n FROM candidates WHERE healthy = 0",
-             lambda r: r[0]["n"] == 2, timeout=6)
+             lambda r: r[0]["n"] == 2)
     wait_answer(h, "www.test", [A])
     row = wait_sql(db, "SELECT * FROM candidates WHERE candidate_name = 'a'",
-                   lambda r: r[0]["checks"] >= 3, timeout=6)[0]
+                   lambda r: r[0]["checks"] >= 3)[0]
     assert (row["healthy"], row["last_check_status"], row["admin_state"]) \
         == (0, 500, "up"), row
     assert row["successes"] == 0 and row["response_errors"] == row["checks"], row
@@ -179,7 +179,7 @@ def test_drain_status_from_the_server(workdir, start_hard, start_http, up):
     wait_answer(h, "www.test", [B], timeout=6)
     wait_log(h, r"www\.test candidate a address 127\.0\.0\.2 is draining \(HTTP 503\)")
     row = wait_sql(db, "SELECT * FROM candidates WHERE candidate_name = 'a'",
-                   lambda r: r[0]["draining"] == 1, timeout=5)[0]
+                   lambda r: r[0]["draining"] == 1)[0]
     assert (row["healthy"], row["last_check_status"], row["admin_state"]) \
         == (1, 503, "auto"), row
     assert row["rtt"] is not None and row["response_errors"] == 0, row
@@ -193,7 +193,7 @@ def test_drain_status_from_the_server(workdir, start_hard, start_http, up):
     sb.set(status=500)
     wait_answer(h, "www.test", [A], timeout=6)
     wait_sql(db, "SELECT reason, answered FROM ranking WHERE ip_address = '%s'" % A,
-             lambda r: r == [{"reason": "draining", "answered": 1}], timeout=5)
+             lambda r: r == [{"reason": "draining", "answered": 1}])
 
     # b healthy again: a leaves; a no longer draining: back as the fastest
     sb.set(status=200)
@@ -202,7 +202,7 @@ def test_drain_status_from_the_server(workdir, start_hard, start_http, up):
     wait_answer(h, "www.test", [A], timeout=6)
     wait_log(h, r"candidate a address 127\.0\.0\.2 is no longer draining \(HTTP 200\)")
     wait_sql(db, "SELECT draining FROM candidates WHERE candidate_name = 'a'",
-             lambda r: r == [{"draining": 0}], timeout=5)
+             lambda r: r == [{"draining": 0}])
 
 
 def test_draining_server_that_fails_stays_drained(workdir, start_hard,
@@ -248,12 +248,11 @@ def test_data_file_of_schema_1_upgraded(workdir, start_hard, start_http, up):
                    upstream=up, data_file=db)
     # Upgraded before the first answer; waited for all the same, since
     # wait_ready may return (after its 2 s) before a slow start is done.
-    wait_sql(db, "PRAGMA user_version", lambda r: r[0]["user_version"] == 4,
-             timeout=10)
+    wait_sql(db, "PRAGMA user_version", lambda r: r[0]["user_version"] == 4)
     # restored healthy and drained: the last address, so answered
     assert answer(h, "www.test") == [A]
     row = wait_sql(db, "SELECT * FROM candidates",
-                   lambda r: r[0]["admin_state"] == "drain", timeout=5)[0]
+                   lambda r: r[0]["admin_state"] == "drain")[0]
     assert (row["healthy"], row["rtt"], row["draining"]) == (1, 0.004, 0), row
     assert ranking(db, "www.test")[A]["reason"] == "admin drain"
     h.assert_alive()
@@ -324,7 +323,7 @@ def test_drain_status_needs_no_body(workdir, start_hard, start_http, up):
     sa.set(status=299, body="draining")
     wait_answer(h, "www.test", [B])
     row = wait_sql(db, "SELECT healthy, draining FROM candidates WHERE candidate_name = 'a'",
-                   lambda r: r[0]["draining"] == 1, timeout=6)
+                   lambda r: r[0]["draining"] == 1)
     assert row[0]["healthy"] == 1
     sb.set(status=500)
     wait_answer(h, "www.test", [A])     # the draining one, as the last resort
@@ -358,7 +357,7 @@ def test_admin_state_holds_on_a_shared_address(workdir, start_hard, start_http,
     assert_answers(h, {"www.test": [B]}, duration=1.5, max_latency=2.0)
     rows = wait_sql(db, "SELECT candidate_name, reason, answered FROM ranking"
                     " WHERE ip_address = '%s' ORDER BY candidate_name" % A,
-                    lambda r: len(r) == 2, timeout=5)
+                    lambda r: len(r) == 2)
     assert rows == [{"candidate_name": c, "reason": "admin " + state, "answered": 0}
                     for c in ("one", "two")], rows
     sb.stop()

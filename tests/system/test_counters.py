@@ -217,7 +217,7 @@ def test_upstream_counters_live_and_silent(start_hard, up, silent_upstream, work
                    extra="resolver_timeout = 0.3\nresolver_total_timeout = 1.0\n")
     assert harness.answer(h, "fwd.test") == ["192.0.2.1"]
     rows = wait_sql(db, "SELECT * FROM nameservers ORDER BY position",
-                    lambda r: len(r) == 2 and r[0]["timeouts"] == 1, timeout=4)
+                    lambda r: len(r) == 2 and r[0]["timeouts"] == 1)
     assert [r["nameserver"] for r in rows] == [silent, live]
     assert {k: rows[0][k] for k in ("up", "queries", "timeouts", "errors")} == \
         {"up": 0, "queries": 1, "timeouts": 1, "errors": 0}, rows[0]
@@ -233,7 +233,7 @@ def test_upstream_counters_live_and_silent(start_hard, up, silent_upstream, work
                              {"rcode": "NXDOMAIN", "replies": 1}])
     # Probes of the silent one (one a second at most) end in timeouts too.
     rows = wait_sql(db, "SELECT * FROM nameservers ORDER BY position",
-                    lambda r: r[0]["queries"] == r[0]["timeouts"], timeout=4)
+                    lambda r: r[0]["queries"] == r[0]["timeouts"])
     assert rows[1]["queries"] == 5 and rows[1]["up"] == 1, rows
     assert rows[0]["up"] == 0 and rows[0]["queries"] >= 1, rows
     assert sql(db, "SELECT * FROM nameserver_replies WHERE nameserver = '%s'"

@@ -120,11 +120,10 @@ def test_privilege_drop(workdir, shared_dir, start_hard, start_http, up):
         assert os.stat(d).st_uid == nobody.pw_uid, "%s not owned by nobody" % d
     assert os.stat(db).st_uid == nobody.pw_uid
     # written after the drop, and still being written
-    wait_sql(db, "SELECT checks FROM candidates", lambda r: r and r[0]["checks"] >= 2,
-             timeout=6)
+    wait_sql(db, "SELECT checks FROM candidates", lambda r: r and r[0]["checks"] >= 2)
     first = sql_value(db, "SELECT checks FROM candidates")
     wait_sql(db, "SELECT checks FROM candidates",
-             lambda r: r[0]["checks"] >= first + 2, timeout=6)
+             lambda r: r[0]["checks"] >= first + 2)
     assert "running as user nobody" in h.log()
     assert not [l for l in h.log().splitlines() if "cannot write data file" in l]
     assert answer(h, "fwd.test") == ["192.0.2.1"]
@@ -218,8 +217,7 @@ def test_daemon_mode(workdir, shared_dir, up):
         assert os.readlink("/proc/%d/cwd" % pid) == "/"
         for fd in (0, 1, 2):
             assert os.readlink("/proc/%d/fd/%d" % (pid, fd)) == "/dev/null"
-        wait_sql(db, "SELECT queries FROM names", lambda r: r and r[0]["queries"] >= 1,
-                 timeout=5)
+        wait_sql(db, "SELECT queries FROM names", lambda r: r and r[0]["queries"] >= 1)
         os.kill(pid, signal.SIGTERM)
         harness.wait_until(lambda: not pid_alive(pid), 5, what="the daemon to stop")
         assert not os.path.exists(pidfile)

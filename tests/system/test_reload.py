@@ -102,7 +102,7 @@ def test_reload_under_load(workdir, start_hard, start_http, start_upstream):
     assert answer(h, "status.test") == ["192.0.2.50"]
     assert answer(h, "new.test") == ["192.0.2.60"]
     wait_sql(db, "SELECT count(*) AS n FROM candidates WHERE name = 'gone.test'",
-             lambda r: r[0]["n"] == 1, timeout=5)
+             lambda r: r[0]["n"] == 1)
 
     phases = Phases({
         "keep.test": {(A, B)}, "new.test": {("192.0.2.60",)},
@@ -149,7 +149,7 @@ def test_reload_under_load(workdir, start_hard, start_http, start_upstream):
         wait_sql(db, "SELECT (SELECT count(*) FROM candidates WHERE name = 'gone.test')"
                  " + (SELECT count(*) FROM checks WHERE name = 'gone.test')"
                  " + (SELECT count(*) FROM names WHERE name = 'gone.test') AS n",
-                 lambda r: r[0]["n"] == 0, timeout=5)
+                 lambda r: r[0]["n"] == 0)
 
         # 3. a candidate list changes: b goes at once, a keeps its health
         #    (never SERVFAIL), c joins after its first check
@@ -326,7 +326,7 @@ def test_reload_keeps_state_and_schedules(workdir, start_hard, start_http, up_de
     wait_answer(h, "keep.test", [A], timeout=5)
     wait_answer(h, "other.test", [B], timeout=5)
     wait_sql(db, "SELECT count(*) AS n FROM candidates WHERE healthy = 1",
-             lambda r: r[0]["n"] == 2, timeout=5)
+             lambda r: r[0]["n"] == 2)
     before = candidates(db, "keep.test")
     requests = len(sa.request_log())
     assert requests == 1
@@ -346,7 +346,7 @@ def test_reload_keeps_state_and_schedules(workdir, start_hard, start_http, up_de
     time.sleep(1.2)
     assert len(sa.request_log()) == requests, "a kept address was checked again"
     wait_sql(db, "SELECT ttl FROM names WHERE name = 'keep.test'",
-             lambda r: r == [{"ttl": 5}], timeout=5)
+             lambda r: r == [{"ttl": 5}])
     after = candidates(db, "keep.test")
     for k in ("healthy", "successes", "checks", "last_check_time", "rtt"):
         assert after[("a", A)][k] == before[("a", A)][k], (k, before, after)
@@ -376,15 +376,15 @@ def test_reload_lowering_check_history_trims_rows(workdir, start_hard,
     db = os.path.join(workdir, "har.db")
     h = start_hard(body, upstream=up_default, data_file=db, extra="check_history = 10\n")
     count = "SELECT count(*) AS n FROM checks"
-    wait_sql(db, count, lambda r: r[0]["n"] == 10, timeout=10,
+    wait_sql(db, count, lambda r: r[0]["n"] == 10,
              what="10 history rows")
     reload(h, body, up_default, data_file=db, extra="check_history = 3\n")
     wait_log(h, "reloaded")
-    wait_sql(db, count, lambda r: r[0]["n"] == 3, timeout=6,
+    wait_sql(db, count, lambda r: r[0]["n"] == 3,
              what="history trimmed to 3 rows")
     newest = sql(db, "SELECT max(time) AS t FROM checks")[0]["t"]
     wait_sql(db, "SELECT count(*) AS n, max(time) AS t FROM checks",
-             lambda r: r[0]["n"] == 3 and r[0]["t"] > newest + 0.3, timeout=6,
+             lambda r: r[0]["n"] == 3 and r[0]["t"] > newest + 0.3,
              what="new checks still written, 3 rows kept")
 
 

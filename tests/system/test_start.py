@@ -195,7 +195,7 @@ def test_data_file_opens_once_it_can(shared_dir, up):
         assert_logged_once(h.log(), db, "Permission denied")
         os.chmod(private, 0o700)
         wait_sql(db, "SELECT count(*) AS n FROM candidates WHERE ip_address = '%s'" % A,
-                 lambda rows: rows and rows[0]["n"] == 1, timeout=15)
+                 lambda rows: rows and rows[0]["n"] == 1)
         harness.wait_until(lambda: "data file %s is open again" % db in h.log(),
                            5, what="the log to say the file is open")
     finally:

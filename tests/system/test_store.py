@@ -99,8 +99,7 @@ def test_schema_wal_and_missing_directory(workdir, start_hard, start_http, up):
     db = db_path(workdir, "not", "yet", "there")
     h = start_hard(name_block("www.test", [("a", s.url())]), upstream=up,
                    data_file=db)
-    wait_sql(db, "SELECT healthy FROM candidates", lambda r: r == [{"healthy": 1}],
-             timeout=3)
+    wait_sql(db, "SELECT healthy FROM candidates", lambda r: r == [{"healthy": 1}])
     for table, required in REQUIRED_COLUMNS.items():
         missing = required - columns(db, table)
         assert not missing, "%s lacks %s" % (table, missing)
@@ -139,8 +138,7 @@ def test_rows_statuses_counters_and_history(workdir, start_hard, start_http,
             ("www.test", "slow", D), ("tcp.test", "t", A)}
 
     # hard creates the file (WAL mode, schema) right after it listens
-    wait_sql(db, "PRAGMA user_version", lambda r: r == [{"user_version": 4}],
-             timeout=2)
+    wait_sql(db, "PRAGMA user_version", lambda r: r == [{"user_version": 4}])
     # rows appear within a second of the first check of each address
     first_seen = {}
     deadline = time.monotonic() + 4
@@ -163,7 +161,7 @@ def test_rows_statuses_counters_and_history(workdir, start_hard, start_http,
         [{"name": "tcp.test"}, {"name": "www.test"}]
     # enough checks for the history ring (5) to have wrapped
     wait_sql(db, "SELECT min(checks) AS n FROM candidates",
-             lambda r: r[0]["n"] and r[0]["n"] >= 7, timeout=12)
+             lambda r: r[0]["n"] and r[0]["n"] >= 7)
     rows = {(r["name"], r["candidate_name"], r["ip_address"]): r
             for r in sql(db, "SELECT * FROM candidates")}
     assert set(rows) == keys
@@ -260,7 +258,7 @@ def test_queries_counts_only_answered(workdir, start_hard, start_http, up):
     for rdtype in ("TXT", "MX", "TXT"):  # other types: forwarded
         h.query("q.test", rdtype)
     assert answer(h, "fwd.test") == ["192.0.2.1"]
-    wait_sql(db, query, lambda r: r and r[0]["queries"] == base + 8, timeout=2,
+    wait_sql(db, query, lambda r: r and r[0]["queries"] == base + 8,
              what="queries = %d + 8" % base)
     time.sleep(0.6)
     assert sql_value(db, query) == base + 8, "forwarded queries were counted"
@@ -296,7 +294,7 @@ def test_ranking_equals_answers(workdir, start_hard, start_http, up):
     h = start_hard(body, upstream=up, data_file=db)
     wait_answer(h, "all.test", [A, B, C])
     wait_sql(db, "SELECT count(*) AS n FROM candidates WHERE healthy IS NOT NULL",
-             lambda r: r[0]["n"] == 16, timeout=6)
+             lambda r: r[0]["n"] == 16)
     time.sleep(0.6)  # a couple more samples for the smoothed RTTs
 
     ranking, left_out = {}, {}
@@ -347,7 +345,7 @@ def test_ranking_equals_answers(workdir, start_hard, start_http, up):
     sa.set(status=503)
     wait_answer(h, "best.test", [B])
     wait_sql(db, "SELECT ip_address FROM ranking WHERE name = 'best.test' AND rank = 1",
-             lambda r: r == [{"ip_address": B}], timeout=2)
+             lambda r: r == [{"ip_address": B}])
     assert [r["ip_address"] for r in sql(
         db, "SELECT ip_address FROM ranking WHERE name = 'all.test' AND answered"
         " ORDER BY rank")] == addresses(h.query("all.test")) == [B, C]
@@ -367,7 +365,7 @@ def test_warm_start(workdir, start_hard, start_http, up):
     h = start_hard(body, upstream=up, data_file=db)
     wait_answer(h, "warm.test", [A])
     wait_sql(db, "SELECT count(*) AS n FROM candidates WHERE checks >= 2",
-             lambda r: r[0]["n"] == 2, timeout=3)
+             lambda r: r[0]["n"] == 2)
     for _ in range(5):
         assert answer(h, "warm.test") == [A]
     assert h.stop() == 0
@@ -394,15 +392,13 @@ def test_warm_start(workdir, start_hard, start_http, up):
     assert candidates(db, "warm.test") == before
     # the query counter goes on from the recorded value (7 more queries)
     wait_sql(db, "SELECT queries FROM names WHERE name = 'warm.test'",
-             lambda r: r and r[0]["queries"] >= queries + 7, timeout=5)
+             lambda r: r and r[0]["queries"] >= queries + 7)
     # after the first checks, counters continue from the restored values
     wait_sql(db, "SELECT checks FROM candidates WHERE candidate_name = 'a'",
-             lambda r: r and r[0]["checks"] > before[("a", A)]["checks"],
-             timeout=15)
+             lambda r: r and r[0]["checks"] > before[("a", A)]["checks"])
     wait_answer(h2, "warm.test", [A, B], timeout=15)
     wait_sql(db, "SELECT checks FROM candidates WHERE candidate_name = 'b'",
-             lambda r: r and r[0]["checks"] > before[("b", B)]["checks"],
-             timeout=5)
+             lambda r: r and r[0]["checks"] > before[("b", B)]["checks"])
     after = candidates(db, "warm.test")
     new_a = after[("a", A)]["checks"] - before[("a", A)]["checks"]
     new_b = after[("b", B)]["checks"] - before[("b", B)]["checks"]
@@ -437,18 +433,16 @@ def test_older_file_upgraded_and_unknown_health(workdir, start_hard, start_http,
     assert len(row) == 1 and row[0]["healthy"] is None, row
     wait_answer(h, "old.test", [A], timeout=8)
     wait_sql(db, "SELECT healthy, last_check_status, checks FROM candidates",
-             lambda r: r == [{"healthy": 1, "last_check_status": 200, "checks": 1}],
-             timeout=5)
+             lambda r: r == [{"healthy": 1, "last_check_status": 200, "checks": 1}])
     # the old query count is kept and goes on
-    wait_sql(db, "SELECT queries FROM names", lambda r: r[0]["queries"] >= 43, timeout=5)
+    wait_sql(db, "SELECT queries FROM names", lambda r: r[0]["queries"] >= 43)
     # version 4: the address's share (its name does not spill: no group)
     assert sql(db, "SELECT overprovisioning FROM names") == [{"overprovisioning": 0}]
     wait_sql(db, "SELECT latency_group, share, answered FROM ranking",
-             lambda r: r == [{"latency_group": None, "share": 1, "answered": 1}],
-             timeout=5)
+             lambda r: r == [{"latency_group": None, "share": 1, "answered": 1}])
     assert REQUIRED_COLUMNS["names"] <= columns(db, "names")
     row = wait_sql(db, "SELECT last_query_time, idle FROM names",
-                   lambda r: r[0]["last_query_time"] is not None, timeout=5)[0]
+                   lambda r: r[0]["last_query_time"] is not None)[0]
     assert abs(row["last_query_time"] - time.time()) < 10 and row["idle"] == 0, row
 
 
@@ -491,9 +485,9 @@ def test_null_keys_and_bad_values_restored_safely(workdir, start_hard,
     null_rows = ("SELECT (SELECT count(*) FROM names WHERE name IS NULL)"
                  " + (SELECT count(*) FROM candidates WHERE name IS NULL"
                  " OR candidate_name IS NULL OR ip_address IS NULL) AS n")
-    wait_sql(db, null_rows, lambda r: r[0]["n"] == 0, timeout=5)
+    wait_sql(db, null_rows, lambda r: r[0]["n"] == 0)
     row = wait_sql(db, "SELECT * FROM candidates WHERE candidate_name = 'a'",
-                   lambda r: r and r[0]["checks"] >= 1, timeout=5)[0]
+                   lambda r: r and r[0]["checks"] >= 1)[0]
     assert row["healthy"] == 1 and 0 <= row["rtt"] < 1, row
     assert sql_value(db, "SELECT queries FROM names WHERE name = 'www.test'") >= 1
     assert len(log_lines(h, skipped)) == 1, h.log()
@@ -523,8 +517,7 @@ def test_reload_to_read_only_file_system(workdir, tmpfs, start_hard, start_http,
     body = name_block("ro.test", cands, check_frequency=0.3)
     body += name_block("idle.test", [("i", s.url())], check_frequency=3600)
     h = start_hard(body, upstream=up, data_file=db1)
-    wait_sql(db1, "SELECT count(*) AS n FROM candidates", lambda r: r[0]["n"] == 3,
-             timeout=3)
+    wait_sql(db1, "SELECT count(*) AS n FROM candidates", lambda r: r[0]["n"] == 3)
     for _ in range(4):
         assert answer(h, "ro.test") == [A]
     reload(h, body, up, data_file=db2)
@@ -537,14 +530,13 @@ def test_reload_to_read_only_file_system(workdir, tmpfs, start_hard, start_http,
     fs.remount(readonly=False)
     # idle.test was checked once, long before: it is in the new file all the same
     rows = wait_sql(db2, "SELECT candidate_name, healthy, checks FROM candidates",
-                    lambda r: len(r) == 3 and all(x["healthy"] == 1 for x in r),
-                    timeout=12, what="the whole state in the new file")
+                    lambda r: len(r) == 3 and all(x["healthy"] == 1 for x in r), what="the whole state in the new file")
     assert {r["candidate_name"]: r["checks"] for r in rows}["i"] == 1, rows
     # the 4 queries before the reload are in the new file; the queries of
     # the read-only stretch may be in the same write or a later one
     wait_sql(db2, "SELECT name, queries FROM names ORDER BY name",
              lambda r: [x["name"] for x in r] == ["idle.test", "ro.test"] and
-             r[0]["queries"] == 0 and r[1]["queries"] >= 4, timeout=4)
+             r[0]["queries"] == 0 and r[1]["queries"] >= 4)
     wait_log(h, r"data file .*ro/har\.db is open again")
     assert_answers(h, {"ro.test": [A]})
     assert len(log_lines(h, r"cannot open data file")) == 1
@@ -561,8 +553,7 @@ def test_disk_full(workdir, tmpfs, start_hard, start_http, up):
     cands = [("c%d" % i, s.url()) for i in range(4)]
     h = start_hard(name_block("full.test", cands, check_frequency=0.2),
                    upstream=up, data_file=db)
-    wait_sql(db, "SELECT count(*) AS n FROM candidates", lambda r: r[0]["n"] == 4,
-             timeout=3)
+    wait_sql(db, "SELECT count(*) AS n FROM candidates", lambda r: r[0]["n"] == 4)
     fs.fill()
     # The WAL is copied into the file after each batch and used again from
     # its start, so a batch fails once the file or the WAL has to grow (a
@@ -578,7 +569,7 @@ def test_disk_full(workdir, tmpfs, start_hard, start_http, up):
     fs.free()
     # everything checked meanwhile is written: the history is complete
     wait_sql(db, "SELECT sum(checks) AS n FROM candidates",
-             lambda r: r[0]["n"] >= frozen + 4 * 10, timeout=5,
+             lambda r: r[0]["n"] >= frozen + 4 * 10,
              what="catching up after space was freed")
     time.sleep(0.3)
     h.signal(signal.SIGTERM)
@@ -598,8 +589,7 @@ def test_exclusive_lock(workdir, start_hard, start_http, up):
     cands = [("c%d" % i, s.url()) for i in range(3)]
     h = start_hard(name_block("lock.test", cands, check_frequency=0.2),
                    upstream=up, data_file=db)
-    wait_sql(db, "SELECT count(*) AS n FROM candidates", lambda r: r[0]["n"] == 3,
-             timeout=3)
+    wait_sql(db, "SELECT count(*) AS n FROM candidates", lambda r: r[0]["n"] == 3)
     with exclusive_lock(db):
         wait_log(h, r"cannot write data file .*lock", timeout=3)
         frozen = sql_value(db, "SELECT sum(checks) FROM candidates")
@@ -609,7 +599,7 @@ def test_exclusive_lock(workdir, start_hard, start_http, up):
         assert len(log_lines(h, r"cannot write data file")) == 1, \
             "the lock should be logged once, not per write:\n%s" % h.log()[-3000:]
     wait_sql(db, "SELECT sum(checks) AS n FROM candidates",
-             lambda r: r[0]["n"] >= frozen + 3 * 10, timeout=5,
+             lambda r: r[0]["n"] >= frozen + 3 * 10,
              what="catching up after the lock was released")
     wait_log(h, r"written again")
     h.signal(signal.SIGTERM)
@@ -631,8 +621,7 @@ def test_garbage_file(workdir, start_hard, start_http, up):
     h = start_hard(name_block("junk.test", [("a", s.url())], check_frequency=0.3),
                    upstream=up, data_file=db)
     wait_answer(h, "junk.test", [A], timeout=3)
-    wait_sql(db, "SELECT healthy FROM candidates", lambda r: r == [{"healthy": 1}],
-             timeout=3)
+    wait_sql(db, "SELECT healthy FROM candidates", lambda r: r == [{"healthy": 1}])
     aside = [f for f in os.listdir(os.path.dirname(db)) if f.startswith("har.db.corrupt-")]
     assert len(aside) == 1, os.listdir(os.path.dirname(db))
     with open(os.path.join(os.path.dirname(db), aside[0]), "rb") as f:
@@ -657,7 +646,7 @@ def test_kill_9_under_load(workdir, start_hard, start_http, up):
         if not cycle:
             # the next start is warm only if this one wrote its state
             wait_sql(db, "SELECT count(*) AS n FROM candidates WHERE healthy = 1",
-                     lambda r: r[0]["n"] == 20, timeout=10)
+                     lambda r: r[0]["n"] == 20)
         time.sleep(0.8 + rng.random() * 0.5)
         t_kill = time.monotonic()
         os.kill(h.pid, signal.SIGKILL)
@@ -687,7 +676,7 @@ def test_kill_9_under_load(workdir, start_hard, start_http, up):
     assert len(log_lines(h, r"restored the state of 20 addresses")) == 1
     wait_sql(db, "SELECT count(*) AS n FROM candidates WHERE last_check_status = 200"
              " AND last_check_time > %f" % max(r["last_check_time"] for r in before.values()),
-             lambda r: r[0]["n"] == 20, timeout=10)
+             lambda r: r[0]["n"] == 20)
     after = candidates(db, "load.test")
     for k, r in after.items():
         new = r["checks"] - before[k]["checks"]
@@ -713,8 +702,7 @@ def test_reload_new_data_file_while_old_is_locked(workdir, start_hard,
     cands = [("c%d" % i, s.url()) for i in range(3)]
     body = name_block("lock.test", cands, check_frequency=0.2)
     h = start_hard(body, upstream=up, data_file=db1)
-    wait_sql(db1, "SELECT count(*) AS n FROM candidates", lambda r: r[0]["n"] == 3,
-             timeout=3)
+    wait_sql(db1, "SELECT count(*) AS n FROM candidates", lambda r: r[0]["n"] == 3)
     before = threads(h.pid)
     with exclusive_lock(db1):
         # the writer now holds a batch it cannot write
@@ -735,10 +723,9 @@ def test_reload_new_data_file_while_old_is_locked(workdir, start_hard,
         assert {r[4] for r in queries.results} == {(A,)}
         # the new file has every address at once, the old one is untouched
         wait_sql(db2, "SELECT count(*) AS n FROM candidates WHERE checks > 0"
-                 " AND healthy = 1", lambda r: r[0]["n"] == 3, timeout=3)
+                 " AND healthy = 1", lambda r: r[0]["n"] == 3)
         wait_sql(db2, "SELECT queries FROM names WHERE name = 'lock.test'",
-                 lambda r: r and r[0]["queries"] >= len(queries.results),
-                 timeout=3)
+                 lambda r: r and r[0]["queries"] >= len(queries.results))
         # the old writer gives up within its 2 s, with the lock still held
         wait_log(h, r"closing data file .*one/har\.db: still not writable",
                  timeout=4)
@@ -747,7 +734,7 @@ def test_reload_new_data_file_while_old_is_locked(workdir, start_hard,
                        what="the old writer thread to end and be joined")
     checks = sql_value(db2, "SELECT sum(checks) FROM candidates")
     wait_sql(db2, "SELECT sum(checks) AS n FROM candidates",
-             lambda r: r[0]["n"] >= checks + 6, timeout=6)
+             lambda r: r[0]["n"] >= checks + 6)
     h.signal(signal.SIGTERM)
     assert h.proc.wait(5) == 0
     h.expect_exit = True
@@ -769,8 +756,7 @@ def test_stop_with_locked_file(workdir, start_hard, start_http, up):
     body = name_block("stop.test", cands, check_frequency=0.2)
     # released 0.5 s into the stop: everything is written
     h = start_hard(body, upstream=up, data_file=db)
-    wait_sql(db, "SELECT count(*) AS n FROM candidates", lambda r: r[0]["n"] == 3,
-             timeout=3)
+    wait_sql(db, "SELECT count(*) AS n FROM candidates", lambda r: r[0]["n"] == 3)
     with exclusive_lock(db):
         wait_log(h, r"cannot write data file .*lock", timeout=3)
         frozen = sql_value(db, "SELECT sum(checks) FROM candidates")
@@ -816,7 +802,7 @@ def test_name_without_address_keeps_its_row(workdir, start_hard, start_http, up)
     for _ in range(5):
         answer(h, "nx.test")
     wait_sql(db, "SELECT queries FROM names WHERE name = 'nx.test'",
-             lambda r: r == [{"queries": 5}], timeout=3)
+             lambda r: r == [{"queries": 5}])
     # the same configuration, then one with another name added
     reload(h, body, up, data_file=db)
     wait_log(h, r"reloaded .*\(0 added")
@@ -826,20 +812,18 @@ def test_name_without_address_keeps_its_row(workdir, start_hard, start_http, up)
     body2 = body + name_block("new.test", [("b", s.url())], check_frequency=0.3)
     reload(h, body2, up, data_file=db)
     wait_log(h, r"reloaded .*\(1 added")
-    wait_sql(db, "SELECT count(*) AS n FROM candidates", lambda r: r[0]["n"] == 2,
-             timeout=3)
+    wait_sql(db, "SELECT count(*) AS n FROM candidates", lambda r: r[0]["n"] == 2)
     time.sleep(0.6)
     assert sql(db, "SELECT queries FROM names WHERE name = 'nx.test'") == \
         [{"queries": 5}]
     for _ in range(3):
         answer(h, "nx.test")
     wait_sql(db, "SELECT queries FROM names WHERE name = 'nx.test'",
-             lambda r: r == [{"queries": 8}], timeout=3)
+             lambda r: r == [{"queries": 8}])
     # a removed name's row goes
     reload(h, name_block("ok.test", [("a", s.url())], check_frequency=0.3), up,
            data_file=db)
-    wait_sql(db, "SELECT name FROM names", lambda r: r == [{"name": "ok.test"}],
-             timeout=3)
+    wait_sql(db, "SELECT name FROM names", lambda r: r == [{"name": "ok.test"}])
 
 
 def test_reload_back_to_a_file_still_closing(workdir, start_hard, start_http, up):
@@ -850,8 +834,7 @@ def test_reload_back_to_a_file_still_closing(workdir, start_hard, start_http, up
     db1, db2 = db_path(workdir, "one"), db_path(workdir, "two")
     body = name_block("back.test", [("c0", s.url())], check_frequency=0.2)
     h = start_hard(body, upstream=up, data_file=db1)
-    wait_sql(db1, "SELECT count(*) AS n FROM candidates", lambda r: r[0]["n"] == 1,
-             timeout=3)
+    wait_sql(db1, "SELECT count(*) AS n FROM candidates", lambda r: r[0]["n"] == 1)
     with exclusive_lock(db1):
         wait_log(h, r"cannot write data file .*one/har\.db.*lock", timeout=3)
         reload(h, body, up, data_file=db2)
@@ -863,7 +846,7 @@ def test_reload_back_to_a_file_still_closing(workdir, start_hard, start_http, up
             h.query("back.test", "A")
         wait_log(h, r"closing data file .*one/har\.db: still not writable", timeout=4)
     wait_sql(db1, "SELECT queries FROM names WHERE name = 'back.test'",
-             lambda r: r and r[0]["queries"] >= 7, timeout=4)
+             lambda r: r and r[0]["queries"] >= 7)
     h.assert_alive()
     h.signal(signal.SIGTERM)
     assert h.proc.wait(5) == 0
