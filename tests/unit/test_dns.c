@@ -1213,7 +1213,8 @@ add_raw_opt(uint8_t *out, size_t len, int count_at, const uint8_t *owner,
 	set16(out + len + 2, 1232);
 	set16(out + len + 8, rdlen);
 	len += 10;
-	memcpy(out + len, rdata, rdlen);
+	if (rdlen > 0)	/* memcpy's source may not be NULL, even for 0 bytes */
+		memcpy(out + len, rdata, rdlen);
 	set16(out + count_at, (uint16_t)(get16(out + count_at) + 1));
 	return len + rdlen;
 }
