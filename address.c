@@ -1,8 +1,8 @@
 /*
  * address.c - addresses, endpoints and host names: parsing IP literals,
- * "HOST:PORT" and nameserver endpoints, host names into DNS wire form,
- * and the forwarding loop guard that keeps hard from using its own
- * listener as a nameserver.
+ * "HOST:PORT", nameserver and metrics_listen endpoints, host names into
+ * DNS wire form, and the guards that keep hard from using its own
+ * listener as a nameserver or its metrics listener on a DNS one.
  */
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -125,6 +125,26 @@ endpoint_parse(const char *text, int default_port, struct endpoint *out)
 }
 
 /*
+ * A listening endpoint of hard's own (metrics_listen): "PORT" alone, on
+ * 127.0.0.1, or "IP:PORT", "[IPv6]:PORT"; unlike a nameserver, the port
+ * is never implied.
+ */
+int
+listen_endpoint_parse(const char *text, struct endpoint *out)
+{
+	char host[64], on_loopback[32];
+	int port = 0;
+
+	if (parse_port(text, &port) == 0) {
+		snprintf(on_loopback, sizeof(on_loopback), "127.0.0.1:%d", port);
+		return endpoint_parse(on_loopback, port, out);
+	}
+	if (split_host_port(text, host, sizeof(host), &port) != 0 || port == 0)
+		return -1;
+	return endpoint_parse(text, port, out);
+}
+
+/*
  * Converts a host name to lower-case wire form.  A trailing dot is
  * optional; labels are 1-63 octets of letters, digits, '-' or '_'.
  */
@@ -181,24 +201,28 @@ ip_is_loopback(int family, const uint8_t *bytes)
 	return memcmp(bytes, loopback6, 16) == 0;
 }
 
+/* The endpoint's address, as raw bytes of its family, and its port. */
+static const uint8_t *
+endpoint_bytes(const struct endpoint *endpoint, int *port)
+{
+	const struct sockaddr *sa = (const struct sockaddr *)&endpoint->addr;
+	const struct sockaddr_in *sin = (const void *)sa;
+	const struct sockaddr_in6 *sin6 = (const void *)sa;
+
+	if (sa->sa_family == AF_INET) {
+		*port = ntohs(sin->sin_port);
+		return (const uint8_t *)&sin->sin_addr;
+	}
+	*port = ntohs(sin6->sin6_port);
+	return (const uint8_t *)&sin6->sin6_addr;
+}
+
 static int
 endpoint_is_listener(const struct endpoint *endpoint, const struct config *config)
 {
-	const struct sockaddr *sa = (const struct sockaddr *)&endpoint->addr;
-	const uint8_t *bytes;
-	int port, family = sa->sa_family;
+	int port, family = endpoint->addr.ss_family;
+	const uint8_t *bytes = endpoint_bytes(endpoint, &port);
 
-	if (family == AF_INET) {
-		const struct sockaddr_in *sin = (const void *)sa;
-
-		bytes = (const uint8_t *)&sin->sin_addr;
-		port = ntohs(sin->sin_port);
-	} else {
-		const struct sockaddr_in6 *sin6 = (const void *)sa;
-
-		bytes = (const uint8_t *)&sin6->sin6_addr;
-		port = ntohs(sin6->sin6_port);
-	}
 	if (port != config->listen_port)
 		return 0;
 	for (int i = 0; i < config->bind_interface_count; i++) {
@@ -212,6 +236,44 @@ endpoint_is_listener(const struct endpoint *endpoint, const struct config *confi
 		/* A wildcard listener hears every local address; loopback
 		 * at least is surely ours. */
 		if (ip_is_wildcard(&listener) && ip_is_loopback(family, bytes))
+			return 1;
+	}
+	return 0;
+}
+
+int
+endpoint_is_loopback(const struct endpoint *endpoint)
+{
+	int port;
+	const uint8_t *bytes = endpoint_bytes(endpoint, &port);
+
+	return ip_is_loopback(endpoint->addr.ss_family, bytes);
+}
+
+/*
+ * Whether a TCP listener on endpoint and a DNS listener would want the
+ * same address and port: the same address, or a wildcard on either side
+ * (Linux refuses the second bind of such a pair).
+ */
+int
+endpoint_takes_dns_port(const struct endpoint *endpoint,
+			const struct config *config)
+{
+	int port, family = endpoint->addr.ss_family;
+	const uint8_t *bytes = endpoint_bytes(endpoint, &port);
+	struct ip_address ip = { .family = family };
+
+	if (port != config->listen_port)
+		return 0;
+	memcpy(ip.bytes, bytes, family == AF_INET ? 4 : 16);
+	for (int i = 0; i < config->bind_interface_count; i++) {
+		struct ip_address listener;
+
+		if (ip_address_parse(config->bind_interfaces[i], &listener) != 0 ||
+		    listener.family != family)
+			continue;
+		if (memcmp(listener.bytes, ip.bytes, family == AF_INET ? 4 : 16) == 0 ||
+		    ip_is_wildcard(&listener) || ip_is_wildcard(&ip))
 			return 1;
 	}
 	return 0;

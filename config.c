@@ -145,6 +145,7 @@ static cfg_opt_t global_options[] = {
 	CFG_FLOAT("first_round_wait", 1, CFGF_NONE),
 	CFG_INT("tcp_max_connections", 128, CFGF_NONE),
 	CFG_BOOL("log_queries", cfg_false, CFGF_NONE),
+	CFG_STR("metrics_listen", "", CFGF_NONE),
 	/* Multi only so that a second one can be refused at its line. */
 	CFG_SEC("defaults", defaults_options, CFGF_MULTI),
 	CFG_SEC("name", name_options, CFGF_MULTI | CFGF_TITLE | CFGF_NO_TITLE_DUPES),
@@ -893,6 +894,24 @@ nameservers_from_resolv_conf(struct config *config, const char *resolv_conf)
 	return 0;
 }
 
+/* A value that does not parse has been reported by its validator. */
+static void
+load_metrics_listen(struct config *config, cfg_t *cfg)
+{
+	const char *text = cfg_getstr(cfg, "metrics_listen");
+	struct endpoint endpoint;
+
+	if (!text || text[0] == '\0' || listen_endpoint_parse(text, &endpoint) != 0)
+		return;
+	if (endpoint_takes_dns_port(&endpoint, config)) {
+		report_at(config->file, 0, "metrics_listen %s is a DNS "
+			  "listener's address and port (dns_bind_interfaces, "
+			  "dns_listen_port)", endpoint.text);
+		return;
+	}
+	config->metrics_listen = endpoint;
+}
+
 static void
 load_globals(struct config *config, cfg_t *cfg, const char *resolv_conf)
 {
@@ -927,6 +946,7 @@ load_globals(struct config *config, cfg_t *cfg, const char *resolv_conf)
 	config->first_round_wait = cfg_getfloat(cfg, "first_round_wait");
 	config->tcp_max_connections = (int)cfg_getint(cfg, "tcp_max_connections");
 	config->log_queries = cfg_getbool(cfg, "log_queries") ? 1 : 0;
+	load_metrics_listen(config, cfg);
 }
 
 /* -------------------------------------------------------------- loading */

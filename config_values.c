@@ -299,6 +299,18 @@ check_endpoint(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
 			  opt->name, value);
 }
 
+static void
+check_listen_endpoint(cfg_t *cfg, cfg_opt_t *opt, unsigned index)
+{
+	struct endpoint endpoint;
+	const char *value = cfg_opt_getnstr(opt, index);
+
+	if (value[0] != '\0' && listen_endpoint_parse(value, &endpoint) != 0)
+		config_report(cfg->line,
+			  "%s: \"%s\" is not PORT, IP:PORT or [IPv6]:PORT "
+			  "(\"\" for none)", opt->name, value);
+}
+
 /*
  * What a start would trip over outside this file, checked here so that
  * `hard -t` and a reload refuse it too.  (The data file is not: a start
@@ -337,6 +349,7 @@ VALIDATOR(validate_expect_body, check_expect_body)
 VALIDATOR(validate_keyword, check_keyword)
 VALIDATOR(validate_ip, check_ip)
 VALIDATOR(validate_endpoint, check_endpoint)
+VALIDATOR(validate_listen_endpoint, check_listen_endpoint)
 VALIDATOR(validate_range, check_range)
 VALIDATOR(validate_user, check_user)
 VALIDATOR(validate_readable_file, check_readable_file)
@@ -370,6 +383,7 @@ config_install_validators(cfg_t *cfg)
 		cfg_validate_callback_t check;
 	} validators[] = {
 		{ "nameservers", validate_endpoint },
+		{ "metrics_listen", validate_listen_endpoint },
 		{ "dns_bind_interfaces", validate_ip },
 		{ "user", validate_user },
 		{ "name|http_headers", validate_http_header },

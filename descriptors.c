@@ -29,6 +29,10 @@ descriptors_reserved(const struct config *config)
 	    2 * (rlim_t)config->bind_interface_count +
 	    (rlim_t)upstream_descriptors_needed(config);
 
+	/* The metrics listener, its scrapers, and one more at the cap. */
+	if (config->metrics_listen.addr_len)
+		needed += METRICS_MAX_CONNECTIONS + 2;
+
 	/* A check in flight holds a socket: one per address at most. */
 	for (int i = 0; i < config->name_count; i++) {
 		const struct config_name *name = &config->names[i];

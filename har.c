@@ -442,6 +442,7 @@ reload(void)
 	if (!fresh) {
 		log_error("reload of %s failed; still running the previous configuration",
 			  options.config_file);
+		store_note_reload_failed();
 		return -1;
 	}
 	if (config_drop_own_listeners(fresh, report_to_log) == 0) {
@@ -449,6 +450,7 @@ reload(void)
 			  "still running the previous configuration",
 			  options.config_file);
 		config_free(fresh);
+		store_note_reload_failed();
 		return -1;
 	}
 	if (!same_endpoints(running_config, fresh)) {
@@ -459,6 +461,7 @@ reload(void)
 				  "still running the previous configuration",
 				  options.config_file);
 			config_free(fresh);
+			store_note_reload_failed();
 			return -1;
 		}
 		server = rebound;
@@ -474,8 +477,11 @@ reload(void)
 	registry_take_over(fresh_registry, registry);
 	registry = fresh_registry;
 	dns_server_set_registry(registry);
+	metrics_set_registry(registry);
 	check_start_all(loop, registry);
 	store_reconfigure(fresh, registry);
+	/* Not refused for it: a listener that cannot be bound is retried. */
+	metrics_reconfigure(fresh);
 	/* A SIGUSR1 choice stands until the file itself changes its mind. */
 	if (fresh->log_queries != running_config->log_queries)
 		query_log_set(fresh->log_queries || options.debug, "log_queries");
@@ -655,6 +661,12 @@ load_config_or_exit(void)
 		config_free(config);
 		exit(1);
 	}
+	if (options.test_only && config->metrics_listen.addr_len &&
+	    !endpoint_is_loopback(&config->metrics_listen))
+		fprintf(stderr, "%s%s: warning: metrics_listen %s is not a loopback "
+			"address: every host that can reach it can read the "
+			"metrics\n", log_stderr_prefix(LOG_WARNING),
+			options.config_file, config->metrics_listen.text);
 	if (options.test_only) {
 		printf("ok\n");
 		config_free(config);
@@ -679,6 +691,7 @@ absolute_config_path(void)
 static void
 shut_down(void)
 {
+	metrics_stop();
 	dns_server_stop(server);
 	upstream_stop();
 	store_close();		/* writes the last state */
@@ -736,10 +749,14 @@ main(int argc, char **argv)
 	registry = registry_create(running_config);
 	store_restore(registry);
 	dns_server_set_registry(registry);
+	metrics_set_registry(registry);
 	if (upstream_start(loop, running_config) != 0)
 		fail_start("cannot start the upstream resolver");
 	if (check_start_all(loop, registry) != 0)
 		fail_start("cannot start the health checks");
+	/* Before privileges are dropped, as the DNS listeners; a failure
+	 * is logged and retried, not fatal: DNS comes first. */
+	metrics_start(loop, running_config);
 	if (options.pid_file)
 		make_pid_directory(options.pid_file, user);
 	/* Everything that can fail has been tried: now detach, and write

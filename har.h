@@ -187,6 +187,7 @@ struct config {
 	double first_round_wait;	/* a cold start holds its listeners so long */
 	int tcp_max_connections;
 	int log_queries;	/* the query log on at start and reload */
+	struct endpoint metrics_listen;	/* addr_len 0: no metrics served */
 	/* The defaults section, read as a name without candidates (every
 	 * name already holds what it takes from it); line 0: the file has
 	 * none, and these are the built-in defaults. */
@@ -221,6 +222,12 @@ int config_same_http_request(const struct config_name *a,
 int ip_address_parse(const char *text, struct ip_address *out);
 void ip_address_format(const struct ip_address *ip, char *out, size_t size);
 int endpoint_parse(const char *text, int default_port, struct endpoint *out);
+/* "PORT" (on 127.0.0.1), "IP:PORT" or "[IPv6]:PORT": a port is required. */
+int listen_endpoint_parse(const char *text, struct endpoint *out);
+int endpoint_is_loopback(const struct endpoint *endpoint);
+/* Whether a TCP listener on endpoint would collide with a DNS listener. */
+int endpoint_takes_dns_port(const struct endpoint *endpoint,
+			    const struct config *config);
 int dns_name_to_wire(const char *name, uint8_t *wire, int *wire_len);
 /* A port 1-65535 in decimal; -1 otherwise. */
 int parse_port(const char *text, int *port);
@@ -751,8 +758,67 @@ void store_start(void);
 void store_record_check(const struct address *address, int success);
 void store_note_addresses_changed(void);
 void store_reconfigure(const struct config *config, struct registry *registry);
+/* A reload that failed: the daemon table and the metrics say so. */
+void store_note_reload_failed(void);
 void store_flush(void);
 void store_close(void);
+
+/*
+ * The daemon's own state for monitoring (the daemon table, metrics.c):
+ * store.c keeps it, as it sees every load of the configuration and the
+ * data file's writes.
+ */
+struct daemon_status {
+	const char *config_file;
+	double start_time;
+	double config_load_time;	/* the last load that succeeded */
+	double reload_time;		/* the last load tried: start or SIGHUP */
+	int reload_ok;
+	int has_data_file;		/* data_file is not "" */
+	int data_file_writable;	/* open, and its last write went in */
+	double data_file_write_time;	/* its last write that went in; NAN: none */
+};
+void store_daemon_status(struct daemon_status *out);
+
+/* ---------------------------------------------- metrics.c, metrics_text.c */
+
+/*
+ * GET /metrics on metrics_listen: hard's state in the Prometheus text
+ * format (version 0.0.4), from memory, served from the loop (metrics.c)
+ * in parts that metrics_text.c writes a name at a time, so a large text
+ * never holds the loop for long.  The metric names and labels are those
+ * of contrib/har-status --prometheus.
+ */
+#define METRICS_MAX_CONNECTIONS 8	/* scrapes served at once */
+/* Binds config's metrics_listen (a failure is logged and retried). */
+void metrics_start(struct ev_loop *loop, const struct config *config);
+/* A reload: the same endpoint keeps its socket; another is bound anew. */
+void metrics_reconfigure(const struct config *config);
+void metrics_set_registry(struct registry *registry);
+void metrics_stop(void);
+
+/* metrics_text.c: one scrape's text, written a part at a time. */
+struct metrics_buffer {
+	char *data;
+	size_t length;
+	size_t capacity;
+	int failed;		/* out of memory: the text is not whole */
+};
+struct metrics_text {
+	int family;		/* the family being written */
+	int item;		/* its next name or nameserver */
+	int header_written;	/* its HELP and TYPE lines */
+	struct daemon_status daemon;
+	struct upstream_counters *nameservers;
+	int nameserver_count;
+};
+/* Takes the daemon's and the nameservers' state for one scrape. */
+int metrics_text_begin(struct metrics_text *text);
+/* Appends the next part to out, whole names at a time, until out holds
+ * at least want bytes or the text ends (returns 1). */
+int metrics_text_next(struct metrics_text *text, const struct registry *registry,
+		      struct metrics_buffer *out, size_t want);
+void metrics_text_end(struct metrics_text *text);
 
 /* -------------------------------- config internals: config*.c only */
 
@@ -878,6 +944,8 @@ struct counters_snapshot {
 	long pid;
 	double start_time;
 	double config_load_time;
+	double reload_time;
+	int reload_ok;
 	char config_file[4096];
 	struct totals totals;
 	struct upstream_counters nameservers[COUNTERS_MAX_NAMESERVERS];
@@ -904,13 +972,15 @@ struct store_file {
 	struct log_streak open_streak;
 	pthread_t thread;
 	int thread_running;	/* the loop's own flag */
-	pthread_mutex_t lock;	/* guards the five fields below */
+	pthread_mutex_t lock;	/* guards the seven fields below */
 	pthread_cond_t wake;
 	struct batch *queue;	/* handed over, not yet written, oldest first */
 	int closing;		/* write what is queued, then end */
 	double give_up_at;	/* monotonic time, once closing */
 	int finished;		/* the thread has ended and may be joined */
 	int cannot_open;	/* the last open failed: state in memory only */
+	int write_failed;	/* the last write did not go in */
+	double last_write_time;	/* wall clock of the last that did; NAN: none */
 	struct store_file *next;	/* in closing_files */
 };
 

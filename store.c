@@ -221,6 +221,8 @@ static struct counters_snapshot counters_written;	/* as last handed over */
 static int counters_handed;	/* 0: the next batch writes them whatever */
 static double started_at;
 static double config_loaded_at;
+static double reload_tried_at;
+static int reload_ok;
 static char config_file[4096];
 
 /* The configuration (re)loaded: the file and the time, for the daemon table. */
@@ -230,8 +232,18 @@ counters_note_config(const struct config *config)
 	if (started_at == 0)
 		started_at = wall_now();
 	config_loaded_at = wall_now();
+	reload_tried_at = config_loaded_at;
+	reload_ok = 1;
 	snprintf(config_file, sizeof(config_file), "%s",
 		 config->file ? config->file : "");
+	counters_handed = 0;
+}
+
+void
+store_note_reload_failed(void)
+{
+	reload_tried_at = wall_now();
+	reload_ok = 0;
 	counters_handed = 0;
 }
 
@@ -246,6 +258,8 @@ counters_take(void)
 	now.pid = (long)getpid();
 	now.start_time = started_at;
 	now.config_load_time = config_loaded_at;
+	now.reload_time = reload_tried_at;
+	now.reload_ok = reload_ok;
 	memcpy(now.config_file, config_file, sizeof(now.config_file));
 	now.totals = totals;
 	now.nameserver_count = upstream_get_counters(now.nameservers,
@@ -379,6 +393,7 @@ file_create(const char *path)
 
 	if (!file)
 		return NULL;
+	file->last_write_time = NAN;
 	file->path = strdup(path);
 	if (!file->path) {
 		free(file);
@@ -1057,6 +1072,25 @@ store_problem(void)
 	if (!file_cannot_open(current))
 		return "";
 	return open_failure[0] ? open_failure : "cannot be opened (see the log)";
+}
+
+void
+store_daemon_status(struct daemon_status *out)
+{
+	out->config_file = config_file;
+	out->start_time = started_at;
+	out->config_load_time = config_loaded_at;
+	out->reload_time = reload_tried_at;
+	out->reload_ok = reload_ok;
+	out->has_data_file = current != NULL;
+	out->data_file_writable = 0;
+	out->data_file_write_time = NAN;
+	if (!current)
+		return;
+	pthread_mutex_lock(&current->lock);
+	out->data_file_writable = !current->cannot_open && !current->write_failed;
+	out->data_file_write_time = current->last_write_time;
+	pthread_mutex_unlock(&current->lock);
 }
 
 void

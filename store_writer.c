@@ -22,9 +22,10 @@
 /* 1: names, candidates, checks, ranking; 2: admin_state; 3: the
  * monitoring counters (daemon, totals, nameservers, nameserver_replies,
  * name_counters); 4: overprovisioning, each address's latency group and
- * share, names' last_query_time and idle.  Each step only adds, so any
- * older file upgrades. */
-#define STORE_SCHEMA_VERSION 4
+ * share, names' last_query_time and idle; 5: the daemon's last reload
+ * and whether it succeeded.  Each step only adds, so any older file
+ * upgrades. */
+#define STORE_SCHEMA_VERSION 5
 #define BUSY_TIMEOUT_MS 20
 /* The WAL file is cut back to this after a checkpoint empties it, so one
  * large batch (the whole state, written to a new file) does not leave a
@@ -130,6 +131,9 @@ static const struct {
 	{ "candidates", "share", "REAL" },
 	{ "names", "last_query_time", "REAL" },
 	{ "names", "idle", "INTEGER NOT NULL DEFAULT 0" },
+	/* version 5 */
+	{ "daemon", "reload_time", "REAL" },
+	{ "daemon", "reload_ok", "INTEGER" },
 };
 
 /*
@@ -237,6 +241,9 @@ schema_upgrade(struct store_file *file)
 	char sql[256];
 	int result = exec_sql(file, schema_sql);
 
+	/* First: the daemon table takes columns of its own below. */
+	if (result == SQLITE_OK)
+		result = counters_schema_upgrade(file);
 	for (size_t i = 0; result == SQLITE_OK &&
 	     i < sizeof(schema_columns) / sizeof(schema_columns[0]); i++) {
 		if (column_exists(file, schema_columns[i].table,
@@ -249,8 +256,6 @@ schema_upgrade(struct store_file *file)
 	}
 	if (result == SQLITE_OK)
 		result = exec_sql(file, ranking_sql);
-	if (result == SQLITE_OK)
-		result = counters_schema_upgrade(file);
 	if (result == SQLITE_OK) {
 		snprintf(sql, sizeof(sql), "PRAGMA user_version = %d",
 			 STORE_SCHEMA_VERSION);
@@ -655,8 +660,9 @@ write_daemon(struct store_file *file, const struct counters_snapshot *c)
 
 	if (result == SQLITE_OK)
 		result = prepare(file, "INSERT INTO daemon(version, pid, start_time,"
-				 " config_file, config_load_time)"
-				 " VALUES(?1, ?2, ?3, ?4, ?5)", &insert);
+				 " config_file, config_load_time, reload_time,"
+				 " reload_ok) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+				 &insert);
 	if (result != SQLITE_OK)
 		return result;
 	sqlite3_bind_text(insert, 1, c->version, -1, SQLITE_STATIC);
@@ -664,6 +670,8 @@ write_daemon(struct store_file *file, const struct counters_snapshot *c)
 	bind_real(insert, 3, c->start_time);
 	sqlite3_bind_text(insert, 4, c->config_file, -1, SQLITE_STATIC);
 	bind_real(insert, 5, c->config_load_time);
+	bind_real(insert, 6, c->reload_time);
+	sqlite3_bind_int(insert, 7, c->reload_ok);
 	result = step(insert);
 	sqlite3_finalize(insert);
 	return result;
@@ -839,6 +847,17 @@ write_batch(struct store_file *file, const struct batch *batch)
 
 /* -------------------------------------------------------- writer thread */
 
+/* For monitoring (store_daemon_status): whether the last write went in. */
+static void
+note_write_result(struct store_file *file, int written)
+{
+	pthread_mutex_lock(&file->lock);
+	file->write_failed = !written;
+	if (written)
+		file->last_write_time = wall_now();
+	pthread_mutex_unlock(&file->lock);
+}
+
 /*
  * A writer thread owns its file's sqlite connection while hard runs, so
  * that a commit's fsync, a locked file or a slow disk never holds up the
@@ -976,7 +995,10 @@ writer_main(void *argument)
 		log_debug("cannot lower the data file writer's priority: %s",
 			  strerror(errno));
 	while ((batch = writer_next(file, &out_of_time)) != NULL) {
-		if (write_batch(file, batch) == SQLITE_OK) {
+		int result = write_batch(file, batch);
+
+		note_write_result(file, result == SQLITE_OK);
+		if (result == SQLITE_OK) {
 			writer_done_with_head(file);
 			/* A closing file's last batches are not copied: the
 			 * stop would wait for the copy and its sync. */
