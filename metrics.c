@@ -8,11 +8,11 @@
  * the watchers run at the loop's lowest priority, so queries ready in the
  * same turn go first.  A response is written a part at a time
  * (METRICS_PART bytes, whole names), one part a turn, as the socket takes
- * it.  A request must come whole within METRICS_REQUEST_TIMEOUT and fit
+ * it, and the socket's own buffer is kept small (METRICS_SEND_BUFFER).  A request must come whole within METRICS_REQUEST_TIMEOUT and fit
  * in METRICS_REQUEST_MAX bytes; a response that makes no progress for
  * METRICS_WRITE_TIMEOUT is dropped; at most METRICS_MAX_CONNECTIONS are
  * open at once, and at the cap a new one takes the place of the oldest
- * still sending its request.  A listener that cannot be bound does not
+ * still sending its request.  One request is served per connection.  A listener that cannot be bound does not
  * stop hard: it is logged and tried again every METRICS_RETRY seconds.
  */
 #include <errno.h>
@@ -29,17 +29,26 @@
 #define METRICS_REQUEST_TIMEOUT 5.0
 #define METRICS_WRITE_TIMEOUT 10.0
 #define METRICS_PART 16384
+/* The kernel's buffer for one scrape's response (it doubles this): what a
+ * client that stops reading holds of the kernel's memory, where the
+ * loopback's own would grow to 4 MB.  The text waits in hard, a part at a
+ * time, instead. */
+#define METRICS_SEND_BUFFER 65536
+/* A connection whose response is sent waits this long at most for its
+ * client to close: what the client sent on is read and dropped meanwhile,
+ * so the close does not reset the connection and lose the response. */
+#define METRICS_LINGER 2.0
 #define METRICS_RETRY 5.0
 /* Out of descriptors, accepting is tried again after this. */
 #define METRICS_ACCEPT_RETRY 1.0
 
-enum connection_state { READING, WRITING };
+enum connection_state { READING, WRITING, LINGERING };
 
 struct connection {
 	int fd;
 	enum connection_state state;
 	ev_io io;
-	ev_timer timer;		/* the request's deadline, then write progress */
+	ev_timer timer;		/* the request's deadline, write progress, linger */
 	char request[METRICS_REQUEST_MAX];
 	size_t request_length;
 	struct metrics_buffer out;
@@ -123,11 +132,34 @@ next_part(struct connection *c)
 	return 0;
 }
 
+/* The response is sent: the client is told so, and closes its end. */
+static void
+linger(struct connection *c)
+{
+	c->state = LINGERING;
+	shutdown(c->fd, SHUT_WR);
+	watch(c, EV_READ);
+	ev_timer_stop(metrics_loop, &c->timer);
+	ev_timer_set(&c->timer, METRICS_LINGER, 0.);
+	ev_timer_start(metrics_loop, &c->timer);
+}
+
+static void
+drain(struct connection *c)
+{
+	char discard[4096];
+	ssize_t n;
+
+	while ((n = recv(c->fd, discard, sizeof(discard), 0)) > 0)
+		;
+	if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+		connection_close(c);
+}
+
 /*
  * Sends what the buffer holds, then one more part of the text at most,
  * and leaves the rest to the next turn of the loop, so that the queries
- * that came meanwhile are answered first.  The connection is closed once
- * the whole response is sent.
+ * that came meanwhile are answered first.
  */
 static void
 send_response(struct connection *c)
@@ -139,7 +171,7 @@ send_response(struct connection *c)
 
 		if (c->sent == c->out.length) {
 			if (!c->streaming) {
-				connection_close(c);
+				linger(c);
 				return;
 			}
 			if (part_taken) {
@@ -292,8 +324,10 @@ on_connection(struct ev_loop *loop, ev_io *io, int revents)
 	(void)revents;
 	if (c->state == READING)
 		read_request(c);
-	else
+	else if (c->state == WRITING)
 		send_response(c);
+	else
+		drain(c);
 }
 
 static void
@@ -303,21 +337,22 @@ on_connection_timeout(struct ev_loop *loop, ev_timer *timer, int revents)
 
 	(void)loop;
 	(void)revents;
-	log_debug("metrics: closed a connection that %s",
-		  c->state == READING ? "sent no whole request within 5 s" :
-		  "took nothing of its response for 10 s");
+	if (c->state != LINGERING)
+		log_debug("metrics: closed a connection that %s",
+			  c->state == READING ? "sent no whole request within 5 s" :
+			  "took nothing of its response for 10 s");
 	connection_close(c);
 }
 
-/* At the cap: the oldest still sending its request makes room, or else
- * the newcomer is not served. */
+/* At the cap: the oldest still sending its request (or done with its
+ * response) makes room, or else the newcomer is not served. */
 static int
 make_room(void)
 {
 	for (struct connection *c = oldest; c; c = c->next)
-		if (c->state == READING) {
+		if (c->state != WRITING) {
 			log_debug("metrics: %d connections open; closing the "
-				  "oldest that has sent no request",
+				  "oldest not being sent a response",
 				  connection_count);
 			connection_close(c);
 			return 0;
@@ -339,6 +374,8 @@ connection_open(int fd)
 		close(fd);
 		return;
 	}
+	setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &(int){ METRICS_SEND_BUFFER },
+		   sizeof(int));
 	c->fd = fd;
 	ev_io_init(&c->io, on_connection, fd, EV_READ);
 	ev_set_priority(&c->io, EV_MINPRI);

@@ -267,6 +267,38 @@ def tmpfs_mounts():
         t.umount()
 
 
+# ------------------------------------------------------------ Prometheus
+
+
+def prometheus_families(text):
+    """{family name: family} of a text in the Prometheus format, read by
+    python3-prometheus-client's parser, checking what that lenient parser
+    lets pass: each family once, typed and documented, each sample once."""
+    from prometheus_client.parser import text_string_to_metric_families
+    families = {}
+    seen = set()
+    for family in text_string_to_metric_families(text):
+        assert family.name not in families, "family %s twice" % family.name
+        assert family.type in ("counter", "gauge"), (family.name, family.type)
+        assert family.documentation, family.name
+        families[family.name] = family
+        for s in family.samples:
+            key = (s.name, tuple(sorted(s.labels.items())))
+            assert key not in seen, "sample twice: %s" % (key,)
+            seen.add(key)
+            if family.type == "counter":
+                assert s.name == family.name + "_total", s
+            else:
+                assert s.name == family.name, s
+    return families
+
+
+def prometheus_samples(families, name):
+    """{labels as a sorted tuple: value} of one family."""
+    return {tuple(sorted(s.labels.items())): s.value
+            for s in families[name].samples}
+
+
 # ------------------------------------------------------------ processes
 
 

@@ -14,11 +14,12 @@ import time
 import dns.flags
 import dns.opcode
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 import harness
 from statehelpers import (SQLITE3, name_block, sql, sql_value, stable_value,
                           wait_answer, wait_sql)
+from statehelpers import prometheus_families as parse
+from statehelpers import prometheus_samples as samples
 
 HAR_STATUS = os.path.join(harness.REPO, "contrib", "har-status")
 CRON = os.path.join(harness.REPO, "contrib", "har-prometheus.cron")
@@ -179,7 +180,7 @@ def test_counters_after_a_known_mix_of_queries(workdir, start_hard, start_http, 
     assert d["config_file"] == h.conf
     assert abs(d["start_time"] - time.time()) < 60
     assert d["config_load_time"] >= d["start_time"]
-    assert sql_value(db, "PRAGMA user_version") == 4
+    assert sql_value(db, "PRAGMA user_version") == 5
 
 
 def test_counters_survive_a_reload_and_show_it(workdir, start_hard, start_http, up):
@@ -248,33 +249,6 @@ def prometheus(db):
                        text=True, timeout=20)
     assert r.returncode == 0 and r.stderr == "", r
     return r.stdout
-
-
-def parse(text):
-    """{family name: family}, checking what the lenient parser lets pass:
-    each family once, typed, and each sample once."""
-    families = {}
-    seen = set()
-    for family in text_string_to_metric_families(text):
-        assert family.name not in families, "family %s twice" % family.name
-        assert family.type in ("counter", "gauge"), (family.name, family.type)
-        assert family.documentation, family.name
-        families[family.name] = family
-        for s in family.samples:
-            key = (s.name, tuple(sorted(s.labels.items())))
-            assert key not in seen, "sample twice: %s" % (key,)
-            seen.add(key)
-            if family.type == "counter":
-                assert s.name == family.name + "_total", s
-            else:
-                assert s.name == family.name, s
-    return families
-
-
-def samples(families, name):
-    """{labels as a sorted tuple: value} of one family."""
-    return {tuple(sorted(s.labels.items())): s.value
-            for s in families[name].samples}
 
 
 COUNTER_FAMILIES = {
@@ -451,3 +425,118 @@ def test_cron_line_writes_the_textfile_atomically(workdir, start_hard, start_htt
     assert samples(families, "har_address_up")[
         (("address", A), ("candidate", "a"), ("name", "web.test"))] == 1
     h.assert_alive()
+
+
+# ------------------------------------------------- har_up and the new series
+
+
+def prometheus_of(db):
+    """(families, stderr) of `har-status --prometheus db`, which exits 0."""
+    r = subprocess.run([HAR_STATUS, "--prometheus", db], capture_output=True,
+                       text=True, timeout=20)
+    assert r.returncode == 0, r
+    return parse(r.stdout), r.stderr
+
+
+def test_har_up_before_and_after_the_stop(workdir, start_hard, start_http, up):
+    """har_up 1 while the hard the daemon table names runs, 0 once it has
+    stopped, exiting 0 both times (so a textfile collector writes it); the
+    last state is still printed after the stop, with the reload series and
+    the file's last write."""
+    s = start_http(A)
+    db = os.path.join(workdir, "har.db")
+    h = start_hard(name_block("web.test", [("a", s.url())]), upstream=up,
+                   data_file=db)
+    wait_sql(db, "SELECT healthy FROM candidates", lambda r: r == [{"healthy": 1}])
+    running, stderr = prometheus_of(db)
+    assert stderr == ""
+    assert samples(running, "har_up") == {(): 1}
+    assert samples(running, "har_config_last_reload_successful") == {(): 1}
+    d = sql(db, "SELECT * FROM daemon")[0]
+    assert d["pid"] == h.pid and d["reload_ok"] == 1
+    assert samples(running, "har_config_last_reload_timestamp_seconds") == {
+        (): pytest.approx(d["reload_time"])}
+    written = samples(running, "har_data_file_last_write_timestamp_seconds")[()]
+    assert abs(written - time.time()) < 10, written
+    assert h.stop() == 0
+    stopped, stderr = prometheus_of(db)
+    assert stderr == ""
+    assert samples(stopped, "har_up") == {(): 0}
+    assert samples(stopped, "har_address_up") == {
+        (("address", A), ("candidate", "a"), ("name", "web.test")): 1}
+    assert "har_info" in stopped and "har_queries" in stopped
+
+
+def test_har_up_is_0_for_a_pid_that_is_not_hard(workdir, start_hard, up):
+    """A pid that another program has taken since (here the test's own) is
+    not a running hard."""
+    db = os.path.join(workdir, "har.db")
+    h = start_hard("", upstream=up, data_file=db)
+    wait_sql(db, "SELECT pid FROM daemon", lambda r: r == [{"pid": h.pid}])
+    assert samples(prometheus_of(db)[0], "har_up") == {(): 1}
+    assert h.stop() == 0
+    subprocess.run([SQLITE3, db, "UPDATE daemon SET pid = %d" % os.getpid()],
+                   check=True)
+    assert samples(prometheus_of(db)[0], "har_up") == {(): 0}
+
+
+def test_har_up_without_a_data_file(workdir):
+    """No data file at all (hard never wrote it, or it is gone): har_up 0,
+    exit 0, and the reason on standard error."""
+    families, stderr = prometheus_of(os.path.join(workdir, "missing.db"))
+    assert set(families) == {"har_up"}
+    assert samples(families, "har_up") == {(): 0}
+    assert "no such file" in stderr
+
+
+def test_failed_reload_and_placement_series(workdir, start_hard, start_http, up):
+    """A reload that fails is in the file (reload_ok 0, its time) and in
+    har-status; the loads that succeed are not moved by it.  Every address
+    has its server-signalled drain and its share, and an address of a name
+    that spills its latency group."""
+    drained = start_http(A, status=503)
+    db = os.path.join(workdir, "har.db")
+    body = (name_block("drain.test", [("d", drained.url())], drain_status="{ 503 }")
+            + name_block("spill.test", [("s", drained.url())], drain_status="{ 503 }",
+                         selection_method="all", overprovisioning=1.4))
+    h = start_hard(body, upstream=up, data_file=db)
+    wait_sql(db, "SELECT count(*) AS n FROM candidates WHERE draining = 1",
+             lambda r: r == [{"n": 2}])
+    before = sql(db, "SELECT * FROM daemon")[0]
+    with open(h.conf, "a") as f:
+        f.write("\nno_such_option = 1\n")
+    h.signal(signal.SIGHUP)
+    after = wait_sql(db, "SELECT * FROM daemon", lambda r: r and r[0]["reload_ok"] == 0)[0]
+    assert after["reload_time"] > before["reload_time"]
+    assert after["config_load_time"] == before["config_load_time"]
+    families, _ = prometheus_of(db)
+    assert samples(families, "har_config_last_reload_successful") == {(): 0}
+    assert samples(families, "har_config_last_reload_timestamp_seconds") == {
+        (): pytest.approx(after["reload_time"])}
+    assert samples(families, "har_config_last_load_timestamp_seconds") == {
+        (): pytest.approx(before["config_load_time"])}
+    key = {n: (("address", A), ("candidate", c), ("name", n))
+           for n, c in (("drain.test", "d"), ("spill.test", "s"))}
+    assert samples(families, "har_address_draining") == {
+        key["drain.test"]: 1, key["spill.test"]: 1}
+    assert samples(families, "har_address_share") == {
+        key["drain.test"]: 1, key["spill.test"]: 1}
+    assert samples(families, "har_address_latency_group") == {key["spill.test"]: 1}
+
+
+def test_daemon_table_of_schema_4_upgraded(workdir, start_hard, up):
+    """A data file whose daemon table predates the reload columns (schema
+    4) gets them, filled, at the next start."""
+    db = os.path.join(workdir, "har.db")
+    h = start_hard("", upstream=up, data_file=db)
+    wait_sql(db, "SELECT count(*) AS n FROM daemon", lambda r: r == [{"n": 1}])
+    assert h.stop() == 0
+    subprocess.run([SQLITE3, db, "ALTER TABLE daemon DROP COLUMN reload_time;"
+                    "ALTER TABLE daemon DROP COLUMN reload_ok;"
+                    "PRAGMA user_version = 4"], check=True)
+    h = start_hard("", upstream=up, data_file=db)
+    row = wait_sql(db, "SELECT * FROM daemon",
+                   lambda r: r and r[0].get("pid") == h.pid and
+                   r[0].get("reload_ok") == 1)[0]
+    assert row["reload_time"] == pytest.approx(row["config_load_time"])
+    assert sql_value(db, "PRAGMA user_version") == 5
