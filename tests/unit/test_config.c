@@ -678,6 +678,53 @@ test_endpoint_parse(void)
 	CHECK(endpoint_parse("", 53, &endpoint) != 0);
 }
 
+/* metrics_listen: a port alone is on loopback; otherwise one is required. */
+static void
+test_listen_endpoint_parse(void)
+{
+	struct endpoint endpoint;
+	struct config *config;
+
+	CHECK(listen_endpoint_parse("9153", &endpoint) == 0);
+	CHECK_STR(endpoint.text, "127.0.0.1:9153");
+	CHECK(endpoint_is_loopback(&endpoint));
+	CHECK(listen_endpoint_parse("[::1]:9153", &endpoint) == 0);
+	CHECK_STR(endpoint.text, "[::1]:9153");
+	CHECK(endpoint_is_loopback(&endpoint));
+	CHECK(listen_endpoint_parse("192.0.2.1:9153", &endpoint) == 0);
+	CHECK(!endpoint_is_loopback(&endpoint));
+	CHECK(listen_endpoint_parse("0.0.0.0:9153", &endpoint) == 0);
+	CHECK(!endpoint_is_loopback(&endpoint));
+	CHECK(listen_endpoint_parse("127.0.0.1", &endpoint) != 0);
+	CHECK(listen_endpoint_parse("::1", &endpoint) != 0);
+	CHECK(listen_endpoint_parse("[::1]", &endpoint) != 0);
+	CHECK(listen_endpoint_parse("0", &endpoint) != 0);
+	CHECK(listen_endpoint_parse("localhost:9153", &endpoint) != 0);
+	CHECK(listen_endpoint_parse("", &endpoint) != 0);
+
+	config = load("nameservers = { 192.0.2.53 }\n");
+	CHECK_ACCEPTED(config);
+	if (config)
+		CHECK_INT(config->metrics_listen.addr_len, 0);
+	config_free(config);
+	config = load("nameservers = { 192.0.2.53 }\nmetrics_listen = \"9153\"\n");
+	CHECK_ACCEPTED(config);
+	if (config)
+		CHECK_STR(config->metrics_listen.text, "127.0.0.1:9153");
+	config_free(config);
+	CHECK_REJECTED("nameservers = { 192.0.2.53 }\nmetrics_listen = \"x\"\n", 2,
+		       "metrics_listen: \"x\" is not PORT, IP:PORT or [IPv6]:PORT");
+	/* Said of the file, not of a line: two options make it. */
+	config = load("nameservers = { 192.0.2.53 }\nmetrics_listen = \"[::]:53\"\n"
+		      "dns_bind_interfaces = { ::1 }\n");
+	CHECK(config == NULL);
+	CHECK_INT(report_count, 1);
+	if (report_count == 1)
+		CHECK_CONTAINS(reports[0], "(string): metrics_listen [::]:53 is a "
+			       "DNS listener's address and port");
+	config_free(config);
+}
+
 static void
 test_ip_address_parse(void)
 {
@@ -1855,6 +1902,7 @@ main(void)
 	RUN(test_tcp_targets);
 	RUN(test_nameservers);
 	RUN(test_endpoint_parse);
+	RUN(test_listen_endpoint_parse);
 	RUN(test_ip_address_parse);
 	RUN(test_resolv_conf);
 	RUN(test_drop_own_listeners);
