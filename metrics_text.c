@@ -13,7 +13,6 @@
  * names are read as each part is written, from the registry of the
  * moment (metrics.c ends a scrape that a reload overtakes).
  */
-#include <inttypes.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -102,19 +101,54 @@ append(struct metrics_buffer *out, const char *fmt, ...)
 	}
 }
 
+/* Most of the text is copied as it is, without a format to read. */
+static void
+append_bytes(struct metrics_buffer *out, const char *bytes, size_t length)
+{
+	if (out->length + length + 1 > out->capacity &&
+	    grow(out, out->length + length + 1) != 0)
+		return;
+	if (out->failed)
+		return;
+	memcpy(out->data + out->length, bytes, length);
+	out->length += length;
+}
+
+static void
+append_text(struct metrics_buffer *out, const char *text)
+{
+	append_bytes(out, text, strlen(text));
+}
+
+/* A count in decimal, without a format to read (most values are counts,
+ * or gauges of whole numbers: up, states, groups). */
+static void
+append_count(struct metrics_buffer *out, uint64_t value)
+{
+	char digits[24];
+	size_t at = sizeof(digits);
+
+	do {
+		digits[--at] = (char)('0' + value % 10);
+		value /= 10;
+	} while (value);
+	append_bytes(out, digits + at, sizeof(digits) - at);
+}
+
 /* A label value: backslash, double quote and line feed escaped. */
 static void
 append_escaped(struct metrics_buffer *out, const char *value)
 {
-	for (const char *c = value; *c; c++) {
-		if (*c == '\\')
-			append(out, "\\\\");
-		else if (*c == '"')
-			append(out, "\\\"");
-		else if (*c == '\n')
-			append(out, "\\n");
-		else
-			append(out, "%c", *c);
+	for (;;) {
+		size_t plain = strcspn(value, "\\\"\n");
+
+		append_bytes(out, value, plain);
+		value += plain;
+		if (*value == '\0')
+			return;
+		append_text(out, *value == '\\' ? "\\\\" :
+			    *value == '"' ? "\\\"" : "\\n");
+		value++;
 	}
 }
 
@@ -142,15 +176,17 @@ put_series(struct writer *w, va_list labels)
 	int first = 1;
 
 	begin_sample(w);
-	append(w->out, "%s", w->family->name);
+	append_text(w->out, w->family->name);
 	while ((label = va_arg(labels, const char *)) != NULL) {
-		append(w->out, "%s%s=\"", first ? "{" : ",", label);
+		append_text(w->out, first ? "{" : ",");
+		append_text(w->out, label);
+		append_text(w->out, "=\"");
 		append_escaped(w->out, va_arg(labels, const char *));
-		append(w->out, "\"");
+		append_text(w->out, "\"");
 		first = 0;
 	}
 	if (!first)
-		append(w->out, "}");
+		append_text(w->out, "}");
 }
 
 static void put_count(struct writer *w, uint64_t value, ...)
@@ -164,7 +200,9 @@ put_count(struct writer *w, uint64_t value, ...)
 	va_start(labels, value);
 	put_series(w, labels);
 	va_end(labels);
-	append(w->out, " %" PRIu64 "\n", value);
+	append_bytes(w->out, " ", 1);
+	append_count(w->out, value);
+	append_bytes(w->out, "\n", 1);
 }
 
 /* A gauge that is NaN (no RTT yet, say) has no sample. */
@@ -181,10 +219,15 @@ put_gauge(struct writer *w, double value, ...)
 	va_start(labels, value);
 	put_series(w, labels);
 	va_end(labels);
-	if (isinf(value))
-		append(w->out, " %s\n", value > 0 ? "+Inf" : "-Inf");
-	else
+	if (isinf(value)) {
+		append_text(w->out, value > 0 ? " +Inf\n" : " -Inf\n");
+	} else if (value >= 0 && value < 1e15 && value == floor(value)) {
+		append_bytes(w->out, " ", 1);
+		append_count(w->out, (uint64_t)value);
+		append_bytes(w->out, "\n", 1);
+	} else {
 		append(w->out, " %.15g\n", value);
+	}
 }
 
 /* ---------------------------------------------------------- the daemon */
