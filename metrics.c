@@ -102,6 +102,21 @@ connection_close(struct connection *c)
 		ev_io_start(metrics_loop, &accept_io);
 }
 
+/*
+ * A text cut short ends in a reset, not a close: its body is delimited by
+ * the close, and a scraper that saw a clean end would take the part it
+ * got for the whole.
+ */
+static void
+connection_abort(struct connection *c)
+{
+	struct linger linger = { .l_onoff = 1, .l_linger = 0 };
+
+	if (setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &linger, sizeof(linger)) != 0)
+		log_debug("metrics: cannot reset a connection: %s", strerror(errno));
+	connection_close(c);
+}
+
 static void
 watch(struct connection *c, int events)
 {
@@ -113,7 +128,8 @@ watch(struct connection *c, int events)
 }
 
 /* The next part of the text into the emptied buffer (none once the
- * text has ended); -1 when the scrape cannot go on. */
+ * text has ended); -1 when the scrape cannot go on: the text so far
+ * would be taken for the whole. */
 static int
 next_part(struct connection *c)
 {
@@ -179,7 +195,7 @@ send_response(struct connection *c)
 				return;
 			}
 			if (next_part(c) != 0) {
-				connection_close(c);
+				connection_abort(c);
 				return;
 			}
 			part_taken = 1;
@@ -337,11 +353,17 @@ on_connection_timeout(struct ev_loop *loop, ev_timer *timer, int revents)
 
 	(void)loop;
 	(void)revents;
-	if (c->state != LINGERING)
-		log_debug("metrics: closed a connection that %s",
-			  c->state == READING ? "sent no whole request within 5 s" :
-			  "took nothing of its response for 10 s");
-	connection_close(c);
+	if (c->state == LINGERING) {
+		connection_close(c);
+		return;
+	}
+	log_debug("metrics: closed a connection that %s",
+		  c->state == READING ? "sent no whole request within 5 s" :
+		  "took nothing of its response for 10 s");
+	if (c->state == WRITING)
+		connection_abort(c);
+	else
+		connection_close(c);
 }
 
 /* At the cap: the oldest still sending its request (or done with its
@@ -527,8 +549,12 @@ metrics_reconfigure(const struct config *config)
 void
 metrics_stop(void)
 {
-	while (oldest)
-		connection_close(oldest);
+	while (oldest) {
+		if (oldest->state == WRITING)
+			connection_abort(oldest);
+		else
+			connection_close(oldest);
+	}
 	listener_close();
 	wanted.addr_len = 0;
 }
