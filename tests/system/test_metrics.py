@@ -303,8 +303,8 @@ def test_clients_that_send_nothing_do_not_hold_up_answers(start_hard, start_http
     opened = time.monotonic()
     for _ in range(20):
         t0 = time.monotonic()
-        assert harness.answer(h, "web.test", timeout=1.0) == [A]
-        assert time.monotonic() - t0 < 0.5
+        assert harness.answer(h, "web.test", timeout=2.0) == [A]
+        assert time.monotonic() - t0 < 1.0
     assert address_up(scrape(port)) == {A: 1}
     assert harness.closed_by_peer(silent[0], timeout=2), \
         "the oldest silent connection should have made room"
@@ -360,8 +360,8 @@ def test_a_large_text_to_a_slow_reader(start_hard, refusing_port, up):
                 slow_reads += 1
                 time.sleep(0.05)
                 t0 = time.monotonic()
-                assert harness.answer(h, long_title(0), timeout=1.0) == "NXDOMAIN"
-                assert time.monotonic() - t0 < 0.5
+                assert harness.answer(h, long_title(0), timeout=2.0) == "NXDOMAIN"
+                assert time.monotonic() - t0 < 1.0
     assert slow_reads == 20
     head, _, body = reply.decode().partition("\r\n\r\n")
     assert head.startswith("HTTP/1.1 200 OK")
