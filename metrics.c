@@ -97,9 +97,11 @@ connection_close(struct connection *c)
 		newest = c->prev;
 	connection_count--;
 	free(c);
-	if (listen_fd >= 0 && !ev_is_active(&accept_io) &&
-	    !ev_is_active(&retry_timer))
+	/* Accepting paused for want of descriptors: one is free again. */
+	if (listen_fd >= 0 && !ev_is_active(&accept_io)) {
+		ev_timer_stop(metrics_loop, &retry_timer);
 		ev_io_start(metrics_loop, &accept_io);
+	}
 }
 
 /*
