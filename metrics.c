@@ -8,12 +8,14 @@
  * the watchers run at the loop's lowest priority, so queries ready in the
  * same turn go first.  A response is written a part at a time
  * (METRICS_PART bytes, whole names), one part a turn, as the socket takes
- * it, and the socket's own buffer is kept small (METRICS_SEND_BUFFER).  A request must come whole within METRICS_REQUEST_TIMEOUT and fit
- * in METRICS_REQUEST_MAX bytes; a response that makes no progress for
+ * it, and the socket's own buffer is kept small (METRICS_SEND_BUFFER).
+ * A request must come whole within METRICS_REQUEST_TIMEOUT and fit in
+ * METRICS_REQUEST_MAX bytes; a response that makes no progress for
  * METRICS_WRITE_TIMEOUT is dropped; at most METRICS_MAX_CONNECTIONS are
  * open at once, and at the cap a new one takes the place of the oldest
- * still sending its request.  One request is served per connection.  A listener that cannot be bound does not
- * stop hard: it is logged and tried again every METRICS_RETRY seconds.
+ * still sending its request.  One request is served per connection.  A
+ * listener that cannot be bound does not stop hard: it is logged and tried
+ * again every METRICS_RETRY seconds.
  */
 #include <errno.h>
 #include <stdio.h>
