@@ -274,9 +274,11 @@ drop_privileges(const char *user)
 static void
 daemonize(void)
 {
-	pid_t pid = fork();
+	pid_t pid;
 	int null;
 
+	store_before_fork();
+	pid = fork();
 	if (pid < 0)
 		fail_start("cannot fork: %s", strerror(errno));
 	if (pid > 0)

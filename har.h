@@ -755,6 +755,8 @@ const char *store_problem(void);
 void store_on_problem_change(void (*changed)(void));
 void store_restore(struct registry *registry);
 void store_start(void);
+/* Before the daemon forks: the data file's connection stays behind. */
+void store_before_fork(void);
 void store_record_check(const struct address *address, int success);
 void store_note_addresses_changed(void);
 void store_reconfigure(const struct config *config, struct registry *registry);

@@ -1153,6 +1153,22 @@ store_open_error(void)
 }
 
 /*
+ * An SQLite connection must not cross fork(): its POSIX locks stay with
+ * the process that took them.  A daemon that kept the connection its
+ * parent opened held no lock once the parent exited, so the first reader
+ * (sqlite3, har-status) took the file for unused, and on closing could
+ * copy and remove the WAL the daemon went on writing to: the daemon's
+ * rows then never reached any reader.  The file is closed before the
+ * fork; the writer opens it again for its first batch.
+ */
+void
+store_before_fork(void)
+{
+	if (current && current->db)
+		close_database(current);
+}
+
+/*
  * A new data_file: the old file gets its last batch and closes by itself
  * (nothing here waits for it), and the new one, opened by its own writer,
  * gets the whole current state.

@@ -12,7 +12,7 @@ import pytest
 
 import harness
 from harness import run_hard
-from statehelpers import (answer, name_block, pid_alive, proc_status, sql_text,
+from statehelpers import (SQLITE3, answer, name_block, pid_alive, proc_status, sql_text,
                           sql_value, stable_value, wait_answer, wait_sql)
 
 A = "127.0.0.2"
@@ -225,6 +225,56 @@ def test_daemon_mode(workdir, shared_dir, up):
     finally:
         if pid and pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def posix_lock_holders(path):
+    """The pids holding a POSIX (fcntl) lock on path, from /proc/locks."""
+    st = os.stat(path)
+    inode = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    holders = set()
+    with open("/proc/locks") as f:
+        for line in f:
+            fields = line.split()
+            if "POSIX" in fields and fields[-3] == inode:
+                holders.add(int(fields[-4]))
+    return holders
+
+
+def test_daemon_holds_its_data_file(workdir, shared_dir, up):
+    """The daemon's data file connection is its own, not its parent's: an
+    SQLite connection does not cross fork() (its POSIX locks stay with the
+    parent, which exits).  A daemon that kept it held no lock on its file,
+    so an operator's sqlite3 took the file for unused and, on closing,
+    copied and removed the WAL the daemon went on writing to (in CI the
+    daemon's rows then never reached a reader).  Now the daemon holds the
+    lock, a reader leaves the WAL alone, and the counts keep coming."""
+    port = harness.free_port()
+    pidfile = os.path.join(shared_dir, "hard.pid")
+    db = os.path.join(shared_dir, "har.db")
+    conf = write(os.path.join(shared_dir, "har.conf"), harness.hard_config(
+        name_block("d.test", [("a", None, "address = { %s }" % A)],
+                   check_frequency=30, failure_mode="all"),
+        up.endpoint, port, data_file=db))
+    res = subprocess.run([harness.HARD, "-p", pidfile, "-c", conf],
+                         stdin=subprocess.DEVNULL, capture_output=True,
+                         text=True, timeout=10)
+    assert res.returncode == 0, res.stderr
+    pid = harness.wait_until(lambda: read_pid(pidfile), 5, what="the pidfile")
+    try:
+        wait_sql(db, "SELECT count(*) AS n FROM daemon", lambda r: r[0]["n"] == 1)
+        assert pid in posix_lock_holders(db + "-shm"), open("/proc/locks").read()
+        # An operator's look, read-write as the sqlite3 CLI opens by default.
+        r = subprocess.run([SQLITE3, db, "SELECT count(*) FROM candidates"],
+                           capture_output=True, text=True, timeout=10,
+                           stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, r.stderr
+        assert os.path.exists(db + "-wal"), "the reader removed the daemon's WAL"
+        for _ in range(3):
+            assert answer_at(port, "d.test") == [A]
+        wait_sql(db, "SELECT queries FROM names", lambda r: r and r[0]["queries"] >= 3)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        harness.wait_until(lambda: not pid_alive(pid), 5, what="the daemon to stop")
 
 
 def answer_at(port, name):

@@ -73,9 +73,14 @@ def start_metrics(start_hard, body, up, extra="", **kw):
     port taken between the choice and hard's bind is logged and retried by
     hard; then another is tried."""
     for _ in range(3):
+        # Both ports chosen before either is bound: they must differ, or
+        # hard refuses the configuration (a DNS listener's port).
+        dns_port = kw.pop("port", None) or harness.free_port()
         port = harness.free_port()
+        while port == dns_port:
+            port = harness.free_port()
         h = start_hard(body, upstream=up, extra='metrics_listen = "127.0.0.1:%d"\n'
-                       % port + extra, **kw)
+                       % port + extra, port=dns_port, **kw)
         line = wait_log(h, r"serving metrics on|cannot listen for metrics")[0]
         if "serving metrics on http://127.0.0.1:%d/metrics" % port in line:
             return h, port
