@@ -175,4 +175,6 @@ def test_stop_is_quick_on_a_busy_core(workdir, start_hard, start_http, upstream)
         logged += len(re.findall(r"check of c\d 127\.0\.0\.2: status", h.log()))
         assert sql_value(db, "SELECT sum(checks) FROM candidates") == logged
     print("SIGTERM to exit beside four busy loops:", ["%.3f" % t for t in took])
-    assert statistics.median(took) <= 0.1, took
+    # Under SANITIZE=1 the exit's leak check runs beside the loops too.
+    bound = 0.3 if os.environ.get("HAR_SANITIZED") == "1" else 0.1
+    assert statistics.median(took) <= bound, took
