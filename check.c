@@ -72,6 +72,9 @@ static ev_timer sweep_timer;
 static double check_origin;	/* monotonic: where every grid starts */
 static double check_rotation;	/* this process's turn of the phases */
 static unsigned long phase_sequence;	/* addresses given a phase so far */
+/* First checks scheduled by this check_start_all: of addresses with a
+ * restored health, and of those older than their interval. */
+static int first_restored, first_restored_old;
 static uint64_t random_state;
 static struct log_streak shortage_streak;	/* checks postponed */
 static ev_timer shortage_timer;
@@ -587,9 +590,28 @@ schedule_first_check(struct address *address)
 	assign_phase(address);
 	address->rechecking = 0;
 	address->scheduled_period = period;
+	if (address->health != HEALTH_UNKNOWN) {
+		first_restored++;
+		first_restored_old += !restored;
+	}
 	check_schedule_address(address,
 	    schedule_first_delay(address->phase, restored ? period :
 				 name->config->check_frequency, restored));
+}
+
+/*
+ * How many restored addresses a start checks at once: after a restart,
+ * those whose turn came while no hard was running, a share of them about
+ * the restart's gap divided by check_frequency.
+ */
+static void
+log_restored_old(void)
+{
+	if (first_restored_old > 0)
+		log_info("%d of %d restored addresses were last checked longer "
+			 "ago than their check_frequency: checking them now "
+			 "(within a second)", first_restored_old, first_restored);
+	first_restored = first_restored_old = 0;
 }
 
 /* ------------------------------------------------------ first round */
@@ -747,6 +769,7 @@ check_start_all(struct ev_loop *loop, struct registry *registry)
 				resolve_start(candidate, 0);
 		}
 	}
+	log_restored_old();
 	return 0;
 }
 

@@ -7,11 +7,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -984,16 +983,22 @@ writer_main(void *argument)
 {
 	struct store_file *file = argument;
 	struct batch *batch;
-	int out_of_time;
+	int out_of_time, error;
 
 	/*
-	 * Lowest priority: on a busy core the writer takes the time answering
-	 * leaves over instead of preempting the loop for a whole commit.  A
-	 * late batch only grows; nothing is lost.
+	 * SCHED_BATCH: a writer that wakes up with a batch does not preempt
+	 * the loop for a whole commit; it takes its turn.  Not nice 19: on a
+	 * host kept busy by other programs (or by a restarting fleet's other
+	 * hards) a thread that low is barely scheduled, and a stop waits for
+	 * it, to write the last batch and then merely to end (with four busy
+	 * loops on its core, SIGTERM to exit took 0.12-0.53 s, against
+	 * 0.01-0.03 s now), with nothing answering meanwhile.
 	 */
-	if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19) != 0)
-		log_debug("cannot lower the data file writer's priority: %s",
-			  strerror(errno));
+	error = pthread_setschedparam(pthread_self(), SCHED_BATCH,
+				      &(struct sched_param){ .sched_priority = 0 });
+	if (error != 0)
+		log_debug("cannot make the data file writer a batch thread: %s",
+			  strerror(error));
 	while ((batch = writer_next(file, &out_of_time)) != NULL) {
 		int result = write_batch(file, batch);
 

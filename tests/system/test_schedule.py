@@ -547,6 +547,7 @@ name stale.test {
 }
 """ % server.url()
     h = start_hard(body, upstream=up, data_file=db)
+    assert not log_lines(h, r"restored addresses were last checked"), h.log()
     before = [A] if server_while_stopped == "died" else "SERVFAIL"
     wait_answer(h, "stale.test", before)
     healthy = 1 if server_while_stopped == "died" else 0
@@ -560,6 +561,10 @@ name stale.test {
         server.set(status=200)
     after = "SERVFAIL" if server_while_stopped == "died" else [A]
     h = start_hard(body, upstream=up, data_file=db)
+    # and says how many it checks at once (a fleet's restart can be read
+    # from it: about the restart's gap over check_frequency of them)
+    assert len(log_lines(h, r"1 of 1 restored addresses were last checked longer "
+                         r"ago than their check_frequency: checking them now")) == 1, h.log()
     # 1 s of spread, 1 s of check timeout; at its place in a 300 s
     # interval the first check would come minutes later (or by chance
     # sooner: a 3% chance that the old behaviour passes this bound).
