@@ -26,6 +26,7 @@ HEAVY = (
     "test_failsafe.py::",
     "test_reload.py::test_reload_under_load",
     "test_store.py::test_kill_9_under_load",
+    "test_stop.py::test_stop_is_quick_on_a_busy_core",
     "test_upstream.py::test_forward_flood_is_bounded",
     "test_upstream_faults.py::test_silent_upstream_load_is_bounded",
 )

@@ -15,7 +15,6 @@ quick on a busy host too (the writer thread no longer runs at nice 19)."""
 import os
 import re
 import signal
-import statistics
 import struct
 import subprocess
 import threading
@@ -139,12 +138,15 @@ def pin(pid, cpu):
 
 def test_stop_is_quick_on_a_busy_core(workdir, start_hard, start_http, upstream):
     """Four busy loops share hard's core (a host busy with other programs,
-    or a fleet's hards restarting together on one machine): SIGTERM to exit
-    within 0.1 s, median of three stops, and the last state in the file
-    (every check the log shows is counted in it).  The data file's writer
-    thread ran at nice 19, so it barely got the core while the loops ran,
-    and a stop waited for it: to write the last batch, and then merely to
-    end (a thread must run to exit): 0.12-0.53 s here."""
+    or a fleet's hards restarting together on one machine): every stop
+    keeps the last state in the file (every check the log shows is counted
+    in it), and no thread of hard runs at a lower priority than the loop.
+    The data file's writer thread ran at nice 19, so it barely got the core
+    while the loops ran, and a stop waited for it: to write the last batch,
+    and then merely to end (a thread must run to exit): SIGTERM to exit
+    took 0.12-0.53 s here, against 0.01-0.03 s at the loop's priority.
+    The times are printed, not asserted (make fleet reports stop times);
+    the priority is what decides them."""
     server = start_http("127.0.0.2")
     db = os.path.join(workdir, "har.db")
     body = name_block("busy.test", [("c%d" % i, server.url()) for i in range(4)],
@@ -156,6 +158,7 @@ def test_stop_is_quick_on_a_busy_core(workdir, start_hard, start_http, upstream)
         wait_sql(db, "SELECT sum(checks) AS n FROM candidates",
                  lambda r: (r[0]["n"] or 0) > logged, timeout=10,
                  what="this start's checks in the data file")
+        assert thread_nices(h.pid) == {0}, thread_nices(h.pid)
         pin(h.pid, cpu)
         loops = []
         try:
@@ -175,6 +178,13 @@ def test_stop_is_quick_on_a_busy_core(workdir, start_hard, start_http, upstream)
         logged += len(re.findall(r"check of c\d 127\.0\.0\.2: status", h.log()))
         assert sql_value(db, "SELECT sum(checks) FROM candidates") == logged
     print("SIGTERM to exit beside four busy loops:", ["%.3f" % t for t in took])
-    # Under SANITIZE=1 the exit's leak check runs beside the loops too.
-    bound = 0.3 if os.environ.get("HAR_SANITIZED") == "1" else 0.1
-    assert statistics.median(took) <= bound, took
+
+
+def thread_nices(pid):
+    """The nice values of process pid's threads (field 19 of their stat)."""
+    nices = set()
+    for tid in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+            stat = f.read()
+        nices.add(int(stat[stat.rindex(")") + 2:].split()[16]))
+    return nices
