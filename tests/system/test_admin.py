@@ -226,7 +226,7 @@ def test_draining_server_that_fails_stays_drained(workdir, start_hard,
 
 def test_data_file_of_schema_1_upgraded(workdir, start_hard, start_http, up):
     """A data file of schema version 1 (before admin_state) is upgraded in
-    place: the new columns are added, its rows kept, user_version 4."""
+    place: the new columns are added, its rows kept, user_version 5."""
     db = db_path(workdir)
     os.makedirs(os.path.dirname(db))
     subprocess.run([SQLITE3, db,
@@ -248,7 +248,7 @@ def test_data_file_of_schema_1_upgraded(workdir, start_hard, start_http, up):
                    upstream=up, data_file=db)
     # Upgraded before the first answer; waited for all the same, since
     # wait_ready may return (after its 2 s) before a slow start is done.
-    wait_sql(db, "PRAGMA user_version", lambda r: r[0]["user_version"] == 4,
+    wait_sql(db, "PRAGMA user_version", lambda r: r[0]["user_version"] == 5,
              timeout=10)
     # restored healthy and drained: the last address, so answered
     assert answer(h, "www.test") == [A]

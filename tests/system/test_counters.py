@@ -179,7 +179,7 @@ def test_counters_after_a_known_mix_of_queries(workdir, start_hard, start_http, 
     assert d["config_file"] == h.conf
     assert abs(d["start_time"] - time.time()) < 60
     assert d["config_load_time"] >= d["start_time"]
-    assert sql_value(db, "PRAGMA user_version") == 4
+    assert sql_value(db, "PRAGMA user_version") == 5
 
 
 def test_counters_survive_a_reload_and_show_it(workdir, start_hard, start_http, up):

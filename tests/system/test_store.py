@@ -94,7 +94,8 @@ def history_complete(db):
 
 def test_schema_wal_and_missing_directory(workdir, start_hard, start_http, up):
     """The data file's directory is made when missing; the schema has every
-    required table, column and view; user_version 4; WAL mode."""
+    required table, column and view; user_version 5; WAL mode, 1 KB pages;
+    the history in check_history, read through the view checks."""
     s = start_http(A)
     db = db_path(workdir, "not", "yet", "there")
     h = start_hard(name_block("www.test", [("a", s.url())]), upstream=up,
@@ -108,7 +109,9 @@ def test_schema_wal_and_missing_directory(workdir, start_hard, start_http, up):
     kinds = {r["name"]: r["type"] for r in
              sql(db, "SELECT name, type FROM sqlite_master WHERE type IN ('table','view')")}
     assert kinds.get("ranking") == "view", kinds
-    assert sql_value(db, "PRAGMA user_version") == 4
+    assert kinds.get("checks") == "view" and kinds.get("check_history") == "table", kinds
+    assert sql_value(db, "PRAGMA user_version") == 5
+    assert sql_value(db, "PRAGMA page_size") == 1024
     assert sql_value(db, "PRAGMA journal_mode") == "wal"
     assert os.path.exists(db + "-wal"), "no write-ahead log next to the data file"
     # names are stored as configured: lower case, no trailing dot
@@ -139,7 +142,7 @@ def test_rows_statuses_counters_and_history(workdir, start_hard, start_http,
             ("www.test", "slow", D), ("tcp.test", "t", A)}
 
     # hard creates the file (WAL mode, schema) right after it listens
-    wait_sql(db, "PRAGMA user_version", lambda r: r == [{"user_version": 4}],
+    wait_sql(db, "PRAGMA user_version", lambda r: r == [{"user_version": 5}],
              timeout=2)
     # rows appear within a second of the first check of each address
     first_seen = {}
@@ -430,7 +433,7 @@ def test_older_file_upgraded_and_unknown_health(workdir, start_hard, start_http,
                               check_timeout=8, failure_mode="servfail"),
                    upstream=up, data_file=db)
     assert answer(h, "old.test") == "SERVFAIL"  # unknown: not available
-    assert sql_value(db, "PRAGMA user_version") == 4
+    assert sql_value(db, "PRAGMA user_version") == 5
     assert REQUIRED_COLUMNS["candidates"] <= columns(db, "candidates")
     assert "overprovisioning" in columns(db, "names")
     row = sql(db, "SELECT healthy, last_check_status, successes FROM candidates")
