@@ -914,6 +914,7 @@ struct store_file {
 	struct counters_snapshot *counters_written;
 	int lock_fd;		/* the flock on DATA_FILE.lock, or -1 */
 	long lock_holder;	/* the pid that had it when taking it failed */
+	int lock_error;		/* errno when the lock file could not be made */
 	struct log_streak write_streak;
 	struct log_streak open_streak;
 	pthread_t thread;

@@ -447,6 +447,7 @@ open_database_once(struct store_file *file)
 {
 	int result;
 
+	file->lock_error = 0;
 	file->system_error = open_system_error(file->path);
 	if (file->system_error)
 		return SQLITE_CANTOPEN;
@@ -455,7 +456,7 @@ open_database_once(struct store_file *file)
 	case 1:
 		return SQLITE_BUSY;
 	case -1:
-		file->system_error = errno;
+		file->lock_error = errno;
 		return SQLITE_CANTOPEN;
 	}
 	result = sqlite3_open_v2(file->path, &file->db, SQLITE_OPEN_READWRITE |
@@ -516,9 +517,12 @@ open_database(struct store_file *file)
 	file->cannot_open = result != SQLITE_OK;
 	pthread_mutex_unlock(&file->lock);
 	if (result != SQLITE_OK) {
-		char why[96], holder[64];
+		char why[4200], holder[64];
 
-		if (file->lock_fd < 0 && !file->system_error)
+		if (file->lock_error)
+			snprintf(why, sizeof(why), "cannot make its lock %s.lock: %s",
+				 file->path, strerror(file->lock_error));
+		else if (file->lock_fd < 0 && !file->system_error)
 			snprintf(why, sizeof(why), "in use by %s",
 				 lock_holder_text(file->lock_holder, holder,
 						  sizeof(holder)));
