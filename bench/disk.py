@@ -121,7 +121,9 @@ def run(tmp, upstream_port, runner):
                          "written: set TMPDIR to a directory on a disk" % tmp)
     addrs = runner.scale_addresses(max(n for n, _ in CASES))
     nginx, ports, _cert = runner.start_scale_nginx(tmp, addrs)
-    res = {"cases": [], "before": B.first_line([BEFORE, "-V"]) if BEFORE else None,
+    res = {"cases": [], "before": "%s (commit %s)" % (
+        B.first_line([BEFORE, "-V"]), B.git_describe(os.path.dirname(os.path.abspath(BEFORE))))
+        if BEFORE else None,
            "file_system": "%s (%s)" % (tmp, where.stdout.strip() or "?")}
     try:
         for count, frequency in CASES:
@@ -163,7 +165,8 @@ def table(res, verdict, aim):
             cells.append(B.fmt(B.ratio(a["per_second"], b["per_second"]), "%.4f"))
         cells.append("")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "before: %s; after: this commit, `data_file_interval` 60 s (its default). "
-              "A fresh data file each (the history ring still growing, as in a hard's "
-              "first 1000 checks of an address)." % (res["before"] or "not run"), ""]
+    lines += ["", "before: %s, a write every half second; after: the hard above, "
+              "`data_file_interval` 60 s (its default). A fresh data file each (the "
+              "history ring still growing, as in a hard's first 1000 checks of an "
+              "address)." % (res["before"] or "not run"), ""]
     return lines
