@@ -32,10 +32,11 @@
  * The page size of a new file (and of an older one upgraded to version
  * 5).  A write costs whole pages, in the WAL and again when they are
  * copied into the file, and one write of a few addresses changes a few
- * hundred bytes in each of several tables: 1 KB pages write about half
- * the bytes 4 KB ones do (measured for four addresses checked every
- * second), and the history of a thousand addresses still fits in a tree
- * of four levels.
+ * hundred bytes in each of several tables: 1 KB pages write about two
+ * thirds of the bytes 4 KB ones do, and fewer than 512-byte ones, whose
+ * many more frames touch more of the WAL index (measured for four
+ * addresses checked every second); the history of a thousand addresses
+ * still fits in a tree of four levels.
  */
 #define STORE_PAGE_SIZE 1024
 /* The WAL file is cut back to this after a checkpoint empties it, so one
