@@ -30,7 +30,8 @@ LIBS = $(PKG_LIBS) -lev -lm -lpthread
 
 MODULES = config.o config_values.o address.o dns.o server.o upstream.o upstream_udp.o \
 	registry.o select.o check.o check_http.o check_tcp.o store.o store_writer.o \
-	log.o querylog.o relay.o activation.o descriptors.o metrics.o metrics_text.o
+	store_lock.o log.o querylog.o relay.o activation.o descriptors.o metrics.o \
+	metrics_text.o
 OBJECTS = har.o notify.o $(MODULES)
 UNIT_TESTS = tests/unit/test_config tests/unit/test_dns tests/unit/test_select \
 	tests/unit/test_check tests/unit/test_activation

@@ -435,7 +435,8 @@ check_done(struct check *check, int status, int success,
 		select_update_all(address->candidate->name);
 	else
 		address->candidate->name->stale = 1;
-	store_record_check(address, success);
+	store_record_check(address, success,
+			   health_changed || address->draining != was_draining);
 	address->last_started = started;
 	next = schedule_next_start(address, success, started, check_origin,
 				   random_unit());

@@ -47,6 +47,8 @@ static const struct number_range number_ranges[] = {
 	{ "resolver_timeout", 0.001, 60, "seconds" },
 	{ "resolver_total_timeout", 0.001, 60, "seconds" },
 	{ "check_history", 1, 1000000, NULL },
+	/* From the flush tick (half a second) to an hour. */
+	{ "data_file_interval", 0.5, 3600, "seconds" },
 	{ "tcp_idle_timeout", 0.001, 86400, "seconds" },
 	/* 0 answers at once; beyond 10 s the kernel's buffers fill. */
 	{ "first_round_wait", 0, 10, "seconds" },

@@ -181,6 +181,8 @@ struct config {
 	double resolver_timeout;	/* one try of one nameserver */
 	double resolver_total_timeout;	/* a forwarded query, all tries */
 	char *data_file;	/* "" disables the store */
+	/* how often what changed but health is written to the data file */
+	double data_file_interval;
 	char *user;		/* NULL: stay who we are */
 	int check_history;
 	double tcp_idle_timeout;
@@ -402,6 +404,8 @@ struct name {
 	double quiet_since;	/* unqueried since (wall clock); NAN: not yet */
 	int idle;		/* checked at idle_check_frequency */
 	int store_dirty;	/* last_query_time or idle not yet written */
+	/* an address changed health or drain: its rows go out at once */
+	int store_urgent;
 };
 
 #define REGISTRY_SHAPE_BITS 1024
@@ -757,12 +761,13 @@ void store_restore(struct registry *registry);
 void store_start(void);
 /* Before the daemon forks: the data file's connection stays behind. */
 void store_before_fork(void);
-void store_record_check(const struct address *address, int success);
+/* health_changed: the check changed the address's health or drain. */
+void store_record_check(const struct address *address, int success,
+			int health_changed);
 void store_note_addresses_changed(void);
 void store_reconfigure(const struct config *config, struct registry *registry);
 /* A reload that failed: the daemon table and the metrics say so. */
 void store_note_reload_failed(void);
-void store_flush(void);
 void store_close(void);
 
 /*
@@ -866,6 +871,10 @@ struct sqlite3_stmt;
 /* How long a file being closed (SIGTERM, a new data_file) may stay
  * unwritable before what it was still to write is given up. */
 #define CLOSE_PATIENCE 2.0
+/* How long a start waits for another hard's lock on its data file: a hard
+ * that is stopping lets go within CLOSE_PATIENCE, the rest is for a
+ * loaded machine. */
+#define LOCK_PATIENCE (CLOSE_PATIENCE + 3.0)
 
 enum statement {
 	UPSERT_NAME,
@@ -970,6 +979,12 @@ struct store_file {
 	struct sqlite3 *db;
 	struct sqlite3_stmt *statements[STATEMENT_COUNT];
 	int system_error;	/* errno of the last failed open, or 0 */
+	int wal_frames;		/* in the WAL after the last commit */
+	/* the counters as last committed; NULL: none since the open */
+	struct counters_snapshot *counters_written;
+	int lock_fd;		/* the flock on DATA_FILE.lock, or -1 */
+	long lock_holder;	/* the pid that had it when taking it failed */
+	int lock_error;		/* errno when the lock file could not be made */
 	struct log_streak write_streak;
 	struct log_streak open_streak;
 	pthread_t thread;
@@ -994,6 +1009,15 @@ void batch_free(struct batch *batch);
 void batches_free(struct batch *batch);
 void set_owner(const char *path);
 int make_directory(const char *path, char *failed, size_t size);
+
+/* store_lock.c: one hard per data file */
+/* 0: taken (or held already); 1: another process has it, *holder its pid
+ * (0 if unknown); -1: the lock file cannot be opened (errno). */
+int lock_take(struct store_file *file, long *holder);
+/* Writes this process's pid into the lock file (again, after a fork). */
+void lock_note_pid(struct store_file *file);
+void lock_release(struct store_file *file);
+const char *lock_holder_text(long holder, char *out, size_t size);
 
 /* store_writer.c */
 int open_database(struct store_file *file);

@@ -3,8 +3,12 @@
  * behind the checks and read back at start (warm start).
  *
  * Nothing here runs on the query path.  A check result marks its address
- * dirty and queues a history row; every half second the dirty state is
- * written in one transaction with prepared statements.  When the file
+ * dirty and queues a history row.  What the file is read for at once, a
+ * change of health, is written on the next half-second tick; the rest
+ * (check times, RTTs, counters, the history) every data_file_interval,
+ * so that a steady hard costs the disk a few pages a minute instead of a
+ * transaction twice a second, and nothing at all while nothing changes.
+ * Each write is one transaction with prepared statements.  When the file
  * cannot be written (locked, full, gone, corrupt) the state stays in
  * memory, the trouble is logged once, and the next flush tries again.
  *
@@ -36,6 +40,9 @@
 #include "har.h"
 
 #define PENDING_HISTORY_MAX 20000
+/* A write of everything comes sooner when this much history waits: it
+ * bounds the memory the rows take and what a stop has left to write. */
+#define PENDING_HISTORY_FLUSH 5000
 
 struct ev_loop *store_loop;
 static struct store_file *current;	/* NULL: data_file is empty */
@@ -49,6 +56,8 @@ static int pending_count;
 static int pending_capacity;
 static unsigned long pending_dropped;
 static int addresses_changed;
+static double write_interval = 60;	/* data_file_interval */
+static double everything_due;	/* monotonic: the next write of everything */
 static uid_t owner_uid = (uid_t)-1;
 static gid_t owner_gid = (gid_t)-1;
 static char owner_name[64];
@@ -324,57 +333,82 @@ name_dirty(const struct name *name)
 	    addresses_changed;
 }
 
-/* Takes everything dirty out of the live state; NULL if nothing is. */
+/* Whether a write of only the urgent rows takes this address. */
+static int
+address_taken(const struct address *address, int everything)
+{
+	return address->store_dirty &&
+	    (everything || address->candidate->name->store_urgent);
+}
+
+/*
+ * Takes what is due out of the live state; NULL if nothing is.  With
+ * everything, all that is dirty; else only the addresses of the names
+ * whose health changed (all of a name's moved rows, since one address
+ * going down moves the others' shares).
+ */
 static struct batch *
-batch_take(void)
+batch_take(int everything)
 {
 	struct batch *batch;
-	struct counters_snapshot *counters;
-	int addresses = 0, dirty = 0, names = 0, counted;
+	struct counters_snapshot *counters = NULL;
+	int addresses = 0, dirty = 0, names = 0, counted = 0;
 
 	for (int i = 0; i < store_registry->name_count; i++) {
 		const struct name *name = &store_registry->names[i];
 
-		names += name_dirty(name);
+		names += everything && name_dirty(name);
 		for (int j = 0; j < name->candidate_count; j++)
 			for (int k = 0; k < name->candidates[j].address_count; k++) {
 				addresses++;
-				dirty += name->candidates[j].addresses[k]->store_dirty;
+				dirty += address_taken(name->candidates[j].addresses[k],
+						       everything);
 			}
 	}
-	counted = name_counters_count_moved();
-	counters = counters_take();
-	if (!dirty && !names && pending_count == 0 && !addresses_changed &&
-	    !counted && !counters)
+	if (everything) {
+		counted = name_counters_count_moved();
+		counters = counters_take();
+	}
+	if (!dirty && !names && !counted && !counters &&
+	    (!everything || (pending_count == 0 && !addresses_changed))) {
+		for (int i = 0; i < store_registry->name_count; i++)
+			store_registry->names[i].store_urgent = 0;
 		return NULL;
+	}
 	batch = batch_array(1, sizeof(*batch));
 	batch->counters = counters;
-	name_counters_take(batch, counted);
+	if (everything)
+		name_counters_take(batch, counted);
 	batch->candidates = batch_array((size_t)dirty, sizeof(struct candidate_row));
 	batch->names = batch_array((size_t)names, sizeof(struct name_row));
-	if (addresses_changed)
+	if (everything && addresses_changed)
 		batch->live = batch_array((size_t)addresses, sizeof(struct row_key));
 	batch->history_slots = store_history;
 	for (int i = 0; i < store_registry->name_count; i++) {
 		struct name *name = &store_registry->names[i];
 
-		if (name_dirty(name))
-			copy_name(&batch->names[batch->name_count++], name);
-		name->stored_queries = name->queries;
-		name->store_dirty = 0;
+		if (everything) {
+			if (name_dirty(name))
+				copy_name(&batch->names[batch->name_count++], name);
+			name->stored_queries = name->queries;
+			name->store_dirty = 0;
+		}
 		for (int j = 0; j < name->candidate_count; j++)
 			for (int k = 0; k < name->candidates[j].address_count; k++) {
 				struct address *address = name->candidates[j].addresses[k];
 
 				if (batch->live)
 					key_of(&batch->live[batch->live_count++], address);
-				if (!address->store_dirty)
+				if (!address_taken(address, everything))
 					continue;
 				copy_address(&batch->candidates[batch->candidate_count++],
 					     address);
 				address->store_dirty = 0;
 			}
+		name->store_urgent = 0;
 	}
+	if (!everything)
+		return batch;
 	batch->history = pending;
 	batch->history_count = pending_count;
 	pending = NULL;
@@ -399,6 +433,7 @@ file_create(const char *path)
 		free(file);
 		return NULL;
 	}
+	file->lock_fd = -1;
 	pthread_mutex_init(&file->lock, NULL);
 	pthread_condattr_init(&attributes);
 	pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC);
@@ -411,6 +446,7 @@ static void
 file_free(struct store_file *file)
 {
 	close_database(file);
+	lock_release(file);
 	batches_free(file->queue);
 	pthread_cond_destroy(&file->wake);
 	pthread_mutex_destroy(&file->lock);
@@ -462,7 +498,7 @@ file_hand(struct store_file *file, struct batch *batch)
 static void
 file_close(struct store_file *file)
 {
-	struct batch *last = store_registry ? batch_take() : NULL;
+	struct batch *last = store_registry ? batch_take(1) : NULL;
 
 	if (!file->thread_running) {
 		batch_free(last);
@@ -553,17 +589,36 @@ mark_everything_dirty(void)
 
 /* --------------------------------------------------------- the loop side */
 
-void
+/*
+ * Everything is due after a reload, a new resolution or a new file (the
+ * file must describe what hard checks now), every data_file_interval,
+ * and when the history waiting grows long.  The interval counts from the
+ * last write of everything, so the first change after a quiet spell is
+ * written at once and the next ones wait.
+ */
+static int
+everything_is_due(void)
+{
+	return addresses_changed || !counters_handed ||
+	    pending_count >= PENDING_HISTORY_FLUSH ||
+	    monotonic_now() >= everything_due;
+}
+
+static void
 store_flush(void)
 {
 	struct batch *batch;
+	int everything;
 
 	if (!current || !store_registry || !current->thread_running ||
 	    file_busy(current))
 		return;
-	batch = batch_take();
+	everything = everything_is_due();
+	batch = batch_take(everything);
 	if (!batch)
 		return;
+	if (everything)
+		everything_due = monotonic_now() + write_interval;
 	if (pending_dropped) {
 		log_warning("%lu check history rows were dropped while the data "
 			    "file could not be written", pending_dropped);
@@ -585,7 +640,8 @@ flush_tick(struct ev_loop *loop, ev_timer *timer, int revents)
 }
 
 void
-store_record_check(const struct address *address, int success)
+store_record_check(const struct address *address, int success,
+		   int health_changed)
 {
 	struct history_row *row;
 
@@ -594,6 +650,8 @@ store_record_check(const struct address *address, int success)
 	if (!current)
 		return;
 	((struct address *)address)->store_dirty = 1;
+	if (health_changed)
+		address->candidate->name->store_urgent = 1;
 	if (pending_count == PENDING_HISTORY_MAX) {
 		/* Unwritable for long: drop the older half, keep the newest. */
 		int dropped = pending_count / 2;
@@ -1115,15 +1173,51 @@ problem_follow(void)
 }
 
 /*
- * Fails only when memory runs out: a data file that cannot be opened or
- * made is logged and retried while hard answers (start_without_file), as
- * is one that opens but cannot be written yet (locked, full, corrupt).
+ * Another hard's data file is not shared (store_lock.c): a start waits up
+ * to LOCK_PATIENCE for its lock, which a hard that is stopping (a restart
+ * whose new hard starts before the old one has ended) lets go of within
+ * CLOSE_PATIENCE, and fails if it is still held then.  -1 (open_failure
+ * says why) only then; a lock file that cannot be made is the writer's to
+ * retry, with the data file.
+ */
+static int
+wait_for_lock(struct store_file *file)
+{
+	double give_up_at = monotonic_now() + LOCK_PATIENCE;
+	char holder_text[64];
+	long holder;
+	int said = 0;
+
+	while (lock_take(file, &holder) == 1) {
+		lock_holder_text(holder, holder_text, sizeof(holder_text));
+		if (monotonic_now() >= give_up_at)
+			return open_failed("in use by %s, which holds %s.lock; "
+					   "refusing to start a second hard on it",
+					   holder_text, file->path);
+		if (!said)
+			log_info("data file %s is in use by %s; waiting up to "
+				 "%.0f s for it", file->path, holder_text,
+				 LOCK_PATIENCE);
+		said = 1;
+		usleep(50000);
+	}
+	if (said && file->lock_fd >= 0)
+		log_info("data file %s is free: going on", file->path);
+	return 0;
+}
+
+/*
+ * Fails when memory runs out, or when another hard keeps the data file
+ * (wait_for_lock): a data file that cannot be opened or made is logged
+ * and retried while hard answers (start_without_file), as is one that
+ * opens but cannot be written yet (locked, full, corrupt).
  */
 int
 store_open(struct ev_loop *loop, const struct config *config, const char *user)
 {
 	store_loop = loop;
 	store_history = config->check_history;
+	write_interval = config->data_file_interval;
 	counters_note_config(config);
 	ev_async_init(&file_closed, on_file_closed);
 	ev_async_start(loop, &file_closed);
@@ -1141,6 +1235,8 @@ store_open(struct ev_loop *loop, const struct config *config, const char *user)
 		start_without_file(current);
 		return 0;
 	}
+	if (wait_for_lock(current) != 0)
+		return -1;
 	open_database(current);
 	give_files_to_owner(current->path);
 	return 0;
@@ -1150,6 +1246,37 @@ const char *
 store_open_error(void)
 {
 	return open_failure;
+}
+
+/* A reload's new file, locked already (file_held_by_another). */
+static struct store_file *taken;
+
+/*
+ * A reload to a file that another hard writes is refused, and the old
+ * file kept: the next reload tries again.  The new file's lock is taken
+ * here, at once, unless this hard's own old writer of it is still closing
+ * it (its new writer takes the lock when it starts, after the old one) or
+ * the lock file cannot be made yet (the writer makes the directories).
+ */
+static int
+file_held_by_another(const char *path)
+{
+	char holder_text[64];
+	long holder;
+
+	if (path[0] == '\0' || still_closing(path))
+		return 0;
+	taken = file_create(path);
+	if (!taken || lock_take(taken, &holder) != 1)
+		return 0;
+	log_error("reload: data file %s is in use by %s, which holds %s.lock; "
+		  "keeping %s%s", path, lock_holder_text(holder, holder_text,
+							  sizeof(holder_text)),
+		  path, current ? "data file " : "the state in memory only",
+		  current ? current->path : "");
+	file_free(taken);
+	taken = NULL;
+	return 1;
 }
 
 /*
@@ -1179,8 +1306,11 @@ store_reconfigure(const struct config *config, struct registry *registry)
 	store_registry = registry;
 	addresses_changed = 1;
 	store_history = config->check_history;
+	write_interval = config->data_file_interval;
 	counters_note_config(config);
 	if (strcmp(current ? current->path : "", config->data_file) == 0)
+		return;
+	if (file_held_by_another(config->data_file))
 		return;
 	log_info("data file changes to \"%s\"", config->data_file);
 	if (current)
@@ -1191,7 +1321,8 @@ store_reconfigure(const struct config *config, struct registry *registry)
 	pending_count = pending_capacity = 0;
 	if (config->data_file[0] == '\0')
 		return;
-	current = file_create(config->data_file);
+	current = taken ? taken : file_create(config->data_file);
+	taken = NULL;
 	if (!current) {
 		log_error("out of memory opening data file %s", config->data_file);
 		return;
@@ -1207,6 +1338,8 @@ store_reconfigure(const struct config *config, struct registry *registry)
 void
 store_start(void)
 {
+	if (current)
+		lock_note_pid(current);	/* the daemon's, after the fork */
 	if (current && !current->thread_running)
 		file_start(current);
 }

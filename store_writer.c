@@ -22,14 +22,36 @@
  * monitoring counters (daemon, totals, nameservers, nameserver_replies,
  * name_counters); 4: overprovisioning, each address's latency group and
  * share, names' last_query_time and idle; 5: the daemon's last reload
- * and whether it succeeded.  Each step only adds, so any older file
+ * and whether it succeeded, and the history in the compact check_history,
+ * read through the view checks.  Each step but 5 only adds; 5 drops the
+ * older history (history_upgrade), so any older file
  * upgrades. */
 #define STORE_SCHEMA_VERSION 5
 #define BUSY_TIMEOUT_MS 20
+/*
+ * The page size of a new file (and of an older one upgraded to version
+ * 5).  A write costs whole pages, in the WAL and again when they are
+ * copied into the file, and one write of a few addresses changes a few
+ * hundred bytes in each of several tables: 1 KB pages write about two
+ * thirds of the bytes 4 KB ones do, and fewer than 512-byte ones, whose
+ * many more frames touch more of the WAL index (measured for four
+ * addresses checked every second); the history of a thousand addresses
+ * still fits in a tree of four levels.
+ */
+#define STORE_PAGE_SIZE 1024
 /* The WAL file is cut back to this after a checkpoint empties it, so one
  * large batch (the whole state, written to a new file) does not leave a
  * large file behind: about what the default autocheckpoint let it grow to. */
 #define WAL_SIZE_LIMIT (4 * 1024 * 1024)
+/*
+ * The WAL is copied into the file once it holds this many frames (see
+ * checkpoint).  The WAL index (-shm) keeps the page numbers of its first
+ * 990 frames in the same 4 KB as its header, which every commit writes:
+ * past them, each commit dirties one more of its pages.
+ */
+#define WAL_CHECKPOINT_FRAMES 900
+/* check_history's key: the slot times this, plus the candidates rowid. */
+#define HISTORY_SLOT_STRIDE "4294967296"
 
 static const char *const statement_sql[STATEMENT_COUNT] = {
 	[UPSERT_NAME] =
@@ -60,21 +82,29 @@ static const char *const statement_sql[STATEMENT_COUNT] = {
 	    " connect_errors = ?16, response_errors = ?17, other_errors = ?18,"
 	    " checks = ?19, admin_state = ?20, draining = ?21,"
 	    " latency_group = ?22, share = ?23",
+	/* The address's candidates row gives its number in the key; an
+	 * address without one (gone since) keeps no history. */
 	[INSERT_CHECK] =
-	    "INSERT INTO checks(name, candidate_name, ip_address, slot,"
-	    " time, status, success, connect_time, response_time)"
-	    " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-	    " ON CONFLICT(slot, name, candidate_name, ip_address) DO UPDATE SET"
-	    " time = ?5, status = ?6, success = ?7, connect_time = ?8,"
-	    " response_time = ?9",
+	    "INSERT INTO check_history(id, time, status, success,"
+	    " connect_time, response_time)"
+	    " SELECT ?4 * " HISTORY_SLOT_STRIDE " + rowid, ?5, ?6, ?7, ?8, ?9"
+	    " FROM candidates WHERE name = ?1 AND candidate_name = ?2"
+	    " AND ip_address = ?3 AND rowid < " HISTORY_SLOT_STRIDE
+	    " ON CONFLICT(id) DO UPDATE SET time = ?5, status = ?6,"
+	    " success = ?7, connect_time = ?8, response_time = ?9",
 };
 
 /*
- * checks is a ring of check_history slots per address, keyed slot first:
- * addresses checked at the same pace are at about the same slot, so one
- * batch's rows land on a few neighbouring pages instead of one page per
- * address.  That keeps the write per check to a fraction of a page at
- * thousands of checks a second (the rows are found by time, not key).
+ * The history is a ring of check_history slots per address, in
+ * check_history: one row per check, keyed by slot * 2^32 + the rowid of
+ * the address's candidates row, the time in milliseconds and the
+ * durations in microseconds, as integers: about 30 bytes a row, where
+ * the names and REALs of version 4's checks took 75, since a check's row
+ * is most of what a steady hard writes.  Keyed slot first: addresses
+ * checked at the same pace are at about the same slot, so one write's
+ * rows land on neighbouring pages, appended at the end of the tree until
+ * the ring wraps.  The view checks reads it as before (slot, time in
+ * seconds, the address by name).
  */
 static const char schema_sql[] =
     "CREATE TABLE IF NOT EXISTS names("
@@ -83,12 +113,20 @@ static const char schema_sql[] =
     " name TEXT NOT NULL, candidate_name TEXT NOT NULL,"
     " ip_address TEXT NOT NULL,"
     " PRIMARY KEY(name, candidate_name, ip_address));"
-    "CREATE TABLE IF NOT EXISTS checks("
-    " name TEXT NOT NULL, candidate_name TEXT NOT NULL,"
-    " ip_address TEXT NOT NULL, slot INTEGER NOT NULL,"
-    " time REAL, status INTEGER, success INTEGER,"
-    " connect_time REAL, response_time REAL,"
-    " PRIMARY KEY(slot, name, candidate_name, ip_address)) WITHOUT ROWID;";
+    "CREATE TABLE IF NOT EXISTS check_history("
+    " id INTEGER PRIMARY KEY, time INTEGER, status INTEGER,"
+    " success INTEGER, connect_time INTEGER, response_time INTEGER);";
+
+/* CROSS JOIN: the history drives, each row finding its address by rowid. */
+static const char checks_view_sql[] =
+    "DROP VIEW IF EXISTS checks;"
+    "CREATE VIEW checks AS"
+    " SELECT c.name, c.candidate_name, c.ip_address,"
+    "  h.id / " HISTORY_SLOT_STRIDE " AS slot, h.time / 1000.0 AS time,"
+    "  h.status, h.success, h.connect_time / 1e6 AS connect_time,"
+    "  h.response_time / 1e6 AS response_time"
+    " FROM check_history h CROSS JOIN candidates c"
+    " ON c.rowid = h.id % " HISTORY_SLOT_STRIDE ";";
 
 /*
  * Columns added to a table that lacks them: this is the upgrade path from
@@ -234,11 +272,81 @@ column_exists(struct store_file *file, const char *table, const char *column)
 
 static int counters_schema_upgrade(struct store_file *file);
 
+/* The first column of the statement's first row as text, into out. */
+static void
+query_text(struct store_file *file, const char *sql, char *out, size_t size)
+{
+	sqlite3_stmt *statement;
+
+	out[0] = '\0';
+	if (sqlite3_prepare_v2(file->db, sql, -1, &statement, NULL) != SQLITE_OK)
+		return;
+	if (sqlite3_step(statement) == SQLITE_ROW &&
+	    sqlite3_column_text(statement, 0))
+		snprintf(out, size, "%s", sqlite3_column_text(statement, 0));
+	sqlite3_finalize(statement);
+}
+
+static int
+query_int(struct store_file *file, const char *sql)
+{
+	char text[32];
+
+	query_text(file, sql, text, sizeof(text));
+	return atoi(text);
+}
+
+/*
+ * Version 5: an older file's checks table (the wide rows of version 4)
+ * is dropped, its history not carried over (a ring of recent checks,
+ * rebuilt as hard checks), and the file rebuilt with STORE_PAGE_SIZE
+ * pages.  The rebuild (VACUUM) needs the file to itself, out of WAL
+ * mode: while a reader has it open the pages stay as they are, and the
+ * file works as well, at a greater cost per write.
+ */
+static int
+history_upgrade(struct store_file *file)
+{
+	char sql[64], mode[16];
+	int result, secure;
+
+	if (query_int(file, "SELECT count(*) FROM sqlite_master"
+		      " WHERE type = 'table' AND name = 'checks'") == 0)
+		return SQLITE_OK;
+	/* The pages go to the free list; zeroing them first would write
+	 * the whole table once more, for VACUUM to drop them anyway. */
+	secure = query_int(file, "PRAGMA secure_delete");
+	exec_sql(file, "PRAGMA secure_delete = OFF");
+	result = exec_sql(file, "DROP TABLE checks");
+	snprintf(sql, sizeof(sql), "PRAGMA secure_delete = %d", secure);
+	exec_sql(file, sql);
+	if (result != SQLITE_OK ||
+	    query_int(file, "PRAGMA page_size") == STORE_PAGE_SIZE)
+		return result;
+	query_text(file, "PRAGMA journal_mode = DELETE", mode, sizeof(mode));
+	if (strcmp(mode, "delete") != 0) {
+		log_info("data file %s: its pages stay %d bytes (another process "
+			 "has it open)", file->path,
+			 query_int(file, "PRAGMA page_size"));
+		return SQLITE_OK;
+	}
+	snprintf(sql, sizeof(sql), "PRAGMA page_size = %d; VACUUM",
+		 STORE_PAGE_SIZE);
+	if (exec_sql(file, sql) == SQLITE_OK)
+		log_info("data file %s: rebuilt with %d-byte pages", file->path,
+			 STORE_PAGE_SIZE);
+	/* WAL again, whether the rebuild worked or not. */
+	return exec_sql(file, "PRAGMA journal_mode = WAL");
+}
+
 static int
 schema_upgrade(struct store_file *file)
 {
 	char sql[256];
-	int result = exec_sql(file, schema_sql);
+	int result = history_upgrade(file);
+
+	if (result == SQLITE_OK)
+		result = exec_sql(file, schema_sql);
 
 	/* First: the daemon table takes columns of its own below. */
 	if (result == SQLITE_OK)
@@ -255,6 +363,8 @@ schema_upgrade(struct store_file *file)
 	}
 	if (result == SQLITE_OK)
 		result = exec_sql(file, ranking_sql);
+	if (result == SQLITE_OK)
+		result = exec_sql(file, checks_view_sql);
 	if (result == SQLITE_OK) {
 		snprintf(sql, sizeof(sql), "PRAGMA user_version = %d",
 			 STORE_SCHEMA_VERSION);
@@ -266,6 +376,10 @@ schema_upgrade(struct store_file *file)
 void
 close_database(struct store_file *file)
 {
+	/* A file opened again gets every counter row afresh. */
+	free(file->counters_written);
+	file->counters_written = NULL;
+	file->wal_frames = 0;
 	for (int i = 0; i < STATEMENT_COUNT; i++) {
 		sqlite3_finalize(file->statements[i]);
 		file->statements[i] = NULL;
@@ -321,24 +435,57 @@ open_system_error(const char *path)
 	return 0;
 }
 
+/* After each commit: how many frames the WAL holds (see checkpoint). */
+static int
+count_wal_frames(void *argument, sqlite3 *db, const char *name, int frames)
+{
+	struct store_file *file = argument;
+
+	(void)db;
+	(void)name;
+	file->wal_frames = frames;
+	return SQLITE_OK;
+}
+
 static int
 open_database_once(struct store_file *file)
 {
 	int result;
 
+	file->lock_error = 0;
 	file->system_error = open_system_error(file->path);
 	if (file->system_error)
 		return SQLITE_CANTOPEN;
+	/* Not a file another hard writes (store_lock.c). */
+	switch (lock_take(file, &file->lock_holder)) {
+	case 1:
+		return SQLITE_BUSY;
+	case -1:
+		file->lock_error = errno;
+		return SQLITE_CANTOPEN;
+	}
 	result = sqlite3_open_v2(file->path, &file->db, SQLITE_OPEN_READWRITE |
 				 SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
 	if (result == SQLITE_OK) {
+		char sql[64];
+
 		sqlite3_busy_timeout(file->db, BUSY_TIMEOUT_MS);
 		/* The writer checkpoints as it goes (checkpoint below):
 		 * a stop waits for no copy and no sync of its own. */
 		sqlite3_db_config(file->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
 				  1, NULL);
-		result = exec_sql(file, "PRAGMA journal_mode = WAL");
+		/* Instead of SQLite's checkpoint after 1,000 pages. */
+		sqlite3_wal_hook(file->db, count_wal_frames, file);
+		/* Before anything is written: a new file's page size. */
+		snprintf(sql, sizeof(sql), "PRAGMA page_size = %d",
+			 STORE_PAGE_SIZE);
+		result = exec_sql(file, sql);
 	}
+	if (result == SQLITE_OK)
+		result = exec_sql(file, "PRAGMA journal_mode = WAL");
+	/* The pruning's tables of live keys: never worth a file. */
+	if (result == SQLITE_OK)
+		result = exec_sql(file, "PRAGMA temp_store = MEMORY");
 	if (result == SQLITE_OK)
 		result = exec_sql(file, "PRAGMA synchronous = NORMAL");
 	if (result == SQLITE_OK) {
@@ -375,11 +522,23 @@ open_database(struct store_file *file)
 	file->cannot_open = result != SQLITE_OK;
 	pthread_mutex_unlock(&file->lock);
 	if (result != SQLITE_OK) {
+		char why[4200], holder[64];
+
+		if (file->lock_error)
+			snprintf(why, sizeof(why), "cannot make its lock %s.lock: %s",
+				 file->path, strerror(file->lock_error));
+		else if (file->lock_fd < 0 && !file->system_error)
+			snprintf(why, sizeof(why), "in use by %s",
+				 lock_holder_text(file->lock_holder, holder,
+						  sizeof(holder)));
+		else
+			snprintf(why, sizeof(why), "%s", file->system_error ?
+				 strerror(file->system_error) :
+				 sqlite3_errstr(result));
 		if (log_streak_fail(&file->open_streak))
 			log_error("cannot open data file %s: %s; keeping state in "
 				  "memory and retrying every %.0f s", file->path,
-				  file->system_error ? strerror(file->system_error) :
-				  sqlite3_errstr(result), REOPEN_INTERVAL);
+				  why, REOPEN_INTERVAL);
 		return -1;
 	}
 	if (log_streak_ok(&file->open_streak))
@@ -472,6 +631,19 @@ write_address(struct store_file *file, const struct candidate_row *row)
 	return step(statement);
 }
 
+/* seconds * scale as an integer; NULL when not a number or too large. */
+static void
+bind_scaled(sqlite3_stmt *statement, int index, double seconds, double scale)
+{
+	double value = seconds * scale;
+
+	if (isfinite(value) && fabs(value) < 9e15)
+		sqlite3_bind_int64(statement, index, (sqlite3_int64)llround(value));
+	else
+		sqlite3_bind_null(statement, index);
+}
+
+/* The time in milliseconds and the durations in microseconds. */
 static int
 write_history(struct store_file *file, const struct history_row *row)
 {
@@ -479,11 +651,11 @@ write_history(struct store_file *file, const struct history_row *row)
 
 	bind_key(statement, &row->key);
 	sqlite3_bind_int64(statement, 4, row->slot);
-	sqlite3_bind_double(statement, 5, row->time);
+	bind_scaled(statement, 5, row->time, 1e3);
 	sqlite3_bind_int(statement, 6, row->status);
 	sqlite3_bind_int(statement, 7, row->success);
-	bind_real(statement, 8, row->connect_time);
-	bind_real(statement, 9, row->response_time);
+	bind_scaled(statement, 8, row->connect_time, 1e6);
+	bind_scaled(statement, 9, row->response_time, 1e6);
 	return step(statement);
 }
 
@@ -537,16 +709,15 @@ delete_removed(struct store_file *file, const struct batch *batch)
 		    "DELETE FROM candidates WHERE (name, candidate_name, ip_address)"
 		    " NOT IN (SELECT name, candidate_name, ip_address FROM live)"
 		    " OR name IS NULL OR candidate_name IS NULL OR ip_address IS NULL;"
-		    "DELETE FROM checks WHERE (name, candidate_name, ip_address)"
-		    " NOT IN (SELECT name, candidate_name, ip_address FROM live)"
-		    " OR name IS NULL OR candidate_name IS NULL OR ip_address IS NULL;"
+		    "DELETE FROM check_history WHERE id % " HISTORY_SLOT_STRIDE
+		    " NOT IN (SELECT rowid FROM candidates);"
 		    "DELETE FROM names WHERE name NOT IN (SELECT name FROM live_names)"
 		    " OR name IS NULL;");
 	if (result == SQLITE_OK) {
-		char sql[64];
+		char sql[96];
 
-		snprintf(sql, sizeof(sql), "DELETE FROM checks WHERE slot >= %d",
-			 batch->history_slots);
+		snprintf(sql, sizeof(sql), "DELETE FROM check_history WHERE id >= %d"
+			 " * " HISTORY_SLOT_STRIDE, batch->history_slots);
 		result = exec_sql(file, sql);
 	}
 	return result;
@@ -651,6 +822,24 @@ prepare(struct store_file *file, const char *sql, sqlite3_stmt **statement)
 	return sqlite3_prepare_v2(file->db, sql, -1, statement, NULL);
 }
 
+/*
+ * The counters are written as they move, against what this connection
+ * last committed (file->counters_written; NULL after an open, when every
+ * row is written): a row that did not change is not touched, and the
+ * daemon row only changes at a start or a reload.
+ */
+static int
+daemon_moved(const struct counters_snapshot *now,
+	     const struct counters_snapshot *before)
+{
+	return !before || now->pid != before->pid ||
+	    strcmp(now->version, before->version) != 0 ||
+	    strcmp(now->config_file, before->config_file) != 0 ||
+	    memcmp(&now->start_time, &before->start_time, sizeof(double)) != 0 ||
+	    memcmp(&now->config_load_time, &before->config_load_time,
+		   sizeof(double)) != 0;
+}
+
 static int
 write_daemon(struct store_file *file, const struct counters_snapshot *c)
 {
@@ -676,17 +865,28 @@ write_daemon(struct store_file *file, const struct counters_snapshot *c)
 	return result;
 }
 
+/* The rows of now whose value is not before's (every row without before). */
 static int
-write_totals(struct store_file *file, const struct totals *t)
+write_totals(struct store_file *file, const struct totals *now,
+	     const struct totals *before)
 {
-	struct total_row rows[TOTAL_ROWS_MAX];
-	int count = total_rows(t, rows);
-	sqlite3_stmt *upsert;
-	int result = prepare(file, "INSERT INTO totals(counter, kind, value)"
-			     " VALUES(?1, ?2, ?3) ON CONFLICT(counter, kind)"
-			     " DO UPDATE SET value = ?3", &upsert);
+	struct total_row rows[TOTAL_ROWS_MAX], old[TOTAL_ROWS_MAX];
+	int count = total_rows(now, rows);
+	sqlite3_stmt *upsert = NULL;
+	int result = SQLITE_OK;
 
+	if (before)
+		total_rows(before, old);
 	for (int i = 0; result == SQLITE_OK && i < count; i++) {
+		if (before && rows[i].value == old[i].value)
+			continue;
+		if (!upsert)
+			result = prepare(file, "INSERT INTO totals(counter, kind,"
+					 " value) VALUES(?1, ?2, ?3)"
+					 " ON CONFLICT(counter, kind)"
+					 " DO UPDATE SET value = ?3", &upsert);
+		if (result != SQLITE_OK)
+			break;
 		sqlite3_bind_text(upsert, 1, rows[i].counter, -1, SQLITE_STATIC);
 		sqlite3_bind_text(upsert, 2, rows[i].kind, -1, SQLITE_STATIC);
 		sqlite3_bind_int64(upsert, 3, rows[i].value);
@@ -696,45 +896,92 @@ write_totals(struct store_file *file, const struct totals *t)
 	return result;
 }
 
+/* One nameserver's reply counts by rcode: the moved ones (all without before). */
 static int
-write_nameserver_replies(sqlite3_stmt *insert, const struct upstream_counters *ns)
+write_nameserver_replies(struct store_file *file, const struct upstream_counters *ns,
+			 const struct upstream_counters *before)
 {
+	sqlite3_stmt *upsert = NULL, *remove = NULL;
 	int result = SQLITE_OK;
 
 	for (int rcode = 0; result == SQLITE_OK && rcode < DNS_RCODE_BUCKETS;
 	     rcode++) {
 		const char *name = dns_rcode_name(rcode);
+		uint64_t was = before ? before->replies[rcode] : 0;
+		sqlite3_stmt **statement = ns->replies[rcode] ? &upsert : &remove;
 
-		if (ns->replies[rcode] == 0)
+		if (ns->replies[rcode] == was)
 			continue;
-		sqlite3_bind_text(insert, 1, ns->nameserver, -1, SQLITE_STATIC);
+		if (!*statement)
+			result = prepare(file, ns->replies[rcode] ?
+			    "INSERT INTO nameserver_replies(nameserver, rcode,"
+			    " replies) VALUES(?1, ?2, ?3) ON CONFLICT(nameserver,"
+			    " rcode) DO UPDATE SET replies = ?3" :
+			    "DELETE FROM nameserver_replies WHERE nameserver = ?1"
+			    " AND rcode = ?2", statement);
+		if (result != SQLITE_OK)
+			break;
+		sqlite3_bind_text(*statement, 1, ns->nameserver, -1, SQLITE_STATIC);
 		/* The last bucket holds every rcode above the assigned ones. */
-		sqlite3_bind_text(insert, 2, name ? name : "OTHER", -1,
+		sqlite3_bind_text(*statement, 2, name ? name : "OTHER", -1,
 				  SQLITE_STATIC);
-		sqlite3_bind_int64(insert, 3, (sqlite3_int64)ns->replies[rcode]);
-		result = step(insert);
+		if (ns->replies[rcode])
+			sqlite3_bind_int64(*statement, 3,
+					   (sqlite3_int64)ns->replies[rcode]);
+		result = step(*statement);
 	}
+	sqlite3_finalize(upsert);
+	sqlite3_finalize(remove);
 	return result;
 }
 
-/* The nameservers configured now, and only those. */
+/* Whether before lists the same nameservers as now, in the same order. */
 static int
-write_nameservers(struct store_file *file, const struct counters_snapshot *c)
+same_nameservers(const struct counters_snapshot *now,
+		 const struct counters_snapshot *before)
 {
-	sqlite3_stmt *server = NULL, *replies = NULL;
-	int result = exec_sql(file, "DELETE FROM nameservers;"
-			      "DELETE FROM nameserver_replies;");
+	if (!before || now->nameserver_count != before->nameserver_count)
+		return 0;
+	for (int i = 0; i < now->nameserver_count; i++)
+		if (strcmp(now->nameservers[i].nameserver,
+			   before->nameservers[i].nameserver) != 0)
+			return 0;
+	return 1;
+}
 
-	if (result == SQLITE_OK)
-		result = prepare(file, "INSERT INTO nameservers(nameserver, position,"
-				 " up, queries, timeouts, errors, rtt)"
-				 " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)", &server);
-	if (result == SQLITE_OK)
-		result = prepare(file, "INSERT INTO nameserver_replies(nameserver,"
-				 " rcode, replies) VALUES(?1, ?2, ?3)", &replies);
+/*
+ * The nameservers configured now, and only those: all of them afresh
+ * when the list changed, else the rows of those whose counters moved.
+ */
+static int
+write_nameservers(struct store_file *file, const struct counters_snapshot *c,
+		  const struct counters_snapshot *before)
+{
+	sqlite3_stmt *server = NULL;
+	int result = SQLITE_OK;
+
+	if (!same_nameservers(c, before)) {
+		before = NULL;
+		result = exec_sql(file, "DELETE FROM nameservers;"
+				  "DELETE FROM nameserver_replies;");
+	}
 	for (int i = 0; result == SQLITE_OK && i < c->nameserver_count; i++) {
 		const struct upstream_counters *ns = &c->nameservers[i];
+		const struct upstream_counters *was = before ?
+		    &before->nameservers[i] : NULL;
 
+		if (was && memcmp(ns, was, sizeof(*ns)) == 0)
+			continue;
+		if (!server)
+			result = prepare(file, "INSERT INTO nameservers(nameserver,"
+					 " position, up, queries, timeouts, errors,"
+					 " rtt) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+					 " ON CONFLICT(nameserver) DO UPDATE SET"
+					 " position = ?2, up = ?3, queries = ?4,"
+					 " timeouts = ?5, errors = ?6, rtt = ?7",
+					 &server);
+		if (result != SQLITE_OK)
+			break;
 		sqlite3_bind_text(server, 1, ns->nameserver, -1, SQLITE_STATIC);
 		sqlite3_bind_int(server, 2, i + 1);
 		sqlite3_bind_int(server, 3, ns->up);
@@ -744,10 +991,9 @@ write_nameservers(struct store_file *file, const struct counters_snapshot *c)
 		bind_real(server, 7, ns->srtt);
 		result = step(server);
 		if (result == SQLITE_OK)
-			result = write_nameserver_replies(replies, ns);
+			result = write_nameserver_replies(file, ns, was);
 	}
 	sqlite3_finalize(server);
-	sqlite3_finalize(replies);
 	return result;
 }
 
@@ -786,6 +1032,7 @@ write_name_counters(struct store_file *file, const struct batch *batch)
 static int
 write_counters(struct store_file *file, const struct batch *batch)
 {
+	const struct counters_snapshot *before;
 	int result = write_name_counters(file, batch);
 
 	if (result == SQLITE_OK && batch->live)
@@ -793,12 +1040,28 @@ write_counters(struct store_file *file, const struct batch *batch)
 				  " WHERE name NOT IN (SELECT name FROM names)");
 	if (result != SQLITE_OK || !batch->counters)
 		return result;
-	result = write_daemon(file, batch->counters);
+	before = file->counters_written;
+	if (daemon_moved(batch->counters, before))
+		result = write_daemon(file, batch->counters);
 	if (result == SQLITE_OK)
-		result = write_totals(file, &batch->counters->totals);
+		result = write_totals(file, &batch->counters->totals,
+				      before ? &before->totals : NULL);
 	if (result == SQLITE_OK)
-		result = write_nameservers(file, batch->counters);
+		result = write_nameservers(file, batch->counters, before);
 	return result;
+}
+
+/* After a commit: what the next batch's counters are compared with. */
+static void
+counters_committed(struct store_file *file, const struct batch *batch)
+{
+	if (!batch->counters)
+		return;
+	if (!file->counters_written)
+		file->counters_written = malloc(sizeof(*file->counters_written));
+	if (file->counters_written)
+		memcpy(file->counters_written, batch->counters,
+		       sizeof(*file->counters_written));
 }
 
 static void
@@ -833,6 +1096,7 @@ write_batch(struct store_file *file, const struct batch *batch)
 	if (result == SQLITE_OK)
 		result = exec_sql(file, "COMMIT");
 	if (result == SQLITE_OK) {
+		counters_committed(file, batch);
 		if (log_streak_ok(&file->write_streak))
 			log_info("data file %s written again", file->path);
 		return SQLITE_OK;
@@ -954,22 +1218,25 @@ writer_give_up(struct store_file *file)
 
 /*
  * Copies what the batches wrote from the WAL into the database, in the
- * writer after each commit while hard runs, so that the WAL never holds
- * more than about one batch.  Left to SQLite's autocheckpoint, the WAL
- * held up to 1,000 pages not yet copied, and sqlite3_close at SIGTERM
- * copied them all and synced the file, for seconds on a slow disk during
- * which a restart had nothing answering.  The close now copies nothing
- * (SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE): the last batch stays in the WAL,
- * committed, where the next open (or a reader) finds it.  PASSIVE never
- * waits: a reader (har-status) may keep some pages in the WAL until the
- * next checkpoint.
+ * writer while hard runs, once the WAL holds WAL_CHECKPOINT_FRAMES: a
+ * checkpoint writes every page it copies once more (and syncs the WAL and
+ * the file), so copying after every commit doubled what a write cost,
+ * while copying seldom writes a page changed by many commits (the rows of
+ * the addresses, the counters) once.  A stop copies nothing
+ * (SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE): the last batches stay in the WAL,
+ * committed, where the next open (or a reader) finds them.  (Left to
+ * SQLite, sqlite3_close at SIGTERM copied up to 1,000 pages and synced
+ * the file, for seconds on a slow disk during which a restart had nothing
+ * answering.)  The next start reads the WAL through once, a few
+ * milliseconds for its megabyte.  PASSIVE never waits: a reader (har-status)
+ * may keep some pages in the WAL until the next checkpoint.
  */
 static void
 checkpoint(struct store_file *file)
 {
 	int result;
 
-	if (!file->db)
+	if (!file->db || file->wal_frames < WAL_CHECKPOINT_FRAMES)
 		return;
 	result = sqlite3_wal_checkpoint_v2(file->db, NULL,
 					   SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);

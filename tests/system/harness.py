@@ -413,16 +413,23 @@ def hard_config(body, upstream, port, listen=("127.0.0.1",), data_file="",
     its listeners for its first round of checks (first_round_wait, 1 s):
     the tests start hard hundreds of times, each waiting for its first
     reply, so they answer at once unless extra or body sets it (the tests
-    of the hold itself, in test_start.py)."""
+    of the hold itself, in test_start.py).  Likewise data_file_interval is
+    0.5 s unless set (the default, 60 s, is test_disk.py's)."""
     if isinstance(upstream, str):
         upstream = [upstream]
     # Last, so that the lines the tests name keep their numbers.
     hold = "" if "first_round_wait" in extra + body else "\nfirst_round_wait = 0\n"
+    # The data file gets check results and counters every half second (by
+    # default every minute), as the tests that read them were written for;
+    # test_disk.py tests the interval itself.  On the data_file line: a
+    # test's reload that keeps the head of the file keeps it too.
+    interval = "" if "data_file_interval" in extra + body else \
+        " data_file_interval = 0.5"
     return (
         "nameservers = { %s }\n" % ", ".join('"%s"' % u for u in upstream)
         + "dns_bind_interfaces = { %s }\n" % ", ".join('"%s"' % a for a in listen)
         + "dns_listen_port = %d\n" % port
-        + 'data_file = "%s"\n' % data_file
+        + 'data_file = "%s"%s\n' % (data_file, interval)
         + extra + "\n" + body + hold)
 
 

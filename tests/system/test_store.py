@@ -94,7 +94,8 @@ def history_complete(db):
 
 def test_schema_wal_and_missing_directory(workdir, start_hard, start_http, up):
     """The data file's directory is made when missing; the schema has every
-    required table, column and view; user_version 5; WAL mode."""
+    required table, column and view; user_version 5; WAL mode, 1 KB pages;
+    the history in check_history, read through the view checks."""
     s = start_http(A)
     db = db_path(workdir, "not", "yet", "there")
     h = start_hard(name_block("www.test", [("a", s.url())]), upstream=up,
@@ -107,7 +108,9 @@ def test_schema_wal_and_missing_directory(workdir, start_hard, start_http, up):
     kinds = {r["name"]: r["type"] for r in
              sql(db, "SELECT name, type FROM sqlite_master WHERE type IN ('table','view')")}
     assert kinds.get("ranking") == "view", kinds
+    assert kinds.get("checks") == "view" and kinds.get("check_history") == "table", kinds
     assert sql_value(db, "PRAGMA user_version") == 5
+    assert sql_value(db, "PRAGMA page_size") == 1024
     assert sql_value(db, "PRAGMA journal_mode") == "wal"
     assert os.path.exists(db + "-wal"), "no write-ahead log next to the data file"
     # names are stored as configured: lower case, no trailing dot

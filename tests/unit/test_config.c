@@ -177,6 +177,7 @@ test_defaults(void)
 	CHECK_DOUBLE(config->resolver_total_timeout, 3.0);
 	CHECK_INT(config->log_queries, 0);
 	CHECK_STR(config->data_file, "/var/lib/har/har.db");
+	CHECK_DOUBLE(config->data_file_interval, 60);
 	CHECK(config->user == NULL);
 	CHECK_INT(config->check_history, 1000);
 	CHECK_DOUBLE(config->tcp_idle_timeout, 10);
@@ -260,6 +261,7 @@ test_every_option(void)
 	    "resolver_total_timeout = 2\n"
 	    "log_queries = yes\n"
 	    "data_file = \"\"\n"
+	    "data_file_interval = 5\n"
 	    "user = \"nobody\"\n"
 	    "check_history = 10\n"
 	    "tcp_idle_timeout = 2.5\n"
@@ -303,6 +305,7 @@ test_every_option(void)
 	CHECK_DOUBLE(config->resolver_total_timeout, 2);
 	CHECK_INT(config->log_queries, 1);
 	CHECK_STR(config->data_file, "");
+	CHECK_DOUBLE(config->data_file_interval, 5);
 	CHECK_STR(config->user, "nobody");
 	CHECK_INT(config->check_history, 10);
 	CHECK_DOUBLE(config->tcp_idle_timeout, 2.5);
