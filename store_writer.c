@@ -837,7 +837,10 @@ daemon_moved(const struct counters_snapshot *now,
 	    strcmp(now->config_file, before->config_file) != 0 ||
 	    memcmp(&now->start_time, &before->start_time, sizeof(double)) != 0 ||
 	    memcmp(&now->config_load_time, &before->config_load_time,
-		   sizeof(double)) != 0;
+		   sizeof(double)) != 0 ||
+	    memcmp(&now->reload_time, &before->reload_time,
+		   sizeof(double)) != 0 ||
+	    now->reload_ok != before->reload_ok;
 }
 
 static int
