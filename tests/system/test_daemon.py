@@ -180,9 +180,9 @@ def test_pidfile_in_root_directory_is_reported(shared_dir, start_hard, up):
     assert len(stop) == 1 and pidfile in stop[0] and "not writable" in stop[0], h.log()
 
 
-def test_daemon_mode(workdir, shared_dir, up):
-    """Without -f: the command returns 0 promptly; the daemon (detached:
-    new session, cwd /, stdio on /dev/null) answers and writes its pid."""
+def daemon_files(shared_dir, up):
+    """A port, and the pid file, data file and configuration of a daemon
+    answering d.test, in shared_dir."""
     port = harness.free_port()
     pidfile = os.path.join(shared_dir, "hard.pid")
     db = os.path.join(shared_dir, "har.db")
@@ -190,10 +190,22 @@ def test_daemon_mode(workdir, shared_dir, up):
         name_block("d.test", [("a", None, "address = { %s }" % A)],
                    check_frequency=30, failure_mode="all"),
         up.endpoint, port, data_file=db))
+    return port, pidfile, db, conf
+
+
+def run_daemon(pidfile, conf):
+    """hard without -f: the command's result (the daemon stays behind)."""
+    return subprocess.run([harness.HARD, "-p", pidfile, "-c", conf],
+                          stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=10)
+
+
+def test_daemon_mode(workdir, shared_dir, up):
+    """Without -f: the command returns 0 promptly; the daemon (detached:
+    new session, cwd /, stdio on /dev/null) answers and writes its pid."""
+    port, pidfile, db, conf = daemon_files(shared_dir, up)
     t0 = time.monotonic()
-    res = subprocess.run([harness.HARD, "-p", pidfile, "-c", conf],
-                         stdin=subprocess.DEVNULL, capture_output=True,
-                         text=True, timeout=10)
+    res = run_daemon(pidfile, conf)
     took = time.monotonic() - t0
     pid = None
     try:
@@ -248,16 +260,8 @@ def test_daemon_holds_its_data_file(workdir, shared_dir, up):
     copied and removed the WAL the daemon went on writing to (in CI the
     daemon's rows then never reached a reader).  Now the daemon holds the
     lock, a reader leaves the WAL alone, and the counts keep coming."""
-    port = harness.free_port()
-    pidfile = os.path.join(shared_dir, "hard.pid")
-    db = os.path.join(shared_dir, "har.db")
-    conf = write(os.path.join(shared_dir, "har.conf"), harness.hard_config(
-        name_block("d.test", [("a", None, "address = { %s }" % A)],
-                   check_frequency=30, failure_mode="all"),
-        up.endpoint, port, data_file=db))
-    res = subprocess.run([harness.HARD, "-p", pidfile, "-c", conf],
-                         stdin=subprocess.DEVNULL, capture_output=True,
-                         text=True, timeout=10)
+    port, pidfile, db, conf = daemon_files(shared_dir, up)
+    res = run_daemon(pidfile, conf)
     assert res.returncode == 0, res.stderr
     pid = harness.wait_until(lambda: read_pid(pidfile), 5, what="the pidfile")
     try:
