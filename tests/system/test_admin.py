@@ -183,6 +183,9 @@ def test_drain_status_from_the_server(workdir, start_hard, start_http, up):
     assert (row["healthy"], row["last_check_status"], row["admin_state"]) \
         == (1, 503, "auto"), row
     assert row["rtt"] is not None and row["response_errors"] == 0, row
+    # the history follows within data_file_interval (the drain came at once)
+    wait_sql(db, "SELECT min(success) AS s FROM checks WHERE status = 503",
+             lambda r: r[0]["s"] is not None)
     assert sql_value(db, "SELECT min(success) FROM checks WHERE status = 503") == 1
     view = ranking(db, "www.test")
     assert (view[A]["reason"], view[A]["answered"]) == ("draining", 0), view
