@@ -69,6 +69,15 @@ config_report(int line, const char *fmt, ...)
 	report_at(current_parse->file, line, "%s", reason);
 }
 
+/* What the lexer says while it finishes a leftover (lexer_reset). */
+static void
+ignore_syntax_error(cfg_t *cfg, const char *fmt, va_list ap)
+{
+	(void)cfg;
+	(void)fmt;
+	(void)ap;
+}
+
 /* libconfuse's own syntax errors (unknown option, missing brace, ...). */
 static void
 config_syntax_error(cfg_t *cfg, const char *fmt, va_list ap)
@@ -810,6 +819,29 @@ load_name(struct config_name *name, cfg_t *section, int occurrence,
 }
 
 /*
+ * libconfuse's lexer is global, and a text that ends inside a string
+ * ("expect_body = L\"" as the last line, say) leaves it holding what it
+ * had not finished, although the parse returns success.  The next parse
+ * then begins with that leftover: the next cfg_init, whose list defaults
+ * ("{200}") it parses with the same lexer, fails, and libconfuse aborts
+ * (hard -t, or hard itself at a reload).  Parsing an empty text with no
+ * options lets the lexer finish with the leftover, where nothing depends
+ * on it.
+ */
+static void
+lexer_reset(void)
+{
+	static cfg_opt_t no_options[] = { CFG_END() };
+	cfg_t *empty = cfg_init(no_options, CFGF_NONE);
+
+	if (!empty)
+		return;
+	cfg_set_error_function(empty, ignore_syntax_error);
+	cfg_parse_buf(empty, "");
+	cfg_free(empty);
+}
+
+/*
  * The defaults section, checked as a name of its own (what it may hold
  * and how its options fit together are a name's rules); a second one is
  * an error.  Without one, the built-in defaults (line 0), so that a
@@ -1151,6 +1183,7 @@ config_parse(const char *file, const char *text, const char *resolv_conf,
 	cfg_set_error_function(cfg, config_syntax_error);
 	config_install_validators(cfg);
 	result = cfg_parse_buf(cfg, parse.text);
+	lexer_reset();
 	if (result != CFG_SUCCESS && parse.errors == 0)
 		report_at(file, 0, "cannot parse");
 	unclosed = unclosed_brace_line(parse.text);

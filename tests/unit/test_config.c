@@ -1808,6 +1808,31 @@ test_defaults_left_out_where_they_do_not_apply(void)
 		       "}\n", 6, "overprovisioning needs selection_method");
 }
 
+/*
+ * A text that ends inside a string ("L\"" as the last value) left
+ * libconfuse's global lexer holding what it had not finished, and the
+ * next parse of a list default ("{200}") failed: libconfuse aborted,
+ * in the defaults of the same load (no defaults section) or in the next
+ * load.  Found by fuzz_config.  Both loads must come back.
+ */
+static void
+test_text_ending_inside_a_string(void)
+{
+	const char *broken = "nameservers = { 192.0.2.53 }\n"
+			     "name a.example.com {\n"
+			     "    candidate a { address = { 192.0.2.1 } }\n"
+			     "    expect_body = L\"\n"
+			     "}\n";
+	struct config *config;
+
+	CHECK_REJECTED(broken, 2, "the { of this line is never closed");
+	CHECK_REJECTED(broken, 2, "the { of this line is never closed");
+	config = load("nameservers = { 192.0.2.53 }\n"
+		      "name a.example.com { candidate a {} }\n");
+	CHECK_ACCEPTED(config);
+	config_free(config);
+}
+
 static void
 test_defaults_errors(void)
 {
@@ -1932,6 +1957,7 @@ main(void)
 	RUN(test_defaults_list_overridden_whole);
 	RUN(test_defaults_left_out_where_they_do_not_apply);
 	RUN(test_defaults_errors);
+	RUN(test_text_ending_inside_a_string);
 
 	unlink(resolv_conf);
 	unlink(loopback_resolv_conf);
