@@ -64,6 +64,19 @@ PYTHON_MODULES = {
 }
 
 
+def socket_inodes(pid):
+    """The inodes of the sockets process pid has open."""
+    found = set()
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            found.add(int(target[8:-1]))
+    return found
+
+
 def wait_until(predicate, timeout=5.0, interval=0.02, what="condition"):
     """Polls predicate until it returns a true value (returned), or fails."""
     deadline = time.monotonic() + timeout

@@ -290,19 +290,6 @@ def test_unprivileged_hard_answers_on_sockets_it_could_not_bind(
     assert m.stop() == 0, m.log()
 
 
-def socket_inodes(pid):
-    """The inodes of the sockets process pid has open."""
-    found = set()
-    for fd in os.listdir("/proc/%d/fd" % pid):
-        try:
-            target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            found.add(int(target[8:-1]))
-    return found
-
-
 def reload(m, conf, text):
     with open(conf, "w") as f:
         f.write(text)
@@ -339,7 +326,7 @@ def test_sockets_no_listener_matches_and_listeners_without_a_socket(
     assert re.search(r"socket 127\.0\.0\.1:%d \(UDP, har\.socket\) passed by the service "
                      r"manager is not a configured listener .*: kept open but not read"
                      % q, log), log
-    held = socket_inodes(m.pid)
+    held = harness.socket_inodes(m.pid)
     assert os.fstat(extra.fileno()).st_ino in held, "the unmatched UDP socket was closed"
     assert os.fstat(unix.fileno()).st_ino not in held, "the Unix socket was kept"
     # to Q: the passed UDP socket, and a TCP socket of hard's own

@@ -90,20 +90,13 @@ def start_metrics(start_hard, body, up, extra="", **kw):
 
 def listening_tcp_ports(pid):
     """The TCP ports process pid listens on, from its sockets' inodes."""
-    inodes = set()
-    for fd in os.listdir("/proc/%d/fd" % pid):
-        try:
-            target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
+    inodes = harness.socket_inodes(pid)
     ports = set()
     for table in ("tcp", "tcp6"):
         with open("/proc/%d/net/%s" % (pid, table)) as f:
             for line in f.readlines()[1:]:
                 fields = line.split()
-                if fields[3] == "0A" and fields[9] in inodes:	# LISTEN
+                if fields[3] == "0A" and int(fields[9]) in inodes:	# LISTEN
                     ports.add(int(fields[1].rsplit(":", 1)[1], 16))
     return ports
 
