@@ -149,6 +149,7 @@ static cfg_opt_t global_options[] = {
 	CFG_FLOAT("resolver_total_timeout", 3.0, CFGF_NONE),
 	CFG_STR("data_file", "/var/lib/har/har.db", CFGF_NONE),
 	CFG_FLOAT("data_file_interval", 60, CFGF_NONE),
+	CFG_INT("data_file_bytes_per_check", 150, CFGF_NONE),
 	CFG_STR("user", NULL, CFGF_NODEFAULT),
 	CFG_INT("check_history", 1000, CFGF_NONE),
 	CFG_FLOAT("tcp_idle_timeout", 10, CFGF_NONE),
@@ -973,6 +974,8 @@ load_globals(struct config *config, cfg_t *cfg, const char *resolv_conf)
 	config->resolver_total_timeout = cfg_getfloat(cfg, "resolver_total_timeout");
 	config->data_file = xstrdup(cfg_getstr(cfg, "data_file"));
 	config->data_file_interval = cfg_getfloat(cfg, "data_file_interval");
+	config->data_file_bytes_per_check =
+	    (int)cfg_getint(cfg, "data_file_bytes_per_check");
 	if (cfg_getstr(cfg, "user"))
 		config->user = xstrdup(cfg_getstr(cfg, "user"));
 	config->check_history = (int)cfg_getint(cfg, "check_history");

@@ -49,6 +49,8 @@ static const struct number_range number_ranges[] = {
 	{ "check_history", 1, 1000000, NULL },
 	/* From the flush tick (half a second) to an hour. */
 	{ "data_file_interval", 0.5, 3600, "seconds" },
+	/* 0 turns the budget off; a megabyte a check is no budget either. */
+	{ "data_file_bytes_per_check", 0, 1000000, "bytes" },
 	{ "tcp_idle_timeout", 0.001, 86400, "seconds" },
 	/* 0 answers at once; beyond 10 s the kernel's buffers fill. */
 	{ "first_round_wait", 0, 10, "seconds" },

@@ -183,6 +183,8 @@ struct config {
 	char *data_file;	/* "" disables the store */
 	/* how often what changed but health is written to the data file */
 	double data_file_interval;
+	/* the disk budget that can defer those writes further; 0: none */
+	int data_file_bytes_per_check;
 	char *user;		/* NULL: stay who we are */
 	int check_history;
 	double tcp_idle_timeout;
@@ -989,7 +991,7 @@ struct store_file {
 	struct log_streak open_streak;
 	pthread_t thread;
 	int thread_running;	/* the loop's own flag */
-	pthread_mutex_t lock;	/* guards the seven fields below */
+	pthread_mutex_t lock;	/* guards the eight fields below */
 	pthread_cond_t wake;
 	struct batch *queue;	/* handed over, not yet written, oldest first */
 	int closing;		/* write what is queued, then end */
@@ -998,6 +1000,7 @@ struct store_file {
 	int cannot_open;	/* the last open failed: state in memory only */
 	int write_failed;	/* the last write did not go in */
 	double last_write_time;	/* wall clock of the last that did; NAN: none */
+	long long last_batch_bytes;	/* what it cost the disk; -1: unknown */
 	struct store_file *next;	/* in closing_files */
 };
 

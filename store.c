@@ -43,6 +43,8 @@
 /* A write of everything comes sooner when this much history waits: it
  * bounds the memory the rows take and what a stop has left to write. */
 #define PENDING_HISTORY_FLUSH 5000
+/* The disk budget defers a write by at most so many data_file_intervals. */
+#define BUDGET_LONGEST_WAIT 10
 
 struct ev_loop *store_loop;
 static struct store_file *current;	/* NULL: data_file is empty */
@@ -57,7 +59,12 @@ static int pending_capacity;
 static unsigned long pending_dropped;
 static int addresses_changed;
 static double write_interval = 60;	/* data_file_interval */
+static int bytes_per_check = 150;	/* data_file_bytes_per_check */
 static double everything_due;	/* monotonic: the next write of everything */
+static double everything_latest;	/* and the latest the budget lets it be */
+static unsigned long checks_unwritten;	/* since the last write of everything */
+static long long interval_write_cost = -1;	/* bytes; -1: not measured yet */
+static int cost_awaited;	/* the writer has an interval's batch to measure */
 static uid_t owner_uid = (uid_t)-1;
 static gid_t owner_gid = (gid_t)-1;
 static char owner_name[64];
@@ -428,6 +435,7 @@ file_create(const char *path)
 	if (!file)
 		return NULL;
 	file->last_write_time = NAN;
+	file->last_batch_bytes = -1;
 	file->path = strdup(path);
 	if (!file->path) {
 		free(file);
@@ -590,18 +598,66 @@ mark_everything_dirty(void)
 /* --------------------------------------------------------- the loop side */
 
 /*
+ * The disk budget (data_file_bytes_per_check): a write of everything
+ * dirties some pages whatever it carries (the WAL's and its index's, 28
+ * KB for four addresses), which at four checks every 10 seconds is over
+ * 1,000 bytes a check if written every minute.  So a write the interval
+ * alone calls for also waits until the checks since the last one have
+ * earned what the last such write cost, as the writer measured it, and at
+ * most BUDGET_LONGEST_WAIT intervals.  Unmeasured (the first write, no
+ * /proc) or turned off: the interval alone.
+ */
+static int
+budget_allows(double now)
+{
+	if (bytes_per_check == 0 || interval_write_cost < 0 ||
+	    now >= everything_latest)
+		return 1;
+	return (long long)checks_unwritten * bytes_per_check >= interval_write_cost;
+}
+
+/*
+ * The cost of the interval's batch, once the writer has it in the file.
+ * The same write costs 16 to 28 KB as its frames fall on the pages of the
+ * WAL and its index, so the budget is kept for the dearest of late: a
+ * dearer write is taken at once, a cheaper one lowers it by an eighth of
+ * the difference (budgeting the last cost alone overspent by a third when
+ * a cheap write came before a dear one).
+ */
+static void
+collect_write_cost(void)
+{
+	long long cost;
+
+	if (!cost_awaited || file_busy(current))
+		return;
+	pthread_mutex_lock(&current->lock);
+	cost = current->last_batch_bytes;
+	pthread_mutex_unlock(&current->lock);
+	cost_awaited = 0;
+	if (cost < 0 || interval_write_cost < 0 || cost >= interval_write_cost)
+		interval_write_cost = cost;
+	else
+		interval_write_cost -= (interval_write_cost - cost) / 8;
+}
+
+/*
  * Everything is due after a reload, a new resolution or a new file (the
- * file must describe what hard checks now), every data_file_interval,
- * and when the history waiting grows long.  The interval counts from the
- * last write of everything, so the first change after a quiet spell is
- * written at once and the next ones wait.
+ * file must describe what hard checks now), every data_file_interval as
+ * the disk budget allows, and when the history waiting grows long.  The
+ * interval counts from the last write of everything, so the first change
+ * after a quiet spell is written at once and the next ones wait.  Returns
+ * 2 when the interval is the only reason: that write's cost is measured.
  */
 static int
 everything_is_due(void)
 {
-	return addresses_changed || !counters_handed ||
-	    pending_count >= PENDING_HISTORY_FLUSH ||
-	    monotonic_now() >= everything_due;
+	double now = monotonic_now();
+
+	if (addresses_changed || !counters_handed ||
+	    pending_count >= PENDING_HISTORY_FLUSH)
+		return 1;
+	return now >= everything_due && budget_allows(now) ? 2 : 0;
 }
 
 static void
@@ -613,12 +669,18 @@ store_flush(void)
 	if (!current || !store_registry || !current->thread_running ||
 	    file_busy(current))
 		return;
+	collect_write_cost();
 	everything = everything_is_due();
 	batch = batch_take(everything);
 	if (!batch)
 		return;
-	if (everything)
+	if (everything) {
 		everything_due = monotonic_now() + write_interval;
+		everything_latest = monotonic_now() +
+		    BUDGET_LONGEST_WAIT * write_interval;
+		checks_unwritten = 0;
+		cost_awaited = everything == 2;
+	}
 	if (pending_dropped) {
 		log_warning("%lu check history rows were dropped while the data "
 			    "file could not be written", pending_dropped);
@@ -649,6 +711,7 @@ store_record_check(const struct address *address, int success,
 	totals.checks_failed += !success;
 	if (!current)
 		return;
+	checks_unwritten++;
 	((struct address *)address)->store_dirty = 1;
 	if (health_changed)
 		address->candidate->name->store_urgent = 1;
@@ -1218,6 +1281,7 @@ store_open(struct ev_loop *loop, const struct config *config, const char *user)
 	store_loop = loop;
 	store_history = config->check_history;
 	write_interval = config->data_file_interval;
+	bytes_per_check = config->data_file_bytes_per_check;
 	counters_note_config(config);
 	ev_async_init(&file_closed, on_file_closed);
 	ev_async_start(loop, &file_closed);
@@ -1307,6 +1371,7 @@ store_reconfigure(const struct config *config, struct registry *registry)
 	addresses_changed = 1;
 	store_history = config->check_history;
 	write_interval = config->data_file_interval;
+	bytes_per_check = config->data_file_bytes_per_check;
 	counters_note_config(config);
 	if (strcmp(current ? current->path : "", config->data_file) == 0)
 		return;

@@ -1113,14 +1113,40 @@ write_batch(struct store_file *file, const struct batch *batch)
 
 /* -------------------------------------------------------- writer thread */
 
-/* For monitoring (store_daemon_status): whether the last write went in. */
+/*
+ * What this thread has written so far, as the kernel counts it for the
+ * data file's disk budget (store.c, everything_is_due): every page of the
+ * page cache it dirtied, in the file, its WAL and the WAL's index, which
+ * is more than the bytes SQLite hands to write() (a commit of three 1 KB
+ * pages dirtied seven 4 KB ones).  -1 where /proc does not say.
+ */
+static long long
+thread_write_bytes(void)
+{
+	char line[128];
+	long long bytes = -1;
+	FILE *io = fopen("/proc/thread-self/io", "r");
+
+	if (!io)
+		return -1;
+	while (fgets(line, sizeof(line), io))
+		if (sscanf(line, "write_bytes: %lld", &bytes) == 1)
+			break;
+	fclose(io);
+	return bytes;
+}
+
+/* For monitoring (store_daemon_status): whether the last write went in;
+ * for the disk budget, what it cost (-1: unknown). */
 static void
-note_write_result(struct store_file *file, int written)
+note_write_result(struct store_file *file, int written, long long bytes)
 {
 	pthread_mutex_lock(&file->lock);
 	file->write_failed = !written;
-	if (written)
+	if (written) {
 		file->last_write_time = wall_now();
+		file->last_batch_bytes = bytes;
+	}
 	pthread_mutex_unlock(&file->lock);
 }
 
@@ -1270,17 +1296,23 @@ writer_main(void *argument)
 		log_debug("cannot make the data file writer a batch thread: %s",
 			  strerror(error));
 	while ((batch = writer_next(file, &out_of_time)) != NULL) {
+		long long before = thread_write_bytes();
 		int result = write_batch(file, batch);
 
-		note_write_result(file, result == SQLITE_OK);
 		if (result == SQLITE_OK) {
-			writer_done_with_head(file);
+			long long after;
+
 			/* A closing file's last batches are not copied: the
 			 * stop would wait for the copy and its sync. */
 			if (!writer_closing(file))
 				checkpoint(file);
+			after = thread_write_bytes();
+			note_write_result(file, 1, before < 0 || after < 0 ? -1 :
+					  after - before);
+			writer_done_with_head(file);
 			continue;
 		}
+		note_write_result(file, 0, -1);
 		if (out_of_time) {
 			writer_give_up(file);
 			break;

@@ -8,13 +8,16 @@ two hards run side by side on core 0, each with a data file of its own in
 the bench's temporary directory: BENCH_DISK_BEFORE (a binary built from
 the commit before the change; the column is left out without it) and
 bench/run's hard, with the configuration's defaults (data_file_interval
-60 s).  After BENCH_DISK_WARMUP (10) s, each hard's write_bytes in
-/proc/PID/io (every page of the page cache it dirtied: the data file, its
-WAL and -shm index; hard logs only at events) is read at the start and the
-end of a window of BENCH_DISK_SECONDS (120), a whole number of the after's
-interval, so that it holds as many of its writes wherever it starts.
-Checks are nginx's requests over the window (stub_status), half each
-when both run (they check the same addresses as often).
+60 s, data_file_bytes_per_check 150).  After BENCH_DISK_WARMUP (10) s,
+each hard's write_bytes in /proc/PID/io (every page of the page cache it
+dirtied: the data file, its WAL and -shm index; hard logs only at events)
+is read at the start and the end of a window that runs from a write of
+the after's to its first write at least BENCH_DISK_SECONDS (120) later,
+so that it holds whole write cycles: a minute each with many checks, up
+to ten (the budget's longest wait) with few, as at four addresses every
+10 s (about 8 minutes: that case takes about 10).  Checks are nginx's
+requests over the window (stub_status), half each when both run (they
+check the same addresses as often).
 """
 
 import os
@@ -38,6 +41,26 @@ def write_bytes(pid):
             if key == "write_bytes":
                 return int(value)
     raise BenchError("no write_bytes in /proc/%d/io" % pid)
+
+
+def next_write(pid, not_before, timeout):
+    """Waits for the process's write_bytes to move at or after the
+    monotonic time not_before, then for the write to end: its time."""
+    deadline = time.monotonic() + timeout
+    seen = write_bytes(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = write_bytes(pid)
+        if now != seen and time.monotonic() >= not_before:
+            moment = time.monotonic()
+            time.sleep(0.5)  # a commit and its checkpoint take milliseconds
+            return moment
+        seen = now
+    raise BenchError("no write by pid %d within %.0f s" % (pid, timeout))
+
+
+# A write waits at most ten data_file_intervals of 60 s for the budget.
+CYCLE_LIMIT = 11 * 60
 
 
 def names_text(addrs, frequency, http_port):
@@ -80,10 +103,11 @@ def measure_case(runner, tmp, upstream_port, addrs, frequency, ports):
             B.wait_answer(port, "d00.bench.test", lambda rc, a: rc == "NOERROR" and a, 30,
                           proc, "hard (disk, %s) to answer" % label)
         time.sleep(WARMUP)
+        after_pid = hards["after"][0].pid
+        t0 = next_write(after_pid, 0, CYCLE_LIMIT)
         first = {label: write_bytes(p.pid) for label, (p, _, _) in hards.items()}
         requests0 = runner.nginx_requests(ports["status"])
-        t0 = time.monotonic()
-        time.sleep(SECONDS)
+        next_write(after_pid, t0 + SECONDS, SECONDS + CYCLE_LIMIT)
         last = {label: write_bytes(p.pid) for label, (p, _, _) in hards.items()}
         requests = runner.nginx_requests(ports["status"]) - requests0
         wall = time.monotonic() - t0
@@ -113,7 +137,8 @@ def measure_case(runner, tmp, upstream_port, addrs, frequency, ports):
 
 def run(tmp, upstream_port, runner):
     """runner: bench/run's module (its nginx and configuration helpers)."""
-    say("== data file: bytes written per check, %s side by side, %g s windows" % (
+    say("== data file: bytes written per check, %s side by side, windows of whole "
+        "write cycles, at least %g s" % (
         "before and after" if BEFORE else "after only (BENCH_DISK_BEFORE unset)", SECONDS))
     where = subprocess.run(["stat", "-f", "-c", "%T", tmp], capture_output=True, text=True)
     if where.stdout.strip() == "tmpfs":
@@ -140,7 +165,8 @@ def table(res, verdict, aim):
     """The rows of results.md; verdict and aim are bench/run's."""
     before = res["before"] is not None
     lines = ["### Data file: bytes written per check (`write_bytes` of /proc/PID/io: the "
-             "file, its WAL and index), %g s windows, data file on %s"
+             "file, its WAL and index), windows of whole write cycles of at least %g s, "
+             "data file on %s"
              % (SECONDS, res["file_system"]), ""]
     head = "| | " + ("before | " if before else "") + "after | " + \
         ("after/before | " if before else "") + "aim |"
@@ -166,7 +192,9 @@ def table(res, verdict, aim):
         cells.append("")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "before: %s, a write every half second; after: the hard above, "
-              "`data_file_interval` 60 s (its default). A fresh data file each (the "
-              "history ring still growing, as in a hard's first 1000 checks of an "
-              "address)." % (res["before"] or "not run"), ""]
+              "`data_file_interval` 60 s and `data_file_bytes_per_check` 150 (their "
+              "defaults). A fresh data file each (the history ring still growing, as "
+              "in a hard's first 1000 checks of an address). The window runs from one "
+              "write of the after's to its first write at least %g s later." % (
+                  res["before"] or "not run", SECONDS), ""]
     return lines

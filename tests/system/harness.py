@@ -427,7 +427,8 @@ def hard_config(body, upstream, port, listen=("127.0.0.1",), data_file="",
     the tests start hard hundreds of times, each waiting for its first
     reply, so they answer at once unless extra or body sets it (the tests
     of the hold itself, in test_start.py).  Likewise data_file_interval is
-    0.5 s unless set (the default, 60 s, is test_disk.py's)."""
+    0.5 s and data_file_bytes_per_check 0 unless set (the defaults, 60 s
+    and 150, are test_disk.py's)."""
     if isinstance(upstream, str):
         upstream = [upstream]
     # Last, so that the lines the tests name keep their numbers.
@@ -438,6 +439,10 @@ def hard_config(body, upstream, port, listen=("127.0.0.1",), data_file="",
     # test's reload that keeps the head of the file keeps it too.
     interval = "" if "data_file_interval" in extra + body else \
         " data_file_interval = 0.5"
+    # ... and at that interval, whatever the checks have earned of the disk
+    # budget (data_file_bytes_per_check, test_disk.py's too).
+    if "data_file_bytes_per_check" not in extra + body:
+        interval += " data_file_bytes_per_check = 0"
     return (
         "nameservers = { %s }\n" % ", ".join('"%s"' % u for u in upstream)
         + "dns_bind_interfaces = { %s }\n" % ", ".join('"%s"' % a for a in listen)

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 
 import harness
@@ -151,6 +152,113 @@ def test_health_change_at_once_counters_at_the_interval(workdir, start_hard,
               " (SELECT sum(checks) FROM candidates) AS checks,"
               " (SELECT count(*) FROM checks) AS history")[0]
     assert row["total"] == row["checks"] == row["history"], row
+
+
+class Syncer:
+    """Writes the data files' dirty pages out every 0.2 s while it runs, as
+    the kernel does within 30 s: then every write of hard's dirties clean
+    pages, as one a minute or more after the last does."""
+
+    def __init__(self, dbs):
+        self.dbs, self.stopping = dbs, threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stopping.wait(0.2):
+            for db in self.dbs:
+                try:
+                    sync_files(db)
+                except FileNotFoundError:
+                    pass
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join()
+
+
+def write_moments(db, count, timeout):
+    """[(monotonic time, checks total)] at each of the next count writes of
+    everything (the counters come only with those)."""
+    seen, moments = sql_value(db, CHECKS), []
+    while len(moments) < count:
+        seen = next_write(db, seen, timeout)
+        moments.append((time.monotonic(), seen))
+    return moments
+
+
+def test_the_disk_budget_spaces_the_writes(workdir, start_hard, start_http,
+                                           upstream):
+    """data_file_bytes_per_check: with few checks for what a write costs
+    (four addresses checked every second, a write every second), a write
+    waits until the checks since the last have earned its bytes at the
+    budget.  Two hards on the same servers, the files synced as the kernel
+    would between writes a minute apart: the one with a budget of 1,000
+    bytes writes at most about that per check, the one without (0, every
+    interval) several times more, and its writes come every interval."""
+    budget = 1000
+    servers = [start_http(a) for a in SERVERS]
+    body = name_block("disk.test", [("c%d" % i, s.url()) for i, s in enumerate(servers)],
+                      check_frequency=1, check_timeout=2, fall=3)
+    dbs = [os.path.join(workdir, "budget.db"), os.path.join(workdir, "none.db")]
+    hards = [start_hard(body, upstream=upstream, data_file=db, args=("-f",),
+                        extra="data_file_interval = 1\ncheck_history = 5\n"
+                        "data_file_bytes_per_check = %d\n" % b)
+             for db, b in zip(dbs, (budget, 0))]
+    for db in dbs:
+        wait_sql(db, "SELECT count(*) AS n FROM candidates WHERE healthy = 1",
+                 lambda r: r[0]["n"] == 4, timeout=15)
+    syncer = Syncer(dbs)
+    try:
+        per_check = []
+        for h, db in zip(hards, dbs):
+            # past the first measured write (the budget starts from it),
+            # then over the next three
+            write_moments(db, 2, 30)
+            t0, checks0 = write_moments(db, 1, 30)[0]
+            bytes0 = write_bytes(h.pid)
+            moments = write_moments(db, 3, 40)
+            written = write_bytes(h.pid) - bytes0
+            checks = moments[-1][1] - checks0
+            per_check.append((written / checks, (moments[-1][0] - t0) / 3))
+    finally:
+        syncer.stop()
+    (spent, spacing), (unbudgeted, every) = per_check
+    print("budget %d: %.0f bytes a check, a write every %.1f s; no budget: %.0f, "
+          "every %.1f s" % (budget, spent, spacing, unbudgeted, every))
+    assert spent <= budget * 1.2, (
+        "%.0f bytes a check with a budget of %d (a write every %.1f s; %.0f "
+        "without)" % (spent, budget, spacing, unbudgeted))
+    assert unbudgeted >= 2 * spent, (unbudgeted, spent)
+    assert every <= 2.5 and spacing >= 2 * every, (spacing, every)
+    for h in hards:
+        h.assert_alive()
+
+
+def test_the_disk_budget_waits_ten_intervals_at_most(workdir, start_hard,
+                                                     start_http, upstream):
+    """A budget the checks never earn (a byte a check) defers a write
+    by ten data_file_intervals and no more: the counters reach the file
+    every 10 s at data_file_interval 1, not every second, and not never
+    (the files synced as in the test above)."""
+    _, body = four_servers(start_http, check_frequency=1, check_timeout=2, fall=3)
+    db = os.path.join(workdir, "har.db")
+    h = start_hard(body, upstream=upstream, data_file=db, args=("-f",),
+                   extra="data_file_interval = 1\n"
+                   "data_file_bytes_per_check = 1\n")
+    wait_sql(db, "SELECT count(*) AS n FROM candidates WHERE healthy = 1",
+             lambda r: r[0]["n"] == 4, timeout=15)
+    # the first interval's write is not held back (nothing measured yet);
+    # from the one after it, ten intervals.  Synced: a write onto pages
+    # still dirty from the last one costs nothing more, and goes at once.
+    syncer = Syncer([db])
+    try:
+        moments = write_moments(db, 4, 30)
+    finally:
+        syncer.stop()
+    gaps = [b[0] - a[0] for a, b in zip(moments[1:], moments[2:])]
+    assert all(9 <= g <= 16 for g in gaps), gaps
+    h.assert_alive()
 
 
 def test_a_version_4_file_is_rebuilt_small(workdir, start_hard, start_http, upstream):

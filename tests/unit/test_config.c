@@ -178,6 +178,7 @@ test_defaults(void)
 	CHECK_INT(config->log_queries, 0);
 	CHECK_STR(config->data_file, "/var/lib/har/har.db");
 	CHECK_DOUBLE(config->data_file_interval, 60);
+	CHECK_INT(config->data_file_bytes_per_check, 150);
 	CHECK(config->user == NULL);
 	CHECK_INT(config->check_history, 1000);
 	CHECK_DOUBLE(config->tcp_idle_timeout, 10);
@@ -262,6 +263,7 @@ test_every_option(void)
 	    "log_queries = yes\n"
 	    "data_file = \"\"\n"
 	    "data_file_interval = 5\n"
+	    "data_file_bytes_per_check = 0\n"
 	    "user = \"nobody\"\n"
 	    "check_history = 10\n"
 	    "tcp_idle_timeout = 2.5\n"
@@ -306,6 +308,7 @@ test_every_option(void)
 	CHECK_INT(config->log_queries, 1);
 	CHECK_STR(config->data_file, "");
 	CHECK_DOUBLE(config->data_file_interval, 5);
+	CHECK_INT(config->data_file_bytes_per_check, 0);
 	CHECK_STR(config->user, "nobody");
 	CHECK_INT(config->check_history, 10);
 	CHECK_DOUBLE(config->tcp_idle_timeout, 2.5);
