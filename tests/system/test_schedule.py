@@ -178,7 +178,8 @@ def test_jitter_varies_intervals_within_bounds(start_hard, start_arrivals, up):
     start_hard(name_block("jitter.test", addrs, server.url("jitter.test"),
                           check_frequency=1, check_jitter=0.5,
                           check_timeout=0.5), upstream=up)
-    time.sleep(9)
+    harness.wait_until(lambda: all(len(server.times(a)) >= 8 for a in addrs), 20,
+                       what="eight checks of each address")
     all_intervals = []
     for addr in addrs:
         times = server.times(addr)
