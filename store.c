@@ -62,9 +62,9 @@ static double write_interval = 60;	/* data_file_interval */
 static int bytes_per_check = 150;	/* data_file_bytes_per_check */
 static double everything_due;	/* monotonic: the next write of everything */
 static double everything_latest;	/* and the latest the budget lets it be */
-static unsigned long checks_unwritten;	/* since the last write of everything */
+static long long budget_left;	/* bytes the checks earned, less the writes */
 static long long interval_write_cost = -1;	/* bytes; -1: not measured yet */
-static int cost_awaited;	/* the writer has an interval's batch to measure */
+static int cost_awaited;	/* 1: a batch to count; 2: the interval's */
 static uid_t owner_uid = (uid_t)-1;
 static gid_t owner_gid = (gid_t)-1;
 static char owner_name[64];
@@ -599,13 +599,18 @@ mark_everything_dirty(void)
 
 /*
  * The disk budget (data_file_bytes_per_check): a write of everything
- * dirties some pages whatever it carries (the WAL's and its index's, 28
- * KB for four addresses), which at four checks every 10 seconds is over
- * 1,000 bytes a check if written every minute.  So a write the interval
- * alone calls for also waits until the checks since the last one have
- * earned what the last such write cost, as the writer measured it, and at
- * most BUDGET_LONGEST_WAIT intervals.  Unmeasured (the first write, no
- * /proc) or turned off: the interval alone.
+ * dirties some pages whatever it carries (the WAL's and its index's, 16
+ * to 28 KB for four addresses), which at four checks every 10 seconds is
+ * over 1,000 bytes a check if written every minute.  So every check puts
+ * bytes_per_check into budget_left and every write, as the writer
+ * measured it, takes its cost out; a write the interval alone calls for
+ * waits until what is left covers what such a write costs, and at most
+ * BUDGET_LONGEST_WAIT intervals.  A balance rather than a count since the
+ * last write: a write dearer than the one before is paid for by the next
+ * wait, and the writes of health, the start and reloads count too.  The
+ * balance keeps between minus one write and one write, so that neither a
+ * spell of few checks nor one of many decides the writes long after it.
+ * Unmeasured (the first write, no /proc) or turned off: the interval alone.
  */
 static int
 budget_allows(double now)
@@ -613,16 +618,23 @@ budget_allows(double now)
 	if (bytes_per_check == 0 || interval_write_cost < 0 ||
 	    now >= everything_latest)
 		return 1;
-	return (long long)checks_unwritten * bytes_per_check >= interval_write_cost;
+	return budget_left >= interval_write_cost;
+}
+
+static void
+budget_earn(void)
+{
+	budget_left += bytes_per_check;
+	if (interval_write_cost >= 0 && budget_left > interval_write_cost)
+		budget_left = interval_write_cost;
 }
 
 /*
- * The cost of the interval's batch, once the writer has it in the file.
- * The same write costs 16 to 28 KB as its frames fall on the pages of the
- * WAL and its index, so the budget is kept for the dearest of late: a
- * dearer write is taken at once, a cheaper one lowers it by an eighth of
- * the difference (budgeting the last cost alone overspent by a third when
- * a cheap write came before a dear one).
+ * What the last batch cost, once the writer has it in the file; for the
+ * interval's batch, the estimate of the next one's.  The same write costs
+ * 16 to 28 KB as its frames fall on the pages of the WAL and its index,
+ * so the estimate is the dearest of late: a dearer write is taken at
+ * once, a cheaper one lowers it by an eighth of the difference.
  */
 static void
 collect_write_cost(void)
@@ -634,11 +646,18 @@ collect_write_cost(void)
 	pthread_mutex_lock(&current->lock);
 	cost = current->last_batch_bytes;
 	pthread_mutex_unlock(&current->lock);
+	if (cost_awaited == 2) {
+		if (cost < 0 || interval_write_cost < 0 || cost >= interval_write_cost)
+			interval_write_cost = cost;
+		else
+			interval_write_cost -= (interval_write_cost - cost) / 8;
+	}
 	cost_awaited = 0;
-	if (cost < 0 || interval_write_cost < 0 || cost >= interval_write_cost)
-		interval_write_cost = cost;
-	else
-		interval_write_cost -= (interval_write_cost - cost) / 8;
+	if (cost < 0)
+		return;
+	budget_left -= cost;
+	if (interval_write_cost >= 0 && budget_left < -interval_write_cost)
+		budget_left = -interval_write_cost;
 }
 
 /*
@@ -678,9 +697,8 @@ store_flush(void)
 		everything_due = monotonic_now() + write_interval;
 		everything_latest = monotonic_now() +
 		    BUDGET_LONGEST_WAIT * write_interval;
-		checks_unwritten = 0;
-		cost_awaited = everything == 2;
 	}
+	cost_awaited = everything == 2 ? 2 : 1;
 	if (pending_dropped) {
 		log_warning("%lu check history rows were dropped while the data "
 			    "file could not be written", pending_dropped);
@@ -711,7 +729,7 @@ store_record_check(const struct address *address, int success,
 	totals.checks_failed += !success;
 	if (!current)
 		return;
-	checks_unwritten++;
+	budget_earn();
 	((struct address *)address)->store_dirty = 1;
 	if (health_changed)
 		address->candidate->name->store_urgent = 1;
