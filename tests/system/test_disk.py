@@ -191,8 +191,8 @@ def test_the_disk_budget_spaces_the_writes(workdir, start_hard, start_http,
                                            upstream):
     """data_file_bytes_per_check: with few checks for what a write costs
     (four addresses checked every second, a write every second), a write
-    waits until the checks since the last have earned its bytes at the
-    budget.  Two hards on the same servers, the files synced as the kernel
+    waits until the checks have earned what the writes cost, at the
+    budget's bytes a check.  Two hards on the same servers, the files synced as the kernel
     would between writes a minute apart: the one with a budget of 1,000
     bytes writes at most about that per check, the one without (0, every
     interval) several times more, and its writes come every interval."""
