@@ -118,14 +118,15 @@ def test_nothing_written_while_nothing_changes(workdir, start_hard, start_http,
 
 def test_health_change_at_once_counters_at_the_interval(workdir, start_hard,
                                                         start_http, upstream):
-    """With the default data_file_interval (60 s), an address going down
+    """With the default data_file_interval (60 s) and disk budget, an
+    address going down
     reaches the data file within a second of the check that saw it (and
     the ranking with it), while the counters wait; a reload writes them
     at once, and so does the stop, the whole history with them."""
     db = os.path.join(workdir, "har.db")
     servers, body = four_servers(start_http, check_frequency=1)
     h = start_hard(body, upstream=upstream, data_file=db, args=("-f",),
-                   extra="data_file_interval = 60\n")
+                   extra="data_file_interval = 60\ndata_file_bytes_per_check = 150\n")
     wait_sql(db, "SELECT count(*) AS n FROM candidates WHERE healthy = 1",
              lambda r: r[0]["n"] == 4, timeout=15)
     counted = sql_value(db, CHECKS)
