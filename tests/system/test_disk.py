@@ -119,10 +119,10 @@ def test_nothing_written_while_nothing_changes(workdir, start_hard, start_http,
 def test_health_change_at_once_counters_at_the_interval(workdir, start_hard,
                                                         start_http, upstream):
     """With the default data_file_interval (60 s) and disk budget, an
-    address going down
-    reaches the data file within a second of the check that saw it (and
-    the ranking with it), while the counters wait; a reload writes them
-    at once, and so does the stop, the whole history with them."""
+    address going down reaches the data file within a second of the check
+    that saw it (and the ranking with it), while the counters wait; a
+    reload writes them at once, and so does the stop, the whole history
+    with them."""
     db = os.path.join(workdir, "har.db")
     servers, body = four_servers(start_http, check_frequency=1)
     h = start_hard(body, upstream=upstream, data_file=db, args=("-f",),
