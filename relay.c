@@ -178,22 +178,21 @@ walk_next(const uint8_t *msg, size_t len, struct walk *w, struct record *r)
 }
 
 /*
- * Where the compression pointer at `at` leads, or 0.  Each pointer must
- * point before the one followed last (*below, the message's end at
- * first), so a name ends however its pointers are set.
+ * Where the compression pointer at `at` leads: 1 with *at moved there, or
+ * 0 when it cannot be followed.  A pointer may lead anywhere in the
+ * message, forward too, as glibc and ldns read it: a name this walk gave
+ * up on while a client reads it would carry an unvetted address through
+ * (a forward pointer to "api.test" did).  Loops end at *hops: each
+ * pointer is two bytes, so more than half the message's length of them
+ * must go round.
  */
-static size_t
-follow_pointer(const uint8_t *msg, size_t len, size_t at, size_t *below)
+static int
+follow_pointer(const uint8_t *msg, size_t len, size_t *at, size_t *hops)
 {
-	size_t target;
-
-	if (at + 1 >= len)
+	if (*at + 1 >= len || ++*hops > len / 2)
 		return 0;
-	target = (size_t)(msg[at] & 0x3f) << 8 | msg[at + 1];
-	if (target >= *below || target >= at)
-		return 0;
-	*below = target;
-	return target;
+	*at = (size_t)(msg[*at] & 0x3f) << 8 | msg[*at + 1];
+	return *at < len;
 }
 
 /*
@@ -204,7 +203,7 @@ static int
 lower_name(const uint8_t *msg, size_t len, size_t at,
 	   uint8_t out[DNS_MAX_NAME + 1])
 {
-	size_t below = len;
+	size_t hops = 0;
 	int used = 0;
 
 	for (;;) {
@@ -214,8 +213,7 @@ lower_name(const uint8_t *msg, size_t len, size_t at,
 			return -1;
 		label = msg[at];
 		if ((label & 0xc0) == 0xc0) {
-			at = follow_pointer(msg, len, at, &below);
-			if (!at)
+			if (!follow_pointer(msg, len, &at, &hops))
 				return -1;
 			continue;
 		}
@@ -243,15 +241,14 @@ static int
 may_be_configured(const struct registry *registry, const uint8_t *msg,
 		  size_t len, size_t at)
 {
-	size_t below = len;
+	size_t hops = 0;
 	int wire_len = 1, labels = 0;
 
 	while (at < len && msg[at] != 0 && wire_len <= DNS_MAX_NAME) {
 		uint8_t label = msg[at];
 
 		if ((label & 0xc0) == 0xc0) {
-			at = follow_pointer(msg, len, at, &below);
-			if (!at)
+			if (!follow_pointer(msg, len, &at, &hops))
 				return 0;
 			continue;
 		}
