@@ -217,28 +217,47 @@ endpoint_bytes(const struct endpoint *endpoint, int *port)
 	return (const uint8_t *)&sin6->sin6_addr;
 }
 
+/*
+ * Whether endpoint meets one of the DNS listeners (dns_bind_interfaces on
+ * dns_listen_port).  A nameserver does when it is one of them, or any
+ * loopback address while one is a wildcard (a wildcard listener hears
+ * every local address; loopback at least is surely ours).  A listener to
+ * be bound (for_bind) does also with a wildcard on either side: Linux
+ * refuses the second bind of such a pair.
+ */
 static int
-endpoint_is_listener(const struct endpoint *endpoint, const struct config *config)
+meets_dns_listener(const struct endpoint *endpoint, const struct config *config,
+		   int for_bind)
 {
 	int port, family = endpoint->addr.ss_family;
 	const uint8_t *bytes = endpoint_bytes(endpoint, &port);
+	struct ip_address ip = { .family = family };
+	size_t size = family == AF_INET ? 4 : 16;
 
 	if (port != config->listen_port)
 		return 0;
+	memcpy(ip.bytes, bytes, size);
 	for (int i = 0; i < config->bind_interface_count; i++) {
 		struct ip_address listener;
 
 		if (ip_address_parse(config->bind_interfaces[i], &listener) != 0 ||
 		    listener.family != family)
 			continue;
-		if (memcmp(listener.bytes, bytes, family == AF_INET ? 4 : 16) == 0)
+		if (memcmp(listener.bytes, ip.bytes, size) == 0)
 			return 1;
-		/* A wildcard listener hears every local address; loopback
-		 * at least is surely ours. */
-		if (ip_is_wildcard(&listener) && ip_is_loopback(family, bytes))
+		if (ip_is_wildcard(&listener) &&
+		    (for_bind || ip_is_loopback(family, ip.bytes)))
+			return 1;
+		if (for_bind && ip_is_wildcard(&ip))
 			return 1;
 	}
 	return 0;
+}
+
+static int
+endpoint_is_listener(const struct endpoint *endpoint, const struct config *config)
+{
+	return meets_dns_listener(endpoint, config, 0);
 }
 
 int
@@ -250,33 +269,13 @@ endpoint_is_loopback(const struct endpoint *endpoint)
 	return ip_is_loopback(endpoint->addr.ss_family, bytes);
 }
 
-/*
- * Whether a TCP listener on endpoint and a DNS listener would want the
- * same address and port: the same address, or a wildcard on either side
- * (Linux refuses the second bind of such a pair).
- */
+/* Whether a TCP listener on endpoint (metrics_listen) and a DNS listener
+ * would want the same address and port. */
 int
 endpoint_takes_dns_port(const struct endpoint *endpoint,
 			const struct config *config)
 {
-	int port, family = endpoint->addr.ss_family;
-	const uint8_t *bytes = endpoint_bytes(endpoint, &port);
-	struct ip_address ip = { .family = family };
-
-	if (port != config->listen_port)
-		return 0;
-	memcpy(ip.bytes, bytes, family == AF_INET ? 4 : 16);
-	for (int i = 0; i < config->bind_interface_count; i++) {
-		struct ip_address listener;
-
-		if (ip_address_parse(config->bind_interfaces[i], &listener) != 0 ||
-		    listener.family != family)
-			continue;
-		if (memcmp(listener.bytes, ip.bytes, family == AF_INET ? 4 : 16) == 0 ||
-		    ip_is_wildcard(&listener) || ip_is_wildcard(&ip))
-			return 1;
-	}
-	return 0;
+	return meets_dns_listener(endpoint, config, 1);
 }
 
 int
